@@ -1,0 +1,1 @@
+"""evoprune: structured pruning of causal LMs found by search."""
