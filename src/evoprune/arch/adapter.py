@@ -1,0 +1,85 @@
+"""Model adapters: what the rest of evoprune needs to know about one architecture family.
+
+Algorithms (importance, OBS, search) talk to models only through an adapter, so supporting a
+new family (GPT-2, GPT-NeoX, Phi ...) means writing one more adapter and registering it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+from ..errors import UserError
+from .shape import ModelShape
+from .spec import SubnetSpec
+
+
+class ModelAdapter(ABC):
+    """Names the prunable parts of one architecture family and builds pruned models."""
+
+    name: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]  # config.model_type values this adapter handles
+
+    def matches(self, config: PretrainedConfig) -> bool:
+        return config.model_type in self.model_types
+
+    @abstractmethod
+    def shape(self, model: PreTrainedModel) -> ModelShape:
+        """Read the exact shape of `model` (per-layer heads, KV groups, neurons, biases ...)."""
+
+    @abstractmethod
+    def layers(self, model: PreTrainedModel) -> list[nn.Module]:
+        """The decoder layers, in order."""
+
+    @abstractmethod
+    def attention(self, layer: nn.Module) -> nn.Module | None:
+        """The attention block of a layer (None when the layer has none)."""
+
+    @abstractmethod
+    def mlp(self, layer: nn.Module) -> nn.Module | None:
+        """The MLP block of a layer (None when the layer has none)."""
+
+    @abstractmethod
+    def attention_output(self, layer: nn.Module) -> nn.Linear:
+        """The projection whose input columns are the attention heads (o_proj)."""
+
+    @abstractmethod
+    def mlp_output(self, layer: nn.Module) -> nn.Linear:
+        """The projection whose input columns are the MLP neurons (down_proj)."""
+
+    @abstractmethod
+    def slice(self, model: PreTrainedModel, spec: SubnetSpec) -> PreTrainedModel:
+        """Build the physically smaller model that keeps exactly what `spec` lists."""
+
+
+_REGISTRY: list[ModelAdapter] = []
+
+
+def register_adapter(adapter: ModelAdapter) -> ModelAdapter:
+    _REGISTRY.append(adapter)
+    return adapter
+
+
+def supported_model_types() -> list[str]:
+    _load_builtin()
+    return sorted(t for a in _REGISTRY for t in a.model_types if not t.startswith("evoprune_"))
+
+
+def adapter_for(config: PretrainedConfig) -> ModelAdapter:
+    """The adapter for `config`, or a UserError naming the supported architectures."""
+    _load_builtin()
+    for adapter in _REGISTRY:
+        if adapter.matches(config):
+            return adapter
+    raise UserError(
+        f"unsupported architecture {config.model_type!r} ({', '.join(config.architectures or [])}); "
+        f"supported: {', '.join(supported_model_types())}"
+    )
+
+
+def _load_builtin() -> None:
+    if not _REGISTRY:
+        from . import llama  # noqa: F401  (registers itself)

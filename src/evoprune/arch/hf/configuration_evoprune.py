@@ -1,0 +1,97 @@
+"""Configuration of a structurally pruned Llama-family model (shipped inside exported checkpoints).
+
+Each class is the stock config of its family plus three per-layer lists. A layer with 0
+attention heads has no attention block (its `layer_types` entry is "mlp", so the KV cache
+keeps a dummy layer for it); a layer with intermediate size 0 has no MLP block. The global
+`num_attention_heads` / `num_key_value_heads` / `intermediate_size` hold the largest per-layer
+values. This file imports only transformers.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+from transformers.configuration_utils import ALLOWED_ATTN_LAYER_TYPES
+
+NO_ATTENTION = "mlp"
+
+
+def _validate_per_layer_shapes(config) -> None:
+    n = config.num_hidden_layers
+    heads = config.layer_num_attention_heads or [config.num_attention_heads] * n
+    kv = config.layer_num_key_value_heads or [config.num_key_value_heads] * n
+    mlp = config.layer_intermediate_sizes or [config.intermediate_size] * n
+    for name, values in (("layer_num_attention_heads", heads), ("layer_num_key_value_heads", kv),
+                         ("layer_intermediate_sizes", mlp)):
+        if len(values) != n:
+            raise ValueError(f"{name} has {len(values)} entries, expected num_hidden_layers = {n}")
+        if any(v < 0 for v in values):
+            raise ValueError(f"{name} must be non-negative, got {values}")
+    for i, (h, g) in enumerate(zip(heads, kv)):
+        if (h == 0) != (g == 0) or (g and h % g):
+            raise ValueError(f"layer {i}: {h} query heads cannot be split evenly over {g} KV heads")
+    types = config.layer_types
+    if types is not None:
+        if len(types) != n:
+            raise ValueError(f"layer_types has {len(types)} entries, expected {n}")
+        for i, (t, h) in enumerate(zip(types, heads)):
+            if (t == NO_ATTENTION) != (h == 0):
+                raise ValueError(f"layer {i}: layer type {t!r} does not match {h} attention heads")
+            if t != NO_ATTENTION and t not in ALLOWED_ATTN_LAYER_TYPES:
+                raise ValueError(f"layer {i}: unknown layer type {t!r}")
+
+
+@strict
+class EvopruneLlamaConfig(LlamaConfig):
+    model_type = "evoprune_llama"
+    layer_num_attention_heads: list[int] | None = None
+    layer_num_key_value_heads: list[int] | None = None
+    layer_intermediate_sizes: list[int] | None = None
+    layer_types: list[str] | None = None
+
+    def validate_architecture(self):
+        _validate_per_layer_shapes(self)
+
+    def validate_layer_type(self):
+        pass  # covered by validate_architecture, which also accepts "mlp" layers
+
+
+@strict
+class EvopruneMistralConfig(MistralConfig):
+    model_type = "evoprune_mistral"
+    layer_num_attention_heads: list[int] | None = None
+    layer_num_key_value_heads: list[int] | None = None
+    layer_intermediate_sizes: list[int] | None = None
+    layer_types: list[str] | None = None
+
+    def validate_architecture(self):
+        _validate_per_layer_shapes(self)
+
+    def validate_layer_type(self):
+        pass
+
+
+@strict
+class EvopruneQwen2Config(Qwen2Config):
+    model_type = "evoprune_qwen2"
+    layer_num_attention_heads: list[int] | None = None
+    layer_num_key_value_heads: list[int] | None = None
+    layer_intermediate_sizes: list[int] | None = None
+
+    def validate_architecture(self):
+        _validate_per_layer_shapes(self)
+
+    def validate_layer_type(self):
+        pass
+
+
+@strict
+class EvopruneQwen3Config(Qwen3Config):
+    model_type = "evoprune_qwen3"
+    layer_num_attention_heads: list[int] | None = None
+    layer_num_key_value_heads: list[int] | None = None
+    layer_intermediate_sizes: list[int] | None = None
+
+    def validate_architecture(self):
+        _validate_per_layer_shapes(self)
+
+    def validate_layer_type(self):
+        pass

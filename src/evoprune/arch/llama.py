@@ -1,0 +1,191 @@
+"""Adapter for the Llama family: Llama 2/3.x, Mistral, Qwen2 (q/k/v bias), Qwen3 (q/k norm), SmolLM2.
+
+All share the pre-norm decoder layer `self_attn.{q,k,v,o}_proj` + `mlp.{gate,up,down}_proj` with
+RMSNorms, grouped-query attention and RoPE; they differ only in biases, q/k norms and sliding
+windows, which the shape records and slicing handles generically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from ..errors import UserError
+from .adapter import ModelAdapter, register_adapter
+from .hf import configuration_evoprune as pruned_cfg
+from .hf import modeling_evoprune as pruned_lm
+from .shape import LayerShape, ModelShape
+from .slicing import head_rows, instantiate, take
+from .spec import SubnetSpec
+
+
+@dataclass(frozen=True)
+class Family:
+    stock_config: type[PretrainedConfig]
+    stock_lm: type[PreTrainedModel]
+    pruned_config: type[PretrainedConfig]
+    pruned_lm: type[PreTrainedModel]
+
+
+FAMILIES = {
+    "llama": Family(LlamaConfig, LlamaForCausalLM, pruned_cfg.EvopruneLlamaConfig, pruned_lm.EvopruneLlamaForCausalLM),
+    "mistral": Family(MistralConfig, MistralForCausalLM, pruned_cfg.EvopruneMistralConfig,
+                      pruned_lm.EvopruneMistralForCausalLM),
+    "qwen2": Family(Qwen2Config, Qwen2ForCausalLM, pruned_cfg.EvopruneQwen2Config, pruned_lm.EvopruneQwen2ForCausalLM),
+    "qwen3": Family(Qwen3Config, Qwen3ForCausalLM, pruned_cfg.EvopruneQwen3Config, pruned_lm.EvopruneQwen3ForCausalLM),
+}
+
+# How each parameter of a decoder layer is sliced: (row index kind, column index kind).
+# "q": kept query-head rows, "kv": kept KV-head rows, "n": kept neurons, "h": kept hidden channels.
+LAYER_SLICES = {
+    "self_attn.q_proj.weight": ("q", "h"), "self_attn.q_proj.bias": ("q", None),
+    "self_attn.k_proj.weight": ("kv", "h"), "self_attn.k_proj.bias": ("kv", None),
+    "self_attn.v_proj.weight": ("kv", "h"), "self_attn.v_proj.bias": ("kv", None),
+    "self_attn.o_proj.weight": ("h", "q"), "self_attn.o_proj.bias": ("h", None),
+    "self_attn.q_norm.weight": (None, None), "self_attn.k_norm.weight": (None, None),
+    "input_layernorm.weight": ("h", None),
+    "mlp.gate_proj.weight": ("n", "h"), "mlp.gate_proj.bias": ("n", None),
+    "mlp.up_proj.weight": ("n", "h"), "mlp.up_proj.bias": ("n", None),
+    "mlp.down_proj.weight": ("h", "n"), "mlp.down_proj.bias": ("h", None),
+    "post_attention_layernorm.weight": ("h", None),
+}
+
+
+def family_name(config: PretrainedConfig) -> str:
+    return config.model_type.removeprefix("evoprune_")
+
+
+def source_layer_type(config: PretrainedConfig, layer_idx: int) -> str:
+    return pruned_lm.layer_type(config, layer_idx)
+
+
+class LlamaFamilyAdapter(ModelAdapter):
+    name = "llama"
+    model_types = tuple(FAMILIES) + tuple(f"evoprune_{f}" for f in FAMILIES)
+
+    def layers(self, model):
+        return list(model.model.layers)
+
+    def attention(self, layer):
+        return layer.self_attn
+
+    def mlp(self, layer):
+        return layer.mlp
+
+    def attention_output(self, layer):
+        return layer.self_attn.o_proj
+
+    def mlp_output(self, layer):
+        return layer.mlp.down_proj
+
+    def shape(self, model: PreTrainedModel) -> ModelShape:
+        config = model.config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        layer_shapes, attns, mlps = [], [], []
+        for layer in self.layers(model):
+            attn, mlp = layer.self_attn, layer.mlp
+            heads = attn.q_proj.out_features // head_dim if attn is not None else 0
+            kv = attn.k_proj.out_features // head_dim if attn is not None else 0
+            layer_shapes.append(LayerShape(heads, kv, mlp.gate_proj.out_features if mlp is not None else 0))
+            attns += [attn] if attn is not None else []
+            mlps += [mlp] if mlp is not None else []
+        emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+        return ModelShape(
+            family=family_name(config),
+            vocab_size=emb.shape[0],
+            hidden_size=emb.shape[1],
+            head_dim=head_dim,
+            layers=tuple(layer_shapes),
+            tied_embeddings=emb.data_ptr() == head.data_ptr() or bool(config.tie_word_embeddings),
+            qkv_bias=any(a.q_proj.bias is not None for a in attns),
+            o_bias=any(a.o_proj.bias is not None for a in attns),
+            mlp_bias=any(m.gate_proj.bias is not None for m in mlps),
+            qk_norm=any(hasattr(a, "q_norm") for a in attns),
+        )
+
+    def slice(self, model: PreTrainedModel, spec: SubnetSpec) -> PreTrainedModel:
+        spec.validate(self.shape(model))
+        hd = spec.source.head_dim
+        hidden = None if spec.hidden is None else torch.tensor(spec.hidden)
+        src = model.state_dict()
+        out: dict[str, torch.Tensor] = {}
+        for key in ("model.embed_tokens.weight", "lm_head.weight"):
+            if key == "lm_head.weight" and spec.source.tied_embeddings:
+                continue
+            out[key] = take(src[key], None, hidden)
+        out["model.norm.weight"] = take(src["model.norm.weight"], hidden)
+        for new_idx, old_idx in enumerate(spec.kept_layers()):
+            ls = spec.layers[old_idx]
+            index = {"q": head_rows(ls.heads, hd), "kv": head_rows(ls.kv_heads, hd),
+                     "n": torch.tensor(ls.neurons, dtype=torch.long), "h": hidden, None: None}
+            prefix = f"model.layers.{old_idx}."
+            for key in [k for k in src if k.startswith(prefix)]:
+                name = key[len(prefix):]
+                if name not in LAYER_SLICES:
+                    raise RuntimeError(f"don't know how to slice parameter {key}")
+                in_attention = name.startswith(("self_attn.", "input_layernorm."))
+                if (in_attention and not ls.has_attention) or (not in_attention and not ls.has_mlp):
+                    continue
+                rows, cols = LAYER_SLICES[name]
+                out[f"model.layers.{new_idx}.{name}"] = take(src[key], index[rows], index[cols])
+        config, lm_class = self.pruned_config(model.config, spec)
+        pruned = instantiate(lm_class, config, out)
+        return pruned.to(dtype=next(model.parameters()).dtype)
+
+    def pruned_config(self, config: PretrainedConfig, spec: SubnetSpec) -> tuple[PretrainedConfig, type]:
+        """The config (and model class) of the sliced model: stock when uniform, evoprune otherwise."""
+        family = FAMILIES[spec.source.family]
+        shape = spec.result_shape()
+        kept = spec.kept_layers()
+        types = [source_layer_type(config, i) if spec.layers[i].has_attention else pruned_cfg.NO_ATTENTION
+                 for i in kept]
+        base = {k: v for k, v in config.to_dict().items()
+                if k not in ("architectures", "auto_map", "model_type", "quantization_config", "transformers_version",
+                             "_name_or_path", "layer_num_attention_heads", "layer_num_key_value_heads",
+                             "layer_intermediate_sizes", "layer_types", "max_window_layers", "use_sliding_window")}
+        first_attn = next((s for s in shape.layers if s.num_kv_heads), None)
+        if first_attn is None:
+            raise UserError("the sub-network keeps no attention block in any layer; keep at least one")
+        sizes = dict(
+            hidden_size=shape.hidden_size,
+            num_hidden_layers=len(shape.layers),
+            head_dim=shape.head_dim,
+            num_attention_heads=max(s.num_heads for s in shape.layers),
+            num_key_value_heads=first_attn.num_kv_heads,
+            intermediate_size=max(s.intermediate_size for s in shape.layers),
+        )
+        if spec.is_uniform():
+            stock = {**base, **sizes, "num_key_value_heads": shape.layers[0].num_kv_heads}
+            if "layer_types" in family.stock_config.__dataclass_fields__:
+                stock["layer_types"] = types
+            try:
+                return family.stock_config(**stock), family.stock_lm
+            except (ValueError, TypeError):
+                pass  # e.g. hidden size not a multiple of the head count: needs the evoprune config
+        if sizes["num_attention_heads"] % sizes["num_key_value_heads"]:
+            sizes["num_key_value_heads"] = 1
+        pruned = family.pruned_config(**{
+            **base, **sizes,
+            "layer_num_attention_heads": [s.num_heads for s in shape.layers],
+            "layer_num_key_value_heads": [s.num_kv_heads for s in shape.layers],
+            "layer_intermediate_sizes": [s.intermediate_size for s in shape.layers],
+            "layer_types": types,
+        })
+        return pruned, family.pruned_lm
+
+
+register_adapter(LlamaFamilyAdapter())
