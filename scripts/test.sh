@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install, then run the whole test suite: fast unit tests and the slow ones on the real embedded model.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+PY=${PYTHON:-python3}
+"$PY" -m pytest -m "slow or not slow" -q -p no:cacheprovider "$@"

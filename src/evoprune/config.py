@@ -1,0 +1,186 @@
+"""Run configuration: YAML files that map 1:1 to dataclasses, validated up front.
+
+Every field has a default and a comment. `load_config(path, overrides)` reads a YAML file (or
+starts from defaults), applies dotted `key=value` overrides such as `data.seq_len=256`, and
+validates everything at once, reporting every problem in one ConfigError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+class ConfigError(UserError):
+    """One or more configuration problems, all listed in the message."""
+
+
+@dataclass
+class ModelConfig:
+    source: str = "smollm2-135m"  # embedded default, a local HF folder, or a model id in the local HF cache
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    allow_pickle: bool = False  # accept *.bin checkpoints (pickle can run code)
+    trust_remote_code: bool = False  # accept folders that ship their own modeling code
+
+
+@dataclass
+class DataConfig:
+    source: str = "embedded"  # embedded[:boolq|sciq|lambada], a .txt/.jsonl/.parquet file, or a save_to_disk folder
+    text_field: str = "text"  # column holding the text in jsonl / parquet / datasets sources
+    seq_len: int = 512  # tokens per packed block
+    calibration_blocks: int = 32  # blocks for importance statistics (and the teacher cache)
+    eval_blocks: int = 32  # held-out blocks for perplexity and KL
+    batch_size: int = 4  # blocks per forward pass
+
+
+@dataclass
+class PruneConfig:
+    method: str = "uniform"  # uniform | depth
+    sparsity: float | None = 0.5  # fraction of transformer-block parameters removed, in (0, 1)
+    target_params: int | None = None  # or: total parameters to keep (embeddings included)
+    multiple: int = 1  # keep MLP widths at multiples of this (8, 64, 128 run faster on GPUs)
+
+
+@dataclass
+class EvalConfig:
+    teacher: str | None = None  # dense model for KL; None = the model that was pruned
+    top_k: int = 64  # teacher log-probs kept per position in the on-disk cache
+    latency: bool = True  # measure prefill / decode speed of dense and pruned side by side
+    prompt_len: int = 128  # prefill length for latency
+    new_tokens: int = 32  # decode steps for latency
+    repeats: int = 5  # timed repeats (median reported), after warm-up
+    batch_size: int = 1  # batch size for latency
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0  # for every random choice
+
+    def problems(self) -> list[str]:
+        p = []
+        d, pr, ev = self.data, self.prune, self.eval
+        if self.model.dtype not in ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16"):
+            p.append(f"model.dtype must be float32, bfloat16 or float16, got {self.model.dtype!r}")
+        for name, value in (("data.seq_len", d.seq_len), ("data.calibration_blocks", d.calibration_blocks),
+                            ("data.eval_blocks", d.eval_blocks), ("data.batch_size", d.batch_size),
+                            ("prune.multiple", pr.multiple), ("eval.top_k", ev.top_k),
+                            ("eval.prompt_len", ev.prompt_len), ("eval.new_tokens", ev.new_tokens),
+                            ("eval.repeats", ev.repeats), ("eval.batch_size", ev.batch_size)):
+            if value <= 0:
+                p.append(f"{name} must be positive, got {value}")
+        if pr.method not in ("uniform", "depth"):
+            p.append(f"prune.method must be uniform or depth, got {pr.method!r}")
+        if pr.sparsity is not None and pr.target_params is not None:
+            p.append("give only one of prune.sparsity and prune.target_params")
+        if pr.sparsity is not None and not 0 < pr.sparsity < 1:
+            p.append(f"prune.sparsity must be strictly between 0 and 1, got {pr.sparsity}")
+        if pr.target_params is not None and pr.target_params <= 0:
+            p.append(f"prune.target_params must be positive, got {pr.target_params}")
+        return p
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict, prefix: str = "", problems: list[str] | None = None) -> Any:
+    """Build dataclass `cls` from `data`, collecting unknown keys and type errors in `problems`."""
+    problems = [] if problems is None else problems
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            problems.append(f"unknown key {prefix}{key} (known: {', '.join(sorted(known))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value, hint = data[f.name], hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                problems.append(f"{prefix}{f.name} must be a mapping")
+                continue
+            kwargs[f.name] = from_dict(hint, value, f"{prefix}{f.name}.", problems)
+        else:
+            ok, converted = _coerce(value, hint)
+            if not ok:
+                problems.append(f"{prefix}{f.name} must be {_type_name(hint)}, got {value!r}")
+                continue
+            kwargs[f.name] = converted
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    if value is None:
+        return type(None) in options, None
+    for opt in options:
+        if opt is bool and isinstance(value, bool):
+            return True, value
+        if opt is int and isinstance(value, int) and not isinstance(value, bool):
+            return True, value
+        if opt is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if opt is str and isinstance(value, str):
+            return True, value
+    return False, None
+
+
+def _type_name(hint: Any) -> str:
+    args = typing.get_args(hint) or (hint,)
+    return " or ".join("null" if a is type(None) else a.__name__ for a in args)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = RunConfig,
+                base: dict | None = None) -> Any:
+    """Read YAML `path` (or defaults), apply `overrides` then `base`-level edits, validate, and return `cls`."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    for key_path, value in [parse_override(o) for o in overrides or []] + list((base or {}).items()):
+        key_path = key_path if isinstance(key_path, list) else key_path.split(".")
+        node = data
+        for k in key_path[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {'.'.join(key_path)}: {k} is not a section")
+        node[key_path[-1]] = value
+    problems: list[str] = []
+    cfg = from_dict(cls, data, "", problems)
+    if not problems and hasattr(cfg, "problems"):
+        problems += cfg.problems()
+    if problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems))
+    return cfg
+
+
+def dump_config(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,77 @@
+"""Measure several models side by side on the same held-out blocks: size, perplexity, KL, speed."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel
+
+from ..arch.adapter import adapter_for
+from ..arch import params
+from ..assets import cache_dir
+from ..config import EvalConfig
+from .latency import compare_latency
+from .perplexity import mean_nll
+from .teacher import TeacherCache, kl_to_teacher
+
+log = logging.getLogger(__name__)
+
+
+def teacher_cache_path(teacher_id: str, blocks: torch.Tensor, top_k: int) -> Path:
+    """Where the teacher distribution for these blocks lives in the user cache."""
+    digest = hashlib.sha256(teacher_id.encode() + blocks.numpy().tobytes() + str(top_k).encode()).hexdigest()[:20]
+    return cache_dir() / "teacher" / f"{digest}.safetensors"
+
+
+def teacher_for(teacher: PreTrainedModel, teacher_id: str, blocks: torch.Tensor, cfg: EvalConfig,
+                batch_size: int, progress: bool = True) -> TeacherCache:
+    """Load the cached teacher distribution for `blocks`, building it once if missing or unreadable."""
+    path = teacher_cache_path(teacher_id, blocks, cfg.top_k)
+    if path.exists():
+        try:
+            return TeacherCache.load(path, blocks)
+        except Exception as e:  # a stale or corrupt cache is rebuilt, not fatal
+            log.warning("rebuilding teacher cache %s: %s", path, e)
+    return TeacherCache.build(teacher, blocks, path, top_k=cfg.top_k, batch_size=batch_size, progress=progress)
+
+
+def size_row(model: PreTrainedModel) -> dict:
+    shape = adapter_for(model.config).shape(model)
+    return {"params": params.total_params(shape), "block_params": params.block_params(shape),
+            "flops_per_token": params.flops_per_token(shape)}
+
+
+def evaluate_models(models: dict[str, PreTrainedModel], eval_blocks: torch.Tensor, teacher: TeacherCache | None,
+                    cfg: EvalConfig, batch_size: int, progress: bool = True) -> dict[str, dict]:
+    """Rows of metrics, one per model name, all measured on the same blocks in one run.
+
+    Latency is measured round-robin across the models (see `compare_latency`), so machine noise
+    hits them alike; speedups are relative to the first model.
+    """
+    rows: dict[str, dict] = {}
+    for name, model in models.items():
+        nll = mean_nll(model, eval_blocks, batch_size=batch_size, progress=progress)
+        row = {"model": name, **size_row(model), "eval_nll": nll, "perplexity": float(torch.tensor(nll).exp())}
+        if teacher is not None:
+            row["kl_to_teacher"] = kl_to_teacher(model, eval_blocks, teacher, batch_size=batch_size, progress=progress)
+        rows[name] = row
+    if cfg.latency:
+        results = compare_latency(models, batch_size=cfg.batch_size, prompt_len=cfg.prompt_len,
+                                  new_tokens=cfg.new_tokens, repeats=cfg.repeats)
+        base = next(iter(results.values()))
+        for name, res in results.items():
+            rows[name].update(
+                prefill_tokens_per_s=res.prefill_tokens_per_s,
+                decode_tokens_per_s=res.decode_tokens_per_s,
+                prefill_speedup=res.prefill_tokens_per_s / base.prefill_tokens_per_s,
+                decode_speedup=res.decode_tokens_per_s / base.decode_tokens_per_s,
+                weights_mb=res.weights_bytes / 2**20,
+                kv_cache_mb=res.kv_cache_bytes / 2**20,
+            )
+    first = next(iter(rows.values()))
+    for row in rows.values():
+        row["ideal_speedup"] = first["flops_per_token"] / row["flops_per_token"]
+    return rows

@@ -1,0 +1,159 @@
+"""The `prune`, `slice` and `eval` commands as library functions: config in, run directory out.
+
+A run directory always has the same layout: `model/` (exported checkpoint), `spec.json`,
+`metrics.json`, `config.yaml` (resolved), `report.md` and its PNG plots. It is built under a
+temporary name and renamed when complete, so a failed run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from .arch import params
+from .arch.export import export_checkpoint
+from .arch.spec import SubnetSpec
+from .atomic import check_output_dir, staged_dir, write_json, write_text
+from .config import RunConfig, dump_config
+from .data import check_seq_len, token_blocks
+from .errors import UserError
+from .evaluate.suite import evaluate_models, teacher_for
+from .models import LoadedModel, load_model
+from .prune.calibration import collect_stats
+from .prune.depth import depth_spec
+from .prune.target import resolve_target
+from .prune.uniform import uniform_spec
+from .report import markdown_table, plot_bars, plot_kept_per_layer, write_report
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = ["model", "params", "block_params", "perplexity", "kl_to_teacher", "prefill_tokens_per_s",
+                  "decode_tokens_per_s", "prefill_speedup", "decode_speedup", "ideal_speedup"]
+
+
+def load_source(cfg: RunConfig, source: str | None = None) -> LoadedModel:
+    m = cfg.model
+    loaded = load_model(source or m.source, dtype=m.dtype, device=m.device, allow_pickle=m.allow_pickle,
+                        trust_remote_code=m.trust_remote_code)
+    if loaded.tokenizer is None:
+        raise UserError(f"{loaded.path} has no tokenizer; evoprune needs one to read calibration text")
+    check_seq_len(cfg.data.seq_len, getattr(loaded.model.config, "max_position_embeddings", None))
+    return loaded
+
+
+def data_blocks(cfg: RunConfig, tokenizer, split: str, n: int) -> torch.Tensor:
+    return token_blocks(tokenizer, cfg.data.source, split, cfg.data.seq_len, max_blocks=n,
+                        text_field=cfg.data.text_field)
+
+
+def make_spec(cfg: RunConfig, dense: LoadedModel, progress: bool = True) -> SubnetSpec:
+    """Calibrate and choose what to keep with the configured baseline method."""
+    shape = dense.adapter.shape(dense.model)
+    target = resolve_target(shape, cfg.prune.sparsity, cfg.prune.target_params)
+    calib = data_blocks(cfg, dense.tokenizer, "calibration", cfg.data.calibration_blocks)
+    stats = collect_stats(dense.model, dense.adapter, calib, cfg.data.batch_size, progress)
+    if cfg.prune.method == "depth":
+        spec = depth_spec(shape, stats.block_influence(), target)
+    else:
+        spec = uniform_spec(shape, stats.head_energy(dense.adapter, dense.model),
+                            stats.neuron_energy(dense.adapter, dense.model), target, cfg.prune.multiple)
+    spec.meta.update(source=dense.name, calibration=f"{cfg.data.source}: {len(calib)} x {cfg.data.seq_len} tokens",
+                     target_report=target.report(spec.block_params(), params.block_params(shape)))
+    return spec
+
+
+def prune(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = True) -> Path:
+    """Prune `cfg.model.source` with `cfg.prune`, export it, evaluate dense vs pruned, write a report."""
+    check_output_dir(out, force)
+    torch.manual_seed(cfg.seed)
+    started = time.time()
+    dense = load_source(cfg)
+    spec = make_spec(cfg, dense, progress)
+    return _finish(cfg, dense, spec, Path(out), force, progress, started)
+
+
+def slice_with_spec(cfg: RunConfig, spec_path: str | Path, out: str | Path, force: bool = False,
+                    progress: bool = True) -> Path:
+    """Cut `cfg.model.source` down to a saved SubnetSpec, export and evaluate it."""
+    check_output_dir(out, force)
+    spec = SubnetSpec.load(spec_path)
+    dense = load_source(cfg)
+    spec.validate(dense.adapter.shape(dense.model))
+    return _finish(cfg, dense, spec, Path(out), force, progress, time.time())
+
+
+def _finish(cfg: RunConfig, dense: LoadedModel, spec: SubnetSpec, out: Path, force: bool, progress: bool,
+            started: float) -> Path:
+    pruned = dense.adapter.slice(dense.model, spec)
+    eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
+    teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size, progress)
+    rows = evaluate_models({"dense": dense.model, "pruned": pruned}, eval_blocks, teacher, cfg.eval,
+                           cfg.data.batch_size, progress)
+    metrics = {"dense": rows["dense"], "pruned": rows["pruned"], "target": spec.meta.get("target_report"),
+               "eval_tokens": int(eval_blocks.numel()), "wall_time_s": round(time.time() - started, 1)}
+    with staged_dir(out, force=force) as tmp:
+        export_checkpoint(pruned, tmp / "model", tokenizer=dense.tokenizer, spec=spec)
+        spec.save(tmp / "spec.json")
+        write_json(tmp / "metrics.json", metrics)
+        write_text(tmp / "config.yaml", dump_config(cfg))
+        _prune_report(tmp, cfg, spec, rows, metrics)
+    log.info("wrote %s", out)
+    return out
+
+
+def _prune_report(folder: Path, cfg: RunConfig, spec: SubnetSpec, rows: dict, metrics: dict) -> None:
+    plot_kept_per_layer(spec, folder / "kept_per_layer.png")
+    plot_bars({k: r["perplexity"] for k, r in rows.items()}, "held-out perplexity", "perplexity",
+              folder / "perplexity.png")
+    sections = [("Result", markdown_table(list(rows.values()), [c for c in METRIC_COLUMNS if c in rows["dense"]])
+                 + "\n![perplexity](perplexity.png)\n")]
+    target = metrics["target"]
+    if target:
+        sections.append(("Target", markdown_table([target])))
+    summary = spec.summary()
+    sections.append(("What was kept", markdown_table([summary]) + "\n![kept per layer](kept_per_layer.png)\n"))
+    sections.append(("Data", f"Calibration: {spec.meta.get('calibration', '?')}. Evaluation: {cfg.data.source}, "
+                             f"held-out split, {metrics['eval_tokens']:,} tokens. Latency: batch {cfg.eval.batch_size}, "
+                             f"prompt {cfg.eval.prompt_len}, {cfg.eval.new_tokens} decode steps, median of "
+                             f"{cfg.eval.repeats}."))
+    sections.append(("Reproduce", f"```\nevoprune prune --config config.yaml --out <dir>\n```\n"
+                                  f"Load the result with `AutoModelForCausalLM.from_pretrained('model', "
+                                  f"trust_remote_code=True)` (plain stock loading when the result is uniform)."))
+    write_report(folder / "report.md", f"evoprune {spec.meta.get('method', 'prune')}: {spec.meta.get('source', '')}",
+                 sections)
+
+
+def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = None, force: bool = False,
+             progress: bool = True) -> Path:
+    """Evaluate `model` (and, side by side, the dense `teacher` when given) and write a run directory."""
+    check_output_dir(out, force)
+    started = time.time()
+    student = load_source(cfg, model)
+    models = {"model": student.model}
+    teacher_loaded = None
+    if teacher:
+        teacher_loaded = load_source(cfg, teacher)
+        if len(teacher_loaded.tokenizer) != len(student.tokenizer) or \
+                teacher_loaded.model.config.vocab_size != student.model.config.vocab_size:
+            raise UserError(f"teacher {teacher} and model {model} have different vocabularies; KL needs the same tokenizer")
+        models = {"teacher": teacher_loaded.model, "model": student.model}
+    eval_blocks = data_blocks(cfg, student.tokenizer, "eval", cfg.data.eval_blocks)
+    cache = None
+    if teacher_loaded is not None:
+        cache = teacher_for(teacher_loaded.model, str(teacher_loaded.path), eval_blocks, cfg.eval,
+                            cfg.data.batch_size, progress)
+    rows = evaluate_models(models, eval_blocks, cache, cfg.eval, cfg.data.batch_size, progress)
+    metrics = {**rows, "eval_tokens": int(eval_blocks.numel()), "wall_time_s": round(time.time() - started, 1)}
+    with staged_dir(out, force=force) as tmp:
+        write_json(tmp / "metrics.json", metrics)
+        write_text(tmp / "config.yaml", dump_config(cfg))
+        plot_bars({k: r["perplexity"] for k, r in rows.items()}, "held-out perplexity", "perplexity",
+                  tmp / "perplexity.png")
+        table = markdown_table(list(rows.values()), [c for c in METRIC_COLUMNS if c in next(iter(rows.values()))])
+        write_report(tmp / "report.md", f"evoprune eval: {model}",
+                     [("Result", table + "\n![perplexity](perplexity.png)\n"),
+                      ("Data", f"{cfg.data.source}, held-out split, {metrics['eval_tokens']:,} tokens.")])
+    return Path(out)
