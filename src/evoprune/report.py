@@ -40,7 +40,9 @@ def plot_kept_per_layer(spec: SubnetSpec, path: Path) -> Path:
 def plot_bars(values: dict[str, float], title: str, ylabel: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.2), constrained_layout=True)
     names = list(values)
-    ax.bar(names, [values[k] for k in names], color=["#888888", "#4c72b0", "#55a868", "#c44e52"][: len(names)])
+    palette = ["#888888", "#4c72b0", "#55a868", "#c44e52", "#8172b2", "#ccb974", "#64b5cd"]
+    ax.bar(names, [values[k] for k in names], color=[palette[i % len(palette)] for i in range(len(names))])
+    ax.tick_params(axis="x", labelrotation=30 if len(names) > 3 else 0)
     for i, k in enumerate(names):
         ax.text(i, values[k], f"{values[k]:.3g}", ha="center", va="bottom", fontsize=9)
     ax.set(title=title, ylabel=ylabel)
