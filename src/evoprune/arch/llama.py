@@ -156,7 +156,7 @@ class LlamaFamilyAdapter(ModelAdapter):
         base = {k: v for k, v in config.to_dict().items()
                 if k not in ("architectures", "auto_map", "model_type", "quantization_config", "transformers_version",
                              "_name_or_path", "layer_num_attention_heads", "layer_num_key_value_heads",
-                             "layer_intermediate_sizes", "layer_types", "max_window_layers", "use_sliding_window")}
+                             "layer_intermediate_sizes", "layer_types", "max_window_layers")}
         first_attn = next((s for s in shape.layers if s.num_kv_heads), None)
         if first_attn is None:
             raise UserError("the sub-network keeps no attention block in any layer; keep at least one")

@@ -1,0 +1,142 @@
+"""Shared fixtures: a seeded RNG per test and tiny random models of every supported family."""
+
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from evoprune.arch.shape import ModelShape
+from evoprune.arch.spec import LayerSpec, SubnetSpec
+
+# Test modules import the helpers below as `from evoprune_tests import ...`: the bare module name
+# `conftest` is ambiguous once other test folders bring their own conftest.py.
+sys.modules.setdefault("evoprune_tests", sys.modules[__name__])
+
+SEED = 0
+
+TINY_SIZES = dict(vocab_size=99, hidden_size=32, num_hidden_layers=3, intermediate_size=37, head_dim=8,
+                  num_attention_heads=4, max_position_embeddings=64, bos_token_id=1, eos_token_id=2,
+                  pad_token_id=0)
+
+
+@dataclass(frozen=True)
+class TinyCase:
+    """One tiny model variant: family, config class, model class and config overrides."""
+
+    id: str
+    config_class: type
+    model_class: type
+    kwargs: dict = field(default_factory=dict)
+
+    def config(self):
+        return self.config_class(**{**TINY_SIZES, **self.kwargs})
+
+    def build(self, seed: int = SEED):
+        torch.manual_seed(seed)
+        model = self.model_class(self.config()).eval()
+        # Random init leaves biases at 0 and norms at 1: perturb them so slicing mistakes show.
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias") or "norm" in name:
+                    p.add_(0.1 * torch.randn_like(p))
+        return model
+
+
+# GQA = 4 query heads over 2 KV groups; MHA = 4 over 4. Eight variants in all.
+TINY_CASES = [
+    TinyCase("llama-gqa", LlamaConfig, LlamaForCausalLM, dict(num_key_value_heads=2)),
+    TinyCase("llama-mha-bias-tied", LlamaConfig, LlamaForCausalLM,
+             dict(num_key_value_heads=4, attention_bias=True, mlp_bias=True, tie_word_embeddings=True)),
+    TinyCase("llama-gqa-bias", LlamaConfig, LlamaForCausalLM,
+             dict(num_key_value_heads=2, attention_bias=True, mlp_bias=True)),
+    TinyCase("mistral-gqa-sw4", MistralConfig, MistralForCausalLM, dict(num_key_value_heads=2, sliding_window=4)),
+    TinyCase("qwen2-gqa-tied", Qwen2Config, Qwen2ForCausalLM, dict(num_key_value_heads=2, tie_word_embeddings=True)),
+    # hybrid: layer 0 full attention, layers 1-2 sliding window 4
+    TinyCase("qwen2-mha-hybrid-sw4", Qwen2Config, Qwen2ForCausalLM,
+             dict(num_key_value_heads=4, use_sliding_window=True, sliding_window=4, max_window_layers=1)),
+    TinyCase("qwen3-gqa", Qwen3Config, Qwen3ForCausalLM, dict(num_key_value_heads=2)),
+    TinyCase("qwen3-mha-tied", Qwen3Config, Qwen3ForCausalLM, dict(num_key_value_heads=4, tie_word_embeddings=True)),
+]
+CASES_BY_ID = {c.id: c for c in TINY_CASES}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same torch / random state."""
+    random.seed(SEED)
+    torch.manual_seed(SEED)
+    yield
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    return random.Random(SEED)
+
+
+@pytest.fixture(params=TINY_CASES, ids=[c.id for c in TINY_CASES])
+def tiny_case(request) -> TinyCase:
+    return request.param
+
+
+@pytest.fixture
+def tiny_model(tiny_case):
+    """A freshly built, seeded tiny model of one family variant (fp32, eval mode)."""
+    return tiny_case.build()
+
+
+@pytest.fixture
+def tiny_llama():
+    """The GQA Llama variant alone, for tests that need one model only."""
+    return CASES_BY_ID["llama-gqa"].build()
+
+
+def _subset(rng: random.Random, n: int, min_size: int = 0) -> list[int]:
+    k = rng.randint(min_size, n)
+    return sorted(rng.sample(range(n), k))
+
+
+def random_spec(shape: ModelShape, rng: random.Random, keep_hidden: bool | None = None,
+                p_no_attention: float = 0.25, p_no_mlp: float = 0.25) -> SubnetSpec:
+    """A valid random SubnetSpec of `shape`.
+
+    Per layer: a random subset of KV groups (none = attention removed, with probability
+    `p_no_attention`), the same random non-empty set of query-head slots in every kept group, and
+    a random subset of neurons (none with probability `p_no_mlp`). Hidden channels: all kept when
+    `keep_hidden` is True, a random non-empty subset when False, either at random when None. At
+    least one layer keeps an attention block.
+    """
+    layers = []
+    for layer in shape.layers:
+        if layer.num_kv_heads and rng.random() >= p_no_attention:
+            kv = _subset(rng, layer.num_kv_heads, 1)
+            slots = _subset(rng, layer.heads_per_group, 1)
+        else:
+            kv, slots = [], []
+        if layer.intermediate_size and rng.random() >= p_no_mlp:
+            neurons = _subset(rng, layer.intermediate_size, 1)
+        else:
+            neurons = []
+        layers.append(LayerSpec.from_groups(layer, kv, slots, neurons))
+    if not any(ls.has_attention for ls in layers):
+        i = rng.choice([i for i, layer in enumerate(shape.layers) if layer.num_kv_heads])
+        layer = shape.layers[i]
+        layers[i] = LayerSpec.from_groups(layer, _subset(rng, layer.num_kv_heads, 1),
+                                          _subset(rng, layer.heads_per_group, 1), layers[i].neurons)
+    if keep_hidden is None:
+        keep_hidden = rng.random() < 0.5
+    hidden = None if keep_hidden else _subset(rng, shape.hidden_size, 1)
+    return SubnetSpec(shape, layers, hidden, {"method": "random", "test": True}).validate()
