@@ -1,0 +1,30 @@
+"""Text for calibration, training and evaluation, as packed token blocks.
+
+A source string names the text (`embedded`, a file, a folder, a `save_to_disk` dataset);
+`load_documents` reads it into documents, `split_documents` assigns each document to exactly one
+of the `calibration` / `train` / `eval` splits by a hash of its text, and `token_blocks` returns
+one split tokenized and packed into `[n, seq_len]` blocks, cached on disk.
+"""
+
+from .blocks import check_seq_len, pack_split, token_blocks
+from .embedded import EMBEDDED_CORPORA, EMBEDDED_SOURCE
+from .packing import PackedSplit
+from .sources import load_documents, source_identity
+from .splits import DEFAULT_FRACTIONS, SPLITS, SplitFractions, document_digest, split_documents, split_of
+
+__all__ = [
+    "DEFAULT_FRACTIONS",
+    "EMBEDDED_CORPORA",
+    "EMBEDDED_SOURCE",
+    "SPLITS",
+    "PackedSplit",
+    "SplitFractions",
+    "check_seq_len",
+    "document_digest",
+    "load_documents",
+    "pack_split",
+    "source_identity",
+    "split_documents",
+    "split_of",
+    "token_blocks",
+]

@@ -1,0 +1,82 @@
+"""One split of a text source as packed token blocks, built once and then read from the cache."""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping
+
+import torch
+
+from ..errors import UserError
+from .cache import blocks_key, blocks_path, read_cached, tokenizer_identity, write_cached
+from .packing import PackedSplit, pack_documents
+from .sources import load_documents, source_identity
+from .splits import DEFAULT_FRACTIONS, SplitFractions, check_split, split_documents
+
+log = logging.getLogger(__name__)
+
+
+def check_seq_len(seq_len: int, max_positions: int | None) -> None:
+    """Refuse a block length that is not positive or longer than the model's position limit.
+
+    Raises:
+        UserError: naming `data.seq_len`, the limit and the fix.
+    """
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0:
+        raise UserError(f"data.seq_len must be a positive integer, got {seq_len!r}")
+    if max_positions is not None and seq_len > max_positions:
+        raise UserError(f"data.seq_len={seq_len} is longer than the model's {max_positions} positions "
+                        f"(max_position_embeddings); use data.seq_len={max_positions} or less")
+
+
+def pack_split(tokenizer, source: str, split: str, seq_len: int, text_field: str = "text",
+               fractions: SplitFractions | Mapping[str, float] = DEFAULT_FRACTIONS) -> PackedSplit:
+    """All of one split of `source`, tokenized and packed, from the cache when possible.
+
+    Args:
+        tokenizer: a HF tokenizer; its EOS token separates documents.
+        source: a text source string (see `load_documents`).
+        split: `calibration`, `train` or `eval`.
+        seq_len: tokens per block.
+        text_field: the text column of json, parquet and datasets sources.
+        fractions: share of documents per split.
+
+    Raises:
+        UserError: for a bad source, split or length, or when the split holds less than one block.
+    """
+    check_split(split)
+    check_seq_len(seq_len, None)
+    fractions = SplitFractions.coerce(fractions)
+    key = blocks_key(source_identity(source, text_field), tokenizer_identity(tokenizer), split, seq_len, fractions)
+    path = blocks_path(key)
+    cached = read_cached(path, key)
+    if cached is not None:
+        return cached
+    documents = split_documents(load_documents(source, text_field), fractions)[split]
+    packed = pack_documents(tokenizer, documents, split, seq_len)
+    if packed.blocks.shape[0] == 0:
+        raise UserError(f"the {split} split of {source} has {packed.tokens} tokens ({packed.documents} documents) "
+                        f"but one block needs data.seq_len={seq_len}; give more text or a smaller data.seq_len")
+    write_cached(path, key, packed)
+    log.info("%s split of %s: %d documents, %d tokens, %d blocks of %d (cached in %s)", split, source,
+             packed.documents, packed.tokens, packed.blocks.shape[0], seq_len, path)
+    return packed
+
+
+def token_blocks(tokenizer, source: str, split: str, seq_len: int, max_blocks: int | None = None,
+                 text_field: str = "text", fractions: SplitFractions | Mapping[str, float] = DEFAULT_FRACTIONS
+                 ) -> torch.Tensor:
+    """The first `max_blocks` (default all) `[n, seq_len]` LongTensor blocks of one split of `source`.
+
+    Splits never share a document (see `split_documents`), and blocks are ordered by document
+    hash, so any prefix samples the whole split. See `pack_split` for the arguments.
+    """
+    if max_blocks is not None and (isinstance(max_blocks, bool) or not isinstance(max_blocks, int)
+                                   or max_blocks <= 0):
+        raise UserError(f"the number of {split} blocks must be a positive integer, got {max_blocks!r}")
+    packed = pack_split(tokenizer, source, split, seq_len, text_field, fractions)
+    available = packed.blocks.shape[0]
+    if max_blocks is not None and max_blocks > available:
+        log.warning("the %s split of %s has only %d blocks of %d tokens (%d asked); using all of them",
+                    split, source, available, seq_len, max_blocks)
+    return packed.blocks[:max_blocks]
