@@ -29,6 +29,8 @@ def _validate_per_layer_shapes(config) -> None:
         if (h == 0) != (g == 0) or (g and h % g):
             raise ValueError(f"layer {i}: {h} query heads cannot be split evenly over {g} KV heads")
     types = config.layer_types
+    if types is None and 0 in heads:
+        raise ValueError("layer_types is required when a layer has no attention (its entry must be 'mlp')")
     if types is not None:
         if len(types) != n:
             raise ValueError(f"layer_types has {len(types)} entries, expected {n}")
