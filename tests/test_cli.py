@@ -88,7 +88,7 @@ def test_existing_run_directory_needs_force(tiny_run_inputs, tmp_path, capsys):
 def test_bad_input_is_one_line_exit_2(tiny_run_inputs, tmp_path, capsys, argv, expected):
     out = tmp_path / "run"
     code, _, err = run_cli(capsys, "prune", "--model", str(tiny_run_inputs / "dense"), "--data",
-                           str(tiny_run_inputs / "corpus.txt"), "--out", str(out), "--quiet", *argv)
+                           str(tiny_run_inputs / "corpus.txt"), "--out", str(out), *TINY, *argv)
     assert code == 2
     assert expected in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -96,10 +96,10 @@ def test_bad_input_is_one_line_exit_2(tiny_run_inputs, tmp_path, capsys, argv, e
 
 
 def test_missing_model_and_data(tmp_path, capsys, tiny_run_inputs):
-    code, _, err = run_cli(capsys, "prune", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), "--quiet")
+    code, _, err = run_cli(capsys, "prune", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), *TINY)
     assert code == 2 and "not found" in err
     code, _, err = run_cli(capsys, "prune", "--model", str(tiny_run_inputs / "dense"), "--data",
-                           str(tmp_path / "missing.txt"), "--out", str(tmp_path / "r"), "--quiet")
+                           str(tmp_path / "missing.txt"), "--out", str(tmp_path / "r"), *TINY)
     assert code == 2 and "missing.txt" in err
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 
 from .errors import UserError
@@ -30,11 +31,11 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
         p.add_argument("--out", required=True, help="run directory to create")
         p.add_argument("--force", action="store_true", help="replace an existing run directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="evoprune", description="Structured pruning of causal LMs found by search.")
+    parser = argparse.ArgumentParser(prog="evoprune", description="Structured pruning of causal LMs found by search.",
+                                     epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prune", help="prune with a baseline method, export, evaluate dense vs pruned", epilog=EPILOG)
@@ -93,12 +94,27 @@ def run(args: argparse.Namespace) -> None:
     print((out / "report.md").read_text())
 
 
+OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+=")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse flags; `key.sub=value` words may appear anywhere and become config overrides."""
+    overrides = [a for a in argv if OVERRIDE.match(a)]
+    args = build_parser().parse_args([a for a in argv if not OVERRIDE.match(a)])
+    args.overrides = overrides
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    args = build_parser().parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING if args.__dict__.get("quiet") else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.__dict__.get("quiet"):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         run(args)
     except UserError as e:
