@@ -50,7 +50,7 @@ def resolve_model_path(source: str) -> Path:
         from huggingface_hub import snapshot_download
 
         try:
-            return Path(snapshot_download(source, local_files_only=True))
+            return Path(snapshot_download(source, local_files_only=True, cache_dir=os.environ.get("HF_HUB_CACHE")))
         except Exception:
             raise UserError(
                 f"model {source!r} is not a local folder and not in the local HF cache "
