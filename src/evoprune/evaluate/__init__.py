@@ -1,0 +1,18 @@
+"""Evaluation of causal LMs on token blocks: perplexity, KL to a cached teacher, latency and memory."""
+
+from .latency import LatencyResult, cache_nbytes, compare_latency, measure_latency, weights_nbytes
+from .perplexity import mean_nll, perplexity
+from .teacher import TeacherCache, TeacherSlice, kl_to_teacher
+
+__all__ = [
+    "LatencyResult",
+    "TeacherCache",
+    "TeacherSlice",
+    "cache_nbytes",
+    "compare_latency",
+    "kl_to_teacher",
+    "mean_nll",
+    "measure_latency",
+    "perplexity",
+    "weights_nbytes",
+]
