@@ -53,7 +53,7 @@ class PruneConfig:
 @dataclass
 class EvalConfig:
     teacher: str | None = None  # dense model for KL; None = the model that was pruned
-    top_k: int = 64  # teacher log-probs kept per position in the on-disk cache
+    top_k: int = 1024  # teacher log-probs kept per position on disk (top-64 under-reports KL by 15-23%, 1024 by ~3%)
     latency: bool = True  # measure prefill / decode speed of dense and pruned side by side
     prompt_len: int = 128  # prefill length for latency
     new_tokens: int = 32  # decode steps for latency
