@@ -41,9 +41,9 @@ def _validate_per_layer_shapes(config) -> None:
                 raise ValueError(f"layer {i}: unknown layer type {t!r}")
 
 
-@strict
-class EvopruneLlamaConfig(LlamaConfig):
-    model_type = "evoprune_llama"
+class PerLayerShapes:
+    """Fields and checks that every pruned family config adds to its stock config."""
+
     layer_num_attention_heads: list[int] | None = None
     layer_num_key_value_heads: list[int] | None = None
     layer_intermediate_sizes: list[int] | None = None
@@ -56,44 +56,13 @@ class EvopruneLlamaConfig(LlamaConfig):
         pass  # covered by validate_architecture, which also accepts "mlp" layers
 
 
-@strict
-class EvopruneMistralConfig(MistralConfig):
-    model_type = "evoprune_mistral"
-    layer_num_attention_heads: list[int] | None = None
-    layer_num_key_value_heads: list[int] | None = None
-    layer_intermediate_sizes: list[int] | None = None
-    layer_types: list[str] | None = None
-
-    def validate_architecture(self):
-        _validate_per_layer_shapes(self)
-
-    def validate_layer_type(self):
-        pass
+def _pruned_config(stock, family):
+    namespace = {"model_type": f"evoprune_{family.lower()}", "__module__": __name__,
+                 "__annotations__": dict(PerLayerShapes.__annotations__)}
+    return strict(type(f"Evoprune{family}Config", (PerLayerShapes, stock), namespace))
 
 
-@strict
-class EvopruneQwen2Config(Qwen2Config):
-    model_type = "evoprune_qwen2"
-    layer_num_attention_heads: list[int] | None = None
-    layer_num_key_value_heads: list[int] | None = None
-    layer_intermediate_sizes: list[int] | None = None
-
-    def validate_architecture(self):
-        _validate_per_layer_shapes(self)
-
-    def validate_layer_type(self):
-        pass
-
-
-@strict
-class EvopruneQwen3Config(Qwen3Config):
-    model_type = "evoprune_qwen3"
-    layer_num_attention_heads: list[int] | None = None
-    layer_num_key_value_heads: list[int] | None = None
-    layer_intermediate_sizes: list[int] | None = None
-
-    def validate_architecture(self):
-        _validate_per_layer_shapes(self)
-
-    def validate_layer_type(self):
-        pass
+EvopruneLlamaConfig = _pruned_config(LlamaConfig, "Llama")
+EvopruneMistralConfig = _pruned_config(MistralConfig, "Mistral")
+EvopruneQwen2Config = _pruned_config(Qwen2Config, "Qwen2")
+EvopruneQwen3Config = _pruned_config(Qwen3Config, "Qwen3")
