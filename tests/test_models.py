@@ -39,3 +39,13 @@ def test_file_instead_of_folder(tmp_path):
 def test_unknown_dtype(tmp_path):
     with pytest.raises(UserError, match="unknown dtype"):
         load_model(str(tmp_path), dtype="int3")
+
+
+def test_corrupt_safetensors_is_a_user_error(tmp_path):
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1, intermediate_size=24))
+    model.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    with pytest.raises(UserError, match="cannot load weights"):
+        load_model(str(tmp_path), with_tokenizer=False)

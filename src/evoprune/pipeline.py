@@ -60,8 +60,13 @@ def make_spec(cfg: RunConfig, dense: LoadedModel, progress: bool = True) -> Subn
     else:
         spec = uniform_spec(shape, stats.head_energy(dense.adapter, dense.model),
                             stats.neuron_energy(dense.adapter, dense.model), target, cfg.prune.multiple)
+    report = target.report(spec.block_params(), params.block_params(shape))
+    if abs(report["relative_error"]) > 0.01:
+        log.warning("%s: achieved block sparsity %.4f, %.2f%% of the block parameters away from the target "
+                    "(the units are too coarse to get closer)", target.description, report["achieved_sparsity"],
+                    100 * abs(report["relative_error"]))
     spec.meta.update(source=dense.name, calibration=f"{cfg.data.source}: {len(calib)} x {cfg.data.seq_len} tokens",
-                     target_report=target.report(spec.block_params(), params.block_params(shape)))
+                     target_report=report)
     return spec
 
 
