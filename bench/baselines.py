@@ -75,8 +75,8 @@ def main() -> None:
              f"{torch.get_num_threads()} threads, torch {torch.__version__}; {time.time() - started:.0f} s")
     table = markdown_table(list(rows.values()), COLUMNS)
     write_json(out / "baselines.json", {"setup": setup, "rows": rows, "dense_block_params": params.block_params(shape)})
-    plot_bars({k: r["perplexity"] for k, r in rows.items()}, "held-out perplexity (lower is better)", "perplexity",
-              out / "baselines_perplexity.png")
+    plot_bars({k: r["perplexity"] for k, r in rows.items()}, "held-out perplexity (lower is better)", "perplexity (log scale)",
+              out / "baselines_perplexity.png", log=True)
     plot_bars({k: r.get("decode_speedup", 0.0) for k, r in rows.items()}, "decode speedup vs dense", "x",
               out / "baselines_decode_speedup.png")
     write_text(out / "baselines.md", f"# Baselines\n\n{setup}\n\nCommand: `python {' '.join(sys.argv)}`\n\n{table}\n"

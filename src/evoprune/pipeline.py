@@ -111,8 +111,8 @@ def _finish(cfg: RunConfig, dense: LoadedModel, spec: SubnetSpec, out: Path, for
 
 def _prune_report(folder: Path, cfg: RunConfig, spec: SubnetSpec, rows: dict, metrics: dict) -> None:
     plot_kept_per_layer(spec, folder / "kept_per_layer.png")
-    plot_bars({k: r["perplexity"] for k, r in rows.items()}, "held-out perplexity", "perplexity",
-              folder / "perplexity.png")
+    plot_bars({k: r["perplexity"] for k, r in rows.items()}, "held-out perplexity", "perplexity (log scale)",
+              folder / "perplexity.png", log=True)
     sections = [("Result", markdown_table(list(rows.values()), [c for c in METRIC_COLUMNS if c in rows["dense"]])
                  + "\n![perplexity](perplexity.png)\n")]
     target = metrics["target"]
@@ -155,8 +155,8 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
     with staged_dir(out, force=force) as tmp:
         write_json(tmp / "metrics.json", metrics)
         write_text(tmp / "config.yaml", dump_config(cfg))
-        plot_bars({k: r["perplexity"] for k, r in rows.items()}, "held-out perplexity", "perplexity",
-                  tmp / "perplexity.png")
+        plot_bars({k: r["perplexity"] for k, r in rows.items()}, "held-out perplexity", "perplexity (log scale)",
+                  tmp / "perplexity.png", log=True)
         table = markdown_table(list(rows.values()), [c for c in METRIC_COLUMNS if c in next(iter(rows.values()))])
         write_report(tmp / "report.md", f"evoprune eval: {model}",
                      [("Result", table + "\n![perplexity](perplexity.png)\n"),

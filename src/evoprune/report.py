@@ -37,7 +37,7 @@ def plot_kept_per_layer(spec: SubnetSpec, path: Path) -> Path:
     return path
 
 
-def plot_bars(values: dict[str, float], title: str, ylabel: str, path: Path) -> Path:
+def plot_bars(values: dict[str, float], title: str, ylabel: str, path: Path, log: bool = False) -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.2), constrained_layout=True)
     names = list(values)
     palette = ["#888888", "#4c72b0", "#55a868", "#c44e52", "#8172b2", "#ccb974", "#64b5cd"]
@@ -46,6 +46,8 @@ def plot_bars(values: dict[str, float], title: str, ylabel: str, path: Path) -> 
     for i, k in enumerate(names):
         ax.text(i, values[k], f"{values[k]:.3g}", ha="center", va="bottom", fontsize=9)
     ax.set(title=title, ylabel=ylabel)
+    if log:
+        ax.set_yscale("log")
     with staged_file(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
