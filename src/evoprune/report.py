@@ -24,11 +24,11 @@ def plot_kept_per_layer(spec: SubnetSpec, path: Path) -> Path:
     axes[0].bar(x, [len(ls.heads) for ls in spec.layers], color="#4c72b0", label="kept query heads")
     axes[0].plot(x, [len(ls.kv_heads) for ls in spec.layers], "o", color="#c44e52", label="kept KV groups")
     axes[0].set(title="attention", xlabel="layer", ylabel="heads")
-    axes[0].legend(fontsize=8, loc="lower right")
+    axes[0].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
     axes[1].bar(x, [s.intermediate_size for s in spec.source.layers], color="#dddddd", label="source neurons")
     axes[1].bar(x, [len(ls.neurons) for ls in spec.layers], color="#55a868", label="kept neurons")
     axes[1].set(title="MLP", xlabel="layer", ylabel="neurons")
-    axes[1].legend(fontsize=8, loc="lower right")
+    axes[1].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     method = spec.meta.get("method", "sub-network")
     fig.suptitle(f"{method}: {spec.block_sparsity():.1%} of block parameters removed")
     with staged_file(path) as tmp:
