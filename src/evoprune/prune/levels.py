@@ -1,0 +1,92 @@
+"""Compression-level ladders generated from the model's shape (not written by hand per model).
+
+A module (one layer's attention or MLP) gets up to `num_levels` levels evenly spaced in cost
+(parameters or FLOPs per token) from removed (level 0) to full (the last level). MLP levels are
+neuron counts, optionally at hardware-friendly multiples. Attention levels are GQA-legal shapes:
+g kept KV groups with s query heads each; shapes of equal cost (e.g. 1 group × 3 heads and
+3 groups × 1 head with MHA-sized projections) share a level and the database keeps the one
+that the layer's own second-order error prefers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..arch import params
+from ..arch.shape import LayerShape, ModelShape
+from ..errors import UserError
+
+METRICS = ("params", "flops")
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    groups: int  # kept KV groups
+    heads_per_group: int  # kept query heads in each kept group
+
+    @property
+    def num_heads(self) -> int:
+        return self.groups * self.heads_per_group
+
+
+def attention_cost(shape: ModelShape, layer: LayerShape, a: AttentionShape, metric: str, context: int = 1024) -> int:
+    kept = LayerShape(a.num_heads, a.groups, 0)
+    if metric == "params":
+        return params.attention_params(shape, kept)
+    single = ModelShape(**{**shape.to_dict(), "layers": (kept,), "vocab_size": 0})
+    return params.flops_per_token(single, context)
+
+
+def mlp_cost(shape: ModelShape, neurons: int, metric: str) -> int:
+    kept = LayerShape(0, 0, neurons)
+    if metric == "params":
+        return params.mlp_params(shape, kept)
+    single = ModelShape(**{**shape.to_dict(), "layers": (kept,), "vocab_size": 0})
+    return params.flops_per_token(single)
+
+
+def _even_targets(full: float, num_levels: int) -> list[float]:
+    return [full * k / (num_levels - 1) for k in range(num_levels)]
+
+
+def attention_ladder(shape: ModelShape, layer: LayerShape, num_levels: int, metric: str = "params"
+                     ) -> list[list[AttentionShape]]:
+    """Per level, the GQA shapes of that level's cost (level 0 = removed = [])."""
+    check_levels(num_levels, metric)
+    if layer.num_kv_heads == 0:
+        return [[]]
+    by_cost: dict[int, list[AttentionShape]] = {}
+    for g in range(1, layer.num_kv_heads + 1):
+        for s in range(1, layer.heads_per_group + 1):
+            a = AttentionShape(g, s)
+            by_cost.setdefault(attention_cost(shape, layer, a, metric), []).append(a)
+    costs = sorted(by_cost)
+    full = costs[-1]
+    chosen = [0]
+    for t in _even_targets(full, num_levels)[1:]:
+        nearest = min(costs, key=lambda c: (abs(c - t), c))
+        if nearest not in chosen:
+            chosen.append(nearest)
+    chosen[-1:] = [full] if chosen[-1] != full else chosen[-1:]
+    return [[]] + [by_cost[c] for c in sorted(set(chosen) - {0})]
+
+
+def mlp_ladder(layer: LayerShape, num_levels: int, multiple: int = 1) -> list[int]:
+    """Kept neuron counts per level: evenly spaced from 0 to all, snapped to `multiple`."""
+    check_levels(num_levels, "params")
+    m = layer.intermediate_size
+    if multiple < 1 or multiple > max(m, 1):
+        raise UserError(f"--multiple {multiple} must be between 1 and the MLP width {m}")
+    counts = [0]
+    for t in _even_targets(m, num_levels)[1:-1]:
+        n = int(round(t / multiple)) * multiple
+        if 0 < n < m and n not in counts:
+            counts.append(n)
+    return counts + [m]
+
+
+def check_levels(num_levels: int, metric: str) -> None:
+    if num_levels < 2:
+        raise UserError(f"need at least 2 levels (removed and full), got {num_levels}")
+    if metric not in METRICS:
+        raise UserError(f"level spacing must be one of {', '.join(METRICS)}, got {metric!r}")
