@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
+import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
@@ -51,8 +52,18 @@ class ModelAdapter(ABC):
         """The projection whose input columns are the MLP neurons (down_proj)."""
 
     @abstractmethod
-    def slice(self, model: PreTrainedModel, spec: SubnetSpec) -> PreTrainedModel:
-        """Build the physically smaller model that keeps exactly what `spec` lists."""
+    def slice(self, model: PreTrainedModel, spec: SubnetSpec,
+              replace: dict[str, "torch.Tensor"] | None = None) -> PreTrainedModel:
+        """Build the physically smaller model that keeps exactly what `spec` lists.
+
+        `replace` maps source parameter names (e.g. `model.layers.3.mlp.down_proj.weight`) to
+        tensors already in the sliced shape, used instead of the sliced source weights (the
+        second-order database's compensated output projections).
+        """
+
+    @abstractmethod
+    def parameter_name(self, layer: int, part: str) -> str:
+        """Source parameter name of `part` ("attention_output" or "mlp_output") in layer `layer`."""
 
 
 _REGISTRY: list[ModelAdapter] = []

@@ -92,6 +92,10 @@ class LlamaFamilyAdapter(ModelAdapter):
     def mlp_output(self, layer):
         return layer.mlp.down_proj
 
+    def parameter_name(self, layer: int, part: str) -> str:
+        return {"attention_output": f"model.layers.{layer}.self_attn.o_proj.weight",
+                "mlp_output": f"model.layers.{layer}.mlp.down_proj.weight"}[part]
+
     def shape(self, model: PreTrainedModel) -> ModelShape:
         config = model.config
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -117,8 +121,10 @@ class LlamaFamilyAdapter(ModelAdapter):
             qk_norm=any(hasattr(a, "q_norm") for a in attns),
         )
 
-    def slice(self, model: PreTrainedModel, spec: SubnetSpec) -> PreTrainedModel:
+    def slice(self, model: PreTrainedModel, spec: SubnetSpec,
+              replace: dict[str, torch.Tensor] | None = None) -> PreTrainedModel:
         spec.validate(self.shape(model))
+        replace = replace or {}
         hd = spec.source.head_dim
         hidden = None if spec.hidden is None else torch.tensor(spec.hidden)
         src = model.state_dict()
@@ -141,7 +147,13 @@ class LlamaFamilyAdapter(ModelAdapter):
                 if (in_attention and not ls.has_attention) or (not in_attention and not ls.has_mlp):
                     continue
                 rows, cols = LAYER_SLICES[name]
-                out[f"model.layers.{new_idx}.{name}"] = take(src[key], index[rows], index[cols])
+                sliced = take(src[key], index[rows], index[cols])
+                if key in replace:
+                    if replace[key].shape != sliced.shape:
+                        raise ValueError(f"replacement for {key} has shape {tuple(replace[key].shape)}, "
+                                         f"the sliced tensor {tuple(sliced.shape)}")
+                    sliced = replace[key].to(dtype=sliced.dtype, device=sliced.device)
+                out[f"model.layers.{new_idx}.{name}"] = sliced
         config, lm_class = self.pruned_config(model.config, spec)
         pruned = instantiate(lm_class, config, out)
         return pruned.to(dtype=next(model.parameters()).dtype)
