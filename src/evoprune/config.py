@@ -62,10 +62,49 @@ class EvalConfig:
 
 
 @dataclass
+class DatabaseConfig:
+    num_levels: int = 11  # compression levels per module, removed to full (DarwinLM: 11)
+    spacing: str = "params"  # levels evenly spaced in params or flops
+    multiple: int = 1  # MLP widths at multiples of this
+    method: str = "obs"  # obs (second-order with weight update) | activation (ranking only)
+    percdamp: float = 0.01  # Hessian dampening as a fraction of mean(diag H)
+    neuron_step: int = 0  # neurons removed per OBS step; 0 = automatic (width // 1024)
+
+
+PROFILES = {
+    # DarwinLM's values (paper, section 4): 16 offspring, 200 generations, 4 selection stages.
+    "paper": dict(offspring=16, generations=200, train_tokens=[10_000, 50_000, 100_000, 200_000],
+                  fitness_tokens=[1024, 2048, 4096, 8192], survivors=[8, 4, 2, 1]),
+    # Sized so the whole pipeline on SmolLM2-135M finishes in about 15 minutes on 2 CPU cores.
+    "quick": dict(offspring=8, generations=12, train_tokens=[0, 1024, 2048],
+                  fitness_tokens=[1024, 2048, 4096], survivors=[4, 2, 1]),
+}
+
+
+@dataclass
+class SearchConfig:
+    profile: str = "quick"  # quick | paper: defaults for the fields below that are left null
+    metric: str = "params"  # budget in params or flops (per token)
+    offspring: int | None = None  # offspring per generation
+    generations: int | None = None  # generations
+    train_tokens: list[int] | None = None  # per stage: tokens of brief training before scoring (0 = KL only)
+    fitness_tokens: list[int] | None = None  # per stage: tokens the KL is measured on
+    survivors: list[int] | None = None  # per stage: candidates kept
+    lr: float = 1e-5  # AdamW learning rate of the brief training (DarwinLM: 1e-5)
+    trade: bool = False  # let attention and MLP (and depth, via level 0) trade budget with each other
+
+    def resolved(self) -> dict:
+        base = PROFILES.get(self.profile, PROFILES["quick"])
+        return {k: getattr(self, k) if getattr(self, k) is not None else v for k, v in base.items()}
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0  # for every random choice
 
@@ -89,6 +128,25 @@ class RunConfig:
             p.append(f"prune.sparsity must be strictly between 0 and 1, got {pr.sparsity}")
         if pr.target_params is not None and pr.target_params <= 0:
             p.append(f"prune.target_params must be positive, got {pr.target_params}")
+        db, se = self.database, self.search
+        if db.num_levels < 2:
+            p.append(f"database.num_levels must be at least 2, got {db.num_levels}")
+        if db.spacing not in ("params", "flops"):
+            p.append(f"database.spacing must be params or flops, got {db.spacing!r}")
+        if db.method not in ("obs", "activation"):
+            p.append(f"database.method must be obs or activation, got {db.method!r}")
+        if se.profile not in PROFILES:
+            p.append(f"search.profile must be one of {', '.join(PROFILES)}, got {se.profile!r}")
+        if se.metric not in ("params", "flops"):
+            p.append(f"search.metric must be params or flops, got {se.metric!r}")
+        r = se.resolved()
+        stages = {len(r["train_tokens"]), len(r["fitness_tokens"]), len(r["survivors"])}
+        if len(stages) != 1:
+            p.append("search.train_tokens, search.fitness_tokens and search.survivors need one entry per stage")
+        if any(v < 0 for v in r["train_tokens"]) or any(v <= 0 for v in r["fitness_tokens"] + r["survivors"]):
+            p.append("search stage tokens must be >= 0 (training) / > 0 (fitness), survivors > 0")
+        if r["offspring"] <= 0 or r["generations"] < 0:
+            p.append("search.offspring must be positive and search.generations >= 0")
         return p
 
 
@@ -128,6 +186,11 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
     if value is None:
         return type(None) in options, None
     for opt in options:
+        if typing.get_origin(opt) is list and isinstance(value, list):
+            (item,) = typing.get_args(opt)
+            items = [_coerce(v, item) for v in value]
+            if all(ok for ok, _ in items):
+                return True, [v for _, v in items]
         if opt is bool and isinstance(value, bool):
             return True, value
         if opt is int and isinstance(value, int) and not isinstance(value, bool):
@@ -140,8 +203,8 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
 
 
 def _type_name(hint: Any) -> str:
-    args = typing.get_args(hint) or (hint,)
-    return " or ".join("null" if a is type(None) else a.__name__ for a in args)
+    args = typing.get_args(hint) if typing.get_origin(hint) is not list else (hint,)
+    return " or ".join("null" if a is type(None) else getattr(a, "__name__", str(a)) for a in args or (hint,))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -1,0 +1,178 @@
+"""The DarwinLM pipeline: database -> evolutionary search -> export -> evaluate, in one run directory.
+
+Run directory: `database/` (resumable layer by layer), `search/` (state.json + history.jsonl,
+resumable per generation), then `model/`, `spec.json`, `metrics.json`, `config.yaml`,
+`report.md` and plots. Rerunning the same command on the same directory resumes; a changed
+configuration is refused, naming the keys that differ; `--force` starts over.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .arch.export import export_checkpoint
+from .atomic import write_json, write_text
+from .config import RunConfig, dump_config, to_dict
+from .errors import UserError
+from .evaluate.suite import evaluate_models, teacher_for
+from .models import LoadedModel
+from .pipeline import METRIC_COLUMNS, data_blocks, load_source
+from .prune.database import Database, DatabaseSettings
+from .prune.target import resolve_target
+from .report import markdown_table, plot_bars, plot_kept_per_layer, write_report
+from .search.budget import CostTable, make_budget
+from .search.evolution import evolve
+from .search.fitness import CandidateEvaluator, Stage
+from .train import TrainConfig
+
+log = logging.getLogger(__name__)
+RUN_MARKER = "darwin_run.json"
+
+
+def database_settings(cfg: RunConfig) -> DatabaseSettings:
+    d = cfg.data
+    return DatabaseSettings(**asdict(cfg.database), calibration=f"{d.source}|{d.text_field}|calibration|"
+                                                                 f"{d.calibration_blocks}x{d.seq_len}")
+
+
+def build_database(cfg: RunConfig, dense: LoadedModel, path: Path, progress: bool = True) -> Database:
+    settings = database_settings(cfg)
+    if (path / "index.json").exists():
+        return Database.load(path, dense.model, dense.adapter, settings)
+    blocks = data_blocks(cfg, dense.tokenizer, "calibration", cfg.data.calibration_blocks)
+    started = time.time()
+    db = Database.build(dense.model, dense.adapter, blocks, settings, path, cfg.data.batch_size, progress)
+    log.info("database built in %.0f s, %.1f MB", time.time() - started, db.size_bytes() / 2**20)
+    return db
+
+
+def cost_table(db: Database, metric: str) -> CostTable:
+    return CostTable(metric, {kind: [[getattr(lv, metric) for lv in levels] for levels in db.levels[kind]]
+                              for kind in ("attention", "mlp")})
+
+
+def search_config(cfg: RunConfig) -> dict:
+    """The settings a resumed search must share with the run that started it."""
+    return {"model": cfg.model.source, "data": to_dict(cfg.data), "database": to_dict(cfg.database),
+            "search": {**to_dict(cfg.search), **cfg.search.resolved()},
+            "target": [cfg.prune.sparsity, cfg.prune.target_params], "seed": cfg.seed}
+
+
+def make_evaluator(cfg: RunConfig, dense: LoadedModel, db: Database, stages: list[Stage],
+                   progress: bool) -> CandidateEvaluator:
+    seq = cfg.data.seq_len
+    most = max(math.ceil(s.fitness_tokens / seq) for s in stages)
+    calib = data_blocks(cfg, dense.tokenizer, "calibration", max(most, cfg.data.calibration_blocks))
+    stage_blocks = [calib[:math.ceil(s.fitness_tokens / seq)] for s in stages]
+    teachers = [teacher_for(dense.model, str(dense.path), b, cfg.eval, cfg.data.batch_size, progress)
+                for b in stage_blocks]
+    train_tokens = sum(s.train_tokens for s in stages)
+    train = data_blocks(cfg, dense.tokenizer, "train", max(1, math.ceil(train_tokens / seq))) if train_tokens \
+        else stage_blocks[0]
+    return CandidateEvaluator(dense.model, dense.adapter, db, stage_blocks, teachers, train,
+                              TrainConfig(lr=cfg.search.lr, seed=cfg.seed), cfg.data.batch_size)
+
+
+def stages_of(cfg: RunConfig) -> list[Stage]:
+    r = cfg.search.resolved()
+    return [Stage(t, f, s) for t, f, s in zip(r["train_tokens"], r["fitness_tokens"], r["survivors"])]
+
+
+def prepare_run_dir(out: Path, force: bool) -> None:
+    if out.exists() and force:
+        shutil.rmtree(out)
+    if out.exists() and any(out.iterdir()) and not (out / RUN_MARKER).exists():
+        raise UserError(f"output directory {out} exists and is not an evoprune darwin run; pass --force to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def darwin(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = True,
+           stop_after: int | None = None) -> Path:
+    """Database, search, export and evaluation for `cfg`; resumes an interrupted run in `out`."""
+    out = Path(out)
+    prepare_run_dir(out, force)
+    marker = out / RUN_MARKER
+    config = search_config(cfg)
+    if marker.exists():
+        previous = json.loads(marker.read_text())
+        differ = sorted(k for k in set(config) | set(previous) if config.get(k) != previous.get(k))
+        if differ:
+            raise UserError(f"{out} holds a run with other settings ({', '.join(differ)}); "
+                            "use the same settings to resume, or --force to start over")
+    started = time.time()
+    dense = load_source(cfg)
+    write_json(marker, config)
+    shape = dense.adapter.shape(dense.model)
+    target = resolve_target(shape, cfg.prune.sparsity, cfg.prune.target_params)
+    db = build_database(cfg, dense, out / "database", progress)
+    table = cost_table(db, cfg.search.metric)
+    dense_blocks = cost_table(db, "params").full()
+    budget = make_budget(table, table.full() * target.block_params / dense_blocks)
+    stages = stages_of(cfg)
+    evaluator = make_evaluator(cfg, dense, db, stages, progress)
+    r = cfg.search.resolved()
+    result = evolve(evaluator, table, budget, stages, r["offspring"], r["generations"], cfg.seed, cfg.search.trade,
+                    out / "search", config, progress, stop_after)
+    if result.state.generation < r["generations"]:
+        return out  # stopped early on request (tests); rerun to resume
+    spec, replace = db.stitch(list(result.best.attention), list(result.best.mlp), dense.adapter,
+                              meta={"method": "darwin", "source": dense.name, "target": target.description,
+                                    "profile": cfg.search.profile, "generations": result.state.generation,
+                                    "genotype": result.best.to_dict()})
+    spec.meta["target_report"] = target.report(spec.block_params(), dense_blocks)
+    pruned = dense.adapter.slice(dense.model, spec, replace)
+    eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
+    teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size, progress)
+    rows = evaluate_models({"dense": dense.model, "darwin": pruned}, eval_blocks, teacher, cfg.eval,
+                           cfg.data.batch_size, progress)
+    export_checkpoint(pruned, out / "model", tokenizer=dense.tokenizer, spec=spec, force=True)
+    spec.save(out / "spec.json")
+    metrics = {"dense": rows["dense"], "pruned": rows["darwin"], "target": spec.meta["target_report"],
+               "search": {"generations": result.state.generation, "evaluations": result.state.evaluations,
+                          "search_seconds": round(result.state.seconds, 1)},
+               "database": {"bytes": db.size_bytes(), "dense_weight_bytes": sum(
+                   p.numel() * p.element_size() for p in dense.model.parameters())},
+               "wall_time_s": round(time.time() - started, 1)}
+    write_json(out / "metrics.json", metrics)
+    write_text(out / "config.yaml", dump_config(cfg))
+    _report(out, spec, rows, metrics, result.state.history)
+    return out
+
+
+def _report(out: Path, spec, rows: dict, metrics: dict, history: list[dict]) -> None:
+    import matplotlib.pyplot as plt
+
+    from .atomic import staged_file
+
+    fig, ax = plt.subplots(figsize=(6, 3.4), constrained_layout=True)
+    gens = [h["generation"] for h in history]
+    ax.plot(gens, [h["fitness"][-1] for h in history], "o-", label="winner, last stage")
+    ax.plot(gens, [h["best_first_stage"] for h in history], "s--", alpha=0.6, label="best, first stage (KL only)")
+    ax.set(xlabel="generation", ylabel="KL to dense (nats/token)", title="search progress")
+    ax.legend(fontsize=8)
+    with staged_file(out / "fitness.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    plot_kept_per_layer(spec, out / "kept_per_layer.png")
+    plot_bars({k: r["perplexity"] for k, r in rows.items()}, "held-out perplexity", "perplexity (log scale)",
+              out / "perplexity.png", log=True)
+    db = metrics["database"]
+    s = metrics["search"]
+    write_report(out / "report.md", f"evoprune darwin: {spec.meta.get('source')}", [
+        ("Result", markdown_table(list(rows.values()), [c for c in METRIC_COLUMNS if c in rows["dense"]])
+         + "\n![perplexity](perplexity.png)\n"),
+        ("Target", markdown_table([metrics["target"]])),
+        ("Search", f"{s['generations']} generations, {s['evaluations']} candidate evaluations, "
+                   f"{s['search_seconds']:.0f} s.\n\n![fitness](fitness.png)\n"),
+        ("What was kept", markdown_table([spec.summary()]) + "\n![kept per layer](kept_per_layer.png)\n"),
+        ("Database", f"{db['bytes'] / 2**20:.1f} MB on disk ({db['bytes'] / db['dense_weight_bytes']:.2f}x the dense "
+                     f"weights)."),
+    ])

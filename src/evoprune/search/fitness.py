@@ -1,0 +1,73 @@
+"""Candidate evaluation: stitch a genotype into a model, train it briefly, score its KL to the teacher."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from ..arch.adapter import ModelAdapter
+from ..evaluate.teacher import TeacherCache, kl_to_teacher
+from ..prune.database import Database
+from ..train import TrainConfig, train_on_blocks
+from .genotype import Genotype
+
+
+@dataclass(frozen=True)
+class Stage:
+    train_tokens: int  # tokens of brief training before scoring (0 = none)
+    fitness_tokens: int  # tokens the KL is measured on
+    survivors: int  # candidates kept after this stage
+
+
+class CandidateEvaluator:
+    """Everything a candidate evaluation needs, prepared once per search."""
+
+    def __init__(self, dense: PreTrainedModel, adapter: ModelAdapter, db: Database,
+                 stage_blocks: list[torch.Tensor], stage_teachers: list[TeacherCache], train_blocks: torch.Tensor,
+                 train_cfg: TrainConfig, batch_size: int = 4):
+        self.dense, self.adapter, self.db = dense, adapter, db
+        self.stage_blocks, self.stage_teachers = stage_blocks, stage_teachers
+        self.train_blocks, self.train_cfg = train_blocks, train_cfg
+        self.batch_size = batch_size
+        self.evaluations = 0
+
+    def build(self, g: Genotype) -> PreTrainedModel:
+        spec, replace = self.db.stitch(list(g.attention), list(g.mlp), self.adapter)
+        return self.adapter.slice(self.dense, spec, replace)
+
+    def train(self, model: PreTrainedModel, tokens: int, seed: int, start_block: int = 0) -> None:
+        cfg = dataclasses.replace(self.train_cfg, seed=seed)
+        train_on_blocks(model, self.train_blocks, tokens, cfg, start_block=start_block)
+
+    def fitness(self, model: PreTrainedModel, stage: int) -> float:
+        self.evaluations += 1
+        return kl_to_teacher(model, self.stage_blocks[stage], self.stage_teachers[stage], batch_size=self.batch_size)
+
+
+def select(pool: list[Genotype], stages: list[Stage], evaluator: CandidateEvaluator, seed: int
+           ) -> tuple[Genotype, list[dict[Genotype, float]]]:
+    """Training-aware selection: every stage trains the survivors briefly, scores them, keeps the best.
+
+    Training continues across stages on the same candidate weights, and all candidates of a stage
+    see the same training tokens, so they are compared on equal terms. Returns the winner and the
+    fitness of each candidate at each stage.
+    """
+    unique = list(dict.fromkeys(pool))
+    models = {g: evaluator.build(g) for g in unique}
+    scores: list[dict[Genotype, float]] = []
+    seen_tokens = 0
+    for s, stage in enumerate(stages):
+        stage_scores = {}
+        for i, g in enumerate(unique):
+            if stage.train_tokens:
+                evaluator.train(models[g], stage.train_tokens, seed=seed * 1000 + s,
+                                start_block=seen_tokens // evaluator.train_blocks.shape[1])
+            stage_scores[g] = evaluator.fitness(models[g], s)
+        seen_tokens += stage.train_tokens
+        scores.append(stage_scores)
+        unique = sorted(unique, key=lambda g: (stage_scores[g], unique.index(g)))[:max(1, stage.survivors)]
+        models = {g: models[g] for g in unique}
+    return unique[0], scores

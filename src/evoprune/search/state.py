@@ -1,0 +1,57 @@
+"""Resumable search state, written atomically after every generation."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..atomic import write_json
+from ..errors import UserError
+from .genotype import Genotype
+
+FORMAT = "evoprune.search_state/1"
+
+
+@dataclass
+class SearchState:
+    config: dict  # the search-relevant configuration; resuming with another one is refused
+    generation: int  # generations completed
+    parent: Genotype
+    rng: list  # random.Random.getstate(), as JSON
+    evaluations: int = 0
+    seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)  # one record per generation
+
+    def restore_rng(self) -> random.Random:
+        rng = random.Random()
+        version, internal, gauss = self.rng
+        rng.setstate((version, tuple(internal), gauss))
+        return rng
+
+    def save(self, path: Path) -> None:
+        write_json(path, {"format": FORMAT, "config": self.config, "generation": self.generation,
+                          "parent": self.parent.to_dict(), "rng": self.rng, "evaluations": self.evaluations,
+                          "seconds": self.seconds, "history": self.history})
+
+    @classmethod
+    def load(cls, path: Path, config: dict) -> "SearchState":
+        try:
+            d = json.loads(path.read_text())
+            assert d.get("format") == FORMAT
+            state = cls(d["config"], int(d["generation"]), Genotype.from_dict(d["parent"]), d["rng"],
+                        int(d["evaluations"]), float(d["seconds"]), list(d["history"]))
+        except (OSError, ValueError, KeyError, TypeError, AssertionError):
+            raise UserError(f"search state {path} is corrupt or not an evoprune search state; delete it to start "
+                            "the search again (or rerun with --force)") from None
+        differ = sorted(k for k in set(config) | set(state.config) if config.get(k) != state.config.get(k))
+        if differ:
+            raise UserError(f"cannot resume {path.parent}: the configuration changed ({', '.join(differ)}); "
+                            "use the original settings or --force to start over")
+        return state
+
+
+def rng_state(rng: random.Random) -> list:
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
