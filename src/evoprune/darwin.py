@@ -94,10 +94,18 @@ def prepare_run_dir(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def darwin(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = True,
-           stop_after: int | None = None) -> Path:
-    """Database, search, export and evaluation for `cfg`; resumes an interrupted run in `out`."""
+def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = False, progress: bool = True,
+        stop_after: int | None = None) -> Path:
+    """Database, search, export and evaluation for `cfg`; resumes an interrupted run in `out`.
+
+    Args:
+        phase: "darwin" (everything), "database" (stop after the database) or "search" (requires
+            the database to be built already).
+        stop_after: end the search after this many generations in this call (to test resuming).
+    """
     out = Path(out)
+    if phase == "search" and not (out / "database" / "index.json").exists():
+        raise UserError(f"no database in {out / 'database'}; run `evoprune database --out {out}` first")
     prepare_run_dir(out, force)
     marker = out / RUN_MARKER
     config = search_config(cfg)
@@ -113,6 +121,8 @@ def darwin(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool 
     shape = dense.adapter.shape(dense.model)
     target = resolve_target(shape, cfg.prune.sparsity, cfg.prune.target_params)
     db = build_database(cfg, dense, out / "database", progress)
+    if phase == "database":
+        return out
     table = cost_table(db, cfg.search.metric)
     dense_blocks = cost_table(db, "params").full()
     budget = make_budget(table, table.full() * target.block_params / dense_blocks)

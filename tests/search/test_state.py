@@ -1,0 +1,33 @@
+"""Search state: atomic, resumable, and refusing a changed configuration or a corrupt file."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from evoprune.errors import UserError
+from evoprune.search.genotype import Genotype
+from evoprune.search.state import SearchState, rng_state
+
+
+def test_state_round_trip_restores_rng(tmp_path):
+    rng = random.Random(7)
+    rng.random()
+    state = SearchState({"a": 1}, 3, Genotype((1,), (2,)), rng_state(rng), 10, 1.5, [{"generation": 3}])
+    state.save(tmp_path / "state.json")
+    loaded = SearchState.load(tmp_path / "state.json", {"a": 1})
+    assert loaded.parent == state.parent and loaded.generation == 3
+    assert loaded.restore_rng().random() == rng.random()
+
+
+def test_changed_config_is_refused_naming_keys(tmp_path):
+    SearchState({"a": 1, "b": 2}, 1, Genotype((1,), (1,)), rng_state(random.Random(0))).save(tmp_path / "state.json")
+    with pytest.raises(UserError, match="configuration changed \\(b, c\\)"):
+        SearchState.load(tmp_path / "state.json", {"a": 1, "b": 3, "c": 0})
+
+
+def test_corrupt_state_is_explained(tmp_path):
+    (tmp_path / "state.json").write_text('{"format": "evoprune.search_state/1", "generation": ')
+    with pytest.raises(UserError, match="corrupt.*delete it"):
+        SearchState.load(tmp_path / "state.json", {})
