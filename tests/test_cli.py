@@ -3,39 +3,9 @@
 from __future__ import annotations
 
 import json
-import random
-
 import pytest
-import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from evoprune.cli import main
-
-WORDS = [f"w{i}" for i in range(80)]
-
-
-@pytest.fixture(scope="module")
-def tiny_run_inputs(tmp_path_factory):
-    """A tiny GQA Llama with a word-level tokenizer, and a text corpus, on disk."""
-    root = tmp_path_factory.mktemp("cli")
-    vocab = {"<unk>": 0, "</s>": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>",
-                                        model_max_length=256)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=48, head_dim=8, max_position_embeddings=256,
-                         eos_token_id=1, bos_token_id=1, pad_token_id=1)
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(root / "dense")
-    tokenizer.save_pretrained(root / "dense")
-    rng = random.Random(0)
-    docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(40, 80))) for _ in range(400)]
-    (root / "corpus.txt").write_text("\n\n".join(docs))
-    return root
-
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
