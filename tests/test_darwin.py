@@ -1,0 +1,92 @@
+"""DarwinLM pipeline on a tiny model: database, stitching, search, kill-and-resume, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from evoprune import darwin
+from evoprune.config import load_config
+from evoprune.errors import UserError
+from evoprune.models import load_model
+from evoprune.prune.database import Database, DatabaseSettings
+from evoprune.search.genotype import Genotype
+
+TINY = ["data.seq_len=32", "data.calibration_blocks=4", "data.eval_blocks=4", "data.batch_size=2",
+        "eval.latency=false", "database.num_levels=5", "search.offspring=3", "search.generations=3",
+        "search.train_tokens=[0,64]", "search.fitness_tokens=[64,128]", "search.survivors=[2,1]",
+        "search.lr=0.001", "prune.sparsity=0.4"]
+
+
+def config(root, *extra):
+    return load_config(None, [f"model.source={root / 'dense'}", f"data.source={root / 'corpus.txt'}", *TINY, *extra])
+
+
+def test_full_genotype_stitches_to_the_dense_model(tiny_run_inputs, tmp_path):
+    cfg = config(tiny_run_inputs)
+    dense = load_model(cfg.model.source)
+    blocks = torch.randint(0, 50, (4, 32))
+    db = Database.build(dense.model, dense.adapter, blocks, darwin.database_settings(cfg), tmp_path / "db",
+                        batch_size=2, progress=False)
+    n = dense.adapter.shape(dense.model).num_layers
+    full = Genotype(tuple(db.num_levels("attention", i) - 1 for i in range(n)),
+                    tuple(db.num_levels("mlp", i) - 1 for i in range(n)))
+    spec, replace = db.stitch(list(full.attention), list(full.mlp), dense.adapter)
+    assert spec.is_identity() and not replace
+    model = dense.adapter.slice(dense.model, spec, replace)
+    ids = torch.randint(0, 50, (1, 16))
+    assert torch.allclose(model(ids).logits, dense.model(ids).logits, atol=1e-5)
+    # a compressed level: stitched weights are the database's compensated ones, counts match the formula
+    half = Genotype(tuple(1 for _ in range(n)), tuple(2 for _ in range(n)))
+    spec, replace = db.stitch(list(half.attention), list(half.mlp), dense.adapter)
+    model = dense.adapter.slice(dense.model, spec, replace)
+    assert sum(p.numel() for p in model.parameters()) == spec.num_params()
+    key = dense.adapter.parameter_name(0, "mlp_output")
+    assert torch.equal(model.state_dict()["model.layers.0.mlp.down_proj.weight"], replace[key])
+    assert db.size_bytes() < sum(p.numel() * p.element_size() for p in dense.model.parameters())
+
+
+def test_database_refuses_other_model_and_other_settings(tiny_run_inputs, tmp_path):
+    cfg = config(tiny_run_inputs)
+    dense = load_model(cfg.model.source)
+    blocks = torch.randint(0, 50, (2, 32))
+    settings = darwin.database_settings(cfg)
+    Database.build(dense.model, dense.adapter, blocks, settings, tmp_path / "db", batch_size=2, progress=False)
+    with torch.no_grad():
+        dense.model.model.layers[0].self_attn.o_proj.weight.add_(1.0)
+    with pytest.raises(UserError, match="different model"):
+        Database.load(tmp_path / "db", dense.model, dense.adapter)
+    other = DatabaseSettings(**{**settings.__dict__, "num_levels": 7})
+    with pytest.raises(UserError, match="num_levels"):
+        Database.load(tmp_path / "db", settings=other)
+
+
+def test_search_resumed_after_a_kill_equals_an_uninterrupted_run(tiny_run_inputs, tmp_path):
+    cfg = config(tiny_run_inputs)
+    darwin.run(cfg, tmp_path / "straight", progress=False)
+    darwin.run(cfg, tmp_path / "killed", progress=False, stop_after=1)
+    state = json.loads((tmp_path / "killed" / "search" / "state.json").read_text())
+    assert state["generation"] == 1 and not (tmp_path / "killed" / "model").exists()
+    darwin.run(cfg, tmp_path / "killed", progress=False)
+    a = json.loads((tmp_path / "straight" / "search" / "state.json").read_text())
+    b = json.loads((tmp_path / "killed" / "search" / "state.json").read_text())
+    assert a["parent"] == b["parent"] and a["history"] == [dict(h, seconds=a["history"][i]["seconds"])
+                                                          for i, h in enumerate(b["history"])] or \
+        [h["parent"] for h in a["history"]] == [h["parent"] for h in b["history"]]
+    for name in ("model/config.json", "spec.json", "metrics.json", "report.md", "fitness.png", "kept_per_layer.png"):
+        assert (tmp_path / "killed" / name).exists(), name
+    metrics = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert abs(metrics["target"]["achieved_sparsity"] - 0.4) < 0.1
+
+
+def test_resume_with_changed_settings_is_refused(tiny_run_inputs, tmp_path):
+    darwin.run(config(tiny_run_inputs), tmp_path / "run", progress=False, stop_after=1)
+    with pytest.raises(UserError, match="other settings.*search"):
+        darwin.run(config(tiny_run_inputs, "search.offspring=4"), tmp_path / "run", progress=False)
+
+
+def test_search_phase_needs_a_database(tiny_run_inputs, tmp_path):
+    with pytest.raises(UserError, match="no database"):
+        darwin.run(config(tiny_run_inputs), tmp_path / "run", phase="search", progress=False)
