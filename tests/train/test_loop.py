@@ -47,6 +47,7 @@ ACCOUNTING = [
     ((100, 2, 2, 8, 5, 3), (3, 96, 0)),  # 6 micro-batches of 16 tokens -> 3 steps of 2; 12 blocks from 3
     ((5 * 16, 1, 2, 16, 4, 1), (3, 80, 2)),  # 5 micro-batches -> steps of 2, 2, 1
     ((31, 3, 4, 10, 2, 1), (1, 30, 0)),  # a single partial step of one micro-batch of 3 blocks (wraps)
+    ((32, 1, 1, 16, 6, 13), (2, 32, 3)),  # start_block is taken modulo n_blocks (13 -> 1)
 ]
 
 
@@ -92,7 +93,7 @@ def test_zero_budget_trains_nothing(llama, blocks):
 
 def test_bad_inputs_are_user_errors(llama, blocks):
     with pytest.raises(UserError, match="start_block"):
-        train_on_blocks(llama, blocks, 64, TrainConfig(), start_block=6)
+        train_on_blocks(llama, blocks, 64, TrainConfig(), start_block=-1)
     with pytest.raises(UserError, match="vocabulary"):
         train_on_blocks(llama, blocks + 100, 64, TrainConfig())
     with pytest.raises(UserError, match="token blocks"):
@@ -122,5 +123,5 @@ def test_accumulated_step_equals_one_big_batch(llama, blocks):
     assert ra.micro_batches == 2 and rb.micro_batches == 1 and ra.lr == rb.lr == 1e-2
     assert ra.loss == pytest.approx(rb.loss, abs=1e-6) and ra.grad_norm == pytest.approx(rb.grad_norm, rel=1e-5)
     for pa, pb in zip(a.parameters(), b.parameters()):
-        torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(pa, pb, atol=1e-4, rtol=0)  # Adam step 1 ~ lr * sign(grad)
     assert all(p.grad is None for p in a.parameters())

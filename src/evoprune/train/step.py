@@ -1,0 +1,85 @@
+"""One optimizer step: forward / backward over the micro-batches, mask, clip, step, schedule."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from ..evaluate._blocks import model_device
+from .config import TrainConfig
+from .losses import compute_loss
+from .masks import ParamMasks
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step did. Losses are means over its micro-batches (nats)."""
+
+    loss: float  # the objective that was minimised
+    lm: float | None  # LM cross-entropy part (None when not computed)
+    kd: float | None  # distillation part (None when not computed)
+    grad_norm: float | None  # global grad norm before clipping (None when clipping is off)
+    lr: float  # learning rate used by this step (first parameter group)
+    micro_batches: int
+
+
+@contextlib.contextmanager
+def train_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put `model` in train mode for the block and restore its previous training flag afterwards."""
+    was_training = model.training
+    model.train()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def train_step(model: nn.Module, micro_batches: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer,
+               cfg: TrainConfig, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+               teacher: nn.Module | None = None, masks: ParamMasks | None = None) -> StepResult:
+    """Accumulate gradients over `micro_batches` and take one optimizer step.
+
+    Each micro-batch ([batch, seq_len] token ids, any device) contributes loss / len(micro_batches),
+    so the step minimises the mean over its micro-batches whatever their number (a short last step
+    of a run is not down-weighted). Order: backward every micro-batch -> zero masked grads -> clip
+    to cfg.grad_clip -> optimizer.step() -> re-zero masked weights -> scheduler.step() -> clear grads.
+
+    The caller chooses the modes (`train_mode(model)`, teacher in eval mode); this function does not
+    touch them, so a later loop (FSDP, LoRA, a supernet sampling `masks` per step) can reuse it.
+    """
+    if not micro_batches:
+        raise ValueError("train_step needs at least one micro-batch")
+    device = model_device(model)
+    n = len(micro_batches)
+    totals, lms, kds = [], [], []
+    optimizer.zero_grad(set_to_none=True)
+    for batch in micro_batches:
+        parts = compute_loss(model, batch.to(device), cfg, teacher)
+        (parts.total / n).backward()
+        totals.append(float(parts.total.detach()))
+        if parts.lm is not None:
+            lms.append(float(parts.lm))
+        if parts.kd is not None:
+            kds.append(float(parts.kd))
+    if masks is not None:
+        masks.mask_grads_()
+    grad_norm = None
+    if cfg.grad_clip is not None:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+    lr = float(optimizer.param_groups[0]["lr"])
+    optimizer.step()
+    if masks is not None:
+        masks.apply_()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(_mean(totals), _mean(lms), _mean(kds), grad_norm, lr, n)
