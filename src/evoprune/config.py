@@ -68,7 +68,7 @@ class DatabaseConfig:
     multiple: int = 1  # MLP widths at multiples of this
     method: str = "obs"  # obs (second-order with weight update) | activation (ranking only)
     percdamp: float = 0.01  # Hessian dampening as a fraction of mean(diag H)
-    neuron_step: int = 0  # neurons removed per OBS step; 0 = automatic (width // 1024)
+    neuron_step: int = 0  # neurons removed per OBS step; 0 = automatic (width // 96)
 
 
 PROFILES = {

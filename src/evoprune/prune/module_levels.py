@@ -108,7 +108,7 @@ def solve_mlp_levels(W: torch.Tensor, H: torch.Tensor, widths: list[int], method
             kept = sorted(order[:n])
             out.append(SolvedLevel(kept, [], None, _removal_error(W, H, sorted(order[n:]))))
     else:
-        step = step or max(1, m // 1024)
+        step = step or max(1, m // 96)  # 16 for 1536 neurons: same cost as single steps, 10x faster
         states = neuron_chain(W, H, record=set(inner), step=step)
         for n in inner:
             st = states[n]
