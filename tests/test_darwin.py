@@ -72,9 +72,11 @@ def test_search_resumed_after_a_kill_equals_an_uninterrupted_run(tiny_run_inputs
     darwin.run(cfg, tmp_path / "killed", progress=False)
     a = json.loads((tmp_path / "straight" / "search" / "state.json").read_text())
     b = json.loads((tmp_path / "killed" / "search" / "state.json").read_text())
-    assert a["parent"] == b["parent"] and a["history"] == [dict(h, seconds=a["history"][i]["seconds"])
-                                                          for i, h in enumerate(b["history"])] or \
-        [h["parent"] for h in a["history"]] == [h["parent"] for h in b["history"]]
+    def timeless(history):
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+    assert a["parent"] == b["parent"]
+    assert timeless(a["history"]) == timeless(b["history"])  # same offspring, same scores, same winners
     for name in ("model/config.json", "spec.json", "metrics.json", "report.md", "fitness.png", "kept_per_layer.png"):
         assert (tmp_path / "killed" / name).exists(), name
     metrics = json.loads((tmp_path / "killed" / "metrics.json").read_text())

@@ -184,10 +184,14 @@ class Database:
         return getattr(self.levels[kind][layer][level], metric)
 
     def weight(self, kind: str, layer: int, level: int) -> torch.Tensor | None:
-        """Compensated output projection of a level (None for the full level: use the model's own)."""
+        """Compensated output projection of a level (None for the full level: use the model's own).
+
+        A private copy: tensors of a memory-mapped shard share pages with the file handle, and a
+        candidate trained in place must never change what the next candidate reads.
+        """
         f = self._file(layer)
         key = f"{kind}.{level}.weight"
-        return f.get_tensor(key) if key in f.keys() else None
+        return f.get_tensor(key).clone() if key in f.keys() else None
 
     def neurons(self, layer: int, level: int) -> list[int]:
         lv = self.levels["mlp"][layer][level]

@@ -64,7 +64,8 @@ def evolve(evaluator: CandidateEvaluator, table: CostTable, budget: Budget, stag
         state.evaluations += evaluator.evaluations - before
         state.seconds += time.time() - started
         state.history.append({"generation": state.generation, "fitness": [s[winner] for s in scores],
-                              "best_first_stage": min(scores[0].values()), "cost": table.cost(winner),
+                              "best_first_stage": min(scores[0].values()),
+                              "first_stage": sorted(scores[0].values()), "cost": table.cost(winner),
                               "parent": winner.to_dict(), "evaluations": state.evaluations,
                               "seconds": round(state.seconds, 2)})
         state.save(state_file)
