@@ -76,7 +76,7 @@ PROFILES = {
     "paper": dict(offspring=16, generations=200, train_tokens=[10_000, 50_000, 100_000, 200_000],
                   fitness_tokens=[1024, 2048, 4096, 8192], survivors=[8, 4, 2, 1]),
     # Sized so the whole pipeline on SmolLM2-135M finishes in about 15 minutes on 2 CPU cores.
-    "quick": dict(offspring=8, generations=12, train_tokens=[0, 1024, 2048],
+    "quick": dict(offspring=8, generations=8, train_tokens=[0, 1024, 2048],
                   fitness_tokens=[1024, 2048, 4096], survivors=[4, 2, 1]),
 }
 

@@ -159,6 +159,6 @@ def train_on_blocks(model: nn.Module, blocks: torch.Tensor, tokens: int, cfg: Tr
             bar.update(1)
             bar.set_postfix(loss=f"{result.loss:.4f}")
     seconds = time.perf_counter() - start
-    log.info("trained %d steps on %d tokens in %.1f s (loss %.4f -> %.4f)", plan.steps, plan.tokens, seconds,
+    log.debug("trained %d steps on %d tokens in %.1f s (loss %.4f -> %.4f)", plan.steps, plan.tokens, seconds,
              losses[0], losses[-1])
     return TrainResult(plan.steps, plan.tokens, cursor, losses, seconds)

@@ -1,0 +1,146 @@
+"""DarwinLM against the baselines at several sparsities, one-shot and after an equal short recovery.
+
+    python bench/darwin.py                     # SmolLM2-135M, 25% and 50%, writes results/darwin.*
+
+Methods: uniform (activation ranking), uniform (OBS database, same level everywhere), depth
+(ShortGPT), evolution with KL-only selection, evolution with training-aware selection (quick
+profile), and random search with as many candidate evaluations as the training-aware search.
+All share one database, one set of calibration / training / held-out blocks, and the same
+recovery budget. Also reports database build time and size, search wall time, and candidate
+evaluations per second against one forward pass of the candidate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from evoprune import darwin
+from evoprune.atomic import write_json, write_text
+from evoprune.config import load_config
+from evoprune.evaluate.perplexity import mean_nll
+from evoprune.evaluate.suite import teacher_for
+from evoprune.evaluate.teacher import kl_to_teacher
+from evoprune.pipeline import data_blocks, load_source
+from evoprune.prune.calibration import collect_stats
+from evoprune.prune.depth import depth_spec
+from evoprune.prune.target import resolve_target
+from evoprune.prune.uniform import uniform_spec
+from evoprune.report import markdown_table
+from evoprune.search.budget import make_budget, uniform_genotype
+from evoprune.search.evolution import evolve
+from evoprune.search.fitness import Stage
+from evoprune.search.mutation import random_genotype
+from evoprune.train import TrainConfig, train_on_blocks
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sparsities", type=float, nargs="+", default=[0.25, 0.5])
+    ap.add_argument("--generations", type=int, default=8)
+    ap.add_argument("--eval-blocks", type=int, default=16)
+    ap.add_argument("--recovery-tokens", type=int, default=8192)
+    ap.add_argument("--recovery-lr", type=float, default=1e-4)
+    ap.add_argument("--work", default="results/tmp/darwin")
+    ap.add_argument("--out", default="results")
+    args = ap.parse_args()
+
+    work = Path(args.work)
+    cfg = load_config(None, [f"data.eval_blocks={args.eval_blocks}", f"search.generations={args.generations}"])
+    dense = load_source(cfg)
+    shape = dense.adapter.shape(dense.model)
+    t0 = time.time()
+    db = darwin.build_database(cfg, dense, work / "database")
+    db_seconds = time.time() - t0 if not (work / "db_seconds.json").exists() else \
+        json.loads((work / "db_seconds.json").read_text())["seconds"]
+    write_json(work / "db_seconds.json", {"seconds": db_seconds})
+    params_table = darwin.cost_table(db, "params")
+    eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
+    teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size)
+    calib = data_blocks(cfg, dense.tokenizer, "calibration", cfg.data.calibration_blocks)
+    stats = collect_stats(dense.model, dense.adapter, calib, cfg.data.batch_size)
+    recovery_blocks = data_blocks(cfg, dense.tokenizer, "train", 64)[32:]  # not the blocks the search trained on
+
+    ta_stages = darwin.stages_of(cfg)
+    kl_stages = [Stage(0, s.fitness_tokens, s.survivors) for s in ta_stages]
+    evaluator = darwin.make_evaluator(cfg, dense, db, ta_stages, progress=True)
+    r = cfg.search.resolved()
+
+    rows, timing = [], {}
+    for sparsity in args.sparsities:
+        target = resolve_target(shape, sparsity=sparsity)
+        budget = make_budget(params_table, target.block_params)
+        models = {
+            "uniform (activation)": dense.adapter.slice(dense.model, uniform_spec(
+                shape, stats.head_energy(dense.adapter, dense.model), stats.neuron_energy(dense.adapter, dense.model),
+                target)),
+            "uniform (OBS database)": evaluator.build(uniform_genotype(params_table, budget)),
+            "depth (ShortGPT)": dense.adapter.slice(dense.model, depth_spec(shape, stats.block_influence(), target)),
+        }
+        for name, stages in (("evolution, KL-only", kl_stages), ("evolution, training-aware", ta_stages)):
+            evaluator.evaluations = 0
+            started = time.time()
+            result = evolve(evaluator, params_table, budget, stages, r["offspring"], r["generations"], cfg.seed,
+                            cfg.search.trade, work / f"{name.split(',')[1].strip()}-{sparsity:g}",
+                            {"sparsity": sparsity, "stages": [dataclasses.astuple(s) for s in stages],
+                             "generations": r["generations"], "offspring": r["offspring"]})
+            timing[f"{name} @ {sparsity:g}"] = {"seconds": round(result.state.seconds, 1),
+                                                "evaluations": result.state.evaluations,
+                                                "wall_s_this_call": round(time.time() - started, 1)}
+            models[name] = evaluator.build(result.best)
+        n_random = timing[f"evolution, training-aware @ {sparsity:g}"]["evaluations"]
+        rng = random.Random(cfg.seed)
+        start = uniform_genotype(params_table, budget)
+        started = time.time()
+        candidates = [random_genotype(params_table, budget, rng, start, steps=50) for _ in range(n_random)]
+        scored = [(evaluator.fitness(evaluator.build(g), len(ta_stages) - 1), i) for i, g in enumerate(candidates)]
+        timing[f"random search @ {sparsity:g}"] = {"seconds": round(time.time() - started, 1), "evaluations": n_random}
+        models["random search"] = evaluator.build(candidates[min(scored)[1]])
+
+        for name, model in models.items():
+            row = {"sparsity": sparsity, "method": name,
+                   "block_sparsity": 1 - sum(p.numel() for p in model.parameters()) / 1 + 0}
+            spec_params = sum(p.numel() for p in model.parameters())
+            row["block_sparsity"] = round(1 - (spec_params - (shape.vocab_size + 1) * shape.hidden_size)
+                                          / params_table.full(), 4)
+            row["ppl one-shot"] = float(torch.tensor(mean_nll(model, eval_blocks, cfg.data.batch_size)).exp())
+            row["KL one-shot"] = kl_to_teacher(model, eval_blocks, teacher, batch_size=cfg.data.batch_size)
+            train_on_blocks(model, recovery_blocks, args.recovery_tokens, TrainConfig(lr=args.recovery_lr, seed=0))
+            row["ppl recovered"] = float(torch.tensor(mean_nll(model, eval_blocks, cfg.data.batch_size)).exp())
+            row["KL recovered"] = kl_to_teacher(model, eval_blocks, teacher, batch_size=cfg.data.batch_size)
+            rows.append(row)
+            print(row, flush=True)
+
+    probe = evaluator.build(uniform_genotype(params_table, make_budget(params_table, params_table.full() * 0.5)))
+    t = time.time()
+    for _ in range(3):
+        kl_to_teacher(probe, evaluator.stage_blocks[0], evaluator.stage_teachers[0])
+    forward = (time.time() - t) / 3
+    t = time.time()
+    for _ in range(3):
+        kl_to_teacher(evaluator.build(uniform_genotype(params_table, make_budget(params_table, params_table.full() * 0.5))),
+                      evaluator.stage_blocks[0], evaluator.stage_teachers[0])
+    stitched = (time.time() - t) / 3
+    dense_bytes = sum(p.numel() * p.element_size() for p in dense.model.parameters())
+    setup = {"database_seconds": round(db_seconds, 1), "database_mb": round(db.size_bytes() / 2**20, 1),
+             "database_vs_dense_weights": round(db.size_bytes() / dense_bytes, 3),
+             "first_stage_eval_s_forward_only": round(forward, 3), "first_stage_eval_s_with_stitching": round(stitched, 3),
+             "timing": timing, "eval_tokens": int(eval_blocks.numel()), "recovery_tokens": args.recovery_tokens,
+             "recovery_lr": args.recovery_lr, "profile": r}
+    write_json(Path(args.out) / "darwin.json", {"setup": setup, "rows": rows})
+    cols = ["sparsity", "method", "block_sparsity", "ppl one-shot", "KL one-shot", "ppl recovered", "KL recovered"]
+    text = (f"# DarwinLM vs baselines\n\nCommand: `python {' '.join(sys.argv)}`\n\n" + markdown_table(rows, cols) +
+            "\n## Setup and costs\n\n```json\n" + json.dumps(setup, indent=2) + "\n```\n")
+    write_text(Path(args.out) / "darwin.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
