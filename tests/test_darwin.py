@@ -92,3 +92,18 @@ def test_resume_with_changed_settings_is_refused(tiny_run_inputs, tmp_path):
 def test_search_phase_needs_a_database(tiny_run_inputs, tmp_path):
     with pytest.raises(UserError, match="no database"):
         darwin.run(config(tiny_run_inputs), tmp_path / "run", phase="search", progress=False)
+
+
+def test_cli_impossible_budget_and_changed_resume_are_one_line_errors(tiny_run_inputs, tmp_path, capsys):
+    from evoprune.cli import main
+
+    def argv(out, sparsity):
+        return ["darwin", "--model", str(tiny_run_inputs / "dense"), "--data", str(tiny_run_inputs / "corpus.txt"),
+                "--out", str(out), "--quiet", "--sparsity", sparsity, *[t for t in TINY if not t.startswith("prune.")]]
+
+    assert main(argv(tmp_path / "run", "0.999")) == 2
+    err = capsys.readouterr().err
+    assert "out of reach" in err and len(err.strip().splitlines()) == 1
+    darwin.run(config(tiny_run_inputs), tmp_path / "run2", progress=False, stop_after=1)
+    assert main(argv(tmp_path / "run2", "0.3")) == 2
+    assert "other settings" in capsys.readouterr().err

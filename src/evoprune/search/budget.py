@@ -52,7 +52,7 @@ class Budget:
 
 def make_budget(table: CostTable, target: float) -> Budget:
     """The band for `target`, or a UserError giving the reachable range."""
-    lowest = 0.0
+    lowest = min(c for levels in table.costs["attention"] for c in levels if c > 0)  # one attention block kept
     highest = table.full()
     if not lowest < target < highest:
         raise UserError(f"budget {target:,.0f} {table.metric} is out of reach: the database reaches {lowest:,.0f} "

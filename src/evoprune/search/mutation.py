@@ -35,7 +35,7 @@ def mutate(parent: Genotype, table: CostTable, budget: Budget, rng: random.Rando
             genes[down[0]][down[1]] -= 1
             genes[up[0]][up[1]] += 1
             candidate = Genotype(tuple(genes["attention"]), tuple(genes["mlp"]))
-            if budget.admits(table.cost(candidate)):
+            if budget.admits(table.cost(candidate)) and any(candidate.attention):  # some attention must remain
                 break
             genes[down[0]][down[1]] += 1
             genes[up[0]][up[1]] -= 1
