@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from typing import Iterator
 
@@ -11,6 +10,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import UserError
+from ..modes import eval_mode  # noqa: F401  (re-exported for the evaluate modules)
 
 
 def check_blocks(blocks: torch.Tensor) -> torch.Tensor:
@@ -63,17 +63,6 @@ def model_device(model: nn.Module) -> torch.device:
 def model_dtype(model: nn.Module) -> torch.dtype:
     param = next(model.parameters(), None)
     return param.dtype if param is not None else torch.float32
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put `model` in eval mode for the block and restore its previous training flag afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def batches(blocks: torch.Tensor, batch_size: int, device: torch.device, progress: bool,

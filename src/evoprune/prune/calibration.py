@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from ..arch.adapter import ModelAdapter
+from ..modes import eval_mode
 
 
 @dataclass
@@ -101,8 +102,6 @@ def collect_stats(model: PreTrainedModel, adapter: ModelAdapter, blocks: torch.T
             st.tokens += x_in.shape[0]
         return hook
 
-    was_training = model.training
-    model.eval()
     try:
         for layer, st in zip(layers, stats.layers):
             if adapter.attention(layer) is not None:
@@ -111,12 +110,12 @@ def collect_stats(model: PreTrainedModel, adapter: ModelAdapter, blocks: torch.T
                 handles.append(adapter.mlp_output(layer).register_forward_pre_hook(on_mlp_input(st)))
             handles.append(layer.register_forward_hook(on_layer(st), with_kwargs=True))
         device = next(model.parameters()).device
-        for start in tqdm(range(0, len(blocks), batch_size), desc="calibration", disable=not progress):
-            batch = blocks[start:start + batch_size].to(device)
-            model(input_ids=batch, use_cache=False)
-            stats.tokens += batch.numel()
+        with eval_mode(model):
+            for start in tqdm(range(0, len(blocks), batch_size), desc="calibration", disable=not progress):
+                batch = blocks[start:start + batch_size].to(device)
+                model(input_ids=batch, use_cache=False)
+                stats.tokens += batch.numel()
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return stats

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from ..arch.adapter import ModelAdapter
+from ..modes import eval_mode
 
 
 class _Captured(Exception):
@@ -65,9 +66,7 @@ def run_layer_by_layer(model: PreTrainedModel, adapter: ModelAdapter, blocks: to
     Hooks see the layer exactly as in a full forward pass of the dense model (same masks,
     positions and RoPE), because the captured keyword arguments of layer 0 are replayed.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         inputs = capture_first_layer_inputs(model, adapter, blocks, batch_size)
         for i, layer in enumerate(tqdm(adapter.layers(model), desc=desc, disable=not progress)):
             handles = attach(i, layer)
@@ -81,5 +80,3 @@ def run_layer_by_layer(model: PreTrainedModel, adapter: ModelAdapter, blocks: to
                     h.remove()
             finish(i, layer)
             inputs.hidden = outputs
-    finally:
-        model.train(was_training)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from ..evaluate._blocks import model_device
+from ..modes import train_mode  # noqa: F401  (part of evoprune.train's API)
 from .config import TrainConfig
 from .losses import compute_loss
 from .masks import ParamMasks
@@ -25,17 +25,6 @@ class StepResult:
     grad_norm: float | None  # global grad norm before clipping (None when clipping is off)
     lr: float  # learning rate used by this step (first parameter group)
     micro_batches: int
-
-
-@contextlib.contextmanager
-def train_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put `model` in train mode for the block and restore its previous training flag afterwards."""
-    was_training = model.training
-    model.train()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def _mean(values: list[float]) -> float | None:
