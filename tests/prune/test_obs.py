@@ -106,7 +106,8 @@ def test_inverse_hessian_and_extra_damping_fallback():
     assert torch.allclose(Hinv, torch.linalg.inv(H), rtol=1e-9, atol=1e-12)
 
     singular = torch.tensor([[1.0, 1.0], [1.0, 1.0]], dtype=F64)  # Cholesky fails on the zero pivot
-    assert torch.allclose(inverse_hessian(singular, percdamp=0.1), torch.linalg.inv(singular + 0.1 * torch.eye(2, dtype=F64)))
+    expected = torch.linalg.inv(singular + 0.1 * torch.eye(2, dtype=F64))
+    assert torch.allclose(inverse_hessian(singular, percdamp=0.1), expected)
     with pytest.raises(ValueError):
         inverse_hessian(-torch.eye(3, dtype=F64))
 
