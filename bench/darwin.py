@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from evoprune import darwin
+from evoprune.arch.params import block_params
 from evoprune.atomic import write_json, write_text
 from evoprune.config import load_config
 from evoprune.evaluate.perplexity import mean_nll
@@ -105,11 +106,8 @@ def main() -> None:
         models["random search"] = evaluator.build(candidates[min(scored)[1]])
 
         for name, model in models.items():
-            row = {"sparsity": sparsity, "method": name,
-                   "block_sparsity": 1 - sum(p.numel() for p in model.parameters()) / 1 + 0}
-            spec_params = sum(p.numel() for p in model.parameters())
-            row["block_sparsity"] = round(1 - (spec_params - (shape.vocab_size + 1) * shape.hidden_size)
-                                          / params_table.full(), 4)
+            kept = block_params(dense.adapter.shape(model))
+            row = {"sparsity": sparsity, "method": name, "block_sparsity": round(1 - kept / params_table.full(), 4)}
             row["ppl one-shot"] = float(torch.tensor(mean_nll(model, eval_blocks, cfg.data.batch_size)).exp())
             row["KL one-shot"] = kl_to_teacher(model, eval_blocks, teacher, batch_size=cfg.data.batch_size)
             train_on_blocks(model, recovery_blocks, args.recovery_tokens, TrainConfig(lr=args.recovery_lr, seed=0))
