@@ -30,6 +30,16 @@ sys.modules.setdefault("evoprune_tests", sys.modules[__name__])
 
 SEED = 0
 
+
+def tiny_gqa_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
+    """The tiny GQA Llama of the evaluation and training tests (vocab 99, hidden 32, 2 layers, 4 heads
+    over 2 KV groups, 37 neurons), seeded, in eval mode."""
+    settings = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, intermediate_size=37)
+    settings.update(overrides)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**settings)).eval()
+
 TINY_SIZES = dict(vocab_size=99, hidden_size=32, num_hidden_layers=3, intermediate_size=37, head_dim=8,
                   num_attention_heads=4, max_position_embeddings=64, bos_token_id=1, eos_token_id=2,
                   pad_token_id=0)

@@ -6,18 +6,13 @@ import copy
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from evoprune_tests import tiny_gqa_llama
+from transformers import LlamaForCausalLM
 
 VOCAB = 99
 
 
-def tiny_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
-    """The tiny GQA Llama used across the tests (vocab 99, 2 layers, 4 heads over 2 KV heads), seeded."""
-    settings = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2, intermediate_size=37)
-    settings.update(overrides)
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(**settings)).eval()
+tiny_llama = tiny_gqa_llama
 
 
 @pytest.fixture

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from evoprune_tests import tiny_gqa_llama
+from transformers import LlamaForCausalLM
 
 VOCAB = 99
 
 
-def build_llama(seed: int = 0, **overrides) -> LlamaForCausalLM:
-    """The tiny GQA Llama (vocab 99, hidden 32, 2 layers, 4 heads over 2 KV groups, 37 neurons), seeded, eval mode."""
-    settings = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2, intermediate_size=37)
-    settings.update(overrides)
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(**settings)).eval()
+build_llama = tiny_gqa_llama
 
 
 def make_blocks(n_blocks: int, seq_len: int, seed: int = 1) -> torch.Tensor:
