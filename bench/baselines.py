@@ -10,7 +10,6 @@ round-robin across them, so speed ratios are comparable even on a noisy machine.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time

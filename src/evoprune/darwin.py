@@ -16,7 +16,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 
 from .arch.export import export_checkpoint
 from .atomic import write_json, write_text

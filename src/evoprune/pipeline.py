@@ -124,9 +124,9 @@ def _prune_report(folder: Path, cfg: RunConfig, spec: SubnetSpec, rows: dict, me
                              f"held-out split, {metrics['eval_tokens']:,} tokens. Latency: batch {cfg.eval.batch_size}, "
                              f"prompt {cfg.eval.prompt_len}, {cfg.eval.new_tokens} decode steps, median of "
                              f"{cfg.eval.repeats}."))
-    sections.append(("Reproduce", f"```\nevoprune prune --config config.yaml --out <dir>\n```\n"
-                                  f"Load the result with `AutoModelForCausalLM.from_pretrained('model', "
-                                  f"trust_remote_code=True)` (plain stock loading when the result is uniform)."))
+    sections.append(("Reproduce", "```\nevoprune prune --config config.yaml --out <dir>\n```\n"
+                                  "Load the result with `AutoModelForCausalLM.from_pretrained('model', "
+                                  "trust_remote_code=True)` (plain stock loading when the result is uniform)."))
     write_report(folder / "report.md", f"evoprune {spec.meta.get('method', 'prune')}: {spec.meta.get('source', '')}",
                  sections)
 

@@ -9,7 +9,6 @@ One pass over the calibration blocks with forward hooks. Per layer it keeps:
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import torch

@@ -20,7 +20,6 @@ from transformers.models.qwen2 import modeling_qwen2
 from transformers.models.qwen3 import modeling_qwen3
 
 from .configuration_evoprune import (
-    NO_ATTENTION,
     EvopruneLlamaConfig,
     EvopruneMistralConfig,
     EvopruneQwen2Config,
