@@ -4,7 +4,8 @@
 
 Methods: uniform (activation ranking), uniform (OBS database, same level everywhere), depth
 (ShortGPT), evolution with KL-only selection, evolution with training-aware selection (quick
-profile), and random search with as many candidate evaluations as the training-aware search.
+profile), and random search with as many candidate evaluations as the training-aware search
+(random genotypes inside the budget, through the same KL stages).
 All share one database, one set of calibration / training / held-out blocks, and the same
 recovery budget. Also reports database build time and size, search wall time, and candidate
 evaluations per second against one forward pass of the candidate.
@@ -37,7 +38,7 @@ from evoprune.prune.uniform import uniform_spec
 from evoprune.report import markdown_table
 from evoprune.search.budget import make_budget, uniform_genotype
 from evoprune.search.evolution import evolve
-from evoprune.search.fitness import Stage
+from evoprune.search.fitness import Stage, select
 from evoprune.search.mutation import random_genotype
 from evoprune.train import TrainConfig, train_on_blocks
 
@@ -49,6 +50,8 @@ def main() -> None:
     ap.add_argument("--eval-blocks", type=int, default=16)
     ap.add_argument("--recovery-tokens", type=int, default=8192)
     ap.add_argument("--recovery-lr", type=float, default=1e-4)
+    ap.add_argument("--recovery-loss", choices=["lm", "kd", "lm+kd"], default="lm+kd",
+                    help="recovery objective (kd: distillation from the dense model, online)")
     ap.add_argument("--work", default="results/tmp/darwin")
     ap.add_argument("--out", default="results")
     args = ap.parse_args()
@@ -73,6 +76,7 @@ def main() -> None:
     kl_stages = [Stage(0, s.fitness_tokens, s.survivors) for s in ta_stages]
     evaluator = darwin.make_evaluator(cfg, dense, db, ta_stages, progress=True)
     r = cfg.search.resolved()
+    settings = darwin.evolution_settings(cfg)
 
     rows, timing = [], {}
     for sparsity in args.sparsities:
@@ -88,33 +92,40 @@ def main() -> None:
         for name, stages in (("evolution, KL-only", kl_stages), ("evolution, training-aware", ta_stages)):
             evaluator.evaluations = 0
             started = time.time()
-            result = evolve(evaluator, params_table, budget, stages, r["offspring"], r["generations"], cfg.seed,
-                            cfg.search.trade, work / f"{name.split(',')[1].strip()}-{sparsity:g}",
+            result = evolve(evaluator, params_table, budget, stages, settings,
+                            work / f"{name.split(',')[1].strip()}-{sparsity:g}",
                             {"sparsity": sparsity, "stages": [dataclasses.astuple(s) for s in stages],
-                             "generations": r["generations"], "offspring": r["offspring"]})
+                             "settings": dataclasses.asdict(settings)}, progress=True)
             timing[f"{name} @ {sparsity:g}"] = {"seconds": round(result.state.seconds, 1),
                                                 "evaluations": result.state.evaluations,
                                                 "wall_s_this_call": round(time.time() - started, 1)}
             models[name] = evaluator.build(result.best)
-        n_random = timing[f"evolution, training-aware @ {sparsity:g}"]["evaluations"]
+        # random search: as many KL evaluations as the training-aware search, through the same KL-only stages
+        n_evals = timing[f"evolution, training-aware @ {sparsity:g}"]["evaluations"]
+        n_random = n_evals - sum(s.survivors for s in kl_stages[:-1])
         rng = random.Random(cfg.seed)
         start = uniform_genotype(params_table, budget)
+        evaluator.evaluations = 0
         started = time.time()
-        candidates = [random_genotype(params_table, budget, rng, start, steps=50) for _ in range(n_random)]
-        scored = [(evaluator.fitness(evaluator.build(g), len(ta_stages) - 1), i) for i, g in enumerate(candidates)]
-        timing[f"random search @ {sparsity:g}"] = {"seconds": round(time.time() - started, 1), "evaluations": n_random}
-        models["random search"] = evaluator.build(candidates[min(scored)[1]])
+        pool = [random_genotype(params_table, budget, rng, start, settings.init_walk) for _ in range(n_random)]
+        best, _ = select(pool, kl_stages, evaluator, seed=cfg.seed)
+        timing[f"random search @ {sparsity:g}"] = {"seconds": round(time.time() - started, 1),
+                                                   "evaluations": evaluator.evaluations}
+        models["random search"] = evaluator.build(best)
 
         for name, model in models.items():
             kept = block_params(dense.adapter.shape(model))
             row = {"sparsity": sparsity, "method": name, "block_sparsity": round(1 - kept / params_table.full(), 4)}
             row["ppl one-shot"] = float(torch.tensor(mean_nll(model, eval_blocks, cfg.data.batch_size)).exp())
             row["KL one-shot"] = kl_to_teacher(model, eval_blocks, teacher, batch_size=cfg.data.batch_size)
-            train_on_blocks(model, recovery_blocks, args.recovery_tokens, TrainConfig(lr=args.recovery_lr, seed=0))
+            train_on_blocks(model, recovery_blocks, args.recovery_tokens,
+                            TrainConfig(lr=args.recovery_lr, seed=0, loss=args.recovery_loss),
+                            teacher=dense.model if args.recovery_loss != "lm" else None)
             row["ppl recovered"] = float(torch.tensor(mean_nll(model, eval_blocks, cfg.data.batch_size)).exp())
             row["KL recovered"] = kl_to_teacher(model, eval_blocks, teacher, batch_size=cfg.data.batch_size)
             rows.append(row)
             print(row, flush=True)
+            write_json(Path(args.work) / "rows.json", rows)  # partial results survive an interrupted run
 
     probe = evaluator.build(uniform_genotype(params_table, make_budget(params_table, params_table.full() * 0.5)))
     t = time.time()
@@ -131,7 +142,7 @@ def main() -> None:
              "database_vs_dense_weights": round(db.size_bytes() / dense_bytes, 3),
              "first_stage_eval_s_forward_only": round(forward, 3), "first_stage_eval_s_with_stitching": round(stitched, 3),
              "timing": timing, "eval_tokens": int(eval_blocks.numel()), "recovery_tokens": args.recovery_tokens,
-             "recovery_lr": args.recovery_lr, "profile": r}
+             "recovery_lr": args.recovery_lr, "recovery_loss": args.recovery_loss, "profile": r}
     write_json(Path(args.out) / "darwin.json", {"setup": setup, "rows": rows})
     cols = ["sparsity", "method", "block_sparsity", "ppl one-shot", "KL one-shot", "ppl recovered", "KL recovered"]
     text = (f"# DarwinLM vs baselines\n\nCommand: `python {' '.join(sys.argv)}`\n\n" + markdown_table(rows, cols) +

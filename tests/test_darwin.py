@@ -107,3 +107,25 @@ def test_cli_impossible_budget_and_changed_resume_are_one_line_errors(tiny_run_i
     darwin.run(config(tiny_run_inputs), tmp_path / "run2", progress=False, stop_after=1)
     assert main(argv(tmp_path / "run2", "0.3")) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_first_parent_is_picked_among_uniform_and_random_genotypes(tiny_run_inputs, tmp_path):
+    darwin.run(config(tiny_run_inputs, "search.init_samples=5"), tmp_path / "run", progress=False, stop_after=0)
+    state = json.loads((tmp_path / "run" / "search" / "state.json").read_text())
+    first = state["history"][0]
+    assert state["generation"] == 0 and first["generation"] == 0
+    assert len(first["first_stage"]) >= 2  # uniform + distinct random genotypes, all scored
+    assert state["parent"] == first["parent"]
+    assert first["fitness"][0] in first["first_stage"][:2]  # the winner survived the first stage (2 survivors)
+
+
+def test_latency_budget_runs_end_to_end_and_is_kept_for_resume(tiny_run_inputs, tmp_path):
+    cfg = config(tiny_run_inputs, "search.metric=latency", "search.latency_tokens=8", "search.init_samples=2")
+    darwin.run(cfg, tmp_path / "run", progress=False, stop_after=1)
+    table = json.loads((tmp_path / "run" / "search" / "latency_table.json").read_text())
+    darwin.run(cfg, tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run" / "search" / "latency_table.json").read_text()) == table
+    state = json.loads((tmp_path / "run" / "search" / "state.json").read_text())
+    full = sum(ladder[-1] for kind in ("attention", "mlp") for ladder in table["costs"][kind])
+    assert state["history"][-1]["cost"] <= 0.6 * full + 1e-9
+    assert (tmp_path / "run" / "model" / "config.json").exists()

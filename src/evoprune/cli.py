@@ -61,8 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--sparsity", type=float, help="fraction of transformer-block parameters to remove, in (0, 1)")
         p.add_argument("--target-params", type=int, help="total parameters to keep (instead of --sparsity)")
         p.add_argument("--profile", choices=["quick", "paper"], help="search size: quick (CPU minutes) or paper")
-        p.add_argument("--metric", choices=["params", "flops"], help="what the budget counts")
-        p.add_argument("--trade", action="store_true", help="let attention, MLP and depth trade budget")
+        p.add_argument("--metric", choices=["params", "flops", "latency"],
+                       help="what the budget counts (latency: a per-block table measured once on this machine)")
+        p.add_argument("--no-trade", action="store_true",
+                       help="switch levels only between modules of one kind (DarwinLM's original mutation)")
         p.add_argument("--levels", type=int, help="compression levels per module")
         p.add_argument("--multiple", type=int, help="keep MLP widths at multiples of this")
         p.add_argument("--db-method", choices=["obs", "activation"], help="second-order (default) or activation ranking")
@@ -78,8 +80,8 @@ def _overrides(args: argparse.Namespace) -> dict:
     base = {key: getattr(args, attr) for attr, key in flags.items() if getattr(args, attr, None) is not None}
     if getattr(args, "multiple", None) is not None:
         base["database.multiple" if args.command in ("darwin", "database", "search") else "prune.multiple"] = args.multiple
-    if getattr(args, "trade", False):
-        base["search.trade"] = True
+    if getattr(args, "no_trade", False):
+        base["search.trade"] = False
     if getattr(args, "allow_pickle", False):
         base["model.allow_pickle"] = True
     if getattr(args, "trust_remote_code", False):

@@ -73,25 +73,30 @@ class DatabaseConfig:
 
 PROFILES = {
     # DarwinLM's values (paper, section 4): 16 offspring, 200 generations, 4 selection stages.
+    # The paper starts from the uniform parent (init_samples=0).
     "paper": dict(offspring=16, generations=200, train_tokens=[10_000, 50_000, 100_000, 200_000],
-                  fitness_tokens=[1024, 2048, 4096, 8192], survivors=[8, 4, 2, 1]),
+                  fitness_tokens=[1024, 2048, 4096, 8192], survivors=[8, 4, 2, 1], init_samples=0),
     # Sized so the whole pipeline on SmolLM2-135M finishes in about 15 minutes on 2 CPU cores.
+    # With few generations it starts from the best of 16 random genotypes instead of the uniform one.
     "quick": dict(offspring=8, generations=8, train_tokens=[0, 1024, 2048],
-                  fitness_tokens=[1024, 2048, 4096], survivors=[4, 2, 1]),
+                  fitness_tokens=[1024, 2048, 4096], survivors=[4, 2, 1], init_samples=16),
 }
 
 
 @dataclass
 class SearchConfig:
     profile: str = "quick"  # quick | paper: defaults for the fields below that are left null
-    metric: str = "params"  # budget in params or flops (per token)
+    metric: str = "params"  # budget in params, flops (per token) or latency (measured per block, see latency_*)
     offspring: int | None = None  # offspring per generation
     generations: int | None = None  # generations
     train_tokens: list[int] | None = None  # per stage: tokens of brief training before scoring (0 = KL only)
     fitness_tokens: list[int] | None = None  # per stage: tokens the KL is measured on
     survivors: list[int] | None = None  # per stage: candidates kept
+    init_samples: int | None = None  # random genotypes scored to pick the first parent (0 = start uniform)
     lr: float = 1e-5  # AdamW learning rate of the brief training (DarwinLM: 1e-5)
-    trade: bool = False  # let attention and MLP (and depth, via level 0) trade budget with each other
+    trade: bool = True  # let attention and MLP (and depth, via level 0) trade budget with each other
+    latency_mode: str = "prefill"  # latency budget: prefill (latency_tokens at once) or decode (1 token, that context)
+    latency_tokens: int = 128
 
     def resolved(self) -> dict:
         base = PROFILES.get(self.profile, PROFILES["quick"])
@@ -137,16 +142,18 @@ class RunConfig:
             p.append(f"database.method must be obs or activation, got {db.method!r}")
         if se.profile not in PROFILES:
             p.append(f"search.profile must be one of {', '.join(PROFILES)}, got {se.profile!r}")
-        if se.metric not in ("params", "flops"):
-            p.append(f"search.metric must be params or flops, got {se.metric!r}")
+        if se.metric not in ("params", "flops", "latency"):
+            p.append(f"search.metric must be params, flops or latency, got {se.metric!r}")
+        if se.latency_mode not in ("prefill", "decode") or se.latency_tokens <= 0:
+            p.append("search.latency_mode must be prefill or decode and search.latency_tokens positive")
         r = se.resolved()
         stages = {len(r["train_tokens"]), len(r["fitness_tokens"]), len(r["survivors"])}
         if len(stages) != 1:
             p.append("search.train_tokens, search.fitness_tokens and search.survivors need one entry per stage")
         if any(v < 0 for v in r["train_tokens"]) or any(v <= 0 for v in r["fitness_tokens"] + r["survivors"]):
             p.append("search stage tokens must be >= 0 (training) / > 0 (fitness), survivors > 0")
-        if r["offspring"] <= 0 or r["generations"] < 0:
-            p.append("search.offspring must be positive and search.generations >= 0")
+        if r["offspring"] <= 0 or r["generations"] < 0 or r["init_samples"] < 0:
+            p.append("search.offspring must be positive, search.generations and search.init_samples >= 0")
         return p
 
 

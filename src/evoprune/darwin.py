@@ -28,8 +28,9 @@ from .prune.database import Database, DatabaseSettings
 from .prune.target import resolve_target
 from .report import markdown_table, plot_bars, plot_kept_per_layer, write_report
 from .search.budget import CostTable, make_budget
-from .search.evolution import evolve
+from .search.evolution import EvolutionSettings, evolve
 from .search.fitness import CandidateEvaluator, Stage
+from .search.latency_table import LatencySettings, latency_cost_table
 from .train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,23 @@ def build_database(cfg: RunConfig, dense: LoadedModel, path: Path, progress: boo
 
 
 def cost_table(db: Database, metric: str) -> CostTable:
+    """Exact parameter or FLOP costs of every level (latency: see `search_cost_table`)."""
     return CostTable(metric, {kind: [[getattr(lv, metric) for lv in levels] for levels in db.levels[kind]]
                               for kind in ("attention", "mlp")})
+
+
+def search_cost_table(cfg: RunConfig, dense: LoadedModel, db: Database, run_dir: Path,
+                      progress: bool = True) -> CostTable:
+    """The cost table the budget is counted in; a latency table is measured once and kept in the run."""
+    if cfg.search.metric != "latency":
+        return cost_table(db, cfg.search.metric)
+    settings = LatencySettings(cfg.search.latency_mode, cfg.search.latency_tokens)
+    return latency_cost_table(dense.model, dense.adapter, db, run_dir / "latency_table.json", settings, progress)
+
+
+def evolution_settings(cfg: RunConfig) -> EvolutionSettings:
+    r = cfg.search.resolved()
+    return EvolutionSettings(r["offspring"], r["generations"], cfg.seed, cfg.search.trade, r["init_samples"])
 
 
 def search_config(cfg: RunConfig) -> dict:
@@ -122,14 +138,14 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
     db = build_database(cfg, dense, out / "database", progress)
     if phase == "database":
         return out
-    table = cost_table(db, cfg.search.metric)
+    table = search_cost_table(cfg, dense, db, out / "search", progress)
     dense_blocks = cost_table(db, "params").full()
     budget = make_budget(table, table.full() * target.block_params / dense_blocks)
     stages = stages_of(cfg)
     evaluator = make_evaluator(cfg, dense, db, stages, progress)
     r = cfg.search.resolved()
-    result = evolve(evaluator, table, budget, stages, r["offspring"], r["generations"], cfg.seed, cfg.search.trade,
-                    out / "search", config, progress, stop_after)
+    result = evolve(evaluator, table, budget, stages, evolution_settings(cfg), out / "search", config, progress,
+                    stop_after)
     if result.state.generation < r["generations"]:
         return out  # stopped early on request (tests); rerun to resume
     spec, replace = db.stitch(list(result.best.attention), list(result.best.mlp), dense.adapter,

@@ -120,6 +120,9 @@ class LlamaFamilyAdapter(ModelAdapter):
             qk_norm=any(hasattr(a, "q_norm") for a in attns),
         )
 
+    def position_embeddings(self, model: PreTrainedModel, hidden: torch.Tensor, position_ids: torch.Tensor):
+        return model.model.rotary_emb(hidden, position_ids)
+
     def slice(self, model: PreTrainedModel, spec: SubnetSpec,
               replace: dict[str, torch.Tensor] | None = None) -> PreTrainedModel:
         spec.validate(self.shape(model))

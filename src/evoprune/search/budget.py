@@ -50,13 +50,18 @@ class Budget:
         return self.target - self.tolerance - 1e-6 <= cost <= self.target + 1e-6
 
 
+def format_cost(value: float, metric: str) -> str:
+    return f"{value:,.3f} ms" if metric == "latency" else f"{value:,.0f} {metric}"
+
+
 def make_budget(table: CostTable, target: float) -> Budget:
     """The band for `target`, or a UserError giving the reachable range."""
     lowest = min(c for levels in table.costs["attention"] for c in levels if c > 0)  # one attention block kept
     highest = table.full()
     if not lowest < target < highest:
-        raise UserError(f"budget {target:,.0f} {table.metric} is out of reach: the database reaches {lowest:,.0f} "
-                        f"to {highest:,.0f} {table.metric} of transformer blocks")
+        raise UserError(f"budget {format_cost(target, table.metric)} is out of reach: the database reaches "
+                        f"{format_cost(lowest, table.metric)} to {format_cost(highest, table.metric)} "
+                        "of transformer blocks")
     return Budget(target, table.largest_step())
 
 
@@ -87,5 +92,5 @@ def uniform_genotype(table: CostTable, budget: Budget) -> Genotype:
                     g = candidate
                     break
     if not budget.admits(table.cost(g)):
-        raise UserError(f"no level assignment fits the budget {budget.target:,.0f} {table.metric}")
+        raise UserError(f"no level assignment fits the budget {format_cost(budget.target, table.metric)}")
     return g

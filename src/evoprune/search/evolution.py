@@ -1,7 +1,11 @@
 """The evolutionary search loop (DarwinLM): mutate the parent, select among offspring, repeat.
 
-Each generation makes `offspring` level-switch mutations of the parent; the parent competes with
-them (elitism) through the selection stages; the winner becomes the next parent. The state is
+The first parent is the uniform genotype (DarwinLM), or, with `init_samples` > 0, the winner of
+one selection among the uniform genotype and that many random genotypes inside the budget (long
+random walks of level switches): with few generations, small switches from a uniform start
+barely leave it. Each generation makes `offspring` level-switch mutations of the parent; the
+parent competes with them (elitism) through the selection stages; the winner becomes the next
+parent. The state is
 written atomically after every generation, so a killed search resumes exactly where it stopped
 and reaches the same result as an uninterrupted one.
 """
@@ -21,10 +25,20 @@ from ..atomic import write_text
 from .budget import Budget, CostTable, uniform_genotype
 from .fitness import CandidateEvaluator, Stage, select
 from .genotype import Genotype
-from .mutation import mutate
+from .mutation import mutate, random_genotype
 from .state import SearchState, rng_state
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvolutionSettings:
+    offspring: int
+    generations: int
+    seed: int = 0
+    trade: bool = True
+    init_samples: int = 0  # random genotypes competing with the uniform one for the first parent
+    init_walk: int = 100  # level-switch mutations per random genotype
 
 
 @dataclass
@@ -33,8 +47,8 @@ class SearchResult:
     state: SearchState
 
 
-def evolve(evaluator: CandidateEvaluator, table: CostTable, budget: Budget, stages: list[Stage], offspring: int,
-           generations: int, seed: int, trade: bool, state_dir: Path, config: dict, progress: bool = True,
+def evolve(evaluator: CandidateEvaluator, table: CostTable, budget: Budget, stages: list[Stage],
+           settings: EvolutionSettings, state_dir: Path, config: dict, progress: bool = True,
            stop_after: int | None = None) -> SearchResult:
     """Run (or resume) the search in `state_dir`.
 
@@ -48,30 +62,55 @@ def evolve(evaluator: CandidateEvaluator, table: CostTable, budget: Budget, stag
         state = SearchState.load(state_file, config)
         log.info("resuming search at generation %d", state.generation)
     else:
-        rng = random.Random(seed)
-        state = SearchState(config, 0, uniform_genotype(table, budget), rng_state(rng))
+        state = _first_parent(evaluator, table, budget, stages, settings, config)
+        _save(state, state_dir)
     rng = state.restore_rng()
-    bar = tqdm(total=generations, initial=state.generation, desc="search", disable=not progress)
+    bar = tqdm(total=settings.generations, initial=state.generation, desc="search", disable=not progress)
     done_here = 0
-    while state.generation < generations and (stop_after is None or done_here < stop_after):
+    while state.generation < settings.generations and (stop_after is None or done_here < stop_after):
         started = time.time()
-        children = [mutate(state.parent, table, budget, rng, trade) for _ in range(offspring)]
-        before = evaluator.evaluations
-        winner, scores = select([state.parent] + children, stages, evaluator, seed=seed * 100003 + state.generation)
+        children = [mutate(state.parent, table, budget, rng, settings.trade) for _ in range(settings.offspring)]
+        _select_parent(state, [state.parent] + children, stages, evaluator, table,
+                       seed=settings.seed * 100003 + state.generation + 1)
         state.generation += 1
-        state.parent = winner
         state.rng = rng_state(rng)
-        state.evaluations += evaluator.evaluations - before
         state.seconds += time.time() - started
-        state.history.append({"generation": state.generation, "fitness": [s[winner] for s in scores],
-                              "best_first_stage": min(scores[0].values()),
-                              "first_stage": sorted(scores[0].values()), "cost": table.cost(winner),
-                              "parent": winner.to_dict(), "evaluations": state.evaluations,
-                              "seconds": round(state.seconds, 2)})
-        state.save(state_file)
-        write_text(state_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in state.history))
+        state.history[-1].update(generation=state.generation, seconds=round(state.seconds, 2))
+        _save(state, state_dir)
         bar.update(1)
         bar.set_postfix(kl=f"{state.history[-1]['fitness'][-1]:.4f}")
         done_here += 1
     bar.close()
     return SearchResult(state.parent, state)
+
+
+def _first_parent(evaluator: CandidateEvaluator, table: CostTable, budget: Budget, stages: list[Stage],
+                  settings: EvolutionSettings, config: dict) -> SearchState:
+    rng = random.Random(settings.seed)
+    uniform = uniform_genotype(table, budget)
+    state = SearchState(config, 0, uniform, [])
+    if settings.init_samples:
+        started = time.time()
+        pool = [uniform] + [random_genotype(table, budget, rng, uniform, settings.init_walk, settings.trade)
+                            for _ in range(settings.init_samples)]
+        _select_parent(state, pool, stages, evaluator, table, seed=settings.seed * 100003)
+        state.seconds = time.time() - started
+        state.history[-1].update(generation=0, seconds=round(state.seconds, 2))
+    state.rng = rng_state(rng)
+    return state
+
+
+def _select_parent(state: SearchState, pool: list[Genotype], stages: list[Stage], evaluator: CandidateEvaluator,
+                   table: CostTable, seed: int) -> None:
+    before = evaluator.evaluations
+    winner, scores = select(pool, stages, evaluator, seed=seed)
+    state.parent = winner
+    state.evaluations += evaluator.evaluations - before
+    state.history.append({"fitness": [s[winner] for s in scores], "best_first_stage": min(scores[0].values()),
+                          "first_stage": sorted(scores[0].values()), "cost": table.cost(winner),
+                          "parent": winner.to_dict(), "evaluations": state.evaluations})
+
+
+def _save(state: SearchState, state_dir: Path) -> None:
+    state.save(state_dir / "state.json")
+    write_text(state_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in state.history))
