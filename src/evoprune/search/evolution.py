@@ -1,8 +1,8 @@
 """The evolutionary search loop (DarwinLM): mutate the parent, select among offspring, repeat.
 
 The first parent is the uniform genotype (DarwinLM), or, with `init_samples` > 0, the winner of
-one selection among the uniform genotype and that many random genotypes inside the budget (long
-random walks of level switches): with few generations, small switches from a uniform start
+one selection among the uniform genotype and that many random genotypes inside the budget (random
+walks of level switches, from a few steps to `init_walk`): with few generations, small switches from a uniform start
 barely leave it. Each generation makes `offspring` level-switch mutations of the parent; the
 parent competes with them (elitism) through the selection stages; the winner becomes the next
 parent. The state is
@@ -38,7 +38,7 @@ class EvolutionSettings:
     seed: int = 0
     trade: bool = True
     init_samples: int = 0  # random genotypes competing with the uniform one for the first parent
-    init_walk: int = 100  # level-switch mutations per random genotype
+    init_walk: int = 100  # level-switch mutations of the farthest random genotype (the k-th of n: k/n of it)
 
 
 @dataclass
@@ -91,8 +91,9 @@ def _first_parent(evaluator: CandidateEvaluator, table: CostTable, budget: Budge
     state = SearchState(config, 0, uniform, [])
     if settings.init_samples:
         started = time.time()
-        pool = [uniform] + [random_genotype(table, budget, rng, uniform, settings.init_walk, settings.trade)
-                            for _ in range(settings.init_samples)]
+        n = settings.init_samples
+        walks = [max(1, round(settings.init_walk * (k + 1) / n)) for k in range(n)]  # near and far from uniform
+        pool = [uniform] + [random_genotype(table, budget, rng, uniform, w, settings.trade) for w in walks]
         _select_parent(state, pool, stages, evaluator, table, seed=settings.seed * 100003)
         state.seconds = time.time() - started
         state.history[-1].update(generation=0, seconds=round(state.seconds, 2))

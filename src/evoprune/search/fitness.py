@@ -52,22 +52,30 @@ def select(pool: list[Genotype], stages: list[Stage], evaluator: CandidateEvalua
     """Training-aware selection: every stage trains the survivors briefly, scores them, keeps the best.
 
     Training continues across stages on the same candidate weights, and all candidates of a stage
-    see the same training tokens, so they are compared on equal terms. Returns the winner and the
-    fitness of each candidate at each stage.
+    see the same training tokens, so they are compared on equal terms. Candidates are built one at
+    a time and only the current survivors are held in memory, so a pool of any size fits. Returns
+    the winner and the fitness of each candidate at each stage.
     """
     unique = list(dict.fromkeys(pool))
-    models = {g: evaluator.build(g) for g in unique}
+    order = {g: i for i, g in enumerate(unique)}
+    models: dict[Genotype, object] = {}  # the previous stage's survivors, trained so far
     scores: list[dict[Genotype, float]] = []
     seen_tokens = 0
     for s, stage in enumerate(stages):
-        stage_scores = {}
-        for i, g in enumerate(unique):
+        keep = max(1, stage.survivors)
+        stage_scores: dict[Genotype, float] = {}
+        kept: dict[Genotype, object] = {}
+        for g in unique:
+            model = models.pop(g) if g in models else evaluator.build(g)
             if stage.train_tokens:
-                evaluator.train(models[g], stage.train_tokens, seed=seed * 1000 + s,
+                evaluator.train(model, stage.train_tokens, seed=seed * 1000 + s,
                                 start_block=seen_tokens // evaluator.train_blocks.shape[1])
-            stage_scores[g] = evaluator.fitness(models[g], s)
+            stage_scores[g] = evaluator.fitness(model, s)
+            kept[g] = model
+            if len(kept) > keep:
+                del kept[max(kept, key=lambda c: (stage_scores[c], order[c]))]
+        models = kept
         seen_tokens += stage.train_tokens
         scores.append(stage_scores)
-        unique = sorted(unique, key=lambda g: (stage_scores[g], unique.index(g)))[:max(1, stage.survivors)]
-        models = {g: models[g] for g in unique}
+        unique = sorted(unique, key=lambda g: (stage_scores[g], order[g]))[:keep]
     return unique[0], scores
