@@ -4,13 +4,16 @@ Every distinct block shape in the database (attention: query heads × KV groups;
 neurons) is cut out of layer 0 into a one-layer model and its block is timed alone: `prefill`
 runs `tokens` tokens at batch 1; `decode` runs one token against a KV cache of `tokens`
 positions. Shapes are timed round-robin (warm-up first, median of the repeats) so that drift of
-a noisy machine spreads over all of them. Costs are made non-decreasing along each ladder, so a
-level never looks cheaper than a smaller one because of timing noise.
+a noisy machine spreads over all of them; each sample runs enough calls to last a few
+milliseconds, and a shape's cost is its fastest sample (the least disturbed by other work; the
+median is kept beside it). Costs are made non-decreasing along each ladder, so a level never looks
+cheaper than a smaller one because of timing noise.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -29,6 +32,7 @@ from ..prune.database import Database
 from .budget import KINDS, CostTable
 
 MODES = ("prefill", "decode")
+SAMPLE_SECONDS = 0.005
 
 
 @dataclass(frozen=True)
@@ -84,18 +88,29 @@ class _BlockTimer:
             self.kwargs.update(position_embeddings=adapter.position_embeddings(model, self.x, positions),
                                attention_mask=None)
 
+        self.calls = 1
+
+    def _once(self) -> None:
+        with torch.no_grad():
+            self.block(self.x, **self.kwargs)
+        if self.kind == "attention" and self.mode == "decode":
+            self.cache.crop(-1)  # drop the token just added: every call sees the same context
+
+    def calibrate(self, sample_seconds: float) -> None:
+        """Choose how many calls one sample makes, so that it lasts about `sample_seconds`."""
+        self.calls = 1
+        self.calls = max(1, math.ceil(sample_seconds / max(self(), 1e-7)))
+
     def __call__(self) -> float:
+        """Seconds per call, over one sample of `calls` calls."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         started = time.perf_counter()
-        with torch.no_grad():
-            self.block(self.x, **self.kwargs)
+        for _ in range(self.calls):
+            self._once()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        elapsed = time.perf_counter() - started
-        if self.kind == "attention" and self.mode == "decode":
-            self.cache.crop(-1)  # drop the token just added: every call sees the same context
-        return elapsed
+        return (time.perf_counter() - started) / self.calls
 
 
 def measure_latency_table(dense: PreTrainedModel, adapter: ModelAdapter, db: Database,
@@ -116,13 +131,15 @@ def measure_latency_table(dense: PreTrainedModel, adapter: ModelAdapter, db: Dat
         for key, (kind, i, lv) in tqdm(wanted.items(), desc="latency table", disable=not progress):
             model = _one_block_model(dense, adapter, db, kind, i, lv).eval()
             timers[key] = _BlockTimer(model, adapter, kind, settings)
+            timers[key].calibrate(SAMPLE_SECONDS)
         samples: dict[tuple, list[float]] = {key: [] for key in timers}
         for r in range(settings.warmup + settings.repeats):
             for key, timer in timers.items():
                 elapsed = timer()
                 if r >= settings.warmup:
                     samples[key].append(elapsed)
-    ms = {key: 1000 * statistics.median(v) for key, v in samples.items()}
+    ms = {key: 1000 * min(v) for key, v in samples.items()}
+    median_ms = {key: 1000 * statistics.median(v) for key, v in samples.items()}
     costs = {}
     for kind in KINDS:
         costs[kind] = []
@@ -135,6 +152,7 @@ def measure_latency_table(dense: PreTrainedModel, adapter: ModelAdapter, db: Dat
     return {"settings": asdict(settings), "device": str(next(dense.parameters()).device),
             "dtype": str(next(dense.parameters()).dtype), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "block_ms": {"/".join(map(str, k)): round(v, 4) for k, v in ms.items()},
+            "block_ms_median": {"/".join(map(str, k)): round(v, 4) for k, v in median_ms.items()},
             "costs": costs}
 
 
