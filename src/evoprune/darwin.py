@@ -27,7 +27,7 @@ from .pipeline import METRIC_COLUMNS, data_blocks, load_source
 from .prune.database import Database, DatabaseSettings
 from .prune.target import resolve_target
 from .report import markdown_table, plot_bars, plot_kept_per_layer, write_report
-from .search.budget import CostTable, make_budget
+from .search.budget import CostTable, make_budget, uniform_genotype
 from .search.evolution import EvolutionSettings, evolve
 from .search.fitness import CandidateEvaluator, Stage
 from .search.latency_table import LatencySettings, latency_cost_table
@@ -156,11 +156,13 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
     pruned = dense.adapter.slice(dense.model, spec, replace)
     eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
     teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size, progress)
-    rows = evaluate_models({"dense": dense.model, "darwin": pruned}, eval_blocks, teacher, cfg.eval,
-                           cfg.data.batch_size, progress)
+    uniform = evaluator.build(uniform_genotype(table, budget))  # the search's starting point, for comparison
+    rows = evaluate_models({"dense": dense.model, "uniform (same database)": uniform, "darwin": pruned},
+                           eval_blocks, teacher, cfg.eval, cfg.data.batch_size, progress)
     export_checkpoint(pruned, out / "model", tokenizer=dense.tokenizer, spec=spec, force=True)
     spec.save(out / "spec.json")
-    metrics = {"dense": rows["dense"], "pruned": rows["darwin"], "target": spec.meta["target_report"],
+    metrics = {"dense": rows["dense"], "pruned": rows["darwin"],
+               "uniform_same_database": rows["uniform (same database)"], "target": spec.meta["target_report"],
                "search": {"generations": result.state.generation, "evaluations": result.state.evaluations,
                           "search_seconds": round(result.state.seconds, 1)},
                "database": {"bytes": db.size_bytes(), "dense_weight_bytes": sum(
