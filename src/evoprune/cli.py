@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="perplexity, KL to a dense teacher, size and latency of a model", epilog=EPILOG)
     _common(p)
     p.add_argument("--teacher", help="dense model to compare against (KL, speedup)")
+    p.add_argument("--tasks", help="lm-eval tasks, offline: a preset (quick | darwinlm | all) or a comma list "
+                                   "(arc_easy, arc_challenge, piqa, hellaswag, winogrande, boolq, sciq, openbookqa, "
+                                   "mmlu, lambada_openai)")
+    p.add_argument("--limit", type=int, help="at most this many examples per task (quick: 100)")
+    p.add_argument("--num-fewshot", type=int, help="few-shot examples for every task (default: the preset's)")
 
     for name, text in (("darwin", "DarwinLM pipeline: second-order database, evolutionary search, export, evaluate"),
                        ("database", "build (or finish) only the second-order database of a darwin run"),
@@ -118,7 +123,7 @@ def run(args: argparse.Namespace) -> None:
         out = pipeline.slice_with_spec(cfg, args.spec, args.out, force=args.force, progress=progress)
     else:
         out = pipeline.evaluate(cfg, cfg.model.source, args.out, teacher=args.teacher, force=args.force,
-                                progress=progress)
+                                progress=progress, tasks=args.tasks, limit=args.limit, num_fewshot=args.num_fewshot)
     print((out / "report.md").read_text())
 
 

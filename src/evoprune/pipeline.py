@@ -20,6 +20,7 @@ from .atomic import check_output_dir, staged_dir, write_json, write_text
 from .config import RunConfig, dump_config
 from .data import check_seq_len, token_blocks
 from .errors import UserError
+from .evaluate.task_report import task_section
 from .evaluate.suite import evaluate_models, teacher_for
 from .models import LoadedModel, load_model
 from .prune.calibration import collect_stats
@@ -132,9 +133,20 @@ def _prune_report(folder: Path, cfg: RunConfig, spec: SubnetSpec, rows: dict, me
 
 
 def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = None, force: bool = False,
-             progress: bool = True) -> Path:
-    """Evaluate `model` (and, side by side, the dense `teacher` when given) and write a run directory."""
+             progress: bool = True, tasks: str | None = None, limit: int | None = None,
+             num_fewshot: int | None = None) -> Path:
+    """Evaluate `model` (and, side by side, the dense `teacher` when given) and write a run directory.
+
+    With `tasks` (a preset or a comma list), every model is also scored on those lm-eval tasks.
+    """
     check_output_dir(out, force)
+    if tasks is not None:
+        from .evaluate.tasks import resolve_tasks, task_configs_dir
+
+        resolve_tasks(tasks, num_fewshot)  # bad names fail before any model is loaded
+        if limit is not None and limit <= 0:
+            raise UserError(f"--limit must be positive, got {limit}")
+        task_configs_dir()
     started = time.time()
     student = load_source(cfg, model)
     models = {"model": student.model}
@@ -151,14 +163,27 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
         cache = teacher_for(teacher_loaded.model, str(teacher_loaded.path), eval_blocks, cfg.eval,
                             cfg.data.batch_size, progress)
     rows = evaluate_models(models, eval_blocks, cache, cfg.eval, cfg.data.batch_size, progress)
-    metrics = {**rows, "eval_tokens": int(eval_blocks.numel()), "wall_time_s": round(time.time() - started, 1)}
+    metrics = {**rows, "eval_tokens": int(eval_blocks.numel())}
+    loaded = {"model": student} if teacher_loaded is None else {"teacher": teacher_loaded, "model": student}
+    task_scores = {}
+    if tasks is not None:
+        from .evaluate.harness import run_tasks
+
+        task_scores = {name: run_tasks(m.model, m.tokenizer, tasks, limit, num_fewshot, seed=cfg.seed)
+                       for name, m in loaded.items()}
+        metrics.update(task_scores["model"])
+        if "teacher" in task_scores:
+            metrics["teacher_tasks"] = task_scores["teacher"]
+    metrics["wall_time_s"] = round(time.time() - started, 1)
     with staged_dir(out, force=force) as tmp:
         write_json(tmp / "metrics.json", metrics)
         write_text(tmp / "config.yaml", dump_config(cfg))
         plot_bars({k: r["perplexity"] for k, r in rows.items()}, "held-out perplexity", "perplexity (log scale)",
                   tmp / "perplexity.png", log=True)
         table = markdown_table(list(rows.values()), [c for c in METRIC_COLUMNS if c in next(iter(rows.values()))])
-        write_report(tmp / "report.md", f"evoprune eval: {model}",
-                     [("Result", table + "\n![perplexity](perplexity.png)\n"),
-                      ("Data", f"{cfg.data.source}, held-out split, {metrics['eval_tokens']:,} tokens.")])
+        sections = [("Result", table + "\n![perplexity](perplexity.png)\n")]
+        if task_scores:
+            sections.append(("Tasks (lm-evaluation-harness, offline)", task_section(task_scores, tmp / "tasks.png")))
+        sections.append(("Data", f"{cfg.data.source}, held-out split, {metrics['eval_tokens']:,} tokens."))
+        write_report(tmp / "report.md", f"evoprune eval: {model}", sections)
     return Path(out)

@@ -39,6 +39,7 @@ class EvolutionSettings:
     trade: bool = True
     init_samples: int = 0  # random genotypes competing with the uniform one for the first parent
     init_walk: int = 100  # level-switch mutations of the farthest random genotype (the k-th of n: k/n of it)
+    mutation_scales: tuple[int, ...] = (1,)  # offspring k makes scales[k % len] times DarwinLM's switches
 
 
 @dataclass
@@ -69,7 +70,9 @@ def evolve(evaluator: CandidateEvaluator, table: CostTable, budget: Budget, stag
     done_here = 0
     while state.generation < settings.generations and (stop_after is None or done_here < stop_after):
         started = time.time()
-        children = [mutate(state.parent, table, budget, rng, settings.trade) for _ in range(settings.offspring)]
+        scales = settings.mutation_scales
+        children = [mutate(state.parent, table, budget, rng, settings.trade, scale=scales[k % len(scales)])
+                    for k in range(settings.offspring)]
         _select_parent(state, [state.parent] + children, stages, evaluator, table,
                        seed=settings.seed * 100003 + state.generation + 1)
         state.generation += 1

@@ -21,10 +21,11 @@ def num_switches(rng: random.Random) -> int:
 
 
 def mutate(parent: Genotype, table: CostTable, budget: Budget, rng: random.Random, trade: bool = False,
-           max_tries: int = 200) -> Genotype:
+           max_tries: int = 200, scale: int = 1) -> Genotype:
+    """`scale` times DarwinLM's number of switches (1: the paper's mutation)."""
     genes = {k: list(parent.genes(k)) for k in KINDS}
     modules = [(k, i) for k in KINDS for i in range(table.num_layers())]
-    for _ in range(num_switches(rng)):
+    for _ in range(num_switches(rng) * scale):
         for _ in range(max_tries):
             down = rng.choice([m for m in modules if genes[m[0]][m[1]] > 0])
             ups = [m for m in modules if m != down and (trade or m[0] == down[0])
