@@ -78,8 +78,9 @@ def main() -> None:
     r = cfg.search.resolved()
     settings = darwin.evolution_settings(cfg)
 
-    rows, timing = [], {}
+    timing = {}
     for sparsity in args.sparsities:
+        rows = []
         target = resolve_target(shape, sparsity=sparsity)
         budget = make_budget(params_table, target.block_params)
         models = {
@@ -125,7 +126,9 @@ def main() -> None:
             row["KL recovered"] = kl_to_teacher(model, eval_blocks, teacher, batch_size=cfg.data.batch_size)
             rows.append(row)
             print(row, flush=True)
-            write_json(Path(args.work) / "rows.json", rows)  # partial results survive an interrupted run
+        # one file per sparsity: separate invocations (or an interrupted one) still compose one table
+        write_json(Path(args.out) / "darwin_rows" / f"{sparsity:g}.json",
+                   {"rows": rows, "timing": {k: v for k, v in timing.items() if k.endswith(f"@ {sparsity:g}")}})
 
     probe = evaluator.build(uniform_genotype(params_table, make_budget(params_table, params_table.full() * 0.5)))
     t = time.time()
@@ -143,6 +146,11 @@ def main() -> None:
              "first_stage_eval_s_forward_only": round(forward, 3), "first_stage_eval_s_with_stitching": round(stitched, 3),
              "timing": timing, "eval_tokens": int(eval_blocks.numel()), "recovery_tokens": args.recovery_tokens,
              "recovery_lr": args.recovery_lr, "recovery_loss": args.recovery_loss, "profile": r}
+    rows = []
+    for part in sorted((Path(args.out) / "darwin_rows").glob("*.json"), key=lambda f: float(f.stem)):
+        saved = json.loads(part.read_text())
+        rows += saved["rows"]
+        timing.update(saved["timing"])
     write_json(Path(args.out) / "darwin.json", {"setup": setup, "rows": rows})
     cols = ["sparsity", "method", "block_sparsity", "ppl one-shot", "KL one-shot", "ppl recovered", "KL recovered"]
     text = (f"# DarwinLM vs baselines\n\nCommand: `python {' '.join(sys.argv)}`\n\n" + markdown_table(rows, cols) +
