@@ -93,6 +93,7 @@ class SearchConfig:
     fitness_tokens: list[int] | None = None  # per stage: tokens the KL is measured on
     survivors: list[int] | None = None  # per stage: candidates kept
     init_samples: int | None = None  # random genotypes scored to pick the first parent (0 = start uniform)
+    mutation_scales: list[int] = field(default_factory=lambda: [1])  # offspring k: scales[k % n] x DarwinLM's switches
     lr: float = 1e-5  # AdamW learning rate of the brief training (DarwinLM: 1e-5)
     trade: bool = True  # let attention and MLP (and depth, via level 0) trade budget with each other
     latency_mode: str = "prefill"  # latency budget: prefill (latency_tokens at once) or decode (1 token, that context)
@@ -152,6 +153,8 @@ class RunConfig:
             p.append("search.train_tokens, search.fitness_tokens and search.survivors need one entry per stage")
         if any(v < 0 for v in r["train_tokens"]) or any(v <= 0 for v in r["fitness_tokens"] + r["survivors"]):
             p.append("search stage tokens must be >= 0 (training) / > 0 (fitness), survivors > 0")
+        if not se.mutation_scales or any(m <= 0 for m in se.mutation_scales):
+            p.append(f"search.mutation_scales must be positive integers, got {se.mutation_scales}")
         if r["offspring"] <= 0 or r["generations"] < 0 or r["init_samples"] < 0:
             p.append("search.offspring must be positive, search.generations and search.init_samples >= 0")
         return p

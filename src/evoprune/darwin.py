@@ -71,7 +71,8 @@ def search_cost_table(cfg: RunConfig, dense: LoadedModel, db: Database, run_dir:
 
 def evolution_settings(cfg: RunConfig) -> EvolutionSettings:
     r = cfg.search.resolved()
-    return EvolutionSettings(r["offspring"], r["generations"], cfg.seed, cfg.search.trade, r["init_samples"])
+    return EvolutionSettings(r["offspring"], r["generations"], cfg.seed, cfg.search.trade, r["init_samples"],
+                             mutation_scales=tuple(cfg.search.mutation_scales))
 
 
 def search_config(cfg: RunConfig) -> dict:
