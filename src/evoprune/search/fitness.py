@@ -46,6 +46,22 @@ class CandidateEvaluator:
         self.evaluations += 1
         return kl_to_teacher(model, self.stage_blocks[stage], self.stage_teachers[stage], batch_size=self.batch_size)
 
+    def build_pool(self, pool: list[Genotype]) -> dict[Genotype, PreTrainedModel]:
+        """The models of the candidates this evaluator scores (all of them here; a share per process in
+        `DistributedCandidateEvaluator`)."""
+        return {g: self.build(g) for g in pool}
+
+    def score_stage(self, pool: list[Genotype], models: dict[Genotype, PreTrainedModel], s: int, stage: Stage,
+                    seed: int, seen_tokens: int) -> dict[Genotype, float]:
+        """Train every candidate of `pool` for stage `s` (from token `seen_tokens` of the train blocks) and score it."""
+        scores = {}
+        for g in pool:
+            if stage.train_tokens:
+                self.train(models[g], stage.train_tokens, seed=seed * 1000 + s,
+                           start_block=seen_tokens // self.train_blocks.shape[1])
+            scores[g] = self.fitness(models[g], s)
+        return scores
+
 
 def select(pool: list[Genotype], stages: list[Stage], evaluator: CandidateEvaluator, seed: int
            ) -> tuple[Genotype, list[dict[Genotype, float]]]:
@@ -56,18 +72,13 @@ def select(pool: list[Genotype], stages: list[Stage], evaluator: CandidateEvalua
     fitness of each candidate at each stage.
     """
     unique = list(dict.fromkeys(pool))
-    models = {g: evaluator.build(g) for g in unique}
+    models = evaluator.build_pool(unique)
     scores: list[dict[Genotype, float]] = []
     seen_tokens = 0
     for s, stage in enumerate(stages):
-        stage_scores = {}
-        for i, g in enumerate(unique):
-            if stage.train_tokens:
-                evaluator.train(models[g], stage.train_tokens, seed=seed * 1000 + s,
-                                start_block=seen_tokens // evaluator.train_blocks.shape[1])
-            stage_scores[g] = evaluator.fitness(models[g], s)
+        stage_scores = evaluator.score_stage(unique, models, s, stage, seed, seen_tokens)
         seen_tokens += stage.train_tokens
         scores.append(stage_scores)
         unique = sorted(unique, key=lambda g: (stage_scores[g], unique.index(g)))[:max(1, stage.survivors)]
-        models = {g: models[g] for g in unique}
+        models = {g: models[g] for g in unique if g in models}
     return unique[0], scores
