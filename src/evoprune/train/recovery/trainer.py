@@ -55,28 +55,28 @@ def check_same_vocabulary(student: LoadedModel, teacher: LoadedModel) -> None:
                         "distillation needs the same tokenizer and vocabulary")
 
 
-def _prepare_run_dir(out: Path, identity: dict, force: bool, resume_from: str | None, is_main: bool) -> bool:
-    """Check (every process) and set up (main process) the run directory; True when it holds a run to resume."""
+def _check_run_dir(out: Path, identity: dict, force: bool, resume_from: str | None) -> bool:
+    """Refuse an output directory this run may not use; True when it holds this run, to be resumed."""
     run_file = out / RUN_FILE
-    resuming = False
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not force:
-        if not run_file.is_file():
-            raise UserError(f"output directory {out} exists and is not an evoprune train run; pass --force to "
-                            "replace it")
-        if json.loads(run_file.read_text()) != identity:
-            raise UserError(f"{out} holds a training run with other settings; use the same settings to resume, "
-                            "or --force to start over")
-        if (out / "model").exists():
-            raise UserError(f"{out} holds a finished training run; pass --force to train again")
-        resuming = resume_from is None
-    if is_main:
-        if force and out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(run_file, identity)
-    return resuming
+    if not out.exists() or not any(out.iterdir()) or force:
+        return False
+    if not run_file.is_file():
+        raise UserError(f"output directory {out} exists and is not an evoprune train run; pass --force to replace it")
+    if json.loads(run_file.read_text()) != identity:
+        raise UserError(f"{out} holds a training run with other settings; use the same settings to resume, "
+                        "or --force to start over")
+    if (out / "model").exists():
+        raise UserError(f"{out} holds a finished training run; pass --force to train again")
+    return resume_from is None
+
+
+def _set_up_run_dir(out: Path, identity: dict, force: bool) -> None:
+    if force and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / RUN_FILE, identity)
 
 
 def _reduce_mean(accelerator, values: list[float | None]) -> list[float | None]:
@@ -128,7 +128,10 @@ def recover(cfg: RecoveryRunConfig, out: str | Path, force: bool = False, progre
         from .checkpoint import read_trainer_state
 
         read_trainer_state(resume_path, identity)
-    resuming = _prepare_run_dir(out, identity, force, resume_from, is_main)
+    resuming = _check_run_dir(out, identity, force, resume_from)
+    accelerator.wait_for_everyone()  # every process has looked at `out` before the main one changes it
+    if is_main:
+        _set_up_run_dir(out, identity, force)
     accelerator.wait_for_everyone()
 
     torch.manual_seed(cfg.seed)
