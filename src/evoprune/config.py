@@ -207,6 +207,11 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
             return True, value
         if opt is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return True, float(value)
+        if opt is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                pass
         if opt is str and isinstance(value, str):
             return True, value
     return False, None

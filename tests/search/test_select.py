@@ -8,7 +8,7 @@ import weakref
 
 import torch
 
-from evoprune.search.fitness import Stage, select
+from evoprune.search.fitness import CandidateEvaluator, Stage, select
 from evoprune.search.genotype import Genotype
 
 
@@ -17,7 +17,7 @@ class Candidate:
         self.g, self.trained = g, 0
 
 
-class FakeEvaluator:
+class FakeEvaluator(CandidateEvaluator):
     """Fitness is a fixed random number per genotype, lowered by training; counts live candidates."""
 
     def __init__(self, seed: int):

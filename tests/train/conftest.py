@@ -37,3 +37,23 @@ def blocks_of():
 def blocks() -> torch.Tensor:
     """6 blocks of 16 tokens."""
     return make_blocks(6, 16)
+
+
+@pytest.fixture(scope="session")
+def recovery_inputs(tiny_run_inputs):
+    """tiny_run_inputs plus `pruned/`: a heterogeneous export of its dense model (remote code + spec)."""
+    import random
+
+    from evoprune_tests import random_spec
+
+    from evoprune.arch.export import export_checkpoint
+    from evoprune.models import load_model
+
+    root = tiny_run_inputs
+    if not (root / "pruned").exists():
+        dense = load_model(str(root / "dense"))
+        spec = random_spec(dense.adapter.shape(dense.model), random.Random(1), keep_hidden=True, p_no_attention=0.0,
+                           p_no_mlp=0.0)
+        export_checkpoint(dense.adapter.slice(dense.model, spec), root / "pruned", tokenizer=dense.tokenizer,
+                          spec=spec)
+    return root

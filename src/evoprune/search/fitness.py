@@ -46,36 +46,58 @@ class CandidateEvaluator:
         self.evaluations += 1
         return kl_to_teacher(model, self.stage_blocks[stage], self.stage_teachers[stage], batch_size=self.batch_size)
 
+    def assign(self, pool: list[Genotype]) -> None:
+        """Called once per selection with its pool (a distributed evaluator shares it out here)."""
+
+    def owns(self, g: Genotype) -> bool:
+        """Whether this process trains and scores `g` (always, in one process)."""
+        return True
+
+    def score_stage(self, pool: list[Genotype], models: dict[Genotype, PreTrainedModel], s: int, stage: Stage,
+                    seed: int, seen_tokens: int, keep: int) -> dict[Genotype, float]:
+        """Train and score this process's candidates of `pool` for stage `s`; returns their scores.
+
+        A candidate is built when it is first needed and trained on from token `seen_tokens` of the
+        train blocks. `models` holds the previous stage's survivors on entry and, on return, only the
+        `keep` best of this stage (the others are dropped at once), so memory stays bounded however
+        large the pool.
+        """
+        carried = {g: models.pop(g) for g in list(models)}
+        order = {g: i for i, g in enumerate(pool)}
+        scores: dict[Genotype, float] = {}
+        for g in pool:
+            if not self.owns(g):
+                continue
+            model = carried.pop(g) if g in carried else self.build(g)
+            if stage.train_tokens:
+                self.train(model, stage.train_tokens, seed=seed * 1000 + s,
+                           start_block=seen_tokens // self.train_blocks.shape[1])
+            scores[g] = self.fitness(model, s)
+            models[g] = model
+            if len(models) > keep:
+                del models[max(models, key=lambda c: (scores[c], order[c]))]
+        return scores
+
 
 def select(pool: list[Genotype], stages: list[Stage], evaluator: CandidateEvaluator, seed: int
            ) -> tuple[Genotype, list[dict[Genotype, float]]]:
     """Training-aware selection: every stage trains the survivors briefly, scores them, keeps the best.
 
     Training continues across stages on the same candidate weights, and all candidates of a stage
-    see the same training tokens, so they are compared on equal terms. Candidates are built one at
-    a time and only the current survivors are held in memory, so a pool of any size fits. Returns
-    the winner and the fitness of each candidate at each stage.
+    see the same training tokens, so they are compared on equal terms. Only the current survivors
+    are held in memory. Returns the winner and the fitness of each candidate at each stage.
     """
     unique = list(dict.fromkeys(pool))
-    order = {g: i for i, g in enumerate(unique)}
-    models: dict[Genotype, object] = {}  # the previous stage's survivors, trained so far
+    evaluator.assign(unique)
+    models: dict[Genotype, PreTrainedModel] = {}  # this process's survivors, trained so far
     scores: list[dict[Genotype, float]] = []
     seen_tokens = 0
     for s, stage in enumerate(stages):
         keep = max(1, stage.survivors)
-        stage_scores: dict[Genotype, float] = {}
-        kept: dict[Genotype, object] = {}
-        for g in unique:
-            model = models.pop(g) if g in models else evaluator.build(g)
-            if stage.train_tokens:
-                evaluator.train(model, stage.train_tokens, seed=seed * 1000 + s,
-                                start_block=seen_tokens // evaluator.train_blocks.shape[1])
-            stage_scores[g] = evaluator.fitness(model, s)
-            kept[g] = model
-            if len(kept) > keep:
-                del kept[max(kept, key=lambda c: (stage_scores[c], order[c]))]
-        models = kept
+        stage_scores = evaluator.score_stage(unique, models, s, stage, seed, seen_tokens, keep)
         seen_tokens += stage.train_tokens
         scores.append(stage_scores)
-        unique = sorted(unique, key=lambda g: (stage_scores[g], order[g]))[:keep]
+        unique = sorted(unique, key=lambda g: (stage_scores[g], unique.index(g)))[:keep]
+        for g in [g for g in models if g not in unique]:
+            del models[g]
     return unique[0], scores

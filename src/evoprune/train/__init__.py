@@ -6,7 +6,7 @@ Layers, each reusable alone:
 """
 
 from .config import TrainConfig
-from .losses import LossParts, compute_loss, kd_loss, lm_loss
+from .losses import LossParts, compute_loss, hidden_loss, kd_loss, lm_loss
 from .loop import TokenPlan, TrainResult, plan_tokens, train_on_blocks
 from .masks import ParamMasks
 from .optim import build_optimizer, build_scheduler, lr_factor, param_groups
@@ -14,6 +14,6 @@ from .step import StepResult, train_mode, train_step
 
 __all__ = [
     "LossParts", "ParamMasks", "StepResult", "TokenPlan", "TrainConfig", "TrainResult", "build_optimizer",
-    "build_scheduler", "compute_loss", "kd_loss", "lr_factor", "lm_loss", "param_groups",
+    "build_scheduler", "compute_loss", "hidden_loss", "kd_loss", "lr_factor", "lm_loss", "param_groups",
     "plan_tokens", "train_mode", "train_on_blocks", "train_step",
 ]

@@ -35,6 +35,7 @@ class TrainConfig:
     loss: str = "lm"  # lm | kd | lm+kd ((1 - kd_weight) * lm + kd_weight * kd); kd needs a teacher
     kd_temperature: float = 1.0  # softmax temperature T of the distillation term (scaled by T^2)
     kd_weight: float = 0.5  # weight of the kd term in lm+kd
+    hidden_weight: float = 0.0  # + hidden_weight * MSE(last hidden states) with a teacher (0 = off)
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):
@@ -106,4 +107,8 @@ def _problems(c: TrainConfig) -> list[str]:
         out.append(f"kd_temperature must be a positive number, got {c.kd_temperature!r}")
     if not _is_real(c.kd_weight) or not 0 <= c.kd_weight <= 1:
         out.append(f"kd_weight must be in [0, 1], got {c.kd_weight!r}")
+    if not _is_real(c.hidden_weight) or c.hidden_weight < 0:
+        out.append(f"hidden_weight must be >= 0, got {c.hidden_weight!r}")
+    elif c.hidden_weight > 0 and c.loss == "lm":
+        out.append("hidden_weight > 0 needs a teacher loss (kd or lm+kd)")
     return out

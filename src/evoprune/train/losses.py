@@ -25,6 +25,7 @@ class LossParts:
     total: torch.Tensor
     lm: torch.Tensor | None = None
     kd: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
 
 
 def lm_loss(logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
@@ -54,10 +55,28 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return kl / n_positions * (t * t)
 
 
+def hidden_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between the last hidden states (after the final norm) of student and teacher.
+
+    Only defined when both keep the same hidden size (pruning heads, neurons or layers keeps it;
+    pruning hidden channels does not).
+    """
+    if student_hidden.shape != teacher_hidden.shape:
+        raise UserError(f"hidden-state distillation needs equal hidden sizes, but the student's last hidden state "
+                        f"has shape {list(student_hidden.shape)} and the teacher's {list(teacher_hidden.shape)}; "
+                        "set hidden_weight=0")
+    return F.mse_loss(student_hidden.float(), teacher_hidden.float())
+
+
 def teacher_logits(teacher: nn.Module, batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     """The teacher's fp32 next-token logits for `batch`, without grad, moved to `device`."""
     with torch.no_grad():
         return next_token_logits(teacher, batch.to(model_device(teacher))).to(device)
+
+
+def _forward_with_hidden(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    out = model(input_ids=batch, use_cache=False, output_hidden_states=True)
+    return out.logits[:, :-1].float(), out.hidden_states[-1]
 
 
 def compute_loss(model: nn.Module, batch: torch.Tensor, cfg: TrainConfig,
@@ -65,17 +84,32 @@ def compute_loss(model: nn.Module, batch: torch.Tensor, cfg: TrainConfig,
     """Forward `batch` ([batch, seq_len] ids on the model's device) and return cfg.loss's objective.
 
     "lm": cross-entropy; "kd": KL(teacher ‖ student) at cfg.kd_temperature; "lm+kd":
-    (1 - kd_weight) * lm + kd_weight * kd. The caller sets train / eval modes.
+    (1 - kd_weight) * lm + kd_weight * kd. With cfg.hidden_weight > 0 (and a teacher), plus
+    hidden_weight * MSE of the last hidden states. The caller sets train / eval modes.
     """
-    logits = next_token_logits(model, batch)
     if cfg.loss == "lm":
+        logits = next_token_logits(model, batch)
         lm = lm_loss(logits, batch)
         return LossParts(lm, lm.detach())
     if teacher is None:
         raise UserError(f"loss {cfg.loss!r} needs a teacher model; pass teacher= or use loss 'lm'")
-    kd = kd_loss(logits, teacher_logits(teacher, batch, logits.device), cfg.kd_temperature)
+    hidden = None
+    if cfg.hidden_weight > 0:
+        logits, student_hidden = _forward_with_hidden(model, batch)
+        with torch.no_grad():
+            t_logits, t_hidden = _forward_with_hidden(teacher, batch.to(model_device(teacher)))
+        kd = kd_loss(logits, t_logits.to(logits.device), cfg.kd_temperature)
+        hidden = hidden_loss(student_hidden, t_hidden.to(student_hidden.device))
+    else:
+        logits = next_token_logits(model, batch)
+        kd = kd_loss(logits, teacher_logits(teacher, batch, logits.device), cfg.kd_temperature)
     if cfg.loss == "kd":
-        return LossParts(kd, None, kd.detach())
-    lm = lm_loss(logits, batch)
-    total = (1.0 - cfg.kd_weight) * lm + cfg.kd_weight * kd
-    return LossParts(total, lm.detach(), kd.detach())
+        total = kd
+        lm = None
+    else:
+        lm = lm_loss(logits, batch)
+        total = (1.0 - cfg.kd_weight) * lm + cfg.kd_weight * kd
+    if hidden is not None:
+        total = total + cfg.hidden_weight * hidden
+    return LossParts(total, None if lm is None else lm.detach(), kd.detach(),
+                     None if hidden is None else hidden.detach())

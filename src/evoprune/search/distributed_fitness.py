@@ -1,0 +1,70 @@
+"""Training-aware selection spread over processes (torch.distributed), with the single-process result.
+
+Every process runs the same search (same seeds, same offspring); in each selection a candidate
+belongs to process `index % world_size` (its index in the selection's pool) for the whole
+selection, so its model is trained across stages where it lives. Each process trains and scores
+its own candidates and the scores are gathered to every process with `all_gather_object`. A
+candidate's training and score depend only on its weights, the stage seed and the train blocks —
+never on which other candidates a process holds — so the gathered scores, and hence the ranking
+and every selection, equal those of one process.
+
+Launch with `torchrun --nproc_per_node N ...` (gloo on CPU, NCCL on GPUs); without a launcher it
+is one process and behaves exactly like `CandidateEvaluator`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from transformers import PreTrainedModel
+
+from .fitness import CandidateEvaluator, Stage
+from .genotype import Genotype
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the torchrun process group if launched by one (idempotent); return (rank, world_size)."""
+    if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class DistributedCandidateEvaluator(CandidateEvaluator):
+    """A CandidateEvaluator whose `select` stages are shared out over the processes of a torch.distributed job."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rank, self.world_size = init_distributed()
+        self.owner: dict[Genotype, int] = {}
+
+    @classmethod
+    def from_evaluator(cls, evaluator: CandidateEvaluator) -> "DistributedCandidateEvaluator":
+        """The distributed twin of an already prepared evaluator (shares its model, database and teachers)."""
+        twin = cls.__new__(cls)
+        twin.__dict__.update(evaluator.__dict__)
+        twin.rank, twin.world_size = init_distributed()
+        twin.owner = {}
+        return twin
+
+    def assign(self, pool: list[Genotype]) -> None:
+        self.owner = {g: i % self.world_size for i, g in enumerate(pool)}
+
+    def owns(self, g: Genotype) -> bool:
+        return self.owner[g] == self.rank
+
+    def score_stage(self, pool: list[Genotype], models: dict[Genotype, PreTrainedModel], s: int, stage: Stage,
+                    seed: int, seen_tokens: int, keep: int) -> dict[Genotype, float]:
+        # a process keeps its own `keep` best: the global survivors are among the union of these
+        mine = [g for g in pool if self.owns(g)]
+        local = super().score_stage(pool, models, s, stage, seed, seen_tokens, keep)
+        if self.world_size == 1:
+            return local
+        shares: list[dict | None] = [None] * self.world_size
+        dist.all_gather_object(shares, {pool.index(g): score for g, score in local.items()})
+        by_index = {i: score for share in shares for i, score in share.items()}
+        self.evaluations += len(pool) - len(mine)  # count every evaluation, as one process would
+        return {g: by_index[i] for i, g in enumerate(pool)}
