@@ -4,6 +4,7 @@
     python bench/recovery.py --budgets 4096 8192 16384 --seq-len 256
 
 Prunes `--model` with `evoprune prune --method uniform` (50% of block parameters), then trains the
+pruned model (and, with `--darwin PATH`, a DarwinLM export of the same sparsity, distill+LM only)
 pruned model once per variant (distillation + LM, LM only, LoRA on distillation + LM) for the
 largest budget with `evoprune.train.recovery.recover`, evaluating held-out perplexity at every
 budget on the way (one cosine schedule over the largest budget, so the smaller budgets are points
@@ -48,6 +49,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--work", default="runs/bench-recovery")
     ap.add_argument("--out", default="results")
+    ap.add_argument("--darwin", help="an exported DarwinLM model at the same sparsity (e.g. runs/darwin-50/model): "
+                                     "its distill+lm curve is drawn beside the uniform baseline's")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work, out = Path(args.work), Path(args.out)
@@ -63,10 +66,14 @@ def main() -> None:
         raise SystemExit(f"budgets must be multiples of one step ({step_tokens} tokens)")
     eval_every = math.gcd(*budgets) // step_tokens
     rows, curves = [], {}
-    for name, extra in VARIANTS.items():
+    plan = [("uniform", pruned_run / "model", name, extra) for name, extra in VARIANTS.items()]
+    if args.darwin:
+        plan.append(("darwin", Path(args.darwin), "distill+lm", VARIANTS["distill+lm"]))
+    for pruned, source, variant, extra in plan:
+        name = f"{pruned} {variant}"
         run = work / name.replace(" ", "-").replace("+", "_")
         shutil.rmtree(run, ignore_errors=True)
-        cfg = load_config(None, [f"model.source={pruned_run / 'model'}", f"train.teacher={resolve_model_path(args.model)}",
+        cfg = load_config(None, [f"model.source={source}", f"train.teacher={resolve_model_path(args.model)}",
                                  f"train.tokens={budgets[-1]}", f"train.batch_size={args.batch_size}",
                                  f"train.lr={args.lr}", "train.warmup_steps=2", f"train.eval_every={eval_every}",
                                  "train.checkpoint_every=0", *data, *extra], cls=RecoveryRunConfig)
@@ -76,7 +83,7 @@ def main() -> None:
         ppl = {r["tokens"]: r["eval_ppl"] for r in records if "eval_ppl" in r}
         curves[name] = sorted(ppl.items())
         speed = json.loads((run / "metrics.json").read_text())["tokens_per_s"]
-        row = {"variant": name, "ppl@0": ppl[0], **{f"ppl@{b}": ppl[b] for b in budgets}, "tokens_per_s": speed,
+        row = {"pruned": pruned, "variant": variant, "ppl@0": ppl[0], **{f"ppl@{b}": ppl[b] for b in budgets}, "tokens_per_s": speed,
                "wall_s": round(time.time() - started, 1)}
         rows.append(row)
         print(row, flush=True)
@@ -85,7 +92,7 @@ def main() -> None:
     for name, points in curves.items():
         ax.plot(*zip(*points), "o-", label=name)
     ax.set(xlabel="tokens trained", ylabel="held-out perplexity (log)", yscale="log",
-           title=f"recovery of {args.model} at {args.sparsity:.0%} block sparsity (uniform)")
+           title=f"recovery of {args.model} at {args.sparsity:.0%} block sparsity")
     ax.legend()
     with staged_file(out / "recovery.png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
