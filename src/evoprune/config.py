@@ -137,14 +137,11 @@ class RunConfig:
         db, se = self.database, self.search
         if db.num_levels < 2:
             p.append(f"database.num_levels must be at least 2, got {db.num_levels}")
-        if db.spacing not in ("params", "flops"):
-            p.append(f"database.spacing must be params or flops, got {db.spacing!r}")
-        if db.method not in ("obs", "activation"):
-            p.append(f"database.method must be obs or activation, got {db.method!r}")
+        check_choice(p, "database.spacing", db.spacing, ("params", "flops"))
+        check_choice(p, "database.method", db.method, ("obs", "activation"))
         if se.profile not in PROFILES:
             p.append(f"search.profile must be one of {', '.join(PROFILES)}, got {se.profile!r}")
-        if se.metric not in ("params", "flops", "latency"):
-            p.append(f"search.metric must be params, flops or latency, got {se.metric!r}")
+        check_choice(p, "search.metric", se.metric, ("params", "flops", "latency"))
         if se.latency_mode not in ("prefill", "decode") or se.latency_tokens <= 0:
             p.append("search.latency_mode must be prefill or decode and search.latency_tokens positive")
         r = se.resolved()
@@ -158,6 +155,13 @@ class RunConfig:
         if r["offspring"] <= 0 or r["generations"] < 0 or r["init_samples"] < 0:
             p.append("search.offspring must be positive, search.generations and search.init_samples >= 0")
         return p
+
+
+def check_choice(problems: list[str], name: str, value: Any, options: tuple | list) -> None:
+    """Append "`name` must be a, b or c, got value" to `problems` unless `value` is one of `options`."""
+    if value not in options:
+        choices = ", ".join(map(str, options[:-1])) + f" or {options[-1]}" if len(options) > 1 else str(options[0])
+        problems.append(f"{name} must be {choices}, got {value!r}")
 
 
 def to_dict(cfg: Any) -> dict:

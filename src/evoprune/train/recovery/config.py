@@ -7,7 +7,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from ...config import DataConfig, ModelConfig
+from ...config import DataConfig, ModelConfig, check_choice
 from ..config import TrainConfig
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -67,10 +67,8 @@ class RecoveryRunConfig:
         t, d = self.train, self.data
         if t.tokens < 0:
             p.append(f"train.tokens must be >= 0, got {t.tokens}")
-        if t.precision not in ("fp32", "bf16"):
-            p.append(f"train.precision must be fp32 or bf16, got {t.precision!r}")
-        if t.distributed not in ("ddp", "fsdp"):
-            p.append(f"train.distributed must be ddp or fsdp, got {t.distributed!r}")
+        check_choice(p, "train.precision", t.precision, ("fp32", "bf16"))
+        check_choice(p, "train.distributed", t.distributed, ("ddp", "fsdp"))
         if t.resolved_loss != "lm" and not t.teacher:
             p.append(f"train.loss {t.resolved_loss} needs a teacher (--teacher DENSE)")
         for name in ("lora_r", "eval_every", "checkpoint_every", "keep_checkpoints"):
