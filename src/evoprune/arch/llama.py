@@ -31,6 +31,13 @@ from .shape import LayerShape, ModelShape
 from .slicing import head_rows, instantiate, take
 from .spec import SubnetSpec
 
+try:  # transformers 5 validates configs through huggingface_hub's strict dataclasses
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+
+    CONFIG_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, StrictDataclassClassValidationError)
+except ImportError:
+    CONFIG_ERRORS = (ValueError, TypeError)
+
 
 @dataclass(frozen=True)
 class Family:
@@ -188,7 +195,7 @@ class LlamaFamilyAdapter(ModelAdapter):
                 stock["layer_types"] = types
             try:
                 return family.stock_config(**stock), family.stock_lm
-            except (ValueError, TypeError):
+            except CONFIG_ERRORS:
                 pass  # e.g. hidden size not a multiple of the head count: needs the evoprune config
         if sizes["num_attention_heads"] % sizes["num_key_value_heads"]:
             sizes["num_key_value_heads"] = 1
