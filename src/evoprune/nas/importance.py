@@ -57,6 +57,15 @@ def _reorder(param: torch.nn.Parameter | None, index: torch.Tensor, dim: int) ->
         param.data = param.data.index_select(dim, index.to(param.device)).contiguous()
 
 
+def _reorder_projection(proj: torch.nn.Linear, out_rows: torch.Tensor | None, in_cols: torch.Tensor | None) -> None:
+    """Reorder a projection's output rows (and bias) and input columns."""
+    if out_rows is not None:
+        _reorder(proj.weight, out_rows, 0)
+        _reorder(proj.bias, out_rows, 0)
+    if in_cols is not None:
+        _reorder(proj.weight, in_cols, 1)
+
+
 @torch.no_grad()
 def permute_model(model: PreTrainedModel, adapter: ModelAdapter, imp: Importance) -> PreTrainedModel:
     """Reorder `model`'s units in place by `imp` (function-preserving); returns the model."""
@@ -76,19 +85,10 @@ def permute_model(model: PreTrainedModel, adapter: ModelAdapter, imp: Importance
         attn, mlp = adapter.attention(layer), adapter.mlp(layer)
         _reorder(layer.input_layernorm.weight, hidden, 0)
         _reorder(layer.post_attention_layernorm.weight, hidden, 0)
-        for proj, rows in ((attn.q_proj, q_rows), (attn.k_proj, kv_rows), (attn.v_proj, kv_rows)):
-            _reorder(proj.weight, rows, 0)
-            _reorder(proj.bias, rows, 0)
-            _reorder(proj.weight, hidden, 1)
-        _reorder(attn.o_proj.weight, q_rows, 1)
-        _reorder(attn.o_proj.weight, hidden, 0)
-        _reorder(attn.o_proj.bias, hidden, 0)
         neurons = torch.tensor(imp.neuron_order[i], dtype=torch.long)
-        for proj in (mlp.gate_proj, mlp.up_proj):
-            _reorder(proj.weight, neurons, 0)
-            _reorder(proj.bias, neurons, 0)
-            _reorder(proj.weight, hidden, 1)
-        _reorder(mlp.down_proj.weight, neurons, 1)
-        _reorder(mlp.down_proj.weight, hidden, 0)
-        _reorder(mlp.down_proj.bias, hidden, 0)
+        for proj, rows in ((attn.q_proj, q_rows), (attn.k_proj, kv_rows), (attn.v_proj, kv_rows),
+                           (mlp.gate_proj, neurons), (mlp.up_proj, neurons)):
+            _reorder_projection(proj, rows, hidden)
+        _reorder_projection(attn.o_proj, hidden, q_rows)
+        _reorder_projection(mlp.down_proj, hidden, neurons)
     return model
