@@ -55,3 +55,21 @@ def test_bad_configurations_are_named(tiny_llama):
         space.to_spec({**space.largest(), "kv_groups": 99})
     with pytest.raises(UserError, match="min_layers"):
         SearchSpace(shape, tuple(range(len(shape.layers))), min_layers=0)
+
+
+def test_supernet_trains_on_the_sorted_space(tiny_llama, tmp_path):
+    from evoprune.nas.importance import importance_from_stats, permute_model
+    from evoprune.prune.calibration import collect_stats
+    from evoprune.supernet.train import SupernetConfig, train_supernet
+
+    adapter = adapter_for(tiny_llama.config)
+    blocks = torch.randint(0, tiny_llama.config.vocab_size, (4, 12), generator=torch.Generator().manual_seed(0))
+    imp = importance_from_stats(collect_stats(tiny_llama, adapter, blocks, 2, progress=False), adapter, tiny_llama)
+    permute_model(tiny_llama, adapter, imp)
+    space = SearchSpace(adapter.shape(tiny_llama), tuple(imp.layer_rank), multiple=4)
+    before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    result = train_supernet(tiny_llama, adapter, blocks, space.sample_spec, space.to_spec(space.smallest()),
+                            SupernetConfig(steps=3, random_subnets=1, lr=1e-3, checkpoint_every=3), tmp_path / "ck",
+                            progress=False)
+    assert result.steps == 3 and set(result.history[0]) == {"step", "largest", "smallest", "random"}
+    assert any(not torch.equal(before[k], v) for k, v in tiny_llama.state_dict().items())

@@ -77,6 +77,10 @@ class SearchSpace:
     def sample(self, rng: random.Random) -> dict:
         return {k: rng.choice(v) for k, v in self.dimensions().items()}
 
+    def sample_spec(self, rng: random.Random) -> SubnetSpec:
+        """A random sub-network as a SubnetSpec (the sampler supernet training takes)."""
+        return self.to_spec(self.sample(rng))
+
     def largest(self) -> dict:
         return {k: v[-1] for k, v in self.dimensions().items()}
 
