@@ -61,10 +61,11 @@ def main() -> None:
     dense = load_source(cfg)
     shape = dense.adapter.shape(dense.model)
     t0 = time.time()
+    built_here = not (work / "database" / "index.json").exists()
     db = darwin.build_database(cfg, dense, work / "database")
-    db_seconds = time.time() - t0 if not (work / "db_seconds.json").exists() else \
-        json.loads((work / "db_seconds.json").read_text())["seconds"]
-    write_json(work / "db_seconds.json", {"seconds": db_seconds})
+    if built_here or not (work / "db_seconds.json").exists():  # a reused database keeps its recorded build time
+        write_json(work / "db_seconds.json", {"seconds": time.time() - t0, "built_here": built_here})
+    db_seconds = json.loads((work / "db_seconds.json").read_text())["seconds"]
     params_table = darwin.cost_table(db, "params")
     eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
     teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size)
