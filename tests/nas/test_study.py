@@ -1,0 +1,56 @@
+"""The optuna study: budget in completed trials, resume after a kill without lost or double-counted trials."""
+
+from __future__ import annotations
+
+import pytest
+from optuna.trial import TrialState
+
+from evoprune.arch.adapter import adapter_for
+from evoprune.errors import UserError
+from evoprune.nas.space import SearchSpace
+from evoprune.nas.study import open_study, run_study
+
+
+@pytest.fixture
+def space(tiny_llama):
+    shape = adapter_for(tiny_llama.config).shape(tiny_llama)
+    return SearchSpace(shape, tuple(range(len(shape.layers))), multiple=8)
+
+
+def objectives(config):
+    size = config["hidden"] * config["layers"] * config["mlp"]
+    return [1.0 / size, float(size)]
+
+
+@pytest.mark.parametrize("sampler", ["random", "nsga2"])
+def test_killed_study_resumes_to_exactly_the_budget(space, tmp_path, sampler):
+    path = tmp_path / "study.db"
+    calls = []
+
+    def crash_on_fifth(config):
+        calls.append(config)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # the process dies in the middle of a trial
+        return objectives(config)
+
+    study = open_study(path, ["q", "params"], sampler, 0, "model-a")
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, space, crash_on_fifth, budget=12)
+    study = open_study(path, ["q", "params"], sampler, 0, "model-a")  # a new process
+    queued = study.get_trials(states=(TrialState.WAITING,))
+    assert len(queued) == 1 and queued[0].system_attrs["fixed_params"] == calls[4]
+    run_study(study, space, objectives, budget=12)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 12
+    assert calls[4] in [t.params for t in complete]  # the interrupted configuration was evaluated after all
+    assert len(study.get_trials(states=(TrialState.RUNNING,))) == 0
+
+
+def test_study_of_another_model_is_refused(space, tmp_path):
+    open_study(tmp_path / "s.db", ["q", "params"], "random", 0, "model-a")
+    with pytest.raises(UserError, match="another model"):
+        open_study(tmp_path / "s.db", ["q", "params"], "random", 0, "model-b")
+    with pytest.raises(UserError, match="unknown sampler"):
+        open_study(tmp_path / "t.db", ["q"], "grid", 0, "model-a")
+    with pytest.raises(UserError, match="positive"):
+        run_study(open_study(tmp_path / "u.db", ["q", "p"], "random", 0, "m"), space, objectives, budget=0)
