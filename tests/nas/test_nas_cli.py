@@ -1,0 +1,29 @@
+"""`evoprune nas` end to end on a tiny model: pareto.csv, a pick exported, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+
+from evoprune.cli import main
+
+TINY = ["data.seq_len=16", "data.calibration_blocks=2", "data.eval_blocks=2", "data.batch_size=2",
+        "eval.prompt_len=8", "eval.new_tokens=2", "eval.repeats=1"]
+
+
+def argv(root, out, *extra):
+    return ["nas", "--model", str(root / "dense"), "--data", str(root / "corpus.txt"), "--out", str(out), "--quiet",
+            "--budget", "6", "--sampler", "random", *extra, *TINY]
+
+
+def test_nas_writes_the_front_and_exports_the_pick(tiny_run_inputs, tmp_path, capsys):
+    assert main(argv(tiny_run_inputs, tmp_path / "n", "--pick", "params<=0.9")) == 0
+    front = json.loads((tmp_path / "n" / "pareto.json").read_text())
+    assert front["front"] and (tmp_path / "n" / "pareto.csv").read_text().startswith("trial,kl,params")
+    assert (tmp_path / "n" / "picks" / "params-le-0.9" / "config.json").exists()
+    assert main(argv(tiny_run_inputs, tmp_path / "n", "--pick", "params<=0.9")) == 0  # resumes, no new trials
+    capsys.readouterr()
+    assert main(argv(tiny_run_inputs, tmp_path / "n", "--objectives", "kl,speed")) == 2
+    assert "unknown: speed" in capsys.readouterr().err
+    assert main(argv(tiny_run_inputs, tmp_path / "n2", "--pick", "params<=0.01")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no configuration on the front meets params<=0.01" in err and len(err.splitlines()) == 1
