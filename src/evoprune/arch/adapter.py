@@ -65,10 +65,9 @@ class ModelAdapter(ABC):
     def parameter_name(self, layer: int, part: str) -> str:
         """Source parameter name of `part` ("attention_output" or "mlp_output") in layer `layer`."""
 
-    def position_embeddings(self, model: PreTrainedModel, hidden: "torch.Tensor",
-                            position_ids: "torch.Tensor") -> object:
+    @abstractmethod
+    def position_embeddings(self, model: PreTrainedModel, hidden: torch.Tensor, position_ids: torch.Tensor) -> object:
         """What an attention block takes as `position_embeddings` (RoPE cos/sin), to run one block alone."""
-        raise NotImplementedError(f"{self.name}: running a single attention block is not supported")
 
 
 _REGISTRY: list[ModelAdapter] = []

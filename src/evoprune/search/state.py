@@ -25,10 +25,7 @@ class SearchState:
     history: list[dict] = field(default_factory=list)  # one record per generation
 
     def restore_rng(self) -> random.Random:
-        rng = random.Random()
-        version, internal, gauss = self.rng
-        rng.setstate((version, tuple(internal), gauss))
-        return rng
+        return restore_rng(self.rng)
 
     def save(self, path: Path) -> None:
         write_json(path, {"format": FORMAT, "config": self.config, "generation": self.generation,
@@ -50,6 +47,14 @@ class SearchState:
             raise UserError(f"cannot resume {path.parent}: the configuration changed ({', '.join(differ)}); "
                             "use the original settings or --force to start over")
         return state
+
+
+def restore_rng(state: list) -> random.Random:
+    """The random.Random whose state `rng_state` saved as JSON."""
+    rng = random.Random()
+    version, internal, gauss = state
+    rng.setstate((version, tuple(internal), gauss))
+    return rng
 
 
 def rng_state(rng: random.Random) -> list:

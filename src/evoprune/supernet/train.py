@@ -34,6 +34,7 @@ from ..atomic import staged_dir, write_text
 from ..errors import UserError
 from ..evaluate._blocks import check_blocks, next_token_logits
 from ..modes import train_mode
+from ..search.state import restore_rng, rng_state
 from ..train import TrainConfig, build_optimizer, build_scheduler, lm_loss
 from .distill import DIVERGENCES, divergence
 from .masked import MaskedSubnet
@@ -96,8 +97,7 @@ def _save(folder: Path, model, optimizer, scheduler, rng: random.Random, step: i
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "torch_rng": torch.get_rng_state()}, buffer)
         opt.write_bytes(buffer.getvalue())
-        version, internal, gauss = rng.getstate()
-        write_text(state, json.dumps({"step": step, "config": config, "rng": [version, list(internal), gauss],
+        write_text(state, json.dumps({"step": step, "config": config, "rng": rng_state(rng),
                                       "history": history}))
 
 
@@ -117,10 +117,7 @@ def _load(folder: Path, model, optimizer, scheduler, config: dict) -> tuple[int,
     optimizer.load_state_dict(bundle["optimizer"])
     scheduler.load_state_dict(bundle["scheduler"])
     torch.set_rng_state(bundle["torch_rng"])
-    rng = random.Random()
-    version, internal, gauss = state["rng"]
-    rng.setstate((version, tuple(internal), gauss))
-    return int(state["step"]), rng, list(state["history"])
+    return int(state["step"]), restore_rng(state["rng"]), list(state["history"])
 
 
 def train_supernet(model: PreTrainedModel, adapter: ModelAdapter, blocks: torch.Tensor, sample: SpecSampler,
