@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..arch.hf.modeling_evoprune import CACHE_ARG
 from ..errors import UserError
 from ._blocks import eval_mode, model_device, model_dtype
 
@@ -153,7 +154,7 @@ class _Workload:
         prefilled = time.perf_counter()
         past = out.past_key_values
         for _ in range(self.new_tokens):
-            out = self.model(input_ids=next_ids, past_key_values=past, use_cache=True)
+            out = self.model(input_ids=next_ids, **{CACHE_ARG: past}, use_cache=True)
             past = out.past_key_values
             next_ids = out.logits[:, -1].argmax(dim=-1, keepdim=True)
         self._sync()

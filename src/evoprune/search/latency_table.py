@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel
 
 from ..arch.adapter import ModelAdapter
+from ..arch.hf.modeling_evoprune import CACHE_ARG
 from ..arch.spec import LayerSpec, SubnetSpec
 from ..atomic import write_json
 from ..errors import UserError
@@ -81,8 +82,8 @@ class _BlockTimer:
                 positions = torch.arange(settings.tokens, device=self.device)[None]
                 with torch.no_grad():
                     self.block(context, position_embeddings=adapter.position_embeddings(model, context, positions),
-                               attention_mask=None, past_key_values=self.cache)
-                self.kwargs["past_key_values"] = self.cache
+                               attention_mask=None, **{CACHE_ARG: self.cache})
+                self.kwargs[CACHE_ARG] = self.cache
             positions = torch.arange(self.x.shape[1], device=self.device)[None] + (
                 settings.tokens if settings.mode == "decode" else 0)
             self.kwargs.update(position_embeddings=adapter.position_embeddings(model, self.x, positions),

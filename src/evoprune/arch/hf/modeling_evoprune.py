@@ -7,6 +7,7 @@ layer's sizes. This file imports only torch and transformers, never evoprune.
 """
 
 import copy
+import inspect
 
 import torch
 from torch import nn
@@ -36,6 +37,12 @@ except ImportError:  # older or newer layouts: plain forward, no hidden-state ca
 
     def capture_outputs(fn):
         return fn
+
+
+# transformers 5.24 renamed the cache argument `past_key_values` to `cache` (the old name is deprecated):
+# pass it on under the name the installed version's stock classes take.
+CACHE_ARG = "cache" if "cache" in inspect.signature(modeling_llama.LlamaAttention.forward).parameters \
+    else "past_key_values"
 
 
 def layer_config(config, layer_idx):
@@ -79,14 +86,14 @@ class PrunedDecoderLayerMixin:
             self.post_attention_layernorm = norm(config.hidden_size, eps=config.rms_norm_eps)
 
     def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None,
-                use_cache=False, position_embeddings=None, **kwargs):
+                use_cache=False, position_embeddings=None, cache=None, **kwargs):
         if self.self_attn is not None:
             residual = hidden_states
             hidden_states, _ = self.self_attn(
                 hidden_states=self.input_layernorm(hidden_states),
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
+                **{CACHE_ARG: cache if cache is not None else past_key_values},
                 use_cache=use_cache,
                 position_embeddings=position_embeddings,
                 **kwargs,
@@ -118,7 +125,8 @@ class PrunedModelMixin:
     @merge_with_config_defaults
     @capture_outputs
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, use_cache=None, **kwargs):
+                inputs_embeds=None, use_cache=None, cache=None, **kwargs):
+        past_key_values = cache if cache is not None else past_key_values
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -132,7 +140,7 @@ class PrunedModelMixin:
         masks = attention_mask
         if not isinstance(masks, dict):
             mask_kwargs = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                               past_key_values=past_key_values, position_ids=position_ids)
+                               position_ids=position_ids, **{CACHE_ARG: past_key_values})
             types = {layer.attention_type for layer in self.layers}
             masks = {"full_attention": create_causal_mask(**mask_kwargs)}
             if "sliding_attention" in types:
@@ -145,13 +153,13 @@ class PrunedModelMixin:
                 attention_mask=masks.get(layer.attention_type),
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
+                **{CACHE_ARG: past_key_values},
                 **kwargs,
             )
         hidden_states = self.norm(hidden_states)
         return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, past_key_values=past_key_values if use_cache else None
+            last_hidden_state=hidden_states, **{CACHE_ARG: past_key_values if use_cache else None}
         )
 
 
