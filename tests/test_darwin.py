@@ -11,6 +11,7 @@ from evoprune import darwin
 from evoprune.config import load_config
 from evoprune.errors import UserError
 from evoprune.models import load_model
+from evoprune.pipeline import data_blocks, load_source
 from evoprune.prune.database import Database, DatabaseSettings
 from evoprune.search.genotype import Genotype
 
@@ -129,3 +130,16 @@ def test_latency_budget_runs_end_to_end_and_is_kept_for_resume(tiny_run_inputs, 
     full = sum(ladder[-1] for kind in ("attention", "mlp") for ladder in table["costs"][kind])
     assert state["history"][-1]["cost"] <= 0.6 * full + 1e-9
     assert (tmp_path / "run" / "model" / "config.json").exists()
+
+
+def test_fitness_pool_lies_outside_the_database_and_eval_blocks(tiny_run_inputs):
+    cfg = config(tiny_run_inputs, "search.fitness_pool=6")
+    dense = load_source(cfg)
+    pool = darwin.fitness_pool(cfg, dense, [2, 4], progress=False)
+    assert len(pool.blocks) == 6
+    rows = {tuple(r.tolist()) for r in pool.blocks}
+    for split, n in (("calibration", cfg.data.calibration_blocks), ("eval", cfg.data.eval_blocks)):
+        assert rows.isdisjoint(tuple(r.tolist()) for r in data_blocks(cfg, dense.tokenizer, split, n))
+    assert torch.equal(pool.blocks, data_blocks(cfg, dense.tokenizer, "calibration", 10)[4:])
+    with pytest.raises(UserError, match="calibration split has"):
+        darwin.fitness_pool(config(tiny_run_inputs, "data.calibration_blocks=100000"), dense, [2, 4], progress=False)

@@ -8,6 +8,7 @@ validates everything at once, reporting every problem in one ConfigError.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -94,6 +95,8 @@ class SearchConfig:
     survivors: list[int] | None = None  # per stage: candidates kept
     init_samples: int | None = None  # random genotypes scored to pick the first parent (0 = start uniform)
     mutation_scales: list[int] = field(default_factory=lambda: [1])  # offspring k: scales[k % n] x DarwinLM's switches
+    fitness_pool: int = 32  # calibration blocks after the database's that each selection draws its fitness
+    # blocks from, anew every generation; 0 = always the database's first calibration blocks
     lr: float = 1e-5  # AdamW learning rate of the brief training (DarwinLM: 1e-5)
     trade: bool = True  # let attention and MLP (and depth, via level 0) trade budget with each other
     latency_mode: str = "prefill"  # latency budget: prefill (latency_tokens at once) or decode (1 token, that context)
@@ -154,6 +157,10 @@ class RunConfig:
             p.append(f"search.mutation_scales must be positive integers, got {se.mutation_scales}")
         if r["offspring"] <= 0 or r["generations"] < 0 or r["init_samples"] < 0:
             p.append("search.offspring must be positive, search.generations and search.init_samples >= 0")
+        needed = max(r["fitness_tokens"], default=0) / self.data.seq_len
+        if se.fitness_pool < 0 or 0 < se.fitness_pool < needed:
+            p.append(f"search.fitness_pool must be 0 or at least the {math.ceil(needed)} blocks of the largest "
+                     f"stage's fitness tokens, got {se.fitness_pool}")
         return p
 
 

@@ -29,7 +29,7 @@ from .prune.target import resolve_target
 from .report import markdown_table, plot_bars, plot_kept_per_layer, write_report
 from .search.budget import CostTable, make_budget, uniform_genotype
 from .search.evolution import EvolutionSettings, evolve
-from .search.fitness import CandidateEvaluator, Stage
+from .search.fitness import CandidateEvaluator, FitnessPool, Stage
 from .search.latency_table import LatencySettings, latency_cost_table
 from .train import TrainConfig
 
@@ -85,16 +85,36 @@ def search_config(cfg: RunConfig) -> dict:
 def make_evaluator(cfg: RunConfig, dense: LoadedModel, db: Database, stages: list[Stage],
                    progress: bool) -> CandidateEvaluator:
     seq = cfg.data.seq_len
-    most = max(math.ceil(s.fitness_tokens / seq) for s in stages)
-    calib = data_blocks(cfg, dense.tokenizer, "calibration", max(most, cfg.data.calibration_blocks))
-    stage_blocks = [calib[:math.ceil(s.fitness_tokens / seq)] for s in stages]
-    teachers = [teacher_for(dense.model, str(dense.path), b, cfg.eval, cfg.data.batch_size, progress)
-                for b in stage_blocks]
+    counts = [math.ceil(s.fitness_tokens / seq) for s in stages]
+    pool = None
+    if cfg.search.fitness_pool:
+        pool = fitness_pool(cfg, dense, counts, progress)
+        stage_blocks, teachers = pool.draw(cfg.seed)
+    else:  # the first calibration blocks, the same in every selection
+        calib = data_blocks(cfg, dense.tokenizer, "calibration", max(max(counts), cfg.data.calibration_blocks))
+        stage_blocks = [calib[:n] for n in counts]
+        teachers = [teacher_for(dense.model, str(dense.path), b, cfg.eval, cfg.data.batch_size, progress)
+                    for b in stage_blocks]
     train_tokens = sum(s.train_tokens for s in stages)
     train = data_blocks(cfg, dense.tokenizer, "train", max(1, math.ceil(train_tokens / seq))) if train_tokens \
         else stage_blocks[0]
     return CandidateEvaluator(dense.model, dense.adapter, db, stage_blocks, teachers, train,
-                              TrainConfig(lr=cfg.search.lr, seed=cfg.seed), cfg.data.batch_size)
+                              TrainConfig(lr=cfg.search.lr, seed=cfg.seed), cfg.data.batch_size, pool)
+
+
+def fitness_pool(cfg: RunConfig, dense: LoadedModel, stage_blocks: list[int], progress: bool = True) -> FitnessPool:
+    """The `search.fitness_pool` calibration blocks that follow the database's, with their teacher."""
+    first, n = cfg.data.calibration_blocks, cfg.search.fitness_pool
+    calib = data_blocks(cfg, dense.tokenizer, "calibration", first + n)
+    if len(calib) < first + max(stage_blocks):
+        raise UserError(f"the calibration split has {len(calib)} blocks of {cfg.data.seq_len} tokens: the database "
+                        f"takes {first} and the search needs {max(stage_blocks)} more for its fitness; give more "
+                        "text, or lower data.calibration_blocks or search.fitness_tokens")
+    blocks = calib[first:]
+    if len(blocks) < n:
+        log.warning("fitness pool: only %d of the %d requested calibration blocks exist", len(blocks), n)
+    teacher = teacher_for(dense.model, str(dense.path), blocks, cfg.eval, cfg.data.batch_size, progress)
+    return FitnessPool(blocks, teacher, stage_blocks)
 
 
 def stages_of(cfg: RunConfig) -> list[Stage]:

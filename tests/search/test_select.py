@@ -23,7 +23,7 @@ class FakeEvaluator(CandidateEvaluator):
     def __init__(self, seed: int):
         self.rng, self.noise, self.live, self.peak = random.Random(seed), {}, weakref.WeakSet(), 0
         self.train_blocks = torch.zeros(4, 8)
-        self.evaluations = 0
+        self.evaluations, self.pool = 0, None
 
     def build(self, g):
         gc.collect()

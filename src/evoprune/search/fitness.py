@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
 
 from ..arch.adapter import ModelAdapter
+from ..errors import UserError
 from ..evaluate.teacher import TeacherCache, kl_to_teacher
+from ..evaluate.teacher_subset import TeacherSubset
 from ..prune.database import Database
 from ..train import TrainConfig, train_on_blocks
 from .genotype import Genotype
@@ -22,17 +25,55 @@ class Stage:
     survivors: int  # candidates kept after this stage
 
 
+class FitnessPool:
+    """Calibration blocks (with their teacher) that each selection draws its stages' fitness blocks from.
+
+    A fresh draw per selection (as EvoPress, on which DarwinLM builds, samples its fitness data)
+    keeps the search from fitting the noise of one small fixed sample; the parent, competing again
+    in every generation, is re-scored on new tokens each time.
+
+    Args:
+        blocks: the pool, [n_blocks, seq_len]; keep it disjoint from the blocks the database was
+            built on, or the fitness rewards modules whose weight update fits those very tokens.
+        teacher: the teacher cache of `blocks`.
+        stage_blocks: blocks each stage is scored on.
+    """
+
+    def __init__(self, blocks: torch.Tensor, teacher: TeacherCache, stage_blocks: list[int]):
+        if max(stage_blocks) > len(blocks):
+            raise UserError(f"a selection stage needs {max(stage_blocks)} fitness blocks but the pool has "
+                            f"{len(blocks)}; raise search.fitness_pool or lower search.fitness_tokens")
+        self.blocks, self.teacher, self.stage_blocks = blocks, teacher, stage_blocks
+
+    def draw(self, seed: int) -> tuple[list[torch.Tensor], list[TeacherSubset]]:
+        """Each stage's blocks and teacher: a random subset of the pool, the same for the same seed."""
+        rng = random.Random(seed)
+        subsets = [TeacherSubset(self.teacher, self.blocks, sorted(rng.sample(range(len(self.blocks)), n)))
+                   for n in self.stage_blocks]
+        return [s.blocks for s in subsets], subsets
+
+
 class CandidateEvaluator:
-    """Everything a candidate evaluation needs, prepared once per search."""
+    """Everything a candidate evaluation needs, prepared once per search.
+
+    Stage s of a selection scores on `stage_blocks[s]` against `stage_teachers[s]`; with a
+    `pool`, these are drawn anew at the start of every selection (`begin_selection`).
+    """
 
     def __init__(self, dense: PreTrainedModel, adapter: ModelAdapter, db: Database,
                  stage_blocks: list[torch.Tensor], stage_teachers: list[TeacherCache], train_blocks: torch.Tensor,
-                 train_cfg: TrainConfig, batch_size: int = 4):
+                 train_cfg: TrainConfig, batch_size: int = 4, pool: FitnessPool | None = None):
         self.dense, self.adapter, self.db = dense, adapter, db
         self.stage_blocks, self.stage_teachers = stage_blocks, stage_teachers
         self.train_blocks, self.train_cfg = train_blocks, train_cfg
         self.batch_size = batch_size
+        self.pool = pool
         self.evaluations = 0
+
+    def begin_selection(self, seed: int) -> None:
+        """Called at the start of every selection: draw its fitness blocks from the pool, if there is one."""
+        if self.pool is not None:
+            self.stage_blocks, self.stage_teachers = self.pool.draw(seed)
 
     def build(self, g: Genotype) -> PreTrainedModel:
         spec, replace = self.db.stitch(list(g.attention), list(g.mlp), self.adapter)
@@ -88,6 +129,7 @@ def select(pool: list[Genotype], stages: list[Stage], evaluator: CandidateEvalua
     are held in memory. Returns the winner and the fitness of each candidate at each stage.
     """
     unique = list(dict.fromkeys(pool))
+    evaluator.begin_selection(seed)
     evaluator.assign(unique)
     models: dict[Genotype, PreTrainedModel] = {}  # this process's survivors, trained so far
     scores: list[dict[Genotype, float]] = []
