@@ -143,3 +143,9 @@ def test_fitness_pool_lies_outside_the_database_and_eval_blocks(tiny_run_inputs)
     assert torch.equal(pool.blocks, data_blocks(cfg, dense.tokenizer, "calibration", 10)[4:])
     with pytest.raises(UserError, match="calibration split has"):
         darwin.fitness_pool(config(tiny_run_inputs, "data.calibration_blocks=100000"), dense, [2, 4], progress=False)
+
+
+def test_a_fitness_pool_smaller_than_a_stage_is_refused_before_any_work(tiny_run_inputs, tmp_path):
+    with pytest.raises(UserError, match="fitness_pool=2"):
+        darwin.run(config(tiny_run_inputs, "search.fitness_pool=2"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -118,8 +118,14 @@ def fitness_pool(cfg: RunConfig, dense: LoadedModel, stage_blocks: list[int], pr
 
 
 def stages_of(cfg: RunConfig) -> list[Stage]:
+    """The selection stages; a fitness pool too small for the largest stage is refused here, before any work."""
     r = cfg.search.resolved()
-    return [Stage(t, f, s) for t, f, s in zip(r["train_tokens"], r["fitness_tokens"], r["survivors"])]
+    stages = [Stage(t, f, s) for t, f, s in zip(r["train_tokens"], r["fitness_tokens"], r["survivors"])]
+    needed = max(math.ceil(s.fitness_tokens / cfg.data.seq_len) for s in stages)
+    if 0 < cfg.search.fitness_pool < needed:
+        raise UserError(f"search.fitness_pool={cfg.search.fitness_pool} blocks cannot hold the largest stage's "
+                        f"{needed} blocks of {cfg.data.seq_len} tokens; raise it to {needed} or more")
+    return stages
 
 
 def prepare_run_dir(out: Path, force: bool) -> None:
@@ -140,6 +146,7 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
         stop_after: end the search after this many generations in this call (to test resuming).
     """
     out = Path(out)
+    stages = stages_of(cfg)
     if phase == "search" and not (out / "database" / "index.json").exists():
         raise UserError(f"no database in {out / 'database'}; run `evoprune database --out {out}` first")
     prepare_run_dir(out, force)
@@ -162,7 +169,6 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
     table = search_cost_table(cfg, dense, db, out / "search", progress)
     dense_blocks = cost_table(db, "params").full()
     budget = make_budget(table, table.full() * target.block_params / dense_blocks)
-    stages = stages_of(cfg)
     evaluator = make_evaluator(cfg, dense, db, stages, progress)
     r = cfg.search.resolved()
     result = evolve(evaluator, table, budget, stages, evolution_settings(cfg), out / "search", config, progress,
