@@ -92,7 +92,7 @@ def test_cached_teacher_reaches_the_online_weights(recovery_inputs, straight_run
     wa, wb = weights(straight_run), weights(out)
     assert all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-5) for k in wa)
     summary = json.loads((out / "metrics.json").read_text())
-    assert summary["teacher"] == "cached" and "teacher read from" in (out / "report.md").read_text()
+    assert summary["teacher"] == "cached full" and "teacher read from" in (out / "report.md").read_text()
 
 
 def test_killed_run_resumes_at_its_step_and_reaches_the_same_weights(recovery_inputs, straight_run, tmp_path):

@@ -149,7 +149,7 @@ def recover(cfg: RecoveryRunConfig, out: str | Path, force: bool = False, progre
     model = accelerator.prepare(model)
     optimizer = accelerator.prepare(build_optimizer(model, tcfg))
     scheduler = build_scheduler(optimizer.optimizer, tcfg, plan.steps)
-    teacher_model = None
+    teacher_model, teacher_kind = None, "online" if tcfg.uses_teacher else None
     if teacher is not None and t.teacher_source == "cached" and tcfg.uses_teacher:
         reached = train_blocks[:min(len(train_blocks), plan.micro_batches * t.batch_size)]  # blocks used, in order
         tick = time.perf_counter()
@@ -157,6 +157,7 @@ def recover(cfg: RecoveryRunConfig, out: str | Path, force: bool = False, progre
             teacher_model = CachedTeacher.for_blocks(teacher, reached, t.teacher_top_k, tcfg.kd_temperature,
                                                      cfg.data.batch_size, progress and is_main)
         cache = teacher_model.cache
+        teacher_kind = "cached " + ("full" if cache.top_k is None else f"top-{cache.top_k}")
         notes.append(f"teacher read from {cache.path} ({len(reached)} blocks, "
                      f"{'full log-probs' if cache.top_k is None else f'top-{cache.top_k} + rest mass'} at "
                      f"temperature {cache.temperature:g}, {cache.path.stat().st_size / 2**20:.1f} MB, ready in "
@@ -223,7 +224,7 @@ def recover(cfg: RecoveryRunConfig, out: str | Path, force: bool = False, progre
                    "final_train_loss": records[-1].get("loss"),
                    "tokens_per_s": round(tokens_here / seconds, 1) if seconds > 0 else None,
                    "mode": "lora" if t.lora else "full", "loss": tcfg.loss,
-                   "teacher": t.teacher_source if tcfg.uses_teacher else None}
+                   "teacher": teacher_kind}
         spec_file = student.path / "evoprune_spec.json"
         spec = SubnetSpec.load(spec_file) if spec_file.is_file() else None
         model.to("cpu")
