@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from evoprune.arch.adapter import adapter_for
+from evoprune.config import EvalConfig
 from evoprune.errors import UserError
 from evoprune.evaluate._blocks import next_token_logits
 from evoprune.evaluate.suite import teacher_for
 from evoprune.evaluate.teacher import TeacherCache, kl_to_teacher
-from evoprune.config import EvalConfig
+from evoprune.evaluate.teacher_subset import TeacherSubset
 from evoprune.models import LoadedModel
 from evoprune.train import CachedTeacher, TrainConfig, cached_kd_loss, kd_loss, train_on_blocks
 from evoprune.train.cached_teacher import teacher_identity
@@ -102,8 +103,9 @@ def test_other_blocks_or_temperature_are_refused(llama, teacher, blocks, blocks_
     with pytest.raises(UserError, match="hidden-state distillation needs the teacher model"):
         train_on_blocks(llama, blocks, 32, TrainConfig(loss="kd", kd_temperature=2.0, hidden_weight=1.0,
                                                        batch_size=2), teacher=cached)
-    with pytest.raises(UserError, match="at temperature 2, not 1"):  # KL is measured at T = 1 only
-        kl_to_teacher(llama, blocks, cached.cache)
+    for cache, its_blocks in ((cached.cache, blocks), (TeacherSubset(cached.cache, blocks, [1, 2]), blocks[1:3])):
+        with pytest.raises(UserError, match="temperature 2, not 1"):  # KL is measured at T = 1 only
+            kl_to_teacher(llama, its_blocks, cache)
 
 
 def _loaded(model) -> LoadedModel:

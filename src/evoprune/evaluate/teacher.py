@@ -329,7 +329,8 @@ def kl_to_teacher(model: nn.Module, blocks: torch.Tensor, cache: TeacherCache, b
     Args:
         model: the student; only `model(input_ids=..., use_cache=False).logits` is used.
         blocks: token ids, shape [n_blocks, seq_len]; must be the blocks `cache` was built from.
-        cache: the teacher distribution (see the module docstring for the top-k approximation).
+        cache: the teacher distribution at temperature 1 (see the module docstring for the top-k
+            approximation), or a `TeacherSubset` of one.
         batch_size: blocks per forward pass.
         progress: show a tqdm bar.
         per_block: return the mean KL of every block instead of the overall mean.
@@ -343,7 +344,9 @@ def kl_to_teacher(model: nn.Module, blocks: torch.Tensor, cache: TeacherCache, b
     blocks = check_blocks(blocks)
     check_batch_size(batch_size)
     cache.check_blocks(blocks)
-    cache.check_teacher(None, 1.0)  # KL is reported at temperature 1
+    if cache.temperature != 1.0:
+        raise UserError(f"teacher cache {cache.path} holds the teacher at temperature {cache.temperature:g}, not 1; "
+                        "KL to the teacher is measured at temperature 1")
     check_vocab(model, blocks)
     device = model_device(model)
     block_sums = torch.zeros(len(blocks), dtype=torch.float64)
