@@ -1,14 +1,20 @@
-"""Recovery training of a 50% uniform-pruned model: held-out perplexity against tokens trained.
+"""Recovery training of 50%-pruned models: held-out perplexity against tokens trained.
 
     python bench/recovery.py                                   # SmolLM2-135M, writes results/recovery.*
-    python bench/recovery.py --budgets 4096 8192 16384 --seq-len 256
+    python bench/recovery.py --budgets 4096 8192 16384 --seq-len 256 --darwin runs/darwin-50/model \
+        --teacher-source online cached
 
-Prunes `--model` with `evoprune prune --method uniform` (50% of block parameters), then trains the
-pruned model (and, with `--darwin PATH`, a DarwinLM export of the same sparsity, distill+LM only)
-pruned model once per variant (distillation + LM, LM only, LoRA on distillation + LM) for the
-largest budget with `evoprune.train.recovery.recover`, evaluating held-out perplexity at every
-budget on the way (one cosine schedule over the largest budget, so the smaller budgets are points
-on that run, not separate runs with their own schedules). Budget 0 is the pruned model itself.
+Prunes `--model` with `evoprune prune --method uniform` (50% of block parameters) and trains it,
+and with `--darwin PATH` also a DarwinLM export of the same sparsity, once per variant
+(distillation + LM, LM only, LoRA on distillation + LM) for the largest budget with
+`evoprune.train.recovery.recover`, evaluating held-out perplexity at every budget on the way (one
+cosine schedule over the largest budget, so the smaller budgets are points on that run, not
+separate runs with their own schedules). Budget 0 is the pruned model itself.
+
+`--teacher-source` runs the distillation variants with the teacher online (every step), from the
+cached teacher (its top-`--teacher-top-k` log-probs + rest mass on the training blocks, computed
+once; `train.teacher_source=cached`; caches small enough are stored whole), or both side by side.
+`wall_s` includes building the cache.
 """
 
 from __future__ import annotations
@@ -50,7 +56,10 @@ def main() -> None:
     ap.add_argument("--work", default="runs/bench-recovery")
     ap.add_argument("--out", default="results")
     ap.add_argument("--darwin", help="an exported DarwinLM model at the same sparsity (e.g. runs/darwin-50/model): "
-                                     "its distill+lm curve is drawn beside the uniform baseline's")
+                                     "its curves are drawn beside the uniform baseline's")
+    ap.add_argument("--teacher-source", nargs="+", choices=["online", "cached"], default=["online"],
+                    help="teacher of the distillation variants: online, cached (top-k on disk) or both")
+    ap.add_argument("--teacher-top-k", type=int, default=64, help="tokens per position in the cached teacher")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     work, out = Path(args.work), Path(args.out)
@@ -66,11 +75,17 @@ def main() -> None:
         raise SystemExit(f"budgets must be multiples of one step ({step_tokens} tokens)")
     eval_every = math.gcd(*budgets) // step_tokens
     rows, curves = [], {}
-    plan = [("uniform", pruned_run / "model", name, extra) for name, extra in VARIANTS.items()]
-    if args.darwin:
-        plan.append(("darwin", Path(args.darwin), "distill+lm", VARIANTS["distill+lm"]))
-    for pruned, source, variant, extra in plan:
-        name = f"{pruned} {variant}"
+    models = [("uniform", pruned_run / "model")] + ([("darwin", Path(args.darwin))] if args.darwin else [])
+    sources = {"online": [], "cached": ["train.teacher_source=cached", f"train.teacher_top_k={args.teacher_top_k}"]}
+    plan = []
+    for pruned, source in models:
+        for variant, extra in VARIANTS.items():
+            distills = "train.teacher=null" not in extra
+            for teacher in (args.teacher_source if distills else ["-"]):
+                plan.append((pruned, source, variant, teacher, extra + sources.get(teacher, [])))
+    for pruned, source, variant, teacher, extra in plan:
+        label = "cached" if teacher == "cached" else ""
+        name = " ".join(filter(None, [pruned, variant, label]))
         run = work / name.replace(" ", "-").replace("+", "_")
         shutil.rmtree(run, ignore_errors=True)
         cfg = load_config(None, [f"model.source={source}", f"train.teacher={resolve_model_path(args.model)}",
@@ -82,8 +97,10 @@ def main() -> None:
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         ppl = {r["tokens"]: r["eval_ppl"] for r in records if "eval_ppl" in r}
         curves[name] = sorted(ppl.items())
-        speed = json.loads((run / "metrics.json").read_text())["tokens_per_s"]
-        row = {"pruned": pruned, "variant": variant, "ppl@0": ppl[0], **{f"ppl@{b}": ppl[b] for b in budgets}, "tokens_per_s": speed,
+        summary = json.loads((run / "metrics.json").read_text())
+        speed = summary["tokens_per_s"]
+        row = {"pruned": pruned, "variant": variant, "teacher": summary.get("teacher") or "-", "ppl@0": ppl[0],
+               **{f"ppl@{b}": ppl[b] for b in budgets}, "tokens_per_s": speed,
                "wall_s": round(time.time() - started, 1)}
         rows.append(row)
         print(row, flush=True)

@@ -150,6 +150,8 @@ def run(args: argparse.Namespace) -> None:
         from . import darwin
 
         out = darwin.run(cfg, args.out, phase=args.command, force=args.force, progress=progress)
+        if not _is_main_process():  # under torchrun only rank 0 writes the run directory and reports
+            return
         if args.command == "database":
             print(f"database ready in {out / 'database'}")
             return

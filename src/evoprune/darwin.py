@@ -4,6 +4,10 @@ Run directory: `database/` (resumable layer by layer), `search/` (state.json + h
 resumable per generation), then `model/`, `spec.json`, `metrics.json`, `config.yaml`,
 `report.md` and plots. Rerunning the same command on the same directory resumes; a changed
 configuration is refused, naming the keys that differ; `--force` starts over.
+
+Under `torchrun --nproc_per_node N` the candidate evaluations are shared out over the processes
+(`DistributedCandidateEvaluator`, same result as one process) and only rank 0 writes: it builds
+the database, latency table and teacher caches first and the others then read them.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import logging
 import math
 import shutil
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,6 +33,8 @@ from .prune.database import Database, DatabaseSettings
 from .prune.target import resolve_target
 from .report import markdown_table, plot_bars, plot_kept_per_layer, write_report
 from .search.budget import CostTable, make_budget, uniform_genotype
+from .search.distributed_fitness import (DistributedCandidateEvaluator, barrier, init_distributed,
+                                         main_process_first)
 from .search.evolution import EvolutionSettings, evolve
 from .search.fitness import CandidateEvaluator, FitnessPool, Stage
 from .search.latency_table import LatencySettings, latency_cost_table
@@ -98,8 +105,11 @@ def make_evaluator(cfg: RunConfig, dense: LoadedModel, db: Database, stages: lis
     train_tokens = sum(s.train_tokens for s in stages)
     train = data_blocks(cfg, dense.tokenizer, "train", max(1, math.ceil(train_tokens / seq))) if train_tokens \
         else stage_blocks[0]
-    return CandidateEvaluator(dense.model, dense.adapter, db, stage_blocks, teachers, train,
-                              TrainConfig(lr=cfg.search.lr, seed=cfg.seed), cfg.data.batch_size, pool)
+    evaluator = CandidateEvaluator(dense.model, dense.adapter, db, stage_blocks, teachers, train,
+                                   TrainConfig(lr=cfg.search.lr, seed=cfg.seed), cfg.data.batch_size, pool)
+    if init_distributed()[1] > 1:  # launched by torchrun: each process evaluates a share of every selection
+        return DistributedCandidateEvaluator.from_evaluator(evaluator)
+    return evaluator
 
 
 def fitness_pool(cfg: RunConfig, dense: LoadedModel, stage_blocks: list[int], progress: bool = True) -> FitnessPool:
@@ -147,12 +157,15 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
     """
     out = Path(out)
     stages = stages_of(cfg)
+    main = init_distributed()[0] == 0  # only the main process writes the run directory
+    progress = progress and main
     if phase == "search" and not (out / "database" / "index.json").exists():
         raise UserError(f"no database in {out / 'database'}; run `evoprune database --out {out}` first")
-    prepare_run_dir(out, force)
+    if main:
+        prepare_run_dir(out, force)
     marker = out / RUN_MARKER
     config = search_config(cfg)
-    if marker.exists():
+    if main and marker.exists():
         previous = json.loads(marker.read_text())
         differ = sorted(k for k in set(config) | set(previous) if config.get(k) != previous.get(k))
         if differ:
@@ -160,21 +173,31 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
                             "use the same settings to resume, or --force to start over")
     started = time.time()
     dense = load_source(cfg)
-    write_json(marker, config)
+    if main:
+        write_json(marker, config)
     shape = dense.adapter.shape(dense.model)
     target = resolve_target(shape, cfg.prune.sparsity, cfg.prune.target_params)
-    db = build_database(cfg, dense, out / "database", progress)
+    with main_process_first():
+        db = build_database(cfg, dense, out / "database", progress)
     if phase == "database":
         return out
-    table = search_cost_table(cfg, dense, db, out / "search", progress)
+    with main_process_first():
+        table = search_cost_table(cfg, dense, db, out / "search", progress)
     dense_blocks = cost_table(db, "params").full()
     budget = make_budget(table, table.full() * target.block_params / dense_blocks)
-    evaluator = make_evaluator(cfg, dense, db, stages, progress)
+    with main_process_first():
+        evaluator = make_evaluator(cfg, dense, db, stages, progress)
     r = cfg.search.resolved()
-    result = evolve(evaluator, table, budget, stages, evolution_settings(cfg), out / "search", config, progress,
-                    stop_after)
-    if result.state.generation < r["generations"]:
-        return out  # stopped early on request (tests); rerun to resume
+    search_dir = out / "search" if main else _private_copy(out / "search")
+    barrier()  # every process has read the saved search state before the main one writes it again
+    try:
+        result = evolve(evaluator, table, budget, stages, evolution_settings(cfg), search_dir, config, progress,
+                        stop_after)
+    finally:
+        if not main:
+            shutil.rmtree(search_dir, ignore_errors=True)
+    if result.state.generation < r["generations"] or not main:
+        return out  # stopped early on request (tests; rerun to resume), or not the process that writes
     spec, replace = db.stitch(list(result.best.attention), list(result.best.mlp), dense.adapter,
                               meta={"method": "darwin", "source": dense.name, "target": target.description,
                                     "profile": cfg.search.profile, "generations": result.state.generation,
@@ -199,6 +222,14 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
     write_text(out / "config.yaml", dump_config(cfg))
     _report(out, spec, rows, metrics, result.state.history)
     return out
+
+
+def _private_copy(search_dir: Path) -> Path:
+    """A temporary copy of the search state for a process that must not write the run directory."""
+    copy = Path(tempfile.mkdtemp(prefix="evoprune-search-"))
+    if search_dir.is_dir():
+        shutil.copytree(search_dir, copy, dirs_exist_ok=True)
+    return copy
 
 
 def _report(out: Path, spec, rows: dict, metrics: dict, history: list[dict]) -> None:

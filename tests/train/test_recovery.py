@@ -84,6 +84,17 @@ def test_two_processes_give_the_loss_curve_of_one(recovery_inputs, straight_run,
     assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
 
 
+def test_cached_teacher_reaches_the_online_weights(recovery_inputs, straight_run, tmp_path):
+    out = tmp_path / "cached"
+    assert main(train_args(recovery_inputs, out, "train.teacher_source=cached")) == 0
+    assert [r.get("loss") for r in records(out)] == pytest.approx([r.get("loss") for r in records(straight_run)],
+                                                                 rel=1e-5)  # the tiny vocabulary is cached whole
+    wa, wb = weights(straight_run), weights(out)
+    assert all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-5) for k in wa)
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["teacher"] == "cached full" and "teacher read from" in (out / "report.md").read_text()
+
+
 def test_killed_run_resumes_at_its_step_and_reaches_the_same_weights(recovery_inputs, straight_run, tmp_path):
     out = tmp_path / "killed"
     recover(config(recovery_inputs), out, progress=False, stop_after_steps=6)
@@ -170,6 +181,12 @@ def test_resume_from_another_runs_checkpoint_is_refused(recovery_inputs, straigh
     assert main(train_args(recovery_inputs, tmp_path / "out", "train.lr=0.001", "--resume-from",
                            str(checkpoint))) == 2
     assert "belongs to another run" in _error(capsys) and not (tmp_path / "out").exists()
+
+
+def test_cached_teacher_with_hidden_state_loss_is_refused(recovery_inputs, tmp_path, capsys):
+    assert main(train_args(recovery_inputs, tmp_path / "out", "train.teacher_source=cached",
+                           "train.hidden_weight=0.5")) == 2
+    assert "teacher_source=online" in _error(capsys)
 
 
 def test_fsdp_on_cpu_is_explained(recovery_inputs, tmp_path, capsys):

@@ -20,22 +20,32 @@ from .teacher import TeacherCache, kl_to_teacher
 log = logging.getLogger(__name__)
 
 
-def teacher_cache_path(teacher_id: str, blocks: torch.Tensor, top_k: int) -> Path:
-    """Where the teacher distribution for these blocks lives in the user cache."""
-    digest = hashlib.sha256(teacher_id.encode() + blocks.numpy().tobytes() + str(top_k).encode()).hexdigest()[:20]
+def teacher_cache_path(teacher_id: str, blocks: torch.Tensor, top_k: int, temperature: float = 1.0) -> Path:
+    """Where the teacher distribution for these blocks (at this softmax temperature) lives in the user cache."""
+    key = teacher_id.encode() + blocks.numpy().tobytes() + str(top_k).encode()
+    if temperature != 1.0:
+        key += f"|temperature={float(temperature)!r}".encode()
+    digest = hashlib.sha256(key).hexdigest()[:20]
     return cache_dir() / "teacher" / f"{digest}.safetensors"
 
 
 def teacher_for(teacher: PreTrainedModel, teacher_id: str, blocks: torch.Tensor, cfg: EvalConfig,
-                batch_size: int, progress: bool = True) -> TeacherCache:
-    """Load the cached teacher distribution for `blocks`, building it once if missing or unreadable."""
-    path = teacher_cache_path(teacher_id, blocks, cfg.top_k)
+                batch_size: int, progress: bool = True, temperature: float = 1.0) -> TeacherCache:
+    """Load the cached teacher distribution for `blocks`, building it once if missing, unreadable or stale.
+
+    A cache is used only if it holds `teacher_id`'s distribution on exactly these blocks at
+    `temperature` (1 for KL; distillation at another temperature, see `train.cached_teacher`).
+    """
+    path = teacher_cache_path(teacher_id, blocks, cfg.top_k, temperature)
     if path.exists():
         try:
-            return TeacherCache.load(path, blocks)
+            cache = TeacherCache.load(path, blocks)
+            cache.check_teacher(teacher_id, temperature)
+            return cache
         except Exception as e:  # a stale or corrupt cache is rebuilt, not fatal
             log.warning("rebuilding teacher cache %s: %s", path, e)
-    return TeacherCache.build(teacher, blocks, path, top_k=cfg.top_k, batch_size=batch_size, progress=progress)
+    return TeacherCache.build(teacher, blocks, path, top_k=cfg.top_k, batch_size=batch_size, progress=progress,
+                              temperature=temperature, teacher_id=teacher_id)
 
 
 def size_row(model: PreTrainedModel) -> dict:

@@ -11,7 +11,9 @@ perplexity). Per position it stores either
 
 Full mode is used when `top_k is None` or when full log-probs take at most `full_max_bytes`.
 The header metadata holds the format tag, the sha256 fingerprint and shape of the blocks, the
-vocabulary size, the stored top_k ("full" or k) and the log-prob dtype.
+vocabulary size, the stored top_k ("full" or k), the log-prob dtype, the softmax temperature the
+distribution was taken at (1 unless built for distillation at another temperature, see
+`evoprune.train.cached_teacher`) and, when the builder named it, the teacher's identity.
 
 KL in top-k mode is taken between the (k + 1)-bucket distributions "each of the top-k tokens, plus
 one bucket for the rest": the teacher's rest mass is `exp(rest_logprob)` and the student's is its
@@ -46,7 +48,7 @@ from torch import nn
 from ..atomic import staged_file
 from ..errors import UserError
 from ._blocks import (batches, check_batch_size, check_blocks, check_vocab, eval_mode, fingerprint, model_device,
-                      next_token_logprobs)
+                      next_token_logits, next_token_logprobs)
 from .safetensors_stream import SafetensorsStreamWriter
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,8 @@ class TeacherCache:
         vocab_size: size of the teacher's output distribution.
         top_k: tokens stored per position, or None when full log-probs are stored.
         logprob_dtype: storage dtype of the log-probs (torch.float32 or torch.float16).
+        temperature: the stored distribution is softmax(teacher logits / temperature).
+        teacher_id: the teacher identity given to `build`, or None.
     """
 
     def __init__(self, path: Path, handle, metadata: dict[str, str]):
@@ -104,6 +108,8 @@ class TeacherCache:
         self.vocab_size = int(metadata["vocab_size"])
         self.top_k = None if metadata["top_k"] == "full" else int(metadata["top_k"])
         self.logprob_dtype = LOGPROB_DTYPES[metadata["logprob_dtype"]]
+        self.temperature = float(metadata.get("temperature", "1.0"))
+        self.teacher_id = metadata.get("teacher")
 
     @property
     def positions(self) -> int:
@@ -118,7 +124,8 @@ class TeacherCache:
     @classmethod
     def build(cls, model: nn.Module, blocks: torch.Tensor, path: str | Path, top_k: int | None = 64,
               batch_size: int = 4, progress: bool = False, logprob_dtype: torch.dtype = torch.float32,
-              full_max_bytes: int = DEFAULT_FULL_MAX_BYTES) -> "TeacherCache":
+              full_max_bytes: int = DEFAULT_FULL_MAX_BYTES, temperature: float = 1.0,
+              teacher_id: str | None = None) -> "TeacherCache":
         """Run the teacher over `blocks` once and write its distribution to `path` atomically.
 
         Only one batch of full logits is in memory at a time; results are streamed to disk.
@@ -132,6 +139,8 @@ class TeacherCache:
             progress: show a tqdm bar.
             logprob_dtype: torch.float32 (default) or torch.float16 storage for the log-probs.
             full_max_bytes: store full log-probs anyway when they take at most this many bytes (exact KL).
+            temperature: store softmax(logits / temperature) (1 for KL; distillation at T > 1 needs its own cache).
+            teacher_id: what identifies the teacher (stored, checked by `check_teacher`).
 
         Returns:
             the cache, opened for reading.
@@ -144,6 +153,8 @@ class TeacherCache:
         dtype_name = next((n for n, d in LOGPROB_DTYPES.items() if d == logprob_dtype), None)
         if dtype_name is None:
             raise UserError(f"teacher logprob_dtype must be torch.float32 or torch.float16, got {logprob_dtype}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise UserError(f"teacher cache temperature must be a positive number, got {temperature!r}")
         path = Path(path)
         n_blocks, seq_len = blocks.shape
         positions = seq_len - 1
@@ -151,13 +162,13 @@ class TeacherCache:
         with staged_file(path) as tmp, eval_mode(model), torch.inference_mode():
             try:
                 for start, batch in batches(blocks, batch_size, model_device(model), progress, desc="teacher"):
-                    logprobs = next_token_logprobs(model, batch)
+                    logprobs = torch.log_softmax(next_token_logits(model, batch) / temperature, dim=-1)
                     if writer is None:
                         vocab = logprobs.shape[-1]
                         full_bytes = n_blocks * positions * vocab * logprob_dtype.itemsize
                         k = None if top_k is None or full_bytes <= full_max_bytes else min(top_k, vocab)
                         writer = _open_writer(tmp, n_blocks, seq_len, vocab, k, top_k, dtype_name,
-                                              fingerprint(blocks))
+                                              fingerprint(blocks), float(temperature), teacher_id)
                     _write_batch(writer, start, logprobs, k, logprob_dtype)
                 writer.close()
             except BaseException:
@@ -197,6 +208,18 @@ class TeacherCache:
                             f"({blocks.shape[0]}x{blocks.shape[1]}, sha256 {fingerprint(blocks)[:12]}); "
                             f"pass the same blocks or {_rebuild_hint(self.path)}")
 
+    def check_teacher(self, teacher_id: str | None, temperature: float = 1.0) -> None:
+        """Raise UserError unless this cache holds `teacher_id`'s distribution at `temperature`.
+
+        A cache whose builder named no teacher passes the teacher check (its path names the teacher).
+        """
+        if self.teacher_id is not None and teacher_id is not None and self.teacher_id != teacher_id:
+            raise UserError(f"teacher cache {self.path} holds another teacher ({self.teacher_id}, not {teacher_id}); "
+                            f"{_rebuild_hint(self.path)}")
+        if not math.isclose(self.temperature, temperature, rel_tol=1e-12):
+            raise UserError(f"teacher cache {self.path} holds the teacher at temperature {self.temperature:g}, "
+                            f"not {temperature:g}; {_rebuild_hint(self.path)}")
+
     def read(self, start: int, stop: int) -> TeacherSlice:
         """Teacher log-probs of blocks[start:stop], read from disk, as float32 / int64 CPU tensors."""
         if self.top_k is None:
@@ -207,7 +230,8 @@ class TeacherCache:
 
 
 def _open_writer(tmp: Path, n_blocks: int, seq_len: int, vocab: int, k: int | None, requested_top_k: int | None,
-                 dtype_name: str, blocks_sha256: str) -> SafetensorsStreamWriter:
+                 dtype_name: str, blocks_sha256: str, temperature: float,
+                 teacher_id: str | None) -> SafetensorsStreamWriter:
     positions = seq_len - 1
     dtype = LOGPROB_DTYPES[dtype_name]
     if k is None:
@@ -219,7 +243,10 @@ def _open_writer(tmp: Path, n_blocks: int, seq_len: int, vocab: int, k: int | No
     metadata = {"format": FORMAT, "fingerprint": blocks_sha256, "n_blocks": str(n_blocks), "seq_len": str(seq_len),
                 "vocab_size": str(vocab), "top_k": "full" if k is None else str(k),
                 "requested_top_k": "full" if requested_top_k is None else str(requested_top_k),
-                "logprob_dtype": dtype_name, "positions": "next-token positions 0 .. seq_len-2 of each block"}
+                "logprob_dtype": dtype_name, "positions": "next-token positions 0 .. seq_len-2 of each block",
+                "temperature": repr(temperature)}
+    if teacher_id is not None:
+        metadata["teacher"] = teacher_id
     return SafetensorsStreamWriter(tmp, tensors, metadata)
 
 
@@ -247,6 +274,8 @@ def _check_layout(path: Path, handle, metadata: dict[str, str]) -> None:
         n, seq_len, vocab = int(metadata["n_blocks"]), int(metadata["seq_len"]), int(metadata["vocab_size"])
         top_k = None if metadata["top_k"] == "full" else int(metadata["top_k"])
         dtype = LOGPROB_DTYPES[metadata["logprob_dtype"]]
+        if not float(metadata.get("temperature", "1.0")) > 0:
+            raise ValueError(f"temperature {metadata['temperature']!r} is not positive")
         if len(metadata["fingerprint"]) != 64:
             raise ValueError(f"fingerprint {metadata['fingerprint']!r} is not a sha256 hex digest")
     except (KeyError, ValueError) as e:
@@ -300,7 +329,8 @@ def kl_to_teacher(model: nn.Module, blocks: torch.Tensor, cache: TeacherCache, b
     Args:
         model: the student; only `model(input_ids=..., use_cache=False).logits` is used.
         blocks: token ids, shape [n_blocks, seq_len]; must be the blocks `cache` was built from.
-        cache: the teacher distribution (see the module docstring for the top-k approximation).
+        cache: the teacher distribution at temperature 1 (see the module docstring for the top-k
+            approximation), or a `TeacherSubset` of one.
         batch_size: blocks per forward pass.
         progress: show a tqdm bar.
         per_block: return the mean KL of every block instead of the overall mean.
@@ -314,6 +344,9 @@ def kl_to_teacher(model: nn.Module, blocks: torch.Tensor, cache: TeacherCache, b
     blocks = check_blocks(blocks)
     check_batch_size(batch_size)
     cache.check_blocks(blocks)
+    if cache.temperature != 1.0:
+        raise UserError(f"teacher cache {cache.path} holds the teacher at temperature {cache.temperature:g}, not 1; "
+                        "KL to the teacher is measured at temperature 1")
     check_vocab(model, blocks)
     device = model_device(model)
     block_sums = torch.zeros(len(blocks), dtype=torch.float64)

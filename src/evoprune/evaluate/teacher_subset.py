@@ -31,6 +31,7 @@ class TeacherSubset:
         self.blocks = check_blocks(blocks)[self.indices]
         self.path: Path = cache.path
         self.vocab_size, self.seq_len, self.top_k = cache.vocab_size, cache.seq_len, cache.top_k
+        self.temperature = cache.temperature
         self.n_blocks = len(self.indices)
 
     @property

@@ -9,12 +9,16 @@ never on which other candidates a process holds — so the gathered scores, and 
 and every selection, equal those of one process.
 
 Launch with `torchrun --nproc_per_node N ...` (gloo on CPU, NCCL on GPUs); without a launcher it
-is one process and behaves exactly like `CandidateEvaluator`.
+is one process and behaves exactly like `CandidateEvaluator`. `evoprune darwin` under torchrun
+uses it by itself (see `darwin.make_evaluator`); there only rank 0 writes the run directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from datetime import timedelta
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -24,13 +28,38 @@ from .fitness import CandidateEvaluator, Stage
 from .genotype import Genotype
 
 
+# How long a process waits in a collective: the other ranks wait while rank 0 alone builds the
+# second-order database, the latency table and the teacher caches (torch's default is 30 minutes).
+WAIT_TIMEOUT = timedelta(hours=6)
+
+
 def init_distributed() -> tuple[int, int]:
     """Join the torchrun process group if launched by one (idempotent); return (rank, world_size)."""
     if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=WAIT_TIMEOUT)
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def barrier() -> None:
+    """Wait for every process of the job (nothing to wait for in one process)."""
+    if init_distributed()[1] > 1:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_process_first() -> Iterator[None]:
+    """Run the block on rank 0 first and on the other ranks after it, so they read what rank 0 wrote.
+
+    If rank 0 fails inside the block the others stay waiting until torchrun stops them.
+    """
+    rank, world = init_distributed()
+    if world > 1 and rank != 0:
+        dist.barrier()
+    yield
+    if world > 1 and rank == 0:
+        dist.barrier()
 
 
 class DistributedCandidateEvaluator(CandidateEvaluator):

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..evaluate._blocks import check_blocks, check_vocab, eval_mode
+from .cached_teacher import CachedTeacher
 from .config import TrainConfig
 from .masks import ParamMasks
 from .optim import build_optimizer, build_scheduler
@@ -87,7 +88,7 @@ def plan_tokens(tokens: int, seq_len: int, cfg: TrainConfig) -> TokenPlan:
 
 
 def train_on_blocks(model: nn.Module, blocks: torch.Tensor, tokens: int, cfg: TrainConfig, start_block: int = 0,
-                    teacher: nn.Module | None = None, masks: Mapping[str, torch.Tensor] | None = None,
+                    teacher: nn.Module | CachedTeacher | None = None, masks: Mapping[str, torch.Tensor] | None = None,
                     progress: bool = False) -> TrainResult:
     """Train `model` in place with AdamW on `tokens` tokens of `blocks`, cyclically from `start_block`.
 
@@ -98,7 +99,8 @@ def train_on_blocks(model: nn.Module, blocks: torch.Tensor, tokens: int, cfg: Tr
         tokens: token budget; see the module docstring for the exact accounting.
         cfg: hyper-parameters; a fresh optimizer and schedule (over exactly the planned steps) per call.
         start_block: index of the first block (>= 0, taken modulo n_blocks: the blocks are a cycle).
-        teacher: model with the same vocabulary for cfg.loss "kd" / "lm+kd" (kept in eval mode, no grad).
+        teacher: for cfg.loss "kd" / "lm+kd": a model with the same vocabulary (kept in eval mode, no grad),
+            or a CachedTeacher built for `blocks` (the teacher's distribution read from disk).
         masks: {parameter name: keep-mask of its shape} (bool or 0/1). Masked entries are zeroed first
             and are exactly 0 after every step (see ParamMasks).
         progress: show a tqdm bar over steps.
@@ -111,7 +113,7 @@ def train_on_blocks(model: nn.Module, blocks: torch.Tensor, tokens: int, cfg: Tr
 
     Raises:
         UserError: bad blocks / budget / start_block / masks, a teacher missing for (or given without)
-            a distillation loss, or a teacher with a different vocabulary.
+            a distillation loss, a teacher with a different vocabulary, or a cached teacher for other blocks.
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
@@ -126,7 +128,9 @@ def train_on_blocks(model: nn.Module, blocks: torch.Tensor, tokens: int, cfg: Tr
         raise UserError(f"loss {cfg.loss!r} needs a teacher model; pass teacher= or use loss 'lm'")
     if teacher is not None and not cfg.uses_teacher:
         raise UserError("a teacher was given but the loss is 'lm'; use loss 'kd' or 'lm+kd' to distil from it")
-    if teacher is not None:
+    if isinstance(teacher, CachedTeacher):
+        teacher.check_covers(blocks)
+    elif teacher is not None:
         check_vocab(teacher, blocks)
     plan = plan_tokens(tokens, seq_len, cfg)
     if plan.steps == 0:
@@ -144,7 +148,7 @@ def train_on_blocks(model: nn.Module, blocks: torch.Tensor, tokens: int, cfg: Tr
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         stack.enter_context(train_mode(model))
-        if teacher is not None:
+        if isinstance(teacher, nn.Module):
             stack.enter_context(eval_mode(teacher))
         bar = stack.enter_context(tqdm(total=plan.steps, desc="train", unit="step", disable=not progress))
         for step in range(plan.steps):

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..evaluate._blocks import model_device, next_token_logits
+from .cached_teacher import CachedTeacher
 from .config import TrainConfig
 
 
@@ -80,12 +81,14 @@ def _forward_with_hidden(model: nn.Module, batch: torch.Tensor) -> tuple[torch.T
 
 
 def compute_loss(model: nn.Module, batch: torch.Tensor, cfg: TrainConfig,
-                 teacher: nn.Module | None = None) -> LossParts:
+                 teacher: nn.Module | CachedTeacher | None = None) -> LossParts:
     """Forward `batch` ([batch, seq_len] ids on the model's device) and return cfg.loss's objective.
 
     "lm": cross-entropy; "kd": KL(teacher ‖ student) at cfg.kd_temperature; "lm+kd":
-    (1 - kd_weight) * lm + kd_weight * kd. With cfg.hidden_weight > 0 (and a teacher), plus
-    hidden_weight * MSE of the last hidden states. The caller sets train / eval modes.
+    (1 - kd_weight) * lm + kd_weight * kd. With cfg.hidden_weight > 0 (and a teacher model), plus
+    hidden_weight * MSE of the last hidden states. The teacher is a model run online, or a
+    `CachedTeacher` (its top-k distribution on the training blocks, from disk; see
+    `cached_teacher`). The caller sets train / eval modes.
     """
     if cfg.loss == "lm":
         logits = next_token_logits(model, batch)
@@ -94,7 +97,13 @@ def compute_loss(model: nn.Module, batch: torch.Tensor, cfg: TrainConfig,
     if teacher is None:
         raise UserError(f"loss {cfg.loss!r} needs a teacher model; pass teacher= or use loss 'lm'")
     hidden = None
-    if cfg.hidden_weight > 0:
+    if isinstance(teacher, CachedTeacher):
+        if cfg.hidden_weight > 0:
+            raise UserError("hidden-state distillation needs the teacher model; a cached teacher holds only its "
+                            "output distribution (set hidden_weight=0 or run the teacher online)")
+        logits = next_token_logits(model, batch)
+        kd = teacher.kd_loss(logits, batch, cfg.kd_temperature)
+    elif cfg.hidden_weight > 0:
         logits, student_hidden = _forward_with_hidden(model, batch)
         with torch.no_grad():
             t_logits, t_hidden = _forward_with_hidden(teacher, batch.to(model_device(teacher)))

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..evaluate._blocks import model_device
 from ..modes import train_mode  # noqa: F401  (part of evoprune.train's API)
+from .cached_teacher import CachedTeacher
 from .config import TrainConfig
 from .losses import compute_loss
 from .masks import ParamMasks
@@ -35,7 +36,7 @@ def _mean(values: list[float]) -> float | None:
 
 def train_step(model: nn.Module, micro_batches: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer,
                cfg: TrainConfig, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-               teacher: nn.Module | None = None, masks: ParamMasks | None = None,
+               teacher: nn.Module | CachedTeacher | None = None, masks: ParamMasks | None = None,
                accelerator: Any | None = None) -> StepResult:
     """Accumulate gradients over `micro_batches` and take one optimizer step.
 

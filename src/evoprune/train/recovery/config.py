@@ -21,6 +21,8 @@ class RecoveryConfig:
     kd_weight: float = 0.5  # weight of the distillation term in lm+kd
     kd_temperature: float = 2.0  # softmax temperature of the distillation term
     hidden_weight: float = 0.0  # weight of the last-hidden-state MSE (skipped when hidden sizes differ)
+    teacher_source: str = "online"  # online (teacher runs every step) | cached (its top-k on the train blocks, once)
+    teacher_top_k: int = 64  # cached teacher: tokens kept per position + the rest mass (8k+4 bytes/token on disk)
     lr: float = 1e-4  # peak AdamW learning rate
     weight_decay: float = 0.0  # AdamW weight decay (matrices only)
     warmup_steps: int = 10  # linear warm-up steps
@@ -69,6 +71,11 @@ class RecoveryRunConfig:
             p.append(f"train.tokens must be >= 0, got {t.tokens}")
         check_choice(p, "train.precision", t.precision, ("fp32", "bf16"))
         check_choice(p, "train.distributed", t.distributed, ("ddp", "fsdp"))
+        check_choice(p, "train.teacher_source", t.teacher_source, ("online", "cached"))
+        if t.teacher_source == "cached" and t.hidden_weight > 0:
+            p.append("train.hidden_weight > 0 needs train.teacher_source=online (a cached teacher has no hidden states)")
+        if not isinstance(t.teacher_top_k, int) or t.teacher_top_k < 1:
+            p.append(f"train.teacher_top_k must be a positive integer, got {t.teacher_top_k!r}")
         if t.resolved_loss != "lm" and not t.teacher:
             p.append(f"train.loss {t.resolved_loss} needs a teacher (--teacher DENSE)")
         for name in ("lora_r", "eval_every", "checkpoint_every", "keep_checkpoints"):

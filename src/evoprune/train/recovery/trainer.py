@@ -4,6 +4,8 @@ Built on the trainer core (`build_optimizer`, `build_scheduler`, `plan_tokens`, 
 Accelerate: the same code runs as one process or under `torchrun` / `accelerate launch` (DDP over
 gloo on CPU, NCCL on GPUs, FSDP on GPUs). The run directory holds `checkpoints/` (resumable),
 `metrics.jsonl`, and when done `model/`, `metrics.json`, `config.yaml`, `report.md` + `loss.png`.
+With train.teacher_source=cached the teacher runs once over the train blocks the budget reaches
+(into the user cache, see `train.cached_teacher`) and is then dropped from memory.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ...evaluate.perplexity import mean_nll
 from ...modes import eval_mode, train_mode
 from ...models import LoadedModel
 from ...pipeline import data_blocks, load_source
+from ..cached_teacher import CachedTeacher
 from ..loop import plan_tokens
 from ..optim import build_optimizer, build_scheduler
 from ..step import train_step
@@ -146,8 +149,21 @@ def recover(cfg: RecoveryRunConfig, out: str | Path, force: bool = False, progre
     model = accelerator.prepare(model)
     optimizer = accelerator.prepare(build_optimizer(model, tcfg))
     scheduler = build_scheduler(optimizer.optimizer, tcfg, plan.steps)
-    teacher_model = None
-    if teacher is not None:
+    teacher_model, teacher_kind = None, "online" if tcfg.uses_teacher else None
+    if teacher is not None and t.teacher_source == "cached" and tcfg.uses_teacher:
+        reached = train_blocks[:min(len(train_blocks), plan.micro_batches * t.batch_size)]  # blocks used, in order
+        tick = time.perf_counter()
+        with accelerator.main_process_first():  # the main process builds the cache, the others then read it
+            teacher_model = CachedTeacher.for_blocks(teacher, reached, t.teacher_top_k, tcfg.kd_temperature,
+                                                     cfg.data.batch_size, progress and is_main)
+        cache = teacher_model.cache
+        teacher_kind = "cached " + ("full" if cache.top_k is None else f"top-{cache.top_k}")
+        notes.append(f"teacher read from {cache.path} ({len(reached)} blocks, "
+                     f"{'full log-probs' if cache.top_k is None else f'top-{cache.top_k} + rest mass'} at "
+                     f"temperature {cache.temperature:g}, {cache.path.stat().st_size / 2**20:.1f} MB, ready in "
+                     f"{time.perf_counter() - tick:.1f} s)")
+        teacher = None  # not needed in memory any more
+    elif teacher is not None:
         teacher_model = teacher.model.to(accelerator.device).requires_grad_(False)
 
     metrics = MetricsLog(out / "metrics.jsonl", is_main)
@@ -168,7 +184,7 @@ def recover(cfg: RecoveryRunConfig, out: str | Path, force: bool = False, progre
     steps_here = tokens_here = 0
     with ExitStack() as stack:
         stack.enter_context(train_mode(model))
-        if teacher_model is not None:
+        if isinstance(teacher_model, torch.nn.Module):
             stack.enter_context(eval_mode(teacher_model))
         bar = stack.enter_context(tqdm(total=plan.tokens, initial=position.tokens_seen, unit="tok", unit_scale=True,
                                        desc="train", disable=not (progress and is_main)))
@@ -207,7 +223,8 @@ def recover(cfg: RecoveryRunConfig, out: str | Path, force: bool = False, progre
                    "start_eval_ppl": evals[0]["eval_ppl"], "final_eval_ppl": evals[-1]["eval_ppl"],
                    "final_train_loss": records[-1].get("loss"),
                    "tokens_per_s": round(tokens_here / seconds, 1) if seconds > 0 else None,
-                   "mode": "lora" if t.lora else "full", "loss": tcfg.loss}
+                   "mode": "lora" if t.lora else "full", "loss": tcfg.loss,
+                   "teacher": teacher_kind}
         spec_file = student.path / "evoprune_spec.json"
         spec = SubnetSpec.load(spec_file) if spec_file.is_file() else None
         model.to("cpu")
