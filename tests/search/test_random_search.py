@@ -24,6 +24,9 @@ class ScoringEvaluator:
     def __init__(self):
         self.evaluations, self.pool = 0, []
 
+    def begin_selection(self, seed):
+        pass
+
     def assign(self, pool):
         self.pool = list(pool)
 
