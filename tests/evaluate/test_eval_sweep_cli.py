@@ -6,7 +6,7 @@ import json
 
 from evoprune.cli import main
 
-TINY = ["data.seq_len=32", "data.calibration_blocks=4", "data.eval_blocks=2", "eval.repeats=1", "eval.warmup=0",
+TINY = ["data.seq_len=128", "data.calibration_blocks=2", "data.eval_blocks=2", "eval.repeats=1", "eval.warmup=0",
         "eval.new_tokens=2", "--quiet"]
 
 
