@@ -45,6 +45,7 @@ from evoprune.evaluate.latency_sweep import sweep_latency, sweep_rows
 from evoprune.evaluate.perplexity import mean_nll
 from evoprune.evaluate.suite import size_row, teacher_for
 from evoprune.evaluate.sweep_report import sweep_section
+from evoprune.evaluate.tasks import resolve_tasks, task_configs_dir
 from evoprune.evaluate.teacher import TeacherCache, kl_to_teacher
 from evoprune.pipeline import data_blocks, load_source
 
@@ -110,10 +111,12 @@ def build_entries(args: argparse.Namespace, cfg: RunConfig, dense, builder: Meth
     for sparsity in args.sparsities:
         for method in [m for m in METHODS if m in args.methods and m != "dense"]:
             entry = Entry(f"{method}-{sparsity:g}", METHODS[method], sparsity)
+            started = time.time()
             try:
                 built = builder.build(method, sparsity)
                 entry.model = load_source(cfg, str(built.model_dir)).model
-                entry.model_dir, entry.notes = built.model_dir, built.notes
+                entry.model_dir, entry.notes = built.model_dir, {**built.notes, "build_s_this_run": round(
+                    time.time() - started, 1)}
             except Exception as e:  # noqa: BLE001 - a method that cannot be built is reported, never faked
                 log.exception("%s could not be built", entry.key)
                 entry.missing = f"missing: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -139,6 +142,7 @@ def quality(entry: Entry, tokenizer, held_out: torch.Tensor, teacher: TeacherCac
     cache = cache_dir / f"{entry.key}.json"
     if cache.exists() and json.loads(cache.read_text())["settings"] == settings:
         return json.loads(cache.read_text())["metrics"]
+    started = time.time()
     metrics = size_row(entry.model)
     metrics["perplexity"] = float(torch.tensor(mean_nll(entry.model, held_out, cfg.data.batch_size)).exp())
     metrics["kl_to_dense"] = kl_to_teacher(entry.model, held_out, teacher, batch_size=cfg.data.batch_size)
@@ -147,6 +151,8 @@ def quality(entry: Entry, tokenizer, held_out: torch.Tensor, teacher: TeacherCac
         scores = run_tasks(entry.model, tokenizer, args.tasks, args.limit, seed=cfg.seed)
         metrics["tasks"] = {t: m.get(m["main_metric"]) for t, m in scores.items() if t != "average"}
         metrics["task_average"] = scores["average"]["main_metric_mean"]
+        metrics["task_s"] = scores["average"]["seconds"]
+    metrics["quality_s"] = round(time.time() - started, 1)
     write_json(cache, {"settings": settings, "metrics": metrics})
     return metrics
 
@@ -166,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     started = time.time()
     work, out = Path(args.work), Path(args.out)
+    if args.tasks != "none":  # unknown tasks or missing task data fail before anything is built
+        resolve_tasks(args.tasks)
+        task_configs_dir()
     cfg = load_config(None, args.overrides + ["model.trust_remote_code=true"])  # exported pruned models ship code
     dense = load_source(cfg)
     builder = MethodBuilder(dense, args.overrides, work, args.nas_trials, args.nas_blocks)
