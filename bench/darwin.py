@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -38,8 +37,8 @@ from evoprune.prune.uniform import uniform_spec
 from evoprune.report import markdown_table
 from evoprune.search.budget import make_budget, uniform_genotype
 from evoprune.search.evolution import evolve
-from evoprune.search.fitness import Stage, select
-from evoprune.search.mutation import random_genotype
+from evoprune.search.fitness import Stage
+from evoprune.search.random_search import random_search
 from evoprune.train import TrainConfig, train_on_blocks
 
 
@@ -103,17 +102,12 @@ def main() -> None:
                                                 "wall_s_this_call": round(time.time() - started, 1)}
             models[name] = evaluator.build(result.best)
         # random search: as many KL evaluations as the training-aware search, through the same KL-only stages
-        n_evals = timing[f"evolution, training-aware @ {sparsity:g}"]["evaluations"]
-        n_random = n_evals - sum(s.survivors for s in kl_stages[:-1])
-        rng = random.Random(cfg.seed)
-        start = uniform_genotype(params_table, budget)
-        evaluator.evaluations = 0
-        started = time.time()
-        pool = [random_genotype(params_table, budget, rng, start, settings.init_walk) for _ in range(n_random)]
-        best, _ = select(pool, kl_stages, evaluator, seed=cfg.seed)
-        timing[f"random search @ {sparsity:g}"] = {"seconds": round(time.time() - started, 1),
-                                                   "evaluations": evaluator.evaluations}
-        models["random search"] = evaluator.build(best)
+        searched = random_search(evaluator, params_table, budget, kl_stages,
+                                 timing[f"evolution, training-aware @ {sparsity:g}"]["evaluations"], seed=cfg.seed,
+                                 walk=settings.init_walk, trade=settings.trade)
+        timing[f"random search @ {sparsity:g}"] = {"seconds": round(searched.seconds, 1),
+                                                   "evaluations": searched.evaluations}
+        models["random search"] = evaluator.build(searched.best)
 
         for name, model in models.items():
             kept = block_params(dense.adapter.shape(model))

@@ -58,7 +58,19 @@ class EvalConfig:
     prompt_len: int = 128  # prefill length for latency
     new_tokens: int = 32  # decode steps for latency
     repeats: int = 5  # timed repeats (median reported), after warm-up
+    warmup: int = 2  # untimed latency rounds before the repeats
     batch_size: int = 1  # batch size for latency
+    # Latency sweep (`evoprune eval`), e.g. [1, 4, 16] x [128, 512]: every pair is measured and reported.
+    # null in both = no sweep; null in one = that list is just eval.batch_size / eval.prompt_len.
+    latency_batch_sizes: list[int] | None = None
+    latency_prompt_lens: list[int] | None = None
+
+    def sweep_grid(self) -> tuple[list[int], list[int]] | None:
+        """(batch sizes, prompt lengths) of the latency sweep, or None when no sweep is configured."""
+        if self.latency_batch_sizes is None and self.latency_prompt_lens is None:
+            return None
+        return (self.latency_batch_sizes if self.latency_batch_sizes is not None else [self.batch_size],
+                self.latency_prompt_lens if self.latency_prompt_lens is not None else [self.prompt_len])
 
 
 @dataclass
@@ -128,6 +140,14 @@ class RunConfig:
                             ("eval.repeats", ev.repeats), ("eval.batch_size", ev.batch_size)):
             if value <= 0:
                 p.append(f"{name} must be positive, got {value}")
+        if ev.warmup < 0:
+            p.append(f"eval.warmup must be >= 0, got {ev.warmup}")
+        for name, values in (("eval.latency_batch_sizes", ev.latency_batch_sizes),
+                             ("eval.latency_prompt_lens", ev.latency_prompt_lens)):
+            if values is not None and not values:
+                p.append(f"{name} must list at least one value")
+            elif values is not None and any(v <= 0 for v in values):
+                p.append(f"{name} must hold positive integers, got {values}")
         if pr.method not in ("uniform", "depth"):
             p.append(f"prune.method must be uniform or depth, got {pr.method!r}")
         if pr.sparsity is not None and pr.target_params is not None:

@@ -20,6 +20,8 @@ from .atomic import check_output_dir, staged_dir, write_json, write_text
 from .config import RunConfig, dump_config
 from .data import check_seq_len, token_blocks
 from .errors import UserError
+from .evaluate.latency_sweep import check_sweep, sweep_latency, sweep_rows
+from .evaluate.sweep_report import sweep_section
 from .evaluate.task_report import task_section
 from .evaluate.suite import evaluate_models, teacher_for
 from .models import LoadedModel, load_model
@@ -157,6 +159,9 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
                 teacher_loaded.model.config.vocab_size != student.model.config.vocab_size:
             raise UserError(f"teacher {teacher} and model {model} have different vocabularies; KL needs the same tokenizer")
         models = {"teacher": teacher_loaded.model, "model": student.model}
+    grid = cfg.eval.sweep_grid() if cfg.eval.latency else None
+    if grid is not None:  # a workload too long for the model fails now, not after the evaluation
+        check_sweep(models, *grid, cfg.eval.new_tokens, cfg.eval.warmup, cfg.eval.repeats)
     eval_blocks = data_blocks(cfg, student.tokenizer, "eval", cfg.data.eval_blocks)
     cache = None
     if teacher_loaded is not None:
@@ -174,6 +179,10 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
         metrics.update(task_scores["model"])
         if "teacher" in task_scores:
             metrics["teacher_tasks"] = task_scores["teacher"]
+    if grid is not None:
+        sweep = sweep_latency(models, *grid, new_tokens=cfg.eval.new_tokens, warmup=cfg.eval.warmup,
+                              repeats=cfg.eval.repeats, seed=cfg.seed, progress=progress)
+        metrics["latency_sweep"] = sweep_rows(sweep)
     metrics["wall_time_s"] = round(time.time() - started, 1)
     with staged_dir(out, force=force) as tmp:
         write_json(tmp / "metrics.json", metrics)
@@ -184,6 +193,10 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
         sections = [("Result", table + "\n![perplexity](perplexity.png)\n")]
         if task_scores:
             sections.append(("Tasks (lm-evaluation-harness, offline)", task_section(task_scores, tmp / "tasks.png")))
+        if grid is not None:
+            ideal = {name: row["ideal_speedup"] for name, row in rows.items()}
+            sections.append(("Latency sweep", sweep_section(metrics["latency_sweep"], ideal, tmp / "latency_sweep.png",
+                                                            cfg.eval.new_tokens, cfg.eval.repeats, cfg.eval.warmup)))
         sections.append(("Data", f"{cfg.data.source}, held-out split, {metrics['eval_tokens']:,} tokens."))
         write_report(tmp / "report.md", f"evoprune eval: {model}", sections)
     return Path(out)

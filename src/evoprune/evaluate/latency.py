@@ -43,6 +43,9 @@ class LatencyResult:
         weights_bytes: bytes of all parameters and buffers, shared (tied) tensors counted once.
         kv_cache_bytes: bytes of the tensors in the cache after prefill + decode
             (prompt_len + new_tokens positions).
+        cuda_peak_bytes: on CUDA, the weights plus the most memory allocated above what was
+            resident when a repeat began (`torch.cuda.max_memory_allocated` after
+            `reset_peak_memory_stats`): activations, logits and KV cache at their peak. None on CPU.
     """
 
     prefill_tokens_per_s: float
@@ -58,6 +61,7 @@ class LatencyResult:
     dtype: str
     weights_bytes: int
     kv_cache_bytes: int
+    cuda_peak_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -102,7 +106,7 @@ def cache_nbytes(cache: Any) -> int:
 
 
 def _check_workload(models: dict[str, nn.Module], batch_size: int, prompt_len: int, new_tokens: int, warmup: int,
-                    repeats: int) -> None:
+                    repeats: int, prompt_setting: str = "eval.prompt_len") -> None:
     if not models:
         raise UserError("compare_latency needs at least one model")
     for name, value, minimum in (("batch_size", batch_size, 1), ("prompt_len", prompt_len, 1),
@@ -113,7 +117,7 @@ def _check_workload(models: dict[str, nn.Module], batch_size: int, prompt_len: i
         max_positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         if isinstance(max_positions, int) and prompt_len + new_tokens > max_positions:
             raise UserError(f"latency prompt_len + new_tokens = {prompt_len + new_tokens} exceeds the "
-                            f"{max_positions} positions of model {name!r}; lower eval.prompt_len or eval.new_tokens")
+                            f"{max_positions} positions of model {name!r}; lower {prompt_setting} or eval.new_tokens")
 
 
 def _vocab_size(model: nn.Module, name: str) -> int:
@@ -139,6 +143,7 @@ class _Workload:
         self.prefill_s: list[float] = []
         self.decode_s: list[float] = []
         self.kv_cache_bytes = 0
+        self.cuda_working_bytes: int | None = None
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -147,6 +152,9 @@ class _Workload:
     def run(self, record: bool) -> None:
         """One prefill of the prompt, then `new_tokens` greedy decode steps through the KV cache."""
         self._sync()
+        if self.device.type == "cuda":
+            resident = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
         started = time.perf_counter()
         out = self.model(input_ids=self.prompt, use_cache=True, **self.prefill_kwargs)
         next_ids = out.logits[:, -1].argmax(dim=-1, keepdim=True)
@@ -163,6 +171,9 @@ class _Workload:
             self.prefill_s.append(prefilled - started)
             self.decode_s.append(decoded - prefilled)
             self.kv_cache_bytes = cache_nbytes(past)
+            if self.device.type == "cuda":
+                working = torch.cuda.max_memory_allocated(self.device) - resident
+                self.cuda_working_bytes = max(working, self.cuda_working_bytes or 0)
 
 
 def _quartiles(values: list[float]) -> tuple[float, float]:
@@ -175,13 +186,15 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
 def _result(work: _Workload, batch_size: int, prompt_len: int, new_tokens: int) -> LatencyResult:
     prefill = [batch_size * prompt_len / s for s in work.prefill_s]
     decode = [batch_size * new_tokens / s for s in work.decode_s]
+    weights = weights_nbytes(work.model)
     return LatencyResult(
         prefill_tokens_per_s=statistics.median(prefill), decode_tokens_per_s=statistics.median(decode),
         prefill_runs=tuple(prefill), decode_runs=tuple(decode),
         prefill_iqr=_quartiles(prefill), decode_iqr=_quartiles(decode),
         batch_size=batch_size, prompt_len=prompt_len, new_tokens=new_tokens,
         device=str(work.device), dtype=str(model_dtype(work.model)).removeprefix("torch."),
-        weights_bytes=weights_nbytes(work.model), kv_cache_bytes=work.kv_cache_bytes)
+        weights_bytes=weights, kv_cache_bytes=work.kv_cache_bytes,
+        cuda_peak_bytes=None if work.cuda_working_bytes is None else weights + work.cuda_working_bytes)
 
 
 def compare_latency(models: dict[str, nn.Module], batch_size: int = 1, prompt_len: int = 128, new_tokens: int = 32,

@@ -70,7 +70,7 @@ def evaluate_models(models: dict[str, PreTrainedModel], eval_blocks: torch.Tenso
         rows[name] = row
     if cfg.latency:
         results = compare_latency(models, batch_size=cfg.batch_size, prompt_len=cfg.prompt_len,
-                                  new_tokens=cfg.new_tokens, repeats=cfg.repeats)
+                                  new_tokens=cfg.new_tokens, warmup=cfg.warmup, repeats=cfg.repeats)
         base = next(iter(results.values()))
         for name, res in results.items():
             rows[name].update(
