@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--objectives", default="kl,params", help="2 or 3 of kl, loss, params, flops, latency")
     p.add_argument("--budget", type=int, default=40, help="completed search trials")
-    p.add_argument("--sampler", choices=["nsga2", "random"], default="nsga2")
+    p.add_argument("--sampler", choices=["nsga2", "random", "local"], default="nsga2",
+                   help="NSGA-II, random search, or multi-objective local search")
     p.add_argument("--pick", default="knee", help="knee, or params<=FRACTION of the dense parameters")
     p.add_argument("--supernet-steps", type=int, default=0, help="weight-sharing training steps before the search")
     p.add_argument("--multiple", type=int, help="keep hidden size and MLP widths at multiples of this")

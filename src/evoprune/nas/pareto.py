@@ -1,4 +1,4 @@
-"""Pareto front, hypervolume and knee point of a set of points, every objective minimised."""
+"""Pareto front, hypervolume, crowding distance and knee point of a set of points, every objective minimised."""
 
 from __future__ import annotations
 
@@ -44,6 +44,24 @@ def hypervolume(points: Sequence[Point], reference: Point) -> float:
             volume += area * (top - z)
         return volume
     raise ValueError(f"hypervolume is implemented for 2 or 3 objectives, got {len(reference)}")
+
+
+def crowding_distance(scores: Sequence[Point]) -> list[float]:
+    """NSGA-II's crowding distance of each point of a front, min-max normalised per objective; the
+    extremes of an objective get the largest finite distance of the front (1 if there is none)."""
+    n = len(scores)
+    if n <= 2:
+        return [1.0] * n
+    distance = [0.0] * n
+    extreme = [False] * n
+    for m in range(len(scores[0])):
+        order = sorted(range(n), key=lambda i: (scores[i][m], i))
+        span = (scores[order[-1]][m] - scores[order[0]][m]) or 1.0
+        extreme[order[0]] = extreme[order[-1]] = True
+        for a, b, c in zip(order, order[1:], order[2:]):
+            distance[b] += (scores[c][m] - scores[a][m]) / span
+    top = max((d for d, e in zip(distance, extreme) if not e), default=0.0) or 1.0
+    return [top if e else d for d, e in zip(distance, extreme)]
 
 
 def knee_point(points: Sequence[Point]) -> int:

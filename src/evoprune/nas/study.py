@@ -19,10 +19,11 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from ..errors import UserError
+from .local_search import LocalSearchSampler
 from .space import SearchSpace
 
 log = logging.getLogger(__name__)
-SAMPLERS = ("random", "nsga2")
+SAMPLERS = ("random", "nsga2", "local")
 STUDY_NAME = "evoprune-nas"
 
 
@@ -31,6 +32,8 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "local":
+        return LocalSearchSampler(seed=seed)
     raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
