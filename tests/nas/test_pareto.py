@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from evoprune.nas.pareto import dominates, hypervolume, knee_point, pareto_front
+from evoprune.nas.pareto import crowding_distance, dominates, hypervolume, knee_point, pareto_front
 
 
 def test_front_of_a_staircase():
@@ -33,3 +33,9 @@ def test_hypervolume_3d_matches_a_grid_count():
 
 def test_knee_is_the_balanced_point():
     assert knee_point([(0, 10), (1, 1), (10, 0), (5, 5)]) == 1
+
+
+def test_crowding_distance_by_hand():
+    # spans 4 and 5; (1,2): 3/4 + 4/5; (3,1): 3/4 + 2/5; the extremes get the largest of those
+    assert crowding_distance([(0, 5), (1, 2), (3, 1), (4, 0)]) == pytest.approx([1.55, 1.55, 1.15, 1.55])
+    assert crowding_distance([(0, 1), (1, 0)]) == [1.0, 1.0]

@@ -22,7 +22,7 @@ def objectives(config):
     return [1.0 / size, float(size)]
 
 
-@pytest.mark.parametrize("sampler", ["random", "nsga2"])
+@pytest.mark.parametrize("sampler", ["random", "nsga2", "local"])
 def test_killed_study_resumes_to_exactly_the_budget(space, tmp_path, sampler):
     path = tmp_path / "study.db"
     calls = []
