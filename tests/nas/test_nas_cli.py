@@ -1,8 +1,12 @@
-"""`evoprune nas` end to end on a tiny model: pareto.csv, a pick exported, resume, bad input."""
+"""`evoprune nas` end to end on a tiny model: pareto.csv, a pick exported as a loadable HF checkpoint of exactly
+the picked size, resume, bad input."""
 
 from __future__ import annotations
 
 import json
+
+import torch
+from transformers import AutoModelForCausalLM
 
 from evoprune.cli import main
 
@@ -19,7 +23,11 @@ def test_nas_writes_the_front_and_exports_the_pick(tiny_run_inputs, tmp_path, ca
     assert main(argv(tiny_run_inputs, tmp_path / "n", "--pick", "params<=0.9")) == 0
     front = json.loads((tmp_path / "n" / "pareto.json").read_text())
     assert front["front"] and (tmp_path / "n" / "pareto.csv").read_text().startswith("trial,kl,params")
-    assert (tmp_path / "n" / "picks" / "params-le-0.9" / "config.json").exists()
+    picked = next(r for r in front["front"] if r["trial"] == front["picked_trial"])
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "n" / "picks" / "params-le-0.9", trust_remote_code=True)
+    assert sum(p.numel() for p in model.parameters()) == picked["params"]  # the HF checkpoint is the pick, exactly
+    assert len(model.model.layers) == picked["layers"]
+    assert torch.isfinite(model(input_ids=torch.tensor([[3, 4, 5]])).logits).all()
     assert main(argv(tiny_run_inputs, tmp_path / "n", "--pick", "params<=0.9")) == 0  # resumes, no new trials
     capsys.readouterr()
     assert main(argv(tiny_run_inputs, tmp_path / "n", "--objectives", "kl,speed")) == 2

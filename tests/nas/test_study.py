@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
 from evoprune.arch.adapter import adapter_for
 from evoprune.errors import UserError
 from evoprune.nas.space import SearchSpace
-from evoprune.nas.study import open_study, run_study
+from evoprune.nas.study import make_sampler, open_study, run_study
 
 
 @pytest.fixture
@@ -44,6 +45,15 @@ def test_killed_study_resumes_to_exactly_the_budget(space, tmp_path, sampler):
     assert len(complete) == 12
     assert calls[4] in [t.params for t in complete]  # the interrupted configuration was evaluated after all
     assert len(study.get_trials(states=(TrialState.RUNNING,))) == 0
+
+
+@pytest.mark.parametrize("sampler", ["random", "nsga2", "local"])
+def test_every_sampler_reaches_every_value_of_every_dimension(space, sampler):
+    dims = space.dimensions()
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=make_sampler(sampler, 0))
+    run_study(study, space, objectives, budget=80)
+    seen = {k: {t.params[k] for t in study.trials} for k in dims}
+    assert seen == {k: set(v) for k, v in dims.items()}  # the top value of each included
 
 
 def test_study_of_another_model_is_refused(space, tmp_path):

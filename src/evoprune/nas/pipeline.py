@@ -13,13 +13,17 @@ import json
 import shutil
 from pathlib import Path
 
+import optuna
+from optuna.trial import TrialState
+
 from ..arch.export import export_checkpoint
 from ..atomic import staged_file, write_json, write_text
 from ..config import RunConfig
 from ..errors import UserError
 from ..evaluate.suite import teacher_for
+from ..models import LoadedModel
 from ..pipeline import data_blocks, load_source
-from ..prune.calibration import collect_stats
+from ..prune.calibration import CalibrationStats, collect_stats
 from ..prune.database import model_fingerprint
 from ..report import markdown_table, write_report
 from ..supernet.train import SupernetConfig, train_supernet
@@ -43,6 +47,29 @@ def _pick(rows: list[dict], front: list[int], pick: str, objectives: list[str], 
                             f"{min(rows[i]['params'] for i in front) / full_params:.2f} of the parameters")
         return min(fits, key=lambda i: rows[i][objectives[0]])
     raise UserError(f"--pick must be knee or params<=FRACTION, got {pick!r}")
+
+
+def sorted_space(dense: LoadedModel, stats: CalibrationStats, multiple: int = 1,
+                 per_layer: bool = False) -> SearchSpace:
+    """Sort `dense.model` in place by importance (function-preserving) and return the search space over it."""
+    imp = importance_from_stats(stats, dense.adapter, dense.model)
+    permute_model(dense.model, dense.adapter, imp)
+    return SearchSpace(dense.adapter.shape(dense.model), tuple(imp.layer_rank), per_layer=per_layer,
+                       multiple=multiple)
+
+
+def supernet_step(cfg: RunConfig, dense: LoadedModel, space: SearchSpace, steps: int, folder: Path,
+                  progress: bool = True) -> None:
+    """Weight-sharing training of `dense.model` (sorted) on `steps` training blocks; resumes from `folder`."""
+    train = data_blocks(cfg, dense.tokenizer, "train", max(1, steps))
+    train_supernet(dense.model, dense.adapter, train, space.sample_spec, space.to_spec(space.smallest()),
+                   SupernetConfig(steps=steps, seed=cfg.seed), folder, progress)
+
+
+def trial_rows(study: optuna.Study, objectives: list[str]) -> list[dict]:
+    """One row per completed trial: its number, objective values and configuration."""
+    return [{"trial": t.number, **dict(zip(objectives, t.values)), **t.params}
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
 
 
 def run(cfg: RunConfig, out: str | Path, objectives: list[str], budget: int, sampler: str = "nsga2",
@@ -69,23 +96,19 @@ def run(cfg: RunConfig, out: str | Path, objectives: list[str], budget: int, sam
     fingerprint = model_fingerprint(dense.model, dense.adapter)
     calib = data_blocks(cfg, dense.tokenizer, "calibration", cfg.data.calibration_blocks)
     stats = collect_stats(dense.model, dense.adapter, calib, cfg.data.batch_size, progress)
-    imp = importance_from_stats(stats, dense.adapter, dense.model)
     eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
     teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size, progress) \
         if "kl" in objectives else None
-    model = permute_model(dense.model, dense.adapter, imp)
-    space = SearchSpace(dense.adapter.shape(model), tuple(imp.layer_rank), multiple=cfg.prune.multiple)
+    space = sorted_space(dense, stats, cfg.prune.multiple)
+    model = dense.model
     if supernet_steps:
-        train = data_blocks(cfg, dense.tokenizer, "train", max(1, supernet_steps))
-        train_supernet(model, dense.adapter, train, space.sample_spec, space.to_spec(space.smallest()),
-                       SupernetConfig(steps=supernet_steps, seed=cfg.seed), out / "supernet", progress)
+        supernet_step(cfg, dense, space, supernet_steps, out / "supernet", progress)
     study = open_study(out / "study.db", objectives, sampler, cfg.seed, fingerprint)
     evaluate = make_objectives(model, dense.adapter, space, objectives, eval_blocks, teacher, out / "latency.json",
                                cfg.data.batch_size, {"prompt_len": cfg.eval.prompt_len,
                                                      "new_tokens": cfg.eval.new_tokens, "repeats": cfg.eval.repeats})
     run_study(study, space, evaluate, budget)
-    trials = [t for t in study.trials if t.values is not None]
-    rows = [{"trial": t.number, **dict(zip(objectives, t.values)), **t.params} for t in trials]
+    rows = trial_rows(study, objectives)
     front = pareto_front([[r[o] for o in objectives] for r in rows])
     full_params = float(space.to_spec(space.largest()).num_params())
     chosen = _pick(rows, front, pick, objectives, full_params)
