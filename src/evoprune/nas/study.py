@@ -27,11 +27,14 @@ SAMPLERS = ("random", "nsga2", "local")
 STUDY_NAME = "evoprune-nas"
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, seed: int, population: int | None = None) -> optuna.samplers.BaseSampler:
+    """An optuna sampler by name; `population`: NSGA-II's generation size (optuna's default 50)."""
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
+        if population is not None and population < 2:
+            raise UserError(f"the NSGA-II population must be at least 2, got {population}")
+        return optuna.samplers.NSGAIISampler(seed=seed, **({"population_size": population} if population else {}))
     if name == "local":
         return LocalSearchSampler(seed=seed)
     raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
@@ -41,10 +44,12 @@ def _key(config: dict) -> str:
     return json.dumps(config, sort_keys=True)
 
 
-def open_study(path: Path, objectives: Sequence[str], sampler: str, seed: int, fingerprint: str) -> optuna.Study:
+def open_study(path: Path, objectives: Sequence[str], sampler: str, seed: int, fingerprint: str,
+               population: int | None = None) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    path.parent.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(storage=f"sqlite:///{path}", study_name=STUDY_NAME, load_if_exists=True,
-                                directions=["minimize"] * len(objectives), sampler=make_sampler(sampler, seed))
+                                directions=["minimize"] * len(objectives), sampler=make_sampler(sampler, seed, population))
     saved = study.user_attrs.get("fingerprint")
     if saved is None:
         study.set_user_attr("fingerprint", fingerprint)
