@@ -262,7 +262,7 @@ def main() -> None:
     if "uniform-0.5" in baseline_models:
         timed["uniform-0.5"] = baseline_models["uniform-0.5"]
     latency = compare_latency({k: m for k, (_, m) in timed.items()}, prompt_len=cfg.eval.prompt_len,
-                              new_tokens=cfg.eval.new_tokens, repeats=cfg.eval.repeats)
+                              new_tokens=cfg.eval.new_tokens, warmup=cfg.eval.warmup, repeats=cfg.eval.repeats)
     base = latency["dense"]
     latency_rows = [{"model": name, "block_fraction": spec.block_params() / dense_block,
                      "prefill_tokens_per_s": latency[name].prefill_tokens_per_s,
