@@ -8,7 +8,7 @@ Methods, each an optuna study of `--budget` evaluations over the same importance
 multiples of `--multiple`): random search, NSGA-II (generations of `--population`; its first
 generation is random search's first trials), multi-objective local search, and NSGA-II over the
 same model after `--supernet-steps` of weight-sharing supernet training (sandwich rule, in-place
-distillation).
+distillation; one training block of `--supernet-seq-len` tokens per step).
 
 Every search scores KL on `--search-blocks` calibration blocks; each method's front is then scored
 again on the held-out blocks (the ones the baselines are measured on), its Pareto front taken
@@ -158,6 +158,7 @@ def main() -> None:
     ap.add_argument("--population", type=int, default=20,
                     help="NSGA-II generation size (optuna's default 50 would leave one generation at budget 100)")
     ap.add_argument("--supernet-steps", type=int, default=100, help="supernet training steps (one block each)")
+    ap.add_argument("--supernet-seq-len", type=int, default=128, help="tokens per supernet training block")
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--calibration-blocks", type=int, default=32)
     ap.add_argument("--search-blocks", type=int, default=4, help="calibration blocks the searches score KL on")
@@ -180,7 +181,7 @@ def main() -> None:
     check_work(work, {"model": args.model, "seq_len": args.seq_len, "calibration_blocks": args.calibration_blocks,
                       "search_blocks": args.search_blocks, "eval_blocks": args.eval_blocks,
                       "multiple": args.multiple, "seed": args.seed, "supernet_steps": args.supernet_steps,
-                      "population": args.population})
+                      "supernet_seq_len": args.supernet_seq_len, "population": args.population})
     started = time.time()
     dense = load_source(cfg)
     shape = dense.adapter.shape(dense.model)
@@ -214,7 +215,8 @@ def main() -> None:
         if method.endswith("+supernet"):
             trained = dataclasses.replace(dense, model=copy.deepcopy(dense.model))
             t = time.time()
-            supernet_step(cfg, trained, space, args.supernet_steps, work / "supernet")
+            supernet_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seq_len=args.supernet_seq_len))
+            supernet_step(supernet_cfg, trained, space, args.supernet_steps, work / "supernet")
             timing["supernet_training_s_this_call"] = round(time.time() - t, 1)
             model, study_print = trained.model, f"{fingerprint}:supernet{args.supernet_steps}"
         else:
@@ -276,6 +278,7 @@ def main() -> None:
     plot_fronts(fronts, baselines, darwin, dense_block, dense_total, out / "nas_front.png")
     plot_latency(latency_rows, out / "nas_latency.png")
     setup = {"model": args.model, "budget": args.budget, "supernet_steps": args.supernet_steps,
+             "supernet_seq_len": args.supernet_seq_len,
              "nsga2_population": args.population,
              "search_tokens": int(search_blocks.numel()), "eval_tokens": int(eval_blocks.numel()),
              "multiple": args.multiple, "seed": args.seed, "space": {k: len(v) for k, v in space.dimensions().items()},
