@@ -1,5 +1,6 @@
 """Multi-objective sub-network search with optuna, stored in SQLite so a killed search resumes.
 
+Samplers: random search, NSGA-II (optuna's) and multi-objective local search (`local_search`).
 Every dimension is a categorical distribution over its values, so every value (the top one
 included) can be sampled. The budget counts completed trials. On resume, trials left RUNNING by
 a killed process are marked failed and their configurations queued again, so no trial is lost and
