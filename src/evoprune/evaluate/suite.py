@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 def teacher_cache_path(teacher_id: str, blocks: torch.Tensor, top_k: int, temperature: float = 1.0) -> Path:
     """Where the teacher distribution for these blocks (at this softmax temperature) lives in the user cache."""
-    key = teacher_id.encode() + blocks.numpy().tobytes() + str(top_k).encode()
+    key = teacher_id.encode() + str(tuple(blocks.shape)).encode() + blocks.numpy().tobytes() + str(top_k).encode()
     if temperature != 1.0:
         key += f"|temperature={float(temperature)!r}".encode()
     digest = hashlib.sha256(key).hexdigest()[:20]

@@ -94,17 +94,22 @@ def run(cfg: RunConfig, out: str | Path, objectives: list[str], budget: int, sam
     write_json(marker, settings)
     dense = load_source(cfg)
     fingerprint = model_fingerprint(dense.model, dense.adapter)
-    calib = data_blocks(cfg, dense.tokenizer, "calibration", cfg.data.calibration_blocks)
-    stats = collect_stats(dense.model, dense.adapter, calib, cfg.data.batch_size, progress)
-    eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
-    teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size, progress) \
+    n_stats = cfg.data.calibration_blocks
+    calib = data_blocks(cfg, dense.tokenizer, "calibration", n_stats + cfg.data.eval_blocks)
+    if len(calib) <= n_stats:
+        raise UserError(f"the calibration split has only {len(calib)} blocks of {cfg.data.seq_len} tokens, all taken "
+                        "by the importance statistics; give more text or lower data.calibration_blocks")
+    stats = collect_stats(dense.model, dense.adapter, calib[:n_stats], cfg.data.batch_size, progress)
+    # the search scores on calibration blocks the importance was not computed on, never on held-out text
+    search_blocks = calib[n_stats:]
+    teacher = teacher_for(dense.model, str(dense.path), search_blocks, cfg.eval, cfg.data.batch_size, progress) \
         if "kl" in objectives else None
     space = sorted_space(dense, stats, cfg.prune.multiple)
     model = dense.model
     if supernet_steps:
         supernet_step(cfg, dense, space, supernet_steps, out / "supernet", progress)
     study = open_study(out / "study.db", objectives, sampler, cfg.seed, fingerprint)
-    evaluate = make_objectives(model, dense.adapter, space, objectives, eval_blocks, teacher, out / "latency.json",
+    evaluate = make_objectives(model, dense.adapter, space, objectives, search_blocks, teacher, out / "latency.json",
                                cfg.data.batch_size, {"prompt_len": cfg.eval.prompt_len,
                                                      "new_tokens": cfg.eval.new_tokens, "repeats": cfg.eval.repeats})
     run_study(study, space, evaluate, budget)
