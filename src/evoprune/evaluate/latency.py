@@ -160,10 +160,10 @@ class _Workload:
         next_ids = out.logits[:, -1].argmax(dim=-1, keepdim=True)
         self._sync()
         prefilled = time.perf_counter()
-        past = out.past_key_values
+        past = getattr(out, CACHE_ARG)
         for _ in range(self.new_tokens):
             out = self.model(input_ids=next_ids, **{CACHE_ARG: past}, use_cache=True)
-            past = out.past_key_values
+            past = getattr(out, CACHE_ARG)
             next_ids = out.logits[:, -1].argmax(dim=-1, keepdim=True)
         self._sync()
         decoded = time.perf_counter()
