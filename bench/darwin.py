@@ -93,10 +93,12 @@ def main() -> None:
         for name, stages in (("evolution, KL-only", kl_stages), ("evolution, training-aware", ta_stages)):
             evaluator.evaluations = 0
             started = time.time()
+            state_config = {"sparsity": sparsity, "stages": [dataclasses.astuple(s) for s in stages],
+                            "settings": dataclasses.asdict(settings)}
+            if any(s.train_tokens for s in stages):
+                state_config["lr"] = r["lr"]
             result = evolve(evaluator, params_table, budget, stages, settings,
-                            work / f"{name.split(',')[1].strip()}-{sparsity:g}",
-                            {"sparsity": sparsity, "stages": [dataclasses.astuple(s) for s in stages],
-                             "settings": dataclasses.asdict(settings)}, progress=True)
+                            work / f"{name.split(',')[1].strip()}-{sparsity:g}", state_config, progress=True)
             timing[f"{name} @ {sparsity:g}"] = {"seconds": round(result.state.seconds, 1),
                                                 "evaluations": result.state.evaluations,
                                                 "wall_s_this_call": round(time.time() - started, 1)}

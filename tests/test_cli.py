@@ -54,6 +54,7 @@ def test_existing_run_directory_needs_force(tiny_run_inputs, tmp_path, capsys):
     (["data.seq_len=100000"], "seq"),
     (["data.eval_blocks=0"], "data.eval_blocks must be positive"),
     (["nonsense.key=1"], "unknown key nonsense"),
+    (["search.lr=0"], "search.lr must be positive"),
 ])
 def test_bad_input_is_one_line_exit_2(tiny_run_inputs, tmp_path, capsys, argv, expected):
     out = tmp_path / "run"
