@@ -89,6 +89,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--nas-trials", type=int, default=150, help="completed trials of the NAS study (all sparsities)")
     ap.add_argument("--nas-blocks", type=int, default=4,
                     help="eval-split blocks the NAS objective scores (the held-out blocks come after them)")
+    ap.add_argument("--darwin-bench", default=None,
+                    help="a bench/darwin.py work directory (e.g. results/tmp/darwin): export its KL-only, "
+                         "training-aware and random-search winners instead of searching again")
     ap.add_argument("--work", default="results/tmp/compare", help="where the built models and caches live")
     ap.add_argument("--out", default="results", help="where compare.md, compare.json and the plots go")
     overrides = [a for a in argv if OVERRIDE.match(a)]
@@ -177,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
         task_configs_dir()
     cfg = load_config(None, args.overrides + ["model.trust_remote_code=true"])  # exported pruned models ship code
     dense = load_source(cfg)
-    builder = MethodBuilder(dense, args.overrides, work, args.nas_trials, args.nas_blocks)
+    builder = MethodBuilder(dense, args.overrides, work, args.nas_trials, args.nas_blocks,
+                            darwin_bench=args.darwin_bench)
     entries = build_entries(args, cfg, dense, builder)
     built_s = time.time() - started
 

@@ -68,12 +68,16 @@ class MethodBuilder:
         overrides: `key=value` config overrides applied to every build (e.g. search.generations=1).
         nas_trials: completed trials of the one NAS study that serves every sparsity.
         nas_blocks: held-out blocks the NAS objective scores KL on (the first ones of the eval split).
+        darwin_bench: a `bench/darwin.py` work directory whose winners (KL-only, training-aware,
+            random search) are exported instead of searching again; refused unless it was searched
+            with this comparison's settings.
     """
 
     def __init__(self, dense: LoadedModel, overrides: list[str], work: Path, nas_trials: int, nas_blocks: int,
-                 progress: bool = True):
+                 progress: bool = True, darwin_bench: Path | None = None):
         self.dense, self.overrides, self.work = dense, list(overrides), Path(work)
         self.nas_trials, self.nas_blocks, self.progress = nas_trials, nas_blocks, progress
+        self.darwin_bench = Path(darwin_bench) if darwin_bench else None
         self._db: Database | None = None
 
     def build(self, method: str, sparsity: float) -> Built:
@@ -120,6 +124,9 @@ class MethodBuilder:
         return self._darwin(sparsity, kl_only=False)
 
     def _darwin(self, sparsity: float, kl_only: bool) -> Built:
+        if self.darwin_bench:
+            return self._from_darwin_bench("evolution, " + ("KL-only" if kl_only else "training-aware"),
+                                           f"darwin-{'kl' if kl_only else 'ta'}", sparsity)
         cfg = self.darwin_config(sparsity, kl_only)
         out = self.work / f"darwin-{'kl' if kl_only else 'ta'}-{sparsity:g}"
         if not out.exists():
@@ -143,7 +150,42 @@ class MethodBuilder:
         (tmp / "database").symlink_to((self.work / "database").resolve(), target_is_directory=True)
         tmp.rename(out)
 
+    def _from_darwin_bench(self, winner: str, method: str, sparsity: float) -> Built:
+        """Export the `winner` genotype that bench/darwin.py found at `sparsity`, with its database."""
+        path = self.darwin_bench / f"winners-{sparsity:g}.json"
+        if not path.exists():
+            raise UserError(f"{path} not found: run python bench/darwin.py --sparsities {sparsity:g} "
+                            f"--work {self.darwin_bench} first")
+        saved = json.loads(path.read_text())
+        cfg = self.darwin_config(sparsity, kl_only=False)
+        if saved["identity"] != darwin.search_identity(cfg):
+            raise UserError(f"{path} was searched with other settings than this comparison's")
+        found = saved["winners"][winner]
+        notes = {"evaluations": found["evaluations"], "search_s": found["search_s"], "searched_by": "bench/darwin.py"}
+        settings = {"darwin_bench": str(path.resolve()), "winner": found}
+        out = self.work / f"{method}-{sparsity:g}-from-bench"
+        result_file = out / "result.json"
+        if result_file.exists() and json.loads(result_file.read_text())["settings"] == settings:
+            return Built(out / "model", notes)
+        dense = self.dense
+        db = darwin.build_database(cfg, dense, self.darwin_bench / "database", self.progress)
+        genotype = found["genotype"]
+        target = resolve_target(dense.adapter.shape(dense.model), sparsity=sparsity)
+        spec, replace = db.stitch(genotype["attention"], genotype["mlp"], dense.adapter,
+                                  meta={"method": winner, "source": dense.name, "target": target.description,
+                                        "genotype": genotype})
+        self._export(dense.adapter.slice(dense.model, spec, replace), spec, out, {"settings": settings, "notes": notes})
+        return Built(out / "model", notes)
+
+    def _export(self, pruned, spec, out: Path, result: dict) -> None:
+        with staged_dir(out, force=True) as tmp:
+            export_checkpoint(pruned, tmp / "model", tokenizer=self.dense.tokenizer, spec=spec)
+            spec.save(tmp / "spec.json")
+            write_json(tmp / "result.json", result)
+
     def _random(self, sparsity: float) -> Built:
+        if self.darwin_bench:
+            return self._from_darwin_bench("random search", "random", sparsity)
         cfg = self.darwin_config(sparsity, kl_only=True)
         evaluations, source = self._evaluations_to_match(sparsity)
         settings = {"search": darwin.search_config(cfg), "evaluations": evaluations,
@@ -165,11 +207,8 @@ class MethodBuilder:
                                         "target": target.description, "genotype": result.best.to_dict()})
         pruned = dense.adapter.slice(dense.model, spec, replace)
         notes = {"evaluations": result.evaluations, "search_s": round(result.seconds, 1), "matched": source}
-        with staged_dir(out, force=True) as tmp:
-            export_checkpoint(pruned, tmp / "model", tokenizer=dense.tokenizer, spec=spec)
-            spec.save(tmp / "spec.json")
-            write_json(tmp / "result.json", {"settings": settings, "notes": notes,
-                                             "genotype": result.best.to_dict(), "pool_size": result.pool_size})
+        self._export(pruned, spec, out, {"settings": settings, "notes": notes, "genotype": result.best.to_dict(),
+                                         "pool_size": result.pool_size})
         return Built(out / "model", notes)
 
     def _evaluations_to_match(self, sparsity: float) -> tuple[int, str]:

@@ -80,7 +80,7 @@ def main() -> None:
 
     timing = {}
     for sparsity in args.sparsities:
-        rows = []
+        rows, winners = [], {}
         target = resolve_target(shape, sparsity=sparsity)
         budget = make_budget(params_table, target.block_params)
         models = {
@@ -103,6 +103,8 @@ def main() -> None:
                                                 "evaluations": result.state.evaluations,
                                                 "wall_s_this_call": round(time.time() - started, 1)}
             models[name] = evaluator.build(result.best)
+            winners[name] = {"genotype": result.best.to_dict(), "evaluations": result.state.evaluations,
+                             "search_s": round(result.state.seconds, 1)}
         # random search: as many KL evaluations as the training-aware search, through the same KL-only stages
         searched = random_search(evaluator, params_table, budget, kl_stages,
                                  timing[f"evolution, training-aware @ {sparsity:g}"]["evaluations"], seed=cfg.seed,
@@ -110,6 +112,10 @@ def main() -> None:
         timing[f"random search @ {sparsity:g}"] = {"seconds": round(searched.seconds, 1),
                                                    "evaluations": searched.evaluations}
         models["random search"] = evaluator.build(searched.best)
+        winners["random search"] = {"genotype": searched.best.to_dict(), "evaluations": searched.evaluations,
+                                    "search_s": round(searched.seconds, 1)}
+        # bench/compare.py --darwin-bench takes these winners instead of searching again
+        write_json(work / f"winners-{sparsity:g}.json", {"identity": darwin.search_identity(cfg), "winners": winners})
 
         for name, model in models.items():
             kept = block_params(dense.adapter.shape(model))

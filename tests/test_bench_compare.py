@@ -87,3 +87,49 @@ def test_a_method_that_cannot_be_built_is_listed_as_missing(compare, tiny_run_in
     assert checkpoint_times(work) == built  # an evaluation setting does not rebuild the baseline
     assert {p.name: p.stat().st_mtime_ns for p in (work / "eval").iterdir()} == cached
     assert again["uniform-0.4"]["perplexity"] == rows["uniform-0.4"]["perplexity"]
+
+
+def _darwin_bench_dir(compare, root: Path, bench: Path, sparsity: float, **identity_changes) -> dict:
+    """What bench/darwin.py leaves: a database and one winners file (here every winner is the uniform genotype)."""
+    from evoprune import darwin
+    from evoprune.config import load_config
+    from evoprune.pipeline import load_source
+    from evoprune.prune.target import resolve_target
+    from evoprune.search.budget import make_budget, uniform_genotype
+
+    import compare_methods
+
+    cfg = load_config(None, compare_methods.BUILD_DEFAULTS + [f"model.source={root / 'dense'}",
+                                                              f"data.source={root / 'corpus.txt'}", *TINY])
+    dense = load_source(cfg)
+    db = darwin.build_database(cfg, dense, bench / "database", progress=False)
+    table = darwin.cost_table(db, "params")
+    target = resolve_target(dense.adapter.shape(dense.model), sparsity=sparsity)
+    genotype = uniform_genotype(table, make_budget(table, target.block_params)).to_dict()
+    winners = {name: {"genotype": genotype, "evaluations": 7, "search_s": 1.0}
+               for name in ("evolution, KL-only", "evolution, training-aware", "random search")}
+    identity = {**darwin.search_identity(cfg), **identity_changes}
+    (bench / f"winners-{sparsity:g}.json").write_text(json.dumps({"identity": identity, "winners": winners}))
+    return genotype
+
+
+def test_darwin_bench_winners_are_exported_instead_of_searched(compare, tiny_run_inputs, tmp_path):
+    bench = tmp_path / "bench"
+    genotype = _darwin_bench_dir(compare, tiny_run_inputs, bench, 0.4)
+    rows = run(compare, tiny_run_inputs, tmp_path, "--methods", "darwin-kl,darwin-ta,random", "--darwin-bench",
+               str(bench), "eval.latency=false")
+    assert [rows[k]["status"] for k in ("darwin-kl-0.4", "darwin-ta-0.4", "random-0.4")] == ["ok"] * 3
+    assert rows["darwin-ta-0.4"]["evaluations"] == 7
+    work = tmp_path / "work"
+    assert not (work / "database").exists()  # no search ran here
+    spec = json.loads((work / "darwin-ta-0.4-from-bench" / "spec.json").read_text())
+    assert spec["meta"]["genotype"] == genotype
+    assert rows["darwin-ta-0.4"]["perplexity"] == rows["random-0.4"]["perplexity"]  # same genotype, same model
+
+
+def test_darwin_bench_searched_with_other_settings_is_refused(compare, tiny_run_inputs, tmp_path):
+    bench = tmp_path / "bench"
+    _darwin_bench_dir(compare, tiny_run_inputs, bench, 0.4, seed=123)
+    rows = run(compare, tiny_run_inputs, tmp_path, "--methods", "darwin-ta", "--darwin-bench", str(bench),
+               "eval.latency=false")
+    assert "searched with other settings" in rows["darwin-ta-0.4"]["status"]

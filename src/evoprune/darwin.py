@@ -89,6 +89,14 @@ def search_config(cfg: RunConfig) -> dict:
             "target": [cfg.prune.sparsity, cfg.prune.target_params], "seed": cfg.seed}
 
 
+def search_identity(cfg: RunConfig) -> dict:
+    """`search_config` without the target and the held-out blocks: what two searches at any budget share."""
+    identity = search_config(cfg)
+    del identity["target"]
+    identity["data"] = {k: v for k, v in identity["data"].items() if k != "eval_blocks"}
+    return identity
+
+
 def make_evaluator(cfg: RunConfig, dense: LoadedModel, db: Database, stages: list[Stage],
                    progress: bool) -> CandidateEvaluator:
     seq = cfg.data.seq_len
