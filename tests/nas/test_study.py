@@ -64,3 +64,34 @@ def test_study_of_another_model_is_refused(space, tmp_path):
         open_study(tmp_path / "t.db", ["q"], "grid", 0, "model-a")
     with pytest.raises(UserError, match="positive"):
         run_study(open_study(tmp_path / "u.db", ["q", "p"], "random", 0, "m"), space, objectives, budget=0)
+
+
+@pytest.mark.parametrize("sampler", ["random", "nsga2", "local"])
+def test_params_range_skips_configurations_outside_it_unevaluated(space, tmp_path, sampler):
+    full = space.to_spec(space.largest()).num_params()
+    feasible = space.params_range_check(0.6, 0.9)
+    evaluated = []
+
+    def evaluate(config):
+        evaluated.append(config)
+        return objectives(config)
+
+    study = open_study(tmp_path / "study.db", ["q", "params"], sampler, 0, "model-a", population=4)
+    run_study(study, space, evaluate, budget=10, feasible=feasible)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 10 and len(evaluated) <= 10
+    assert all(0.6 <= space.to_spec(c).num_params() / full <= 0.9 for c in evaluated)
+    assert all(0.6 <= space.to_spec(t.params).num_params() / full <= 0.9 for t in complete)
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert pruned and all(not feasible(t.params) for t in pruned)  # the rejected ones were really outside
+
+
+def test_a_params_range_no_configuration_meets_is_refused(space):
+    smallest = space.to_spec(space.smallest()).num_params() / space.to_spec(space.largest()).num_params()
+    with pytest.raises(UserError, match="no configuration has between"):
+        space.params_range_check(0.0, smallest / 2)
+    with pytest.raises(UserError, match="no configuration has between"):
+        space.params_range_check(1.2, 1.5)
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    with pytest.raises(UserError, match="outside the constraint"):
+        run_study(study, space, objectives, budget=3, feasible=lambda c: False, max_rejected=50)

@@ -31,3 +31,11 @@ def test_corrupt_state_is_explained(tmp_path):
     (tmp_path / "state.json").write_text('{"format": "evoprune.search_state/1", "generation": ')
     with pytest.raises(UserError, match="corrupt.*delete it"):
         SearchState.load(tmp_path / "state.json", {})
+
+
+def test_a_config_with_tuples_resumes_as_saved(tmp_path):
+    config = {"stages": [(0, 64, 2), (32, 128, 1)], "settings": {"mutation_scales": (1, 2)}}
+    SearchState(config, 1, Genotype((1,), (1,)), rng_state(random.Random(0))).save(tmp_path / "state.json")
+    assert SearchState.load(tmp_path / "state.json", config).generation == 1
+    with pytest.raises(UserError, match="configuration changed \\(stages\\)"):
+        SearchState.load(tmp_path / "state.json", {**config, "stages": [(0, 64, 2)]})

@@ -9,8 +9,10 @@ already holds is not proposed again while the front has an unvisited neighbour; 
 the neighbours of every completed point, then random unvisited configurations are tried.
 
 Everything the sampler needs is read from the study (no state of its own), and its random choices
-are seeded by the seed and the number of completed trials, so a run is deterministic for a seed
-and a resumed one proposes what the uninterrupted one would have.
+are seeded by the seed and the number of completed or pruned trials, so a run is deterministic for
+a seed and a resumed one proposes what the uninterrupted one would have. A trial pruned by a
+constraint (`run_study`'s `feasible`) counts as visited, and the next proposal moves on: the next
+starting point, or another random draw.
 
 A move shifts a dimension by 1, 2, 4, ... positions of its value list (clipped at both ends, so
 the first and last values are always reachable): moves of one position alone walk long lists
@@ -33,6 +35,11 @@ from optuna.trial import FrozenTrial, TrialState
 from .pareto import crowding_distance, pareto_front
 
 Point = tuple[int, ...]  # one index into each dimension's values
+
+
+def _finished(study: Study) -> int:
+    """Trials completed or pruned (a pruned one was rejected by a constraint): the next proposal must differ."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
 def ordered_values(distribution: BaseDistribution) -> list | None:
@@ -85,12 +92,12 @@ class LocalSearchSampler(BaseSampler):
                     if point_of(t.params) is not None]
         visited = {point_of(other.params or other.system_attrs.get("fixed_params", {}))
                    for other in study.get_trials(deepcopy=False) if other.number != trial.number} - {None}
-        n_done = len(complete)
+        n_done, n_finished = len(complete), _finished(study)
         if n_done < self._n_startup:
-            point = point_of({n: self._startup_value(n_done, n, values[d]) for d, n in enumerate(names)})
+            point = point_of({n: self._startup_value(n_finished, n, values[d]) for d, n in enumerate(names)})
             if point not in visited:
                 return self._config(names, values, point)
-        rng = random.Random(f"{self._seed}:{n_done}")
+        rng = random.Random(f"{self._seed}:{n_finished}")
         signs = [-1.0 if direction == StudyDirection.MAXIMIZE else 1.0 for direction in study.directions]
         points = [point_of(t.params) for t in complete]
         scores = [[s * v for s, v in zip(signs, t.values)] for t in complete]
@@ -107,10 +114,10 @@ class LocalSearchSampler(BaseSampler):
         values = ordered_values(param_distribution)
         if values is None:
             return self._fallback.sample_independent(study, trial, param_name, param_distribution)
-        n_done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        n_done, n_finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))), _finished(study)
         if n_done >= self._n_startup:  # a dimension that appeared late: no front to walk for it yet
-            return random.Random(f"{self._seed}:{n_done}:{param_name}").choice(values)
-        return self._startup_value(n_done, param_name, values)
+            return random.Random(f"{self._seed}:{n_finished}:{param_name}").choice(values)
+        return self._startup_value(n_finished, param_name, values)
 
     # ---- the search -------------------------------------------------------------------------------
     def _startup_value(self, index: int, name: str, values: list) -> Any:

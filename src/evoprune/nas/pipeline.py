@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -59,10 +60,18 @@ def sorted_space(dense: LoadedModel, stats: CalibrationStats, multiple: int = 1,
 
 
 def supernet_step(cfg: RunConfig, dense: LoadedModel, space: SearchSpace, steps: int, folder: Path,
-                  progress: bool = True) -> None:
-    """Weight-sharing training of `dense.model` (sorted) on `steps` training blocks; resumes from `folder`."""
+                  progress: bool = True, feasible=None) -> None:
+    """Weight-sharing training of `dense.model` (sorted) on `steps` training blocks; resumes from `folder`.
+
+    With `feasible`, the random sub-networks are drawn among the configurations it accepts (the
+    ones the search will visit); the sandwich's smallest is then the smallest of those found.
+    """
     train = data_blocks(cfg, dense.tokenizer, "train", max(1, steps))
-    train_supernet(dense.model, dense.adapter, train, space.sample_spec, space.to_spec(space.smallest()),
+    smallest = space.to_spec(space.smallest())
+    if feasible is not None and not feasible(space.smallest()):
+        rng = random.Random(cfg.seed)
+        smallest = min((space.sample_spec(rng, feasible) for _ in range(200)), key=lambda spec: spec.num_params())
+    train_supernet(dense.model, dense.adapter, train, lambda rng: space.sample_spec(rng, feasible), smallest,
                    SupernetConfig(steps=steps, seed=cfg.seed), folder, progress)
 
 
@@ -73,15 +82,23 @@ def trial_rows(study: optuna.Study, objectives: list[str]) -> list[dict]:
 
 
 def run(cfg: RunConfig, out: str | Path, objectives: list[str], budget: int, sampler: str = "nsga2",
-        pick: str = "knee", supernet_steps: int = 0, force: bool = False, progress: bool = True) -> Path:
+        pick: str = "knee", supernet_steps: int = 0, force: bool = False, progress: bool = True,
+        params_range: tuple[float, float] | None = None) -> Path:
+    """Args:
+        params_range: search only sub-networks with this fraction of the dense parameters (low, high);
+            the others are skipped unevaluated.
+    """
     check_objectives(objectives)
+    if params_range is not None and not 0 <= params_range[0] < params_range[1]:
+        raise UserError(f"--params-range needs 0 <= low < high, got {params_range[0]:g},{params_range[1]:g}")
     if "params" not in objectives and pick != "knee":
         raise UserError("--pick params<=... needs params among the objectives")
     out = Path(out)
     if out.exists() and force:
         shutil.rmtree(out)
     settings = {"model": cfg.model.source, "objectives": objectives, "sampler": sampler, "seed": cfg.seed,
-                "supernet_steps": supernet_steps, "data": cfg.data.source, "seq_len": cfg.data.seq_len}
+                "supernet_steps": supernet_steps, "data": cfg.data.source, "seq_len": cfg.data.seq_len,
+                "params_range": list(params_range) if params_range else None}
     marker = out / MARKER
     if out.exists() and any(out.iterdir()):
         if not marker.exists():
@@ -105,14 +122,15 @@ def run(cfg: RunConfig, out: str | Path, objectives: list[str], budget: int, sam
     teacher = teacher_for(dense.model, str(dense.path), search_blocks, cfg.eval, cfg.data.batch_size, progress) \
         if "kl" in objectives else None
     space = sorted_space(dense, stats, cfg.prune.multiple)
+    feasible = space.params_range_check(*params_range) if params_range else None
     model = dense.model
     if supernet_steps:
-        supernet_step(cfg, dense, space, supernet_steps, out / "supernet", progress)
+        supernet_step(cfg, dense, space, supernet_steps, out / "supernet", progress, feasible)
     study = open_study(out / "study.db", objectives, sampler, cfg.seed, fingerprint)
     evaluate = make_objectives(model, dense.adapter, space, objectives, search_blocks, teacher, out / "latency.json",
                                cfg.data.batch_size, {"prompt_len": cfg.eval.prompt_len,
                                                      "new_tokens": cfg.eval.new_tokens, "repeats": cfg.eval.repeats})
-    run_study(study, space, evaluate, budget)
+    run_study(study, space, evaluate, budget, feasible=feasible)
     rows = trial_rows(study, objectives)
     front = pareto_front([[r[o] for o in objectives] for r in rows])
     full_params = float(space.to_spec(space.largest()).num_params())

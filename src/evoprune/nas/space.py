@@ -77,9 +77,25 @@ class SearchSpace:
     def sample(self, rng: random.Random) -> dict:
         return {k: rng.choice(v) for k, v in self.dimensions().items()}
 
-    def sample_spec(self, rng: random.Random) -> SubnetSpec:
-        """A random sub-network as a SubnetSpec (the sampler supernet training takes)."""
-        return self.to_spec(self.sample(rng))
+    def sample_spec(self, rng: random.Random, feasible=None, tries: int = 20_000) -> SubnetSpec:
+        """A random sub-network as a SubnetSpec (the sampler supernet training takes), one `feasible` accepts."""
+        for _ in range(tries):
+            config = self.sample(rng)
+            if feasible is None or feasible(config):
+                return self.to_spec(config)
+        raise UserError(f"{tries} random configurations in a row were outside the constraint; widen it")
+
+    def params_range_check(self, low: float, high: float):
+        """A test of "total parameters between `low` and `high` times the full model's" for configurations.
+
+        Raises a UserError when no configuration of the space can meet it.
+        """
+        full = self.to_spec(self.largest()).num_params()
+        smallest = self.to_spec(self.smallest()).num_params() / full
+        if not 0 <= low < high or high < smallest or low > 1:
+            raise UserError(f"no configuration has between {low:g} and {high:g} of the parameters: the space spans "
+                            f"{smallest:.3f} to 1")
+        return lambda config: low <= self.to_spec(config).num_params() / full <= high
 
     def largest(self) -> dict:
         return {k: v[-1] for k, v in self.dimensions().items()}

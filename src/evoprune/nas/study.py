@@ -65,18 +65,31 @@ def open_study(path: Path, objectives: Sequence[str], sampler: str, seed: int, f
 
 
 def run_study(study: optuna.Study, space: SearchSpace, evaluate: Callable[[dict], Sequence[float]], budget: int,
-              stop_after: int | None = None) -> optuna.Study:
-    """Ask, evaluate and tell until `budget` trials are complete (`stop_after`: end early, for tests)."""
+              stop_after: int | None = None, feasible: Callable[[dict], bool] | None = None,
+              max_rejected: int = 20_000) -> optuna.Study:
+    """Ask, evaluate and tell until `budget` trials are complete (`stop_after`: end early, for tests).
+
+    A configuration `feasible` rejects is told to optuna as pruned without being evaluated, so it
+    costs no evaluation and does not count toward the budget.
+    """
     if budget <= 0:
         raise UserError(f"the search budget must be a positive number of evaluations, got {budget}")
     distributions = {k: CategoricalDistribution(v) for k, v in space.dimensions().items()}
     done = {_key(t.params): t.values for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    ran = 0
+    ran = rejected = 0
     while len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < budget:
         if stop_after is not None and ran >= stop_after:
             break
         trial = study.ask(distributions)
         config = dict(trial.params)
+        if feasible is not None and not feasible(config):
+            study.tell(trial, state=TrialState.PRUNED)
+            rejected += 1
+            if rejected >= max_rejected:
+                raise UserError(f"{rejected} sampled configurations in a row were outside the constraint; "
+                                "widen it (e.g. --params-range)")
+            continue
+        rejected = 0
         values = done.get(_key(config))
         if values is None:
             values = list(evaluate(config))

@@ -42,6 +42,7 @@ class SearchState:
         except (OSError, ValueError, KeyError, TypeError, AssertionError):
             raise UserError(f"search state {path} is corrupt or not an evoprune search state; delete it to start "
                             "the search again (or rerun with --force)") from None
+        config = json.loads(json.dumps(config))  # as saved: tuples become lists
         differ = sorted(k for k in set(config) | set(state.config) if config.get(k) != state.config.get(k))
         if differ:
             raise UserError(f"cannot resume {path.parent}: the configuration changed ({', '.join(differ)}); "
