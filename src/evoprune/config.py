@@ -88,7 +88,7 @@ PROFILES = {
     # The paper starts from the uniform parent (init_samples=0).
     "paper": dict(offspring=16, generations=200, train_tokens=[10_000, 50_000, 100_000, 200_000],
                   fitness_tokens=[1024, 2048, 4096, 8192], survivors=[8, 4, 2, 1], init_samples=0, lr=1e-5),
-    # Sized so the whole pipeline on SmolLM2-135M finishes in about 15 minutes on 2 CPU cores.
+    # Sized so the whole pipeline on SmolLM2-135M finishes in under half an hour on 2 CPU cores.
     # With few generations it starts from the best of 16 random genotypes instead of the uniform one.
     # Its brief training (2k then 4k tokens at lr 1e-4, about the recovery's lr) is large enough to
     # change the ranking on a 135M model; at DarwinLM's 1e-5 over 1k/2k tokens it chose what KL-only chose.
