@@ -49,3 +49,4 @@ def test_params_range_bounds_the_front_and_bad_ranges_are_one_line(tiny_run_inpu
         assert main(argv(tiny_run_inputs, tmp_path / bad.replace(",", "_"), "--params-range", bad)) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1
+        assert not (tmp_path / bad.replace(",", "_")).exists()

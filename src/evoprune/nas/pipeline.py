@@ -107,9 +107,12 @@ def run(cfg: RunConfig, out: str | Path, objectives: list[str], budget: int, sam
         differ = sorted(k for k in settings if settings[k] != saved.get(k))
         if differ:
             raise UserError(f"{out} holds a nas run with other settings ({', '.join(differ)}); use --force")
+    dense = load_source(cfg)
+    if params_range:  # refuse a range no sub-network meets before the run directory exists (shape alone decides)
+        shape = dense.adapter.shape(dense.model)
+        SearchSpace(shape, tuple(range(len(shape.layers))), multiple=cfg.prune.multiple).params_range_check(*params_range)
     out.mkdir(parents=True, exist_ok=True)
     write_json(marker, settings)
-    dense = load_source(cfg)
     fingerprint = model_fingerprint(dense.model, dense.adapter)
     n_stats = cfg.data.calibration_blocks
     calib = data_blocks(cfg, dense.tokenizer, "calibration", n_stats + cfg.data.eval_blocks)
