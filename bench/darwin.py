@@ -1,6 +1,8 @@
 """DarwinLM against the baselines at several sparsities, one-shot and after an equal short recovery.
 
     python bench/darwin.py                     # SmolLM2-135M, 25% and 50%, writes results/darwin.*
+    python bench/darwin.py --sparsities 0.5 --seeds 1 2    # more seeds of the three searches; the table
+                                               # gains a mean (min-max) over the seeds present
 
 Methods: uniform (activation ranking), uniform (OBS database, same level everywhere), depth
 (ShortGPT), evolution with KL-only selection, evolution with training-aware selection (quick
@@ -25,6 +27,7 @@ import torch
 from evoprune import darwin
 from evoprune.arch.params import block_params
 from evoprune.atomic import write_json, write_text
+from evoprune.cli import OVERRIDE
 from evoprune.config import load_config
 from evoprune.evaluate.perplexity import mean_nll
 from evoprune.evaluate.suite import teacher_for
@@ -42,10 +45,14 @@ from evoprune.search.random_search import random_search
 from evoprune.train import TrainConfig, train_on_blocks
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 epilog="Trailing key=value words are config overrides (e.g. model.source=DIR).")
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.25, 0.5])
     ap.add_argument("--generations", type=int, default=8)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="search seeds (seed 0's winners feed bench/compare.py)")
     ap.add_argument("--eval-blocks", type=int, default=16)
     ap.add_argument("--recovery-tokens", type=int, default=8192)
     ap.add_argument("--recovery-lr", type=float, default=1e-4)
@@ -53,10 +60,14 @@ def main() -> None:
                     help="recovery objective (kd: distillation from the dense model, online)")
     ap.add_argument("--work", default="results/tmp/darwin")
     ap.add_argument("--out", default="results")
-    args = ap.parse_args()
+    overrides = [a for a in argv if OVERRIDE.match(a)]
+    args = ap.parse_args([a for a in argv if not OVERRIDE.match(a)])
+    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+        ap.error("--seeds must be distinct and non-negative")
 
     work = Path(args.work)
-    cfg = load_config(None, [f"data.eval_blocks={args.eval_blocks}", f"search.generations={args.generations}"])
+    cfg = load_config(None, [f"data.eval_blocks={args.eval_blocks}", f"search.generations={args.generations}",
+                             *overrides])
     dense = load_source(cfg)
     shape = dense.adapter.shape(dense.model)
     t0 = time.time()
@@ -78,48 +89,13 @@ def main() -> None:
     r = cfg.search.resolved()
     settings = darwin.evolution_settings(cfg)
 
-    timing = {}
-    for sparsity in args.sparsities:
-        rows, winners = [], {}
-        target = resolve_target(shape, sparsity=sparsity)
-        budget = make_budget(params_table, target.block_params)
-        models = {
-            "uniform (activation)": dense.adapter.slice(dense.model, uniform_spec(
-                shape, stats.head_energy(dense.adapter, dense.model), stats.neuron_energy(dense.adapter, dense.model),
-                target)),
-            "uniform (OBS database)": evaluator.build(uniform_genotype(params_table, budget)),
-            "depth (ShortGPT)": dense.adapter.slice(dense.model, depth_spec(shape, stats.block_influence(), target)),
-        }
-        for name, stages in (("evolution, KL-only", kl_stages), ("evolution, training-aware", ta_stages)):
-            evaluator.evaluations = 0
-            started = time.time()
-            state_config = {"sparsity": sparsity, "stages": [dataclasses.astuple(s) for s in stages],
-                            "settings": dataclasses.asdict(settings)}
-            if any(s.train_tokens for s in stages):
-                state_config["lr"] = r["lr"]
-            result = evolve(evaluator, params_table, budget, stages, settings,
-                            work / f"{name.split(',')[1].strip()}-{sparsity:g}", state_config, progress=True)
-            timing[f"{name} @ {sparsity:g}"] = {"seconds": round(result.state.seconds, 1),
-                                                "evaluations": result.state.evaluations,
-                                                "wall_s_this_call": round(time.time() - started, 1)}
-            models[name] = evaluator.build(result.best)
-            winners[name] = {"genotype": result.best.to_dict(), "evaluations": result.state.evaluations,
-                             "search_s": round(result.state.seconds, 1)}
-        # random search: as many KL evaluations as the training-aware search, through the same KL-only stages
-        searched = random_search(evaluator, params_table, budget, kl_stages,
-                                 timing[f"evolution, training-aware @ {sparsity:g}"]["evaluations"], seed=cfg.seed,
-                                 walk=settings.init_walk, trade=settings.trade)
-        timing[f"random search @ {sparsity:g}"] = {"seconds": round(searched.seconds, 1),
-                                                   "evaluations": searched.evaluations}
-        models["random search"] = evaluator.build(searched.best)
-        winners["random search"] = {"genotype": searched.best.to_dict(), "evaluations": searched.evaluations,
-                                    "search_s": round(searched.seconds, 1)}
-        # bench/compare.py --darwin-bench takes these winners instead of searching again
-        write_json(work / f"winners-{sparsity:g}.json", {"identity": darwin.search_identity(cfg), "winners": winners})
-
+    def measure(models: dict, sparsity: float, seed: int | str, part: str) -> None:
+        """One-shot and recovered figures of `models`, written to darwin_rows/<part>.json."""
+        rows = []
         for name, model in models.items():
             kept = block_params(dense.adapter.shape(model))
-            row = {"sparsity": sparsity, "method": name, "block_sparsity": round(1 - kept / params_table.full(), 4)}
+            row = {"sparsity": sparsity, "method": name, "seed": seed,
+                   "block_sparsity": round(1 - kept / params_table.full(), 4)}
             row["ppl one-shot"] = float(torch.tensor(mean_nll(model, eval_blocks, cfg.data.batch_size)).exp())
             row["KL one-shot"] = kl_to_teacher(model, eval_blocks, teacher, batch_size=cfg.data.batch_size)
             train_on_blocks(model, recovery_blocks, args.recovery_tokens,
@@ -129,9 +105,53 @@ def main() -> None:
             row["KL recovered"] = kl_to_teacher(model, eval_blocks, teacher, batch_size=cfg.data.batch_size)
             rows.append(row)
             print(row, flush=True)
-        # one file per sparsity: separate invocations (or an interrupted one) still compose one table
-        write_json(Path(args.out) / "darwin_rows" / f"{sparsity:g}.json",
-                   {"rows": rows, "timing": {k: v for k, v in timing.items() if k.endswith(f"@ {sparsity:g}")}})
+        # one file per sparsity and part: separate invocations (or an interrupted one) still compose one table
+        write_json(Path(args.out) / "darwin_rows" / f"{part}.json",
+                   {"rows": rows, "timing": {k: v for k, v in timing.items() if k.endswith(f"@ {part}")}})
+
+    timing = {}
+    for sparsity in args.sparsities:
+        target = resolve_target(shape, sparsity=sparsity)
+        budget = make_budget(params_table, target.block_params)
+        measure({  # deterministic: the same for every seed
+            "uniform (activation)": dense.adapter.slice(dense.model, uniform_spec(
+                shape, stats.head_energy(dense.adapter, dense.model), stats.neuron_energy(dense.adapter, dense.model),
+                target)),
+            "uniform (OBS database)": evaluator.build(uniform_genotype(params_table, budget)),
+            "depth (ShortGPT)": dense.adapter.slice(dense.model, depth_spec(shape, stats.block_influence(), target)),
+        }, sparsity, "", f"{sparsity:g}-baselines")
+        for seed in args.seeds:
+            tag, suffix = f"{sparsity:g}-seed{seed}", f"-seed{seed}" if seed else ""  # seed 0: earlier runs' names
+            models, winners = {}, {}
+            seeded = dataclasses.replace(settings, seed=seed)
+            for name, stages in (("evolution, KL-only", kl_stages), ("evolution, training-aware", ta_stages)):
+                evaluator.evaluations = 0
+                started = time.time()
+                state_config = {"sparsity": sparsity, "stages": [dataclasses.astuple(s) for s in stages],
+                                "settings": dataclasses.asdict(seeded)}
+                if any(s.train_tokens for s in stages):
+                    state_config["lr"] = r["lr"]
+                result = evolve(evaluator, params_table, budget, stages, seeded,
+                                work / f"{name.split(',')[1].strip()}-{sparsity:g}{suffix}", state_config, progress=True)
+                timing[f"{name} @ {tag}"] = {"seconds": round(result.state.seconds, 1),
+                                             "evaluations": result.state.evaluations,
+                                             "wall_s_this_call": round(time.time() - started, 1)}
+                models[name] = evaluator.build(result.best)
+                winners[name] = {"genotype": result.best.to_dict(), "evaluations": result.state.evaluations,
+                                 "search_s": round(result.state.seconds, 1)}
+            # random search: as many KL evaluations as the training-aware search, through the same KL-only stages
+            searched = random_search(evaluator, params_table, budget, kl_stages,
+                                     timing[f"evolution, training-aware @ {tag}"]["evaluations"], seed=seed,
+                                     walk=settings.init_walk, trade=settings.trade)
+            timing[f"random search @ {tag}"] = {"seconds": round(searched.seconds, 1),
+                                                "evaluations": searched.evaluations}
+            models["random search"] = evaluator.build(searched.best)
+            winners["random search"] = {"genotype": searched.best.to_dict(), "evaluations": searched.evaluations,
+                                        "search_s": round(searched.seconds, 1)}
+            if not seed:  # bench/compare.py --darwin-bench takes these winners instead of searching again
+                write_json(work / f"winners-{sparsity:g}.json",
+                           {"identity": darwin.search_identity(cfg), "winners": winners})
+            measure(models, sparsity, seed, tag)
 
     probe = evaluator.build(uniform_genotype(params_table, make_budget(params_table, params_table.full() * 0.5)))
     t = time.time()
@@ -150,16 +170,46 @@ def main() -> None:
              "timing": timing, "eval_tokens": int(eval_blocks.numel()), "recovery_tokens": args.recovery_tokens,
              "recovery_lr": args.recovery_lr, "recovery_loss": args.recovery_loss, "profile": r}
     rows = []
-    for part in sorted((Path(args.out) / "darwin_rows").glob("*.json"), key=lambda f: float(f.stem)):
+    for part in sorted((Path(args.out) / "darwin_rows").glob("*.json"), key=_sparsity_and_seed):
         saved = json.loads(part.read_text())
-        rows += saved["rows"]
+        rows += [{"seed": "", **row} for row in saved["rows"]]
         timing.update(saved["timing"])
     write_json(Path(args.out) / "darwin.json", {"setup": setup, "rows": rows})
-    cols = ["sparsity", "method", "block_sparsity", "ppl one-shot", "KL one-shot", "ppl recovered", "KL recovered"]
-    text = (f"# DarwinLM vs baselines\n\nCommand: `python {' '.join(sys.argv)}`\n\n" + markdown_table(rows, cols) +
-            "\n## Setup and costs\n\n```json\n" + json.dumps(setup, indent=2) + "\n```\n")
+    cols = ["sparsity", "method", "seed", "block_sparsity", "ppl one-shot", "KL one-shot", "ppl recovered",
+            "KL recovered"]
+    text = (f"# DarwinLM vs baselines\n\nCommand of the last run: `python bench/darwin.py {' '.join(argv)}` (rows "
+            "of other sparsities and seeds come from earlier runs)\n\n" + markdown_table(rows, cols) +
+            _seed_summary(rows) + "\n## Setup and costs\n\n```json\n" + json.dumps(setup, indent=2) + "\n```\n")
     write_text(Path(args.out) / "darwin.md", text)
     print(text)
+
+
+def _sparsity_and_seed(part: Path) -> tuple[float, int]:
+    """darwin_rows/<sparsity>-baselines.json first, then <sparsity>-seed<n>.json in seed order."""
+    sparsity, _, which = part.stem.partition("-")
+    return float(sparsity), -1 if which == "baselines" else int(which.removeprefix("seed"))
+
+
+def _seed_summary(rows: list[dict]) -> str:
+    """Mean and range over seeds of each search, where a search ran with more than one seed."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row["seed"] != "":
+            groups.setdefault((row["sparsity"], row["method"]), []).append(row)
+    summary = []
+    for (sparsity, method), runs in groups.items():
+        if len(runs) < 2:
+            continue
+        line = {"sparsity": sparsity, "method": method, "seeds": len(runs)}
+        for col in ("ppl one-shot", "KL one-shot", "ppl recovered", "KL recovered"):
+            values = [r[col] for r in runs]
+            line[col] = f"{sum(values) / len(values):.4g} ({min(values):.4g}-{max(values):.4g})"
+        summary.append(line)
+    if not summary:
+        return ""
+    return ("\n## Searches over seeds: mean (min-max)\n\n" +
+            markdown_table(summary, ["sparsity", "method", "seeds", "ppl one-shot", "KL one-shot", "ppl recovered",
+                                     "KL recovered"]))
 
 
 if __name__ == "__main__":

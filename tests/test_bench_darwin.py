@@ -1,0 +1,55 @@
+"""bench/darwin.py on a tiny model: baselines once, every search per seed, seeds composable across runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_bench_compare import BENCH, TINY
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    sys.modules.pop("darwin", None)
+    import darwin
+
+    return darwin
+
+
+def run(bench, root: Path, tmp: Path, name: str, *seeds: int) -> list[dict]:
+    out = tmp / name / "out"
+    bench.main(["--sparsities", "0.4", "--seeds", *map(str, seeds), "--generations", "1", "--eval-blocks", "2",
+                "--recovery-tokens", "64", "--work", str(tmp / name / "work"), "--out", str(out),
+                f"model.source={root / 'dense'}", f"data.source={root / 'corpus.txt'}", *TINY])
+    return json.loads((out / "darwin.json").read_text())["rows"]
+
+
+SEARCHES = ["evolution, KL-only", "evolution, training-aware", "random search"]
+BASELINES = ["uniform (activation)", "uniform (OBS database)", "depth (ShortGPT)"]
+
+
+@pytest.mark.slow  # about 40 s: three database-backed searches per seed, recovery of every model
+def test_seeds_add_search_rows_and_compose_across_runs(bench, tiny_run_inputs, tmp_path):
+    both = run(bench, tiny_run_inputs, tmp_path, "both", 0, 1)
+    assert [(r["method"], r["seed"]) for r in both] == (
+        [(m, "") for m in BASELINES] + [(m, 0) for m in SEARCHES] + [(m, 1) for m in SEARCHES])
+    for r in both:
+        assert r["block_sparsity"] == pytest.approx(0.4, abs=0.15), r["method"]
+        assert r["KL recovered"] > 0 and r["ppl recovered"] > 1
+    text = (tmp_path / "both" / "out" / "darwin.md").read_text()
+    assert "Searches over seeds" in text and "| 0.4 | random search | 2 |" in text
+    work = tmp_path / "both" / "work"
+    assert (work / "winners-0.4.json").exists() and not list(work.glob("winners-*seed*"))
+    assert (work / "training-aware-0.4-seed1" / "state.json").exists()
+
+    alone = run(bench, tiny_run_inputs, tmp_path, "alone", 1)  # seed 1 by itself gives the same rows
+    assert [r["method"] for r in alone] == BASELINES + SEARCHES
+    assert alone[:3] == both[:3]
+    assert alone[3:] == both[6:]
+    parts = sorted(p.name for p in (tmp_path / "both" / "out" / "darwin_rows").iterdir())
+    assert parts == ["0.4-baselines.json", "0.4-seed0.json", "0.4-seed1.json"]
+    assert "Searches over seeds" not in (tmp_path / "alone" / "out" / "darwin.md").read_text()
