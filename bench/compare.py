@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from compare_methods import METHODS, MethodBuilder
+from compare_methods import METHODS, MethodBuilder, NasSettings
 from compare_report import headline_table, plot_against_params, plot_speedups
 from evoprune.atomic import write_json, write_text
 from evoprune.cli import OVERRIDE
@@ -57,8 +57,9 @@ DarwinLM runs use one shared second-order database; KL-only is the quick profile
 in any selection stage, training-aware the quick profile itself. Random search scores random
 genotypes of the same database through the KL-only stages, as many candidate evaluations as the
 training-aware search made. The NAS row is the (kl, params) Pareto-front member with the least KL
-within the same total parameters; its objective scores KL on eval-split blocks that the held-out
-figures here do not use. Speedups are over dense, measured in one interleaved latency run; the
+within the same total parameters, from one study (local search by default, over sub-networks with
+40-100% of the dense parameters, no supernet); its objective scores KL on eval-split blocks that
+the held-out figures here do not use. Speedups are over dense, measured in one interleaved latency run; the
 ideal speedup is the ratio of forward FLOPs per token. Task columns hold each task's main metric
 (acc or acc_norm).
 """
@@ -89,6 +90,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--nas-trials", type=int, default=150, help="completed trials of the NAS study (all sparsities)")
     ap.add_argument("--nas-blocks", type=int, default=4,
                     help="eval-split blocks the NAS objective scores (the held-out blocks come after them)")
+    ap.add_argument("--nas-sampler", choices=["random", "nsga2", "local"], default="local",
+                    help="the NAS study's sampler (bench/nas.py: local search leads at 25%% and is second at 50%%)")
+    ap.add_argument("--nas-params-range", default="0.4,1",
+                    help="LOW,HIGH: the fraction of the dense parameters the NAS study searches; 'all' for every size")
     ap.add_argument("--darwin-bench", default=None,
                     help="a bench/darwin.py work directory (e.g. results/tmp/darwin): export its KL-only, "
                          "training-aware and random-search winners instead of searching again")
@@ -106,7 +111,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for name in ("limit", "eval_blocks", "nas_trials", "nas_blocks"):
         if getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive")
+    args.nas_params_range = None if args.nas_params_range == "all" else _fraction_range(ap, args.nas_params_range)
     return args
+
+
+def _fraction_range(ap: argparse.ArgumentParser, text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        ap.error(f"--nas-params-range takes LOW,HIGH (e.g. 0.4,1) or 'all', got {text!r}")
+    if not 0 <= low < high:
+        ap.error(f"--nas-params-range needs 0 <= LOW < HIGH, got {text!r}")
+    return low, high
 
 
 def build_entries(args: argparse.Namespace, cfg: RunConfig, dense, builder: MethodBuilder) -> list[Entry]:
@@ -163,7 +179,7 @@ def quality(entry: Entry, tokenizer, held_out: torch.Tensor, teacher: TeacherCac
 def note(entry: Entry) -> str:
     n = entry.notes
     if "pick" in n:
-        return f"{n['pick']} on the front of {n['trials']} trials"
+        return f"{n['pick']} on the front of {n['trials']} {n.get('sampler', 'nsga2')} trials"
     if "evaluations" in n:
         return f"{n['evaluations']} candidate evaluations, {n['search_s']:.0f} s"
     return ""
@@ -180,7 +196,8 @@ def main(argv: list[str] | None = None) -> None:
         task_configs_dir()
     cfg = load_config(None, args.overrides + ["model.trust_remote_code=true"])  # exported pruned models ship code
     dense = load_source(cfg)
-    builder = MethodBuilder(dense, args.overrides, work, args.nas_trials, args.nas_blocks,
+    nas = NasSettings(args.nas_trials, args.nas_blocks, args.nas_sampler, args.nas_params_range)
+    builder = MethodBuilder(dense, args.overrides, work, nas,
                             darwin_bench=args.darwin_bench)
     entries = build_entries(args, cfg, dense, builder)
     built_s = time.time() - started
@@ -235,7 +252,7 @@ def write_outputs(out: Path, args, cfg: RunConfig, rows: list[dict], tasks: list
                         if ev.latency else "not measured",
              "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                         f"torch {torch.__version__}", "overrides": args.overrides, "nas_trials": args.nas_trials,
-             **timing}
+             "nas_sampler": args.nas_sampler, "nas_params_range": args.nas_params_range or "all", **timing}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", {"setup": setup, "rows": rows, "latency_sweep": sweep})
     ok = [r for r in rows if r["status"] == "ok"]

@@ -48,6 +48,20 @@ BUILD_DEFAULTS = ["eval.latency=false", "data.eval_blocks=4"]
 NAS_OBJECTIVES = ["kl", "params"]
 
 
+@dataclass(frozen=True)
+class NasSettings:
+    """The one NAS study that serves every sparsity (bench/nas.py found local search in 40-100% best)."""
+
+    trials: int = 150  # completed trials
+    blocks: int = 4  # eval-split blocks the objective scores KL on (the first ones)
+    sampler: str = "local"
+    params_range: tuple[float, float] | None = (0.4, 1.0)  # fraction of the dense parameters searched
+
+    def run_name(self) -> str:
+        where = f"{self.params_range[0]:g}-{self.params_range[1]:g}" if self.params_range else "all"
+        return f"nas-{self.sampler}-{where}"
+
+
 @dataclass
 class Built:
     model_dir: Path  # the checkpoint folder
@@ -66,17 +80,16 @@ class MethodBuilder:
     Args:
         dense: the dense model (shared by the builds that take it in memory).
         overrides: `key=value` config overrides applied to every build (e.g. search.generations=1).
-        nas_trials: completed trials of the one NAS study that serves every sparsity.
-        nas_blocks: held-out blocks the NAS objective scores KL on (the first ones of the eval split).
+        nas: the one NAS study that serves every sparsity.
         darwin_bench: a `bench/darwin.py` work directory whose winners (KL-only, training-aware,
             random search) are exported instead of searching again; refused unless it was searched
             with this comparison's settings.
     """
 
-    def __init__(self, dense: LoadedModel, overrides: list[str], work: Path, nas_trials: int, nas_blocks: int,
+    def __init__(self, dense: LoadedModel, overrides: list[str], work: Path, nas: NasSettings,
                  progress: bool = True, darwin_bench: Path | None = None):
         self.dense, self.overrides, self.work = dense, list(overrides), Path(work)
-        self.nas_trials, self.nas_blocks, self.progress = nas_trials, nas_blocks, progress
+        self.nas, self.progress = nas, progress
         self.darwin_bench = Path(darwin_bench) if darwin_bench else None
         self._db: Database | None = None
 
@@ -224,16 +237,18 @@ class MethodBuilder:
 
     def _nas(self, sparsity: float) -> Built:
         """The NAS pick with the least KL among front members within the parameters of `sparsity`."""
-        cfg = self.config(**{"data.eval_blocks": self.nas_blocks})
+        nas = self.nas
+        cfg = self.config(**{"data.eval_blocks": nas.blocks})
         shape = self.dense.adapter.shape(self.dense.model)
         total = params.total_params(shape)
         fraction = (total - sparsity * params.block_params(shape)) / total
         pick = f"params<={fraction:.4f}"
-        out = self.work / "nas"
+        out = self.work / nas.run_name()
         pick_dir = out / "picks" / pick.replace("<=", "-le-")
         record = out / "compare_picks.json"
         picks = json.loads(record.read_text()) if record.exists() else {}
-        if not pick_dir.exists() or picks.get(pick) != self.nas_trials:
-            run_nas(cfg, out, NAS_OBJECTIVES, self.nas_trials, "nsga2", pick, 0, progress=self.progress)
-            write_json(record, {**picks, pick: self.nas_trials})
-        return Built(pick_dir, {"trials": self.nas_trials, "pick": pick})
+        if not pick_dir.exists() or picks.get(pick) != nas.trials:
+            run_nas(cfg, out, NAS_OBJECTIVES, nas.trials, nas.sampler, pick, 0, progress=self.progress,
+                    params_range=nas.params_range)
+            write_json(record, {**picks, pick: nas.trials})
+        return Built(pick_dir, {"trials": nas.trials, "sampler": nas.sampler, "pick": pick})

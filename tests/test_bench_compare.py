@@ -56,6 +56,8 @@ def test_every_method_is_built_once_and_reused(compare, tiny_run_inputs, tmp_pat
     assert rows["random-0.4"]["matched"] == "DarwinLM training-aware run"
     work = tmp_path / "work"
     assert (work / "darwin-kl-0.4" / "database").resolve() == (work / "database").resolve()
+    assert rows["nas-0.4"]["sampler"] == "local"
+    assert (work / "nas-local-0.4-1" / "picks").is_dir()  # the study is named by its sampler and range
     out = tmp_path / "out"
     for name in ("compare.md", "compare_perplexity.png", "compare_speedup.png"):
         assert (out / name).stat().st_size > 0
@@ -133,3 +135,11 @@ def test_darwin_bench_searched_with_other_settings_is_refused(compare, tiny_run_
     rows = run(compare, tiny_run_inputs, tmp_path, "--methods", "darwin-ta", "--darwin-bench", str(bench),
                "eval.latency=false")
     assert "searched with other settings" in rows["darwin-ta-0.4"]["status"]
+
+
+@pytest.mark.parametrize("bad", ["0.9,0.4", "half", "0.4"])
+def test_a_malformed_nas_params_range_is_refused(compare, bad, capsys):
+    with pytest.raises(SystemExit) as stop:
+        compare.parse_args(["--nas-params-range", bad])
+    assert stop.value.code == 2
+    assert "--nas-params-range" in capsys.readouterr().err
