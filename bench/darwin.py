@@ -3,6 +3,7 @@
     python bench/darwin.py                     # SmolLM2-135M, 25% and 50%, writes results/darwin.*
     python bench/darwin.py --sparsities 0.5 --seeds 1 2    # more seeds of the three searches; the table
                                                # gains a mean (min-max) over the seeds present
+    python bench/darwin.py --sparsities 0.5 --seeds 1 --parts ta,random   # only some of the methods
 
 Methods: uniform (activation ranking), uniform (OBS database, same level everywhere), depth
 (ShortGPT), evolution with KL-only selection, evolution with training-aware selection (quick
@@ -45,6 +46,11 @@ from evoprune.search.random_search import random_search
 from evoprune.train import TrainConfig, train_on_blocks
 
 
+PARTS = ("baselines", "kl", "ta", "random")
+SEARCH_PARTS = {"evolution, KL-only": "kl", "evolution, training-aware": "ta", "random search": "random"}
+METHOD_ORDER = ["uniform (activation)", "uniform (OBS database)", "depth (ShortGPT)", *SEARCH_PARTS]
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -53,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--generations", type=int, default=8)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0],
                     help="search seeds (seed 0's winners feed bench/compare.py)")
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help=f"comma list of {', '.join(PARTS)} (random search takes ta's number of evaluations)")
     ap.add_argument("--eval-blocks", type=int, default=16)
     ap.add_argument("--recovery-tokens", type=int, default=8192)
     ap.add_argument("--recovery-lr", type=float, default=1e-4)
@@ -64,6 +72,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args([a for a in argv if not OVERRIDE.match(a)])
     if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
         ap.error("--seeds must be distinct and non-negative")
+    parts = [x.strip() for x in args.parts.split(",") if x.strip()]
+    if not parts or any(x not in PARTS for x in parts):
+        ap.error(f"--parts takes a comma list of {', '.join(PARTS)}, got {args.parts!r}")
+    if "random" in parts and "ta" not in parts:
+        ap.error("--parts random needs ta: random search makes as many evaluations as the training-aware search")
 
     work = Path(args.work)
     cfg = load_config(None, [f"data.eval_blocks={args.eval_blocks}", f"search.generations={args.generations}",
@@ -105,26 +118,32 @@ def main(argv: list[str] | None = None) -> None:
             row["KL recovered"] = kl_to_teacher(model, eval_blocks, teacher, batch_size=cfg.data.batch_size)
             rows.append(row)
             print(row, flush=True)
-        # one file per sparsity and part: separate invocations (or an interrupted one) still compose one table
-        write_json(Path(args.out) / "darwin_rows" / f"{part}.json",
-                   {"rows": rows, "timing": {k: v for k, v in timing.items() if k.endswith(f"@ {part}")}})
+        # one file per sparsity and part, merged with what earlier invocations measured there (other methods)
+        path = Path(args.out) / "darwin_rows" / f"{part}.json"
+        saved = json.loads(path.read_text()) if path.exists() else {"rows": [], "timing": {}}
+        merged = {r["method"]: r for r in saved["rows"]} | {r["method"]: r for r in rows}
+        write_json(path, {"rows": sorted(merged.values(), key=lambda r: METHOD_ORDER.index(r["method"])),
+                          "timing": saved["timing"] | {k: v for k, v in timing.items() if k.endswith(f"@ {part}")}})
 
     timing = {}
     for sparsity in args.sparsities:
         target = resolve_target(shape, sparsity=sparsity)
         budget = make_budget(params_table, target.block_params)
-        measure({  # deterministic: the same for every seed
-            "uniform (activation)": dense.adapter.slice(dense.model, uniform_spec(
-                shape, stats.head_energy(dense.adapter, dense.model), stats.neuron_energy(dense.adapter, dense.model),
-                target)),
-            "uniform (OBS database)": evaluator.build(uniform_genotype(params_table, budget)),
-            "depth (ShortGPT)": dense.adapter.slice(dense.model, depth_spec(shape, stats.block_influence(), target)),
-        }, sparsity, "", f"{sparsity:g}-baselines")
+        if "baselines" in parts:
+            measure({  # deterministic: the same for every seed
+                "uniform (activation)": dense.adapter.slice(dense.model, uniform_spec(
+                    shape, stats.head_energy(dense.adapter, dense.model), stats.neuron_energy(dense.adapter, dense.model),
+                    target)),
+                "uniform (OBS database)": evaluator.build(uniform_genotype(params_table, budget)),
+                "depth (ShortGPT)": dense.adapter.slice(dense.model, depth_spec(shape, stats.block_influence(), target)),
+            }, sparsity, "", f"{sparsity:g}-baselines")
         for seed in args.seeds:
             tag, suffix = f"{sparsity:g}-seed{seed}", f"-seed{seed}" if seed else ""  # seed 0: earlier runs' names
             models, winners = {}, {}
             seeded = dataclasses.replace(settings, seed=seed)
             for name, stages in (("evolution, KL-only", kl_stages), ("evolution, training-aware", ta_stages)):
+                if SEARCH_PARTS[name] not in parts:
+                    continue
                 evaluator.evaluations = 0
                 started = time.time()
                 state_config = {"sparsity": sparsity, "stages": [dataclasses.astuple(s) for s in stages],
@@ -140,6 +159,9 @@ def main(argv: list[str] | None = None) -> None:
                 winners[name] = {"genotype": result.best.to_dict(), "evaluations": result.state.evaluations,
                                  "search_s": round(result.state.seconds, 1)}
             # random search: as many KL evaluations as the training-aware search, through the same KL-only stages
+            if "random" not in parts:
+                measure(models, sparsity, seed, tag)
+                continue
             searched = random_search(evaluator, params_table, budget, kl_stages,
                                      timing[f"evolution, training-aware @ {tag}"]["evaluations"], seed=seed,
                                      walk=settings.init_walk, trade=settings.trade)
@@ -148,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
             models["random search"] = evaluator.build(searched.best)
             winners["random search"] = {"genotype": searched.best.to_dict(), "evaluations": searched.evaluations,
                                         "search_s": round(searched.seconds, 1)}
-            if not seed:  # bench/compare.py --darwin-bench takes these winners instead of searching again
+            if not seed and len(winners) == 3:  # bench/compare.py --darwin-bench takes these winners instead of searching again
                 write_json(work / f"winners-{sparsity:g}.json",
                            {"identity": darwin.search_identity(cfg), "winners": winners})
             measure(models, sparsity, seed, tag)

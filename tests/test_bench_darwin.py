@@ -20,9 +20,9 @@ def bench(monkeypatch):
     return darwin
 
 
-def run(bench, root: Path, tmp: Path, name: str, *seeds: int) -> list[dict]:
+def run(bench, root: Path, tmp: Path, name: str, *seeds: int, parts: str = "baselines,kl,ta,random") -> list[dict]:
     out = tmp / name / "out"
-    bench.main(["--sparsities", "0.4", "--seeds", *map(str, seeds), "--generations", "1", "--eval-blocks", "2",
+    bench.main(["--sparsities", "0.4", "--seeds", *map(str, seeds), "--parts", parts, "--generations", "1", "--eval-blocks", "2",
                 "--recovery-tokens", "64", "--work", str(tmp / name / "work"), "--out", str(out),
                 f"model.source={root / 'dense'}", f"data.source={root / 'corpus.txt'}", *TINY])
     return json.loads((out / "darwin.json").read_text())["rows"]
@@ -46,10 +46,20 @@ def test_seeds_add_search_rows_and_compose_across_runs(bench, tiny_run_inputs, t
     assert (work / "winners-0.4.json").exists() and not list(work.glob("winners-*seed*"))
     assert (work / "training-aware-0.4-seed1" / "state.json").exists()
 
-    alone = run(bench, tiny_run_inputs, tmp_path, "alone", 1)  # seed 1 by itself gives the same rows
+    # seed 1 by itself, in parts over two invocations, gives the same rows
+    run(bench, tiny_run_inputs, tmp_path, "alone", 1, parts="ta,random")
+    alone = run(bench, tiny_run_inputs, tmp_path, "alone", 1, parts="baselines,kl")
     assert [r["method"] for r in alone] == BASELINES + SEARCHES
     assert alone[:3] == both[:3]
     assert alone[3:] == both[6:]
     parts = sorted(p.name for p in (tmp_path / "both" / "out" / "darwin_rows").iterdir())
     assert parts == ["0.4-baselines.json", "0.4-seed0.json", "0.4-seed1.json"]
     assert "Searches over seeds" not in (tmp_path / "alone" / "out" / "darwin.md").read_text()
+
+
+@pytest.mark.parametrize("bad", [["--parts", "random"], ["--parts", "kl,nope"], ["--seeds", "1", "1"]])
+def test_bad_options_are_refused(bench, bad, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench.main(bad)
+    assert stop.value.code == 2
+    assert bad[0] in capsys.readouterr().err
