@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
                                 "settings": dataclasses.asdict(seeded)}
                 if any(s.train_tokens for s in stages):
                     state_config["lr"] = r["lr"]
+                    if cfg.search.train_loss != "lm":  # earlier states (lm) keep resuming
+                        state_config["train_loss"] = cfg.search.train_loss
                 result = evolve(evaluator, params_table, budget, stages, seeded,
                                 work / f"{name.split(',')[1].strip()}-{sparsity:g}{suffix}", state_config, progress=True)
                 timing[f"{name} @ {tag}"] = {"seconds": round(result.state.seconds, 1),

@@ -149,3 +149,29 @@ def test_a_fitness_pool_smaller_than_a_stage_is_refused_before_any_work(tiny_run
     with pytest.raises(UserError, match="fitness_pool=2"):
         darwin.run(config(tiny_run_inputs, "search.fitness_pool=2"), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("loss", ["kd", "lm+kd"])
+def test_brief_training_with_a_teacher_loss_distills_from_the_dense_model(tiny_run_inputs, tmp_path, loss):
+    from evoprune.train import TrainConfig, train_on_blocks
+
+    cfg = config(tiny_run_inputs, f"search.train_loss={loss}")
+    dense = load_source(cfg)
+    db = darwin.build_database(cfg, dense, tmp_path / "db", progress=False)
+    evaluator = darwin.make_evaluator(cfg, dense, db, darwin.stages_of(cfg), progress=False)
+    g = Genotype(tuple(1 for _ in range(4)), tuple(2 for _ in range(4)))
+    trained, reference, lm_only = evaluator.build(g), evaluator.build(g), evaluator.build(g)
+    before = {k: v.clone() for k, v in dense.model.state_dict().items()}
+    evaluator.train(trained, 128, seed=7)
+    train_on_blocks(reference, evaluator.train_blocks, 128, TrainConfig(lr=0.001, seed=7, loss=loss), teacher=dense.model)
+    train_on_blocks(lm_only, evaluator.train_blocks, 128, TrainConfig(lr=0.001, seed=7, loss="lm"))
+    for (name, a), b, c in zip(trained.state_dict().items(), reference.state_dict().values(),
+                               lm_only.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert any(not torch.equal(a, c) for a, c in zip(trained.parameters(), lm_only.parameters()))
+    assert all(torch.equal(v, before[k]) for k, v in dense.model.state_dict().items())  # the teacher is untouched
+
+
+def test_an_unknown_brief_training_loss_is_refused(tiny_run_inputs):
+    with pytest.raises(UserError, match="search.train_loss"):
+        config(tiny_run_inputs, "search.train_loss=mse")

@@ -114,7 +114,8 @@ def make_evaluator(cfg: RunConfig, dense: LoadedModel, db: Database, stages: lis
     train = data_blocks(cfg, dense.tokenizer, "train", max(1, math.ceil(train_tokens / seq))) if train_tokens \
         else stage_blocks[0]
     evaluator = CandidateEvaluator(dense.model, dense.adapter, db, stage_blocks, teachers, train,
-                                   TrainConfig(lr=cfg.search.resolved()["lr"], seed=cfg.seed), cfg.data.batch_size, pool)
+                                   TrainConfig(lr=cfg.search.resolved()["lr"], seed=cfg.seed,
+                                               loss=cfg.search.train_loss), cfg.data.batch_size, pool)
     if init_distributed()[1] > 1:  # launched by torchrun: each process evaluates a share of every selection
         return DistributedCandidateEvaluator.from_evaluator(evaluator)
     return evaluator

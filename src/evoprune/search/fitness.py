@@ -81,7 +81,8 @@ class CandidateEvaluator:
 
     def train(self, model: PreTrainedModel, tokens: int, seed: int, start_block: int = 0) -> None:
         cfg = dataclasses.replace(self.train_cfg, seed=seed)
-        train_on_blocks(model, self.train_blocks, tokens, cfg, start_block=start_block)
+        train_on_blocks(model, self.train_blocks, tokens, cfg, start_block=start_block,
+                        teacher=self.dense if cfg.uses_teacher else None)
 
     def fitness(self, model: PreTrainedModel, stage: int) -> float:
         self.evaluations += 1
