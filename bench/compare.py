@@ -252,7 +252,7 @@ def write_outputs(out: Path, args, cfg: RunConfig, rows: list[dict], tasks: list
                         if ev.latency else "not measured",
              "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                         f"torch {torch.__version__}", "overrides": args.overrides, "nas_trials": args.nas_trials,
-             "nas_sampler": args.nas_sampler, "nas_params_range": args.nas_params_range or "all", **timing}
+             "nas_sampler": args.nas_sampler, "nas_params_range": "{:g}-{:g} of the dense parameters".format(*args.nas_params_range) if args.nas_params_range else "all", **timing}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", {"setup": setup, "rows": rows, "latency_sweep": sweep})
     ok = [r for r in rows if r["status"] == "ok"]
