@@ -125,6 +125,10 @@ def _fraction_range(ap: argparse.ArgumentParser, text: str) -> tuple[float, floa
     return low, high
 
 
+def _range_text(params_range: tuple[float, float] | None) -> str:
+    return f"{params_range[0]:g}-{params_range[1]:g} of the dense parameters" if params_range else "all"
+
+
 def build_entries(args: argparse.Namespace, cfg: RunConfig, dense, builder: MethodBuilder) -> list[Entry]:
     entries = [Entry("dense", "dense", 0.0, dense.model, dense.path)]
     for sparsity in args.sparsities:
@@ -252,7 +256,7 @@ def write_outputs(out: Path, args, cfg: RunConfig, rows: list[dict], tasks: list
                         if ev.latency else "not measured",
              "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                         f"torch {torch.__version__}", "overrides": args.overrides, "nas_trials": args.nas_trials,
-             "nas_sampler": args.nas_sampler, "nas_params_range": "{:g}-{:g} of the dense parameters".format(*args.nas_params_range) if args.nas_params_range else "all", **timing}
+             "nas_sampler": args.nas_sampler, "nas_params_range": _range_text(args.nas_params_range), **timing}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", {"setup": setup, "rows": rows, "latency_sweep": sweep})
     ok = [r for r in rows if r["status"] == "ok"]

@@ -160,19 +160,16 @@ def main(argv: list[str] | None = None) -> None:
                 models[name] = evaluator.build(result.best)
                 winners[name] = {"genotype": result.best.to_dict(), "evaluations": result.state.evaluations,
                                  "search_s": round(result.state.seconds, 1)}
-            # random search: as many KL evaluations as the training-aware search, through the same KL-only stages
-            if "random" not in parts:
-                measure(models, sparsity, seed, tag)
-                continue
-            searched = random_search(evaluator, params_table, budget, kl_stages,
-                                     timing[f"evolution, training-aware @ {tag}"]["evaluations"], seed=seed,
-                                     walk=settings.init_walk, trade=settings.trade)
-            timing[f"random search @ {tag}"] = {"seconds": round(searched.seconds, 1),
-                                                "evaluations": searched.evaluations}
-            models["random search"] = evaluator.build(searched.best)
-            winners["random search"] = {"genotype": searched.best.to_dict(), "evaluations": searched.evaluations,
-                                        "search_s": round(searched.seconds, 1)}
-            if not seed and len(winners) == 3:  # bench/compare.py --darwin-bench takes these winners instead of searching again
+            if "random" in parts:  # as many KL evaluations as the training-aware search, through the KL-only stages
+                searched = random_search(evaluator, params_table, budget, kl_stages,
+                                         timing[f"evolution, training-aware @ {tag}"]["evaluations"], seed=seed,
+                                         walk=settings.init_walk, trade=settings.trade)
+                timing[f"random search @ {tag}"] = {"seconds": round(searched.seconds, 1),
+                                                    "evaluations": searched.evaluations}
+                models["random search"] = evaluator.build(searched.best)
+                winners["random search"] = {"genotype": searched.best.to_dict(), "evaluations": searched.evaluations,
+                                            "search_s": round(searched.seconds, 1)}
+            if not seed and len(winners) == 3:  # bench/compare.py --darwin-bench exports these instead of searching
                 write_json(work / f"winners-{sparsity:g}.json",
                            {"identity": darwin.search_identity(cfg), "winners": winners})
             measure(models, sparsity, seed, tag)
@@ -196,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for part in sorted((Path(args.out) / "darwin_rows").glob("*.json"), key=_sparsity_and_seed):
         saved = json.loads(part.read_text())
-        rows += [{"seed": "", **row} for row in saved["rows"]]
+        rows += saved["rows"]
         timing.update(saved["timing"])
     write_json(Path(args.out) / "darwin.json", {"setup": setup, "rows": rows})
     cols = ["sparsity", "method", "seed", "block_sparsity", "ppl one-shot", "KL one-shot", "ppl recovered",
