@@ -36,7 +36,7 @@ import torch
 from compare_methods import METHODS, MethodBuilder, NasSettings
 from compare_report import headline_table, plot_against_params, plot_speedups
 from evoprune.atomic import write_json, write_text
-from evoprune.cli import OVERRIDE
+from evoprune.cli import OVERRIDE, fraction_range
 from evoprune.config import RunConfig, load_config
 from evoprune.errors import UserError
 from evoprune.evaluate.harness import run_tasks
@@ -111,18 +111,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for name in ("limit", "eval_blocks", "nas_trials", "nas_blocks"):
         if getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive")
-    args.nas_params_range = None if args.nas_params_range == "all" else _fraction_range(ap, args.nas_params_range)
-    return args
-
-
-def _fraction_range(ap: argparse.ArgumentParser, text: str) -> tuple[float, float]:
     try:
-        low, high = (float(x) for x in text.split(","))
-    except ValueError:
-        ap.error(f"--nas-params-range takes LOW,HIGH (e.g. 0.4,1) or 'all', got {text!r}")
-    if not 0 <= low < high:
-        ap.error(f"--nas-params-range needs 0 <= LOW < HIGH, got {text!r}")
-    return low, high
+        args.nas_params_range = None if args.nas_params_range == "all" else \
+            fraction_range(args.nas_params_range, "--nas-params-range")
+    except UserError as e:
+        ap.error(str(e))
+    if args.nas_params_range and not 0 <= args.nas_params_range[0] < args.nas_params_range[1]:
+        ap.error(f"--nas-params-range needs 0 <= LOW < HIGH, got {args.nas_params_range}")
+    return args
 
 
 def _range_text(params_range: tuple[float, float] | None) -> str:

@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> None:
 
         out = run_nas(cfg, args.out, [o.strip() for o in args.objectives.split(",") if o.strip()], args.budget,
                       args.sampler, args.pick, args.supernet_steps, force=args.force, progress=progress,
-                      params_range=_fraction_pair(args.params_range, "--params-range"))
+                      params_range=fraction_range(args.params_range, "--params-range"))
     elif args.command == "slice":
         out = pipeline.slice_with_spec(cfg, args.spec, args.out, force=args.force, progress=progress)
     else:
@@ -172,7 +172,8 @@ def run(args: argparse.Namespace) -> None:
     print((out / "report.md").read_text())
 
 
-def _fraction_pair(text: str | None, flag: str) -> tuple[float, float] | None:
+def fraction_range(text: str | None, flag: str) -> tuple[float, float] | None:
+    """`LOW,HIGH` as two floats (None stays None); a UserError naming `flag` when malformed."""
     if text is None:
         return None
     try:
