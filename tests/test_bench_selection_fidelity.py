@@ -1,0 +1,57 @@
+"""bench/selection_fidelity.py on a tiny model: every signal measured per genotype, saved figures resumed."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from test_bench_compare import BENCH, TINY
+
+
+@pytest.fixture
+def fidelity(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    sys.modules.pop("selection_fidelity", None)
+    import selection_fidelity
+
+    return selection_fidelity
+
+
+def run(fidelity, root, tmp, *extra):
+    fidelity.main(["--sparsity", "0.4", "--random", "3", "--eval-blocks", "2", "--recovery-tokens", "64",
+                   "--work", str(tmp / "work"), "--out", str(tmp / "out"), *extra,
+                   f"model.source={root / 'dense'}", f"data.source={root / 'corpus.txt'}", *TINY])
+    return json.loads((tmp / "out" / "selection_fidelity-0.4.json").read_text())
+
+
+@pytest.mark.slow  # about 20 s: a database, then brief training and recovery of four genotypes
+def test_signals_are_measured_per_genotype_and_resumed(fidelity, tiny_run_inputs, tmp_path):
+    first = run(fidelity, tiny_run_inputs, tmp_path)
+    names = [r["genotype"] for r in first["rows"]]
+    assert names[0] == "uniform" and 2 <= len(names) <= 4 and len(set(names)) == len(names)
+    assert [a["signal"] for a in first["agreement"]] == ["KL one-shot", "KL brief lm", "KL brief lm+kd"]
+    for r in first["rows"]:
+        assert r["KL brief lm+kd"] != r["KL one-shot"] and r["KL recovered (held-out)"] > 0
+    for a in first["agreement"]:
+        assert a["pick"] in names and a["regret (KL)"] >= 0
+    assert (tmp_path / "out" / "selection_fidelity-0.4.png").stat().st_size > 0
+
+    # figures already saved are read back, not measured again; other settings measure anew
+    store = tmp_path / "work" / "fidelity-0.4-seed0.json"
+    saved = json.loads(store.read_text())
+    saved["rows"]["uniform"]["KL one-shot"] = 123.0
+    store.write_text(json.dumps(saved))
+    assert run(fidelity, tiny_run_inputs, tmp_path)["rows"][0]["KL one-shot"] == 123.0
+    again = run(fidelity, tiny_run_inputs, tmp_path, "--recovery-lr", "0.0002")
+    assert again["rows"][0]["KL one-shot"] == pytest.approx(first["rows"][0]["KL one-shot"])
+
+
+@pytest.mark.parametrize("bad", [["--brief-losses", "lm,mse"], ["--winners", "/no/such/file.json"],
+                                 ["--sparsity", "1.5"]])
+def test_bad_options_are_refused(fidelity, bad, capsys):
+    with pytest.raises(SystemExit) as stop:
+        fidelity.main(bad)
+    assert stop.value.code == 2
+    assert bad[0] in capsys.readouterr().err
