@@ -43,7 +43,7 @@ from evoprune.prune.target import resolve_target  # noqa: E402
 from evoprune.report import markdown_table  # noqa: E402
 from evoprune.search.budget import make_budget, uniform_genotype  # noqa: E402
 from evoprune.search.genotype import Genotype  # noqa: E402
-from evoprune.search.mutation import random_genotype  # noqa: E402
+from evoprune.search.mutation import mutate, random_genotype  # noqa: E402
 from evoprune.train import TrainConfig, train_on_blocks  # noqa: E402
 
 LOSSES = ("lm", "kd", "lm+kd")
@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sparsity", type=float, default=0.25)
     ap.add_argument("--random", type=int, default=8, help="random genotypes inside the budget")
     ap.add_argument("--winners", help="a bench/darwin.py winners-<s>.json whose genotypes join the set")
+    ap.add_argument("--offspring", type=int, default=0,
+                    help="offspring of the first winner (DarwinLM's mutation): one selection's decision, measured")
     ap.add_argument("--brief-losses", default="lm,lm+kd", help=f"comma list of {', '.join(LOSSES)}")
     ap.add_argument("--brief-tokens", type=int, default=None,
                     help="tokens of brief training (default: the profile's selection training, all stages)")
@@ -71,8 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     losses = [x.strip() for x in args.brief_losses.split(",") if x.strip()]
     if not losses or any(x not in LOSSES for x in losses):
         ap.error(f"--brief-losses takes a comma list of {', '.join(LOSSES)}, got {args.brief_losses!r}")
-    if not 0 < args.sparsity < 1 or args.random < 0:
-        ap.error("--sparsity must be in (0, 1) and --random >= 0")
+    if not 0 < args.sparsity < 1 or args.random < 0 or args.offspring < 0:
+        ap.error("--sparsity must be in (0, 1), --random and --offspring >= 0")
+    if args.offspring and not args.winners:
+        ap.error("--offspring mutates the first of --winners; give --winners")
     if args.winners and not Path(args.winners).is_file():
         ap.error(f"--winners: no file {args.winners}")
 
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
     eval_teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size)
 
-    genotypes = candidate_set(table, budget, args.random, args.seed, args.winners)
+    genotypes = candidate_set(table, budget, args.random, args.seed, args.winners, args.offspring)
     store = work / f"fidelity-{args.sparsity:g}-seed{args.seed}.json"
     identity = {"sparsity": args.sparsity, "brief_tokens": brief_tokens, "lr": lr, "seed": args.seed,
                 "recovery": [args.recovery_tokens, args.recovery_lr], "eval_blocks": args.eval_blocks,
@@ -108,6 +112,10 @@ def main(argv: list[str] | None = None) -> None:
         spec, replace = db.stitch(list(g.attention), list(g.mlp), dense.adapter)
         return dense.adapter.slice(dense.model, spec, replace)
 
+    signals = ["KL one-shot", *(f"KL brief {loss}" for loss in losses)]
+    setup = (f"Brief training: {brief_tokens} tokens at lr {lr:g} (the profile's selection training); fitness on "
+             f"{fit_blocks.numel()} calibration tokens. Recovery: {args.recovery_tokens} tokens of lm+kd at lr "
+             f"{args.recovery_lr:g}, then KL and perplexity on {eval_blocks.numel()} held-out tokens.\n\n")
     for i, (name, g) in enumerate(genotypes.items()):
         row = rows.get(name, {"genotype": g.to_dict()})
         if "KL one-shot" not in row:
@@ -128,37 +136,50 @@ def main(argv: list[str] | None = None) -> None:
         write_json(store, {"identity": identity, "rows": rows})
         print(f"[{i + 1}/{len(genotypes)}] {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()
                                                               if isinstance(v, float)), flush=True)
+        if i:  # the report so far, so a stopped run still leaves one
+            write_report(argv, args, {n: rows[n] for n in genotypes if n in rows}, signals, identity, setup,
+                         done=i + 1 == len(genotypes))
 
-    signals = ["KL one-shot", *(f"KL brief {loss}" for loss in losses)]
-    agreement = signal_agreement([{"name": n, **rows[n]} for n in genotypes], signals)
+
+def write_report(argv: list[str], args, rows: dict[str, dict], signals: list[str], identity: dict, setup: str,
+                 done: bool) -> None:
+    """selection_fidelity-<s>.md / .json / .png from the genotypes measured so far."""
+    names = list(rows)
+    agreement = signal_agreement([{"name": n, **rows[n]} for n in names], signals)
     out = Path(args.out)
     stem = f"selection_fidelity-{args.sparsity:g}"
-    plot_signals(rows, signals, out / f"{stem}.png", args.sparsity)
-    listing = [{"genotype": n, **{k: rows[n][k] for k in [*signals, TARGET, "ppl recovered"]}} for n in genotypes]
+    plot_signals({n: rows[n] for n in names}, signals, out / f"{stem}.png", args.sparsity)
+    listing = [{"genotype": n, **{k: rows[n][k] for k in [*signals, TARGET, "ppl recovered"]}} for n in names]
     text = (f"# Selection signals against recovery at {args.sparsity:.0%} of block parameters\n\n"
-            f"Command: `python bench/selection_fidelity.py {' '.join(argv)}`\n\n"
-            f"Brief training: {brief_tokens} tokens at lr {lr:g} (the profile's selection training); fitness "
-            f"on {fit_blocks.numel()} calibration tokens. Recovery: {args.recovery_tokens} tokens of lm+kd at lr "
-            f"{args.recovery_lr:g}, then KL and perplexity on {eval_blocks.numel()} held-out tokens.\n\n"
+            f"Command: `python bench/selection_fidelity.py {' '.join(argv)}`"
+            + ("" if done else f" (**stopped early: {len(names)} genotypes measured so far**)") + "\n\n"
+            + setup +
             "## How well each signal ranks the recovered models\n\n"
             "Regret: recovered KL of the signal's pick minus the best recovered KL in the set.\n\n"
             + markdown_table(agreement) + "\n## Every genotype\n\n" + markdown_table(listing)
             + f"\n![signals against recovered KL]({stem}.png)\n")
-    write_json(out / f"{stem}.json", {"identity": identity, "agreement": agreement, "rows": listing})
+    write_json(out / f"{stem}.json", {"identity": identity, "agreement": agreement, "rows": listing, "done": done})
     write_text(out / f"{stem}.md", text)
-    print(text)
+    if done:
+        print(text)
 
 
-def candidate_set(table, budget, n_random: int, seed: int, winners: str | None) -> dict[str, Genotype]:
-    """Named genotypes inside `budget`: uniform, `n_random` random walks (near and far), and any winners."""
+def candidate_set(table, budget, n_random: int, seed: int, winners: str | None, offspring: int = 0
+                  ) -> dict[str, Genotype]:
+    """Named genotypes inside `budget`: uniform, `n_random` random walks (near and far), any winners, and
+    `offspring` mutations of the first winner."""
     genotypes = {"uniform": uniform_genotype(table, budget)}
     rng = random.Random(seed)
     for k in range(n_random):
         walk = max(1, round(100 * (k + 1) / n_random))
         genotypes[f"random {k + 1} (walk {walk})"] = random_genotype(table, budget, rng, genotypes["uniform"], walk)
     if winners:
-        for name, w in json.loads(Path(winners).read_text())["winners"].items():
-            genotypes[name] = Genotype.from_dict(w["genotype"])
+        found = {name: Genotype.from_dict(w["genotype"]) for name, w in json.loads(Path(winners).read_text())
+                 ["winners"].items()}
+        genotypes |= found
+        parent_name, parent = next(iter(found.items()))
+        for k in range(offspring):
+            genotypes[f"offspring {k + 1} of {parent_name}"] = mutate(parent, table, budget, rng, trade=True)
     unique: dict[Genotype, str] = {}
     for name, g in genotypes.items():
         unique.setdefault(g, name)
@@ -186,7 +207,7 @@ def plot_signals(rows: dict[str, dict], signals: list[str], path: Path, sparsity
     for ax, signal in zip(axes[0], signals):
         ax.scatter([r[signal] for r in rows.values()], truth, color="#4c72b0")
         for name, r in rows.items():
-            if not name.startswith("random"):
+            if not name.startswith(("random", "offspring")):
                 ax.annotate(name, (r[signal], r[TARGET]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set(xlabel=signal, ylabel=TARGET if ax is axes[0][0] else "", title=signal)
     fig.suptitle(f"selection signals against the recovered model, {sparsity:.0%} of block parameters removed")

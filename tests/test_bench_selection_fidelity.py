@@ -47,9 +47,16 @@ def test_signals_are_measured_per_genotype_and_resumed(fidelity, tiny_run_inputs
     again = run(fidelity, tiny_run_inputs, tmp_path, "--recovery-lr", "0.0002")
     assert again["rows"][0]["KL one-shot"] == pytest.approx(first["rows"][0]["KL one-shot"])
 
+    # a search's winners join the set, with offspring of the first one (one selection's pool)
+    winner = json.loads(store.read_text())["rows"][names[-1]]["genotype"]
+    (tmp_path / "winners.json").write_text(json.dumps({"winners": {"w": {"genotype": winner}}}))
+    pool = run(fidelity, tiny_run_inputs, tmp_path, "--winners", str(tmp_path / "winners.json"), "--offspring", "3")
+    added = [r["genotype"] for r in pool["rows"]][len(names):]
+    assert added and all(n.startswith("offspring") and n.endswith("of w") for n in added)
+
 
 @pytest.mark.parametrize("bad", [["--brief-losses", "lm,mse"], ["--winners", "/no/such/file.json"],
-                                 ["--sparsity", "1.5"]])
+                                 ["--sparsity", "1.5"], ["--offspring", "2"]])
 def test_bad_options_are_refused(fidelity, bad, capsys):
     with pytest.raises(SystemExit) as stop:
         fidelity.main(bad)
