@@ -48,7 +48,9 @@ from evoprune.train import TrainConfig, train_on_blocks
 
 PARTS = ("baselines", "kl", "ta", "random")
 SEARCH_PARTS = {"evolution, KL-only": "kl", "evolution, training-aware": "ta", "random search": "random"}
-METHOD_ORDER = ["uniform (activation)", "uniform (OBS database)", "depth (ShortGPT)", *SEARCH_PARTS]
+METHOD_ORDER = ["uniform (activation)", "uniform (OBS database)", "depth (ShortGPT)", "evolution, KL-only",
+                "evolution, training-aware", "evolution, training-aware (brief lm+kd)",
+                "evolution, training-aware (brief kd)", "random search"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -152,24 +154,31 @@ def main(argv: list[str] | None = None) -> None:
                     state_config["lr"] = r["lr"]
                     if cfg.search.train_loss != "lm":  # earlier states (lm) keep resuming
                         state_config["train_loss"] = cfg.search.train_loss
+                training_aware = stages is ta_stages
+                kind = name.split(",")[1].strip()
+                if training_aware and cfg.search.train_loss != "lm":  # its own state and row name
+                    kind += f"-{cfg.search.train_loss}"
                 result = evolve(evaluator, params_table, budget, stages, seeded,
-                                work / f"{name.split(',')[1].strip()}-{sparsity:g}{suffix}", state_config, progress=True)
-                timing[f"{name} @ {tag}"] = {"seconds": round(result.state.seconds, 1),
+                                work / f"{kind}-{sparsity:g}{suffix}", state_config, progress=True)
+                label = row_name(name, training_aware, cfg.search.train_loss)
+                timing[f"{label} @ {tag}"] = {"seconds": round(result.state.seconds, 1),
                                              "evaluations": result.state.evaluations,
                                              "wall_s_this_call": round(time.time() - started, 1)}
-                models[name] = evaluator.build(result.best)
+                models[label] = evaluator.build(result.best)
+                if training_aware:
+                    ta_evaluations = result.state.evaluations
                 winners[name] = {"genotype": result.best.to_dict(), "evaluations": result.state.evaluations,
                                  "search_s": round(result.state.seconds, 1)}
             if "random" in parts:  # as many KL evaluations as the training-aware search, through the KL-only stages
                 searched = random_search(evaluator, params_table, budget, kl_stages,
-                                         timing[f"evolution, training-aware @ {tag}"]["evaluations"], seed=seed,
-                                         walk=settings.init_walk, trade=settings.trade)
+                                         ta_evaluations, seed=seed, walk=settings.init_walk, trade=settings.trade)
                 timing[f"random search @ {tag}"] = {"seconds": round(searched.seconds, 1),
                                                     "evaluations": searched.evaluations}
                 models["random search"] = evaluator.build(searched.best)
                 winners["random search"] = {"genotype": searched.best.to_dict(), "evaluations": searched.evaluations,
                                             "search_s": round(searched.seconds, 1)}
-            if not seed and len(winners) == 3:  # bench/compare.py --darwin-bench exports these instead of searching
+            # bench/compare.py --darwin-bench exports these instead of searching (the lm variant's only)
+            if not seed and len(winners) == 3 and cfg.search.train_loss == "lm":
                 write_json(work / f"winners-{sparsity:g}.json",
                            {"identity": darwin.search_identity(cfg), "winners": winners})
             measure(models, sparsity, seed, tag)
@@ -203,6 +212,11 @@ def main(argv: list[str] | None = None) -> None:
             _seed_summary(rows) + "\n## Setup and costs\n\n```json\n" + json.dumps(setup, indent=2) + "\n```\n")
     write_text(Path(args.out) / "darwin.md", text)
     print(text)
+
+
+def row_name(search: str, training_aware: bool, train_loss: str) -> str:
+    """The table's name of a search: the training-aware one names its brief-training loss unless it is lm."""
+    return f"{search} (brief {train_loss})" if training_aware and train_loss != "lm" else search
 
 
 def _sparsity_and_seed(part: Path) -> tuple[float, int]:

@@ -20,11 +20,12 @@ def bench(monkeypatch):
     return darwin
 
 
-def run(bench, root: Path, tmp: Path, name: str, *seeds: int, parts: str = "baselines,kl,ta,random") -> list[dict]:
+def run(bench, root: Path, tmp: Path, name: str, *seeds: int, parts: str = "baselines,kl,ta,random",
+        extra: tuple[str, ...] = ()) -> list[dict]:
     out = tmp / name / "out"
     bench.main(["--sparsities", "0.4", "--seeds", *map(str, seeds), "--parts", parts, "--generations", "1", "--eval-blocks", "2",
                 "--recovery-tokens", "64", "--work", str(tmp / name / "work"), "--out", str(out),
-                f"model.source={root / 'dense'}", f"data.source={root / 'corpus.txt'}", *TINY])
+                f"model.source={root / 'dense'}", f"data.source={root / 'corpus.txt'}", *TINY, *extra])
     return json.loads((out / "darwin.json").read_text())["rows"]
 
 
@@ -55,6 +56,16 @@ def test_seeds_add_search_rows_and_compose_across_runs(bench, tiny_run_inputs, t
     parts = sorted(p.name for p in (tmp_path / "both" / "out" / "darwin_rows").iterdir())
     assert parts == ["0.4-baselines.json", "0.4-seed0.json", "0.4-seed1.json"]
     assert "Searches over seeds" not in (tmp_path / "alone" / "out" / "darwin.md").read_text()
+
+    # a distilling brief training is its own search, beside the lm one: own state, own row, winners untouched
+    winners = (work / "winners-0.4.json").read_text()
+    kd = run(bench, tiny_run_inputs, tmp_path, "both", 0, parts="ta", extra=("search.train_loss=lm+kd",))
+    assert [(r["method"], r["seed"]) for r in kd] == (
+        [(m, "") for m in BASELINES] + [(m, 0) for m in SEARCHES[:2]] + [("evolution, training-aware (brief lm+kd)", 0),
+                                                                        (SEARCHES[2], 0)] + [(m, 1) for m in SEARCHES])
+    assert [r for r in kd if r["method"] in SEARCHES] == [r for r in both if r["method"] in SEARCHES]
+    assert (work / "training-aware-lm+kd-0.4" / "state.json").exists()
+    assert (work / "winners-0.4.json").read_text() == winners
 
 
 @pytest.mark.parametrize("bad", [["--parts", "random"], ["--parts", "kl,nope"], ["--seeds", "1", "1"]])
