@@ -47,10 +47,9 @@ from evoprune.train import TrainConfig, train_on_blocks
 
 
 PARTS = ("baselines", "kl", "ta", "random")
+RECOVERY_FIRST_BLOCK = 32  # recovery trains on train blocks 32-63; the searches' brief training stays below
 SEARCH_PARTS = {"evolution, KL-only": "kl", "evolution, training-aware": "ta", "random search": "random"}
-METHOD_ORDER = ["uniform (activation)", "uniform (OBS database)", "depth (ShortGPT)", "evolution, KL-only",
-                "evolution, training-aware", "evolution, training-aware (brief lm+kd)",
-                "evolution, training-aware (brief kd)", "random search"]
+METHOD_ORDER = ["uniform (activation)", "uniform (OBS database)", "depth (ShortGPT)", *SEARCH_PARTS]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,6 +80,10 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--parts random needs ta: random search makes as many evaluations as the training-aware search")
 
     work = Path(args.work)
+    cfg = load_config(None, overrides)
+    if cfg.search.train_pool > RECOVERY_FIRST_BLOCK:
+        ap.error(f"search.train_pool={cfg.search.train_pool}: more than {RECOVERY_FIRST_BLOCK} blocks would train "
+                 "the selections on the recovery's blocks")
     cfg = load_config(None, [f"data.eval_blocks={args.eval_blocks}", f"search.generations={args.generations}",
                              *overrides])
     dense = load_source(cfg)
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size)
     calib = data_blocks(cfg, dense.tokenizer, "calibration", cfg.data.calibration_blocks)
     stats = collect_stats(dense.model, dense.adapter, calib, cfg.data.batch_size)
-    recovery_blocks = data_blocks(cfg, dense.tokenizer, "train", 64)[32:]  # not the blocks the search trained on
+    recovery_blocks = data_blocks(cfg, dense.tokenizer, "train", 64)[RECOVERY_FIRST_BLOCK:]  # not the search's
 
     ta_stages = darwin.stages_of(cfg)
     kl_stages = [Stage(0, s.fitness_tokens, s.survivors) for s in ta_stages]
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         path = Path(args.out) / "darwin_rows" / f"{part}.json"
         saved = json.loads(path.read_text()) if path.exists() else {"rows": [], "timing": {}}
         merged = {r["method"]: r for r in saved["rows"]} | {r["method"]: r for r in rows}
-        write_json(path, {"rows": sorted(merged.values(), key=lambda r: METHOD_ORDER.index(r["method"])),
+        write_json(path, {"rows": sorted(merged.values(), key=lambda r: method_rank(r["method"])),
                           "timing": saved["timing"] | {k: v for k, v in timing.items() if k.endswith(f"@ {part}")}})
 
     timing = {}
@@ -154,13 +157,13 @@ def main(argv: list[str] | None = None) -> None:
                     state_config["lr"] = r["lr"]
                     if cfg.search.train_loss != "lm":  # earlier states (lm) keep resuming
                         state_config["train_loss"] = cfg.search.train_loss
+                    if cfg.search.train_pool:
+                        state_config["train_pool"] = cfg.search.train_pool
                 training_aware = stages is ta_stages
-                kind = name.split(",")[1].strip()
-                if training_aware and cfg.search.train_loss != "lm":  # its own state and row name
-                    kind += f"-{cfg.search.train_loss}"
+                kind = name.split(",")[1].strip() + (variant_suffix(cfg) if training_aware else "")
                 result = evolve(evaluator, params_table, budget, stages, seeded,
                                 work / f"{kind}-{sparsity:g}{suffix}", state_config, progress=True)
-                label = row_name(name, training_aware, cfg.search.train_loss)
+                label = row_name(name, training_aware, cfg)
                 timing[f"{label} @ {tag}"] = {"seconds": round(result.state.seconds, 1),
                                              "evaluations": result.state.evaluations,
                                              "wall_s_this_call": round(time.time() - started, 1)}
@@ -178,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
                 winners["random search"] = {"genotype": searched.best.to_dict(), "evaluations": searched.evaluations,
                                             "search_s": round(searched.seconds, 1)}
             # bench/compare.py --darwin-bench exports these instead of searching (the lm variant's only)
-            if not seed and len(winners) == 3 and cfg.search.train_loss == "lm":
+            if not seed and len(winners) == 3 and not variant_suffix(cfg):
                 write_json(work / f"winners-{sparsity:g}.json",
                            {"identity": darwin.search_identity(cfg), "winners": winners})
             measure(models, sparsity, seed, tag)
@@ -214,9 +217,29 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
 
 
-def row_name(search: str, training_aware: bool, train_loss: str) -> str:
-    """The table's name of a search: the training-aware one names its brief-training loss unless it is lm."""
-    return f"{search} (brief {train_loss})" if training_aware and train_loss != "lm" else search
+def method_rank(method: str) -> tuple[int, str]:
+    """Table order: METHOD_ORDER, a training-aware variant right after the default training-aware search."""
+    if method in METHOD_ORDER:
+        return METHOD_ORDER.index(method), ""
+    return METHOD_ORDER.index("evolution, training-aware"), method
+
+
+def variant_tags(cfg) -> list[str]:
+    """How the training-aware search's brief training differs from the default (LM loss, fixed blocks)."""
+    tags = [f"brief {cfg.search.train_loss}"] if cfg.search.train_loss != "lm" else []
+    return tags + ([f"train pool {cfg.search.train_pool}"] if cfg.search.train_pool else [])
+
+
+def variant_suffix(cfg) -> str:
+    """The training-aware state directory's suffix: "" by default, else e.g. "-lm+kd" or "-lm+kd-pool32"."""
+    loss = [cfg.search.train_loss] if cfg.search.train_loss != "lm" else []
+    return "".join(f"-{x}" for x in loss + ([f"pool{cfg.search.train_pool}"] if cfg.search.train_pool else []))
+
+
+def row_name(search: str, training_aware: bool, cfg) -> str:
+    """The table's name of a search: the training-aware one names how its brief training differs."""
+    tags = variant_tags(cfg) if training_aware else []
+    return f"{search} ({', '.join(tags)})" if tags else search
 
 
 def _sparsity_and_seed(part: Path) -> tuple[float, int]:

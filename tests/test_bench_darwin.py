@@ -68,7 +68,8 @@ def test_seeds_add_search_rows_and_compose_across_runs(bench, tiny_run_inputs, t
     assert (work / "winners-0.4.json").read_text() == winners
 
 
-@pytest.mark.parametrize("bad", [["--parts", "random"], ["--parts", "kl,nope"], ["--seeds", "1", "1"]])
+@pytest.mark.parametrize("bad", [["--parts", "random"], ["--parts", "kl,nope"], ["--seeds", "1", "1"],
+                                 ["search.train_pool=40"]])
 def test_bad_options_are_refused(bench, bad, capsys):
     with pytest.raises(SystemExit) as stop:
         bench.main(bad)

@@ -13,6 +13,8 @@ from evoprune.errors import UserError
 from evoprune.models import load_model
 from evoprune.pipeline import data_blocks, load_source
 from evoprune.prune.database import Database, DatabaseSettings
+from evoprune.search.budget import make_budget, uniform_genotype
+from evoprune.search.fitness import select
 from evoprune.search.genotype import Genotype
 
 TINY = ["data.seq_len=32", "data.calibration_blocks=4", "data.eval_blocks=4", "data.batch_size=2",
@@ -175,3 +177,35 @@ def test_brief_training_with_a_teacher_loss_distills_from_the_dense_model(tiny_r
 def test_an_unknown_brief_training_loss_is_refused(tiny_run_inputs):
     with pytest.raises(UserError, match="search.train_loss"):
         config(tiny_run_inputs, "search.train_loss=mse")
+
+
+def test_train_pool_moves_each_selections_brief_training(tiny_run_inputs, tmp_path, monkeypatch):
+    cfg = config(tiny_run_inputs, "search.train_pool=6")
+    dense = load_source(cfg)
+    db = darwin.build_database(cfg, dense, tmp_path / "db", progress=False)
+    evaluator = darwin.make_evaluator(cfg, dense, db, darwin.stages_of(cfg), progress=False)
+    fixed = darwin.make_evaluator(config(tiny_run_inputs), dense, db, darwin.stages_of(cfg), progress=False)
+    assert len(evaluator.train_blocks) == 6 and len(fixed.train_blocks) == 2  # TINY trains on 64 tokens of 32
+    assert torch.equal(evaluator.train_blocks[:2], fixed.train_blocks)
+    starts = []
+    for seed in range(12):
+        evaluator.begin_selection(seed)
+        fixed.begin_selection(seed)
+        starts.append(evaluator.train_start)
+        assert fixed.train_start == 0
+    assert len(set(starts)) > 2 and all(0 <= s < 6 for s in starts)
+    evaluator.begin_selection(5)
+    assert evaluator.train_start == starts[5]  # fixed by the seed
+
+    seen = []
+    monkeypatch.setattr("evoprune.search.fitness.train_on_blocks",
+                        lambda model, blocks, tokens, cfg, start_block=0, teacher=None: seen.append(start_block))
+    table = darwin.cost_table(db, "params")
+    parent = uniform_genotype(table, make_budget(table, table.full() * 0.6))
+    select([parent], darwin.stages_of(cfg), evaluator, seed=7)
+    assert seen == [evaluator.train_start] and evaluator.train_start == starts[7]
+
+
+def test_a_negative_train_pool_is_refused():
+    with pytest.raises(UserError, match="search.train_pool must be >= 0"):
+        load_config(None, ["search.train_pool=-1"])

@@ -112,6 +112,8 @@ class SearchConfig:
     # blocks from, anew every generation; 0 = always the database's first calibration blocks
     lr: float | None = None  # AdamW learning rate of the brief training (paper: DarwinLM's 1e-5; quick: 1e-4)
     train_loss: str = "lm"  # brief training objective: lm, or kd / lm+kd from the dense model (online)
+    train_pool: int = 0  # train blocks each selection's brief training starts at a random one of (a cycle),
+    # anew every generation; 0 = every selection trains on the same first blocks
     trade: bool = True  # let attention and MLP (and depth, via level 0) trade budget with each other
     latency_mode: str = "prefill"  # latency budget: prefill (latency_tokens at once) or decode (1 token, that context)
     latency_tokens: int = 128
@@ -182,6 +184,8 @@ class RunConfig:
         if not r["lr"] > 0:
             p.append(f"search.lr must be positive, got {r['lr']}")
         check_choice(p, "search.train_loss", se.train_loss, ("lm", "kd", "lm+kd"))
+        if se.train_pool < 0:
+            p.append(f"search.train_pool must be >= 0 blocks, got {se.train_pool}")
         if se.fitness_pool < 0:
             p.append(f"search.fitness_pool must be >= 0 blocks, got {se.fitness_pool}")
         return p

@@ -111,11 +111,12 @@ def make_evaluator(cfg: RunConfig, dense: LoadedModel, db: Database, stages: lis
         teachers = [teacher_for(dense.model, str(dense.path), b, cfg.eval, cfg.data.batch_size, progress)
                     for b in stage_blocks]
     train_tokens = sum(s.train_tokens for s in stages)
-    train = data_blocks(cfg, dense.tokenizer, "train", max(1, math.ceil(train_tokens / seq))) if train_tokens \
-        else stage_blocks[0]
+    train_blocks = max(1, math.ceil(train_tokens / seq), cfg.search.train_pool)
+    train = data_blocks(cfg, dense.tokenizer, "train", train_blocks) if train_tokens else stage_blocks[0]
     evaluator = CandidateEvaluator(dense.model, dense.adapter, db, stage_blocks, teachers, train,
                                    TrainConfig(lr=cfg.search.resolved()["lr"], seed=cfg.seed,
-                                               loss=cfg.search.train_loss), cfg.data.batch_size, pool)
+                                               loss=cfg.search.train_loss), cfg.data.batch_size, pool,
+                                   rotate_training=cfg.search.train_pool > 0)
     if init_distributed()[1] > 1:  # launched by torchrun: each process evaluates a share of every selection
         return DistributedCandidateEvaluator.from_evaluator(evaluator)
     return evaluator

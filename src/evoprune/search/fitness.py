@@ -60,20 +60,30 @@ class CandidateEvaluator:
     `pool`, these are drawn anew at the start of every selection (`begin_selection`).
     """
 
+    rotate_training = False
+    train_start = 0  # the train block this selection's brief training starts at
+
     def __init__(self, dense: PreTrainedModel, adapter: ModelAdapter, db: Database,
                  stage_blocks: list[torch.Tensor], stage_teachers: list[TeacherCache], train_blocks: torch.Tensor,
-                 train_cfg: TrainConfig, batch_size: int = 4, pool: FitnessPool | None = None):
+                 train_cfg: TrainConfig, batch_size: int = 4, pool: FitnessPool | None = None,
+                 rotate_training: bool = False):
         self.dense, self.adapter, self.db = dense, adapter, db
         self.stage_blocks, self.stage_teachers = stage_blocks, stage_teachers
         self.train_blocks, self.train_cfg = train_blocks, train_cfg
         self.batch_size = batch_size
         self.pool = pool
+        self.rotate_training = rotate_training
+        self.train_start = 0
         self.evaluations = 0
 
     def begin_selection(self, seed: int) -> None:
-        """Called at the start of every selection: draw its fitness blocks from the pool, if there is one."""
+        """Called at the start of every selection: draw its fitness blocks from the pool, if there is one, and
+        with `rotate_training` the block its brief training starts at (the train blocks are a cycle), so that
+        generations do not all select for fitting the same few training blocks."""
         if self.pool is not None:
             self.stage_blocks, self.stage_teachers = self.pool.draw(seed)
+        if self.rotate_training:
+            self.train_start = random.Random(f"train-{seed}").randrange(len(self.train_blocks))
 
     def build(self, g: Genotype) -> PreTrainedModel:
         spec, replace = self.db.stitch(list(g.attention), list(g.mlp), self.adapter)
@@ -113,7 +123,7 @@ class CandidateEvaluator:
             model = carried.pop(g) if g in carried else self.build(g)
             if stage.train_tokens:
                 self.train(model, stage.train_tokens, seed=seed * 1000 + s,
-                           start_block=seen_tokens // self.train_blocks.shape[1])
+                           start_block=self.train_start + seen_tokens // self.train_blocks.shape[1])
             scores[g] = self.fitness(model, s)
             models[g] = model
             if len(models) > keep:
