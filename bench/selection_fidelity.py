@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--brief-losses", default="lm,lm+kd", help=f"comma list of {', '.join(LOSSES)}")
     ap.add_argument("--brief-tokens", type=int, default=None,
                     help="tokens of brief training (default: the profile's selection training, all stages)")
+    ap.add_argument("--brief-offset", type=int, default=0,
+                    help="train block the brief training starts at (0: the search's own blocks; another offset "
+                         "shows whether a search's pick fits the blocks it was selected on)")
     ap.add_argument("--eval-blocks", type=int, default=16)
     ap.add_argument("--recovery-tokens", type=int, default=8192)
     ap.add_argument("--recovery-lr", type=float, default=1e-4)
@@ -73,8 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     losses = [x.strip() for x in args.brief_losses.split(",") if x.strip()]
     if not losses or any(x not in LOSSES for x in losses):
         ap.error(f"--brief-losses takes a comma list of {', '.join(LOSSES)}, got {args.brief_losses!r}")
-    if not 0 < args.sparsity < 1 or args.random < 0 or args.offspring < 0:
-        ap.error("--sparsity must be in (0, 1), --random and --offspring >= 0")
+    if not 0 < args.sparsity < 1 or min(args.random, args.offspring, args.brief_offset) < 0:
+        ap.error("--sparsity must be in (0, 1), --random, --offspring and --brief-offset >= 0")
     if args.offspring and not args.winners:
         ap.error("--offspring mutates the first of --winners; give --winners")
     if args.winners and not Path(args.winners).is_file():
@@ -95,7 +98,10 @@ def main(argv: list[str] | None = None) -> None:
     pool = darwin.fitness_pool(cfg, dense, [math.ceil(s.fitness_tokens / seq) for s in stages])
     fit_blocks, fit_teachers = pool.draw(args.seed)
     fit_blocks, fit_teacher = fit_blocks[-1], fit_teachers[-1]  # the last (largest) stage's
-    brief_blocks = data_blocks(cfg, dense.tokenizer, "train", max(1, math.ceil(brief_tokens / seq)))
+    brief_count = max(1, math.ceil(brief_tokens / seq))
+    brief_blocks = data_blocks(cfg, dense.tokenizer, "train", args.brief_offset + brief_count)[args.brief_offset:]
+    if args.brief_offset + brief_count > 32:  # RECOVERY_FIRST_BLOCK of bench/darwin.py
+        ap.error("--brief-offset: the brief training would reach the recovery's train blocks (32 onwards)")
     recovery_blocks = data_blocks(cfg, dense.tokenizer, "train", 64)[32:]  # as bench/darwin.py
     eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
     eval_teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size)
@@ -112,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
         spec, replace = db.stitch(list(g.attention), list(g.mlp), dense.adapter)
         return dense.adapter.slice(dense.model, spec, replace)
 
-    signals = ["KL one-shot", *(f"KL brief {loss}" for loss in losses)]
+    at = f" @ block {args.brief_offset}" if args.brief_offset else ""
+    signals = ["KL one-shot", *(f"KL brief {loss}{at}" for loss in losses)]
     setup = (f"Brief training: {brief_tokens} tokens at lr {lr:g} (the profile's selection training); fitness on "
              f"{fit_blocks.numel()} calibration tokens. Recovery: {args.recovery_tokens} tokens of lm+kd at lr "
              f"{args.recovery_lr:g}, then KL and perplexity on {eval_blocks.numel()} held-out tokens.\n\n")
@@ -120,12 +127,12 @@ def main(argv: list[str] | None = None) -> None:
         row = rows.get(name, {"genotype": g.to_dict()})
         if "KL one-shot" not in row:
             row["KL one-shot"] = kl_to_teacher(build(g), fit_blocks, fit_teacher, batch_size=cfg.data.batch_size)
-        for loss in losses:
-            if f"KL brief {loss}" not in row:
+        for loss, signal in zip(losses, signals[1:]):
+            if signal not in row:
                 model = build(g)
                 train_on_blocks(model, brief_blocks, brief_tokens, TrainConfig(lr=lr, seed=args.seed, loss=loss),
                                 teacher=dense.model if loss != "lm" else None)
-                row[f"KL brief {loss}"] = kl_to_teacher(model, fit_blocks, fit_teacher, batch_size=cfg.data.batch_size)
+                row[signal] = kl_to_teacher(model, fit_blocks, fit_teacher, batch_size=cfg.data.batch_size)
         if TARGET not in row:
             model = build(g)
             train_on_blocks(model, recovery_blocks, args.recovery_tokens,
@@ -147,7 +154,7 @@ def write_report(argv: list[str], args, rows: dict[str, dict], signals: list[str
     names = list(rows)
     agreement = signal_agreement([{"name": n, **rows[n]} for n in names], signals)
     out = Path(args.out)
-    stem = f"selection_fidelity-{args.sparsity:g}"
+    stem = f"selection_fidelity-{args.sparsity:g}" + (f"-offset{args.brief_offset}" if args.brief_offset else "")
     plot_signals({n: rows[n] for n in names}, signals, out / f"{stem}.png", args.sparsity)
     listing = [{"genotype": n, **{k: rows[n][k] for k in [*signals, TARGET, "ppl recovered"]}} for n in names]
     text = (f"# Selection signals against recovery at {args.sparsity:.0%} of block parameters\n\n"

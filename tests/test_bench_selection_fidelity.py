@@ -54,9 +54,22 @@ def test_signals_are_measured_per_genotype_and_resumed(fidelity, tiny_run_inputs
     added = [r["genotype"] for r in pool["rows"]][len(names):]
     assert added and all(n.startswith("offspring") and n.endswith("of w") for n in added)
 
+    # a brief training on other blocks is another signal of the same genotypes; nothing else is measured again
+    saved = json.loads(store.read_text())
+    saved["rows"]["uniform"]["KL one-shot"] = 123.0
+    store.write_text(json.dumps(saved))
+    run(fidelity, tiny_run_inputs, tmp_path, "--brief-offset", "2", "--brief-losses", "lm", "--random", "1")
+    moved = json.loads((tmp_path / "out" / "selection_fidelity-0.4-offset2.json").read_text())
+    assert [a["signal"] for a in moved["agreement"]] == ["KL one-shot", "KL brief lm @ block 2"]
+    row = moved["rows"][0]
+    assert row["KL one-shot"] == 123.0 and row["KL brief lm @ block 2"] != pool["rows"][0]["KL brief lm"]
+    assert (tmp_path / "out" / "selection_fidelity-0.4-offset2.md").exists()
+    assert "offset" not in json.dumps(json.loads((tmp_path / "out" / "selection_fidelity-0.4.json").read_text()))
+
 
 @pytest.mark.parametrize("bad", [["--brief-losses", "lm,mse"], ["--winners", "/no/such/file.json"],
-                                 ["--sparsity", "1.5"], ["--offspring", "2"]])
+                                 ["--sparsity", "1.5"], ["--offspring", "2"],
+                                 ["--brief-offset", "-1"]])
 def test_bad_options_are_refused(fidelity, bad, capsys):
     with pytest.raises(SystemExit) as stop:
         fidelity.main(bad)
