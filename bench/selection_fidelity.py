@@ -214,7 +214,7 @@ def plot_signals(rows: dict[str, dict], signals: list[str], path: Path, sparsity
     for ax, signal in zip(axes[0], signals):
         ax.scatter([r[signal] for r in rows.values()], truth, color="#4c72b0")
         for name, r in rows.items():
-            if not name.startswith(("random", "offspring")):
+            if name == "random search" or not name.startswith(("random ", "offspring")):  # searches' winners
                 ax.annotate(name, (r[signal], r[TARGET]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set(xlabel=signal, ylabel=TARGET if ax is axes[0][0] else "", title=signal)
     fig.suptitle(f"selection signals against the recovered model, {sparsity:.0%} of block parameters removed")
