@@ -80,12 +80,11 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--parts random needs ta: random search makes as many evaluations as the training-aware search")
 
     work = Path(args.work)
-    cfg = load_config(None, overrides)
+    cfg = load_config(None, [f"data.eval_blocks={args.eval_blocks}", f"search.generations={args.generations}",
+                             *overrides])
     if cfg.search.train_pool > RECOVERY_FIRST_BLOCK:
         ap.error(f"search.train_pool={cfg.search.train_pool}: more than {RECOVERY_FIRST_BLOCK} blocks would train "
                  "the selections on the recovery's blocks")
-    cfg = load_config(None, [f"data.eval_blocks={args.eval_blocks}", f"search.generations={args.generations}",
-                             *overrides])
     dense = load_source(cfg)
     shape = dense.adapter.shape(dense.model)
     t0 = time.time()
@@ -224,21 +223,22 @@ def method_rank(method: str) -> tuple[int, str]:
     return METHOD_ORDER.index("evolution, training-aware"), method
 
 
-def variant_tags(cfg) -> list[str]:
-    """How the training-aware search's brief training differs from the default (LM loss, fixed blocks)."""
-    tags = [f"brief {cfg.search.train_loss}"] if cfg.search.train_loss != "lm" else []
-    return tags + ([f"train pool {cfg.search.train_pool}"] if cfg.search.train_pool else [])
+def brief_training_variant(cfg) -> list[tuple[str, str]]:
+    """How the training-aware search's brief training differs from the default (LM loss, fixed blocks):
+    (row tag, state-directory tag) pairs, e.g. [("brief lm+kd", "lm+kd"), ("train pool 32", "pool32")]."""
+    variant = [(f"brief {cfg.search.train_loss}", cfg.search.train_loss)] if cfg.search.train_loss != "lm" else []
+    return variant + ([(f"train pool {cfg.search.train_pool}", f"pool{cfg.search.train_pool}")]
+                      if cfg.search.train_pool else [])
 
 
 def variant_suffix(cfg) -> str:
-    """The training-aware state directory's suffix: "" by default, else e.g. "-lm+kd" or "-lm+kd-pool32"."""
-    loss = [cfg.search.train_loss] if cfg.search.train_loss != "lm" else []
-    return "".join(f"-{x}" for x in loss + ([f"pool{cfg.search.train_pool}"] if cfg.search.train_pool else []))
+    """The training-aware state directory's suffix: "" by default, else e.g. "-lm+kd-pool32"."""
+    return "".join(f"-{tag}" for _, tag in brief_training_variant(cfg))
 
 
 def row_name(search: str, training_aware: bool, cfg) -> str:
     """The table's name of a search: the training-aware one names how its brief training differs."""
-    tags = variant_tags(cfg) if training_aware else []
+    tags = [tag for tag, _ in brief_training_variant(cfg)] if training_aware else []
     return f"{search} ({', '.join(tags)})" if tags else search
 
 

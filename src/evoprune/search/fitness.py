@@ -73,7 +73,6 @@ class CandidateEvaluator:
         self.batch_size = batch_size
         self.pool = pool
         self.rotate_training = rotate_training
-        self.train_start = 0
         self.evaluations = 0
 
     def begin_selection(self, seed: int) -> None:
