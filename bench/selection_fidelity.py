@@ -31,6 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import kendalltau, spearmanr  # noqa: E402
 
+from darwin import RECOVERY_FIRST_BLOCK  # noqa: E402  (bench/darwin.py: the recovery's train blocks)
 from evoprune import darwin  # noqa: E402
 from evoprune.atomic import staged_file, write_json, write_text  # noqa: E402
 from evoprune.cli import OVERRIDE  # noqa: E402
@@ -85,24 +86,24 @@ def main(argv: list[str] | None = None) -> None:
 
     work = Path(args.work)
     cfg = load_config(None, [f"data.eval_blocks={args.eval_blocks}", *overrides])
+    stages = darwin.stages_of(cfg)
+    brief_tokens = args.brief_tokens if args.brief_tokens is not None else sum(s.train_tokens for s in stages)
+    brief_count = max(1, math.ceil(brief_tokens / cfg.data.seq_len))
+    if args.brief_offset + brief_count > RECOVERY_FIRST_BLOCK:
+        ap.error(f"--brief-offset: the brief training would reach the recovery's train blocks "
+                 f"({RECOVERY_FIRST_BLOCK} onwards)")
     dense = load_source(cfg)
     db = darwin.build_database(cfg, dense, work / "database")
     table = darwin.cost_table(db, "params")
     target = resolve_target(dense.adapter.shape(dense.model), sparsity=args.sparsity)
     budget = make_budget(table, target.block_params)
-    stages = darwin.stages_of(cfg)
-    brief_tokens = args.brief_tokens if args.brief_tokens is not None else sum(s.train_tokens for s in stages)
     lr = cfg.search.resolved()["lr"]
 
-    seq = cfg.data.seq_len
-    pool = darwin.fitness_pool(cfg, dense, [math.ceil(s.fitness_tokens / seq) for s in stages])
-    fit_blocks, fit_teachers = pool.draw(args.seed)
-    fit_blocks, fit_teacher = fit_blocks[-1], fit_teachers[-1]  # the last (largest) stage's
-    brief_count = max(1, math.ceil(brief_tokens / seq))
+    evaluator = darwin.make_evaluator(cfg, dense, db, stages, progress=True)  # stitches as the search does
+    evaluator.begin_selection(args.seed)
+    fit_blocks, fit_teacher = evaluator.stage_blocks[-1], evaluator.stage_teachers[-1]  # the last (largest) stage's
     brief_blocks = data_blocks(cfg, dense.tokenizer, "train", args.brief_offset + brief_count)[args.brief_offset:]
-    if args.brief_offset + brief_count > 32:  # RECOVERY_FIRST_BLOCK of bench/darwin.py
-        ap.error("--brief-offset: the brief training would reach the recovery's train blocks (32 onwards)")
-    recovery_blocks = data_blocks(cfg, dense.tokenizer, "train", 64)[32:]  # as bench/darwin.py
+    recovery_blocks = data_blocks(cfg, dense.tokenizer, "train", 64)[RECOVERY_FIRST_BLOCK:]  # as bench/darwin.py
     eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
     eval_teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size)
 
@@ -114,10 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     saved = json.loads(store.read_text()) if store.exists() else {}
     rows = saved.get("rows", {}) if saved.get("identity") == identity else {}
 
-    def build(g: Genotype):
-        spec, replace = db.stitch(list(g.attention), list(g.mlp), dense.adapter)
-        return dense.adapter.slice(dense.model, spec, replace)
-
+    build = evaluator.build
     at = f" @ block {args.brief_offset}" if args.brief_offset else ""
     signals = ["KL one-shot", *(f"KL brief {loss}{at}" for loss in losses)]
     setup = (f"Brief training: {brief_tokens} tokens at lr {lr:g} (the profile's selection training); fitness on "
