@@ -9,7 +9,11 @@ import torch
 
 from evoprune import darwin
 from evoprune.config import load_config
+from evoprune.darwin_report import PROGRESS_BLOCKS
 from evoprune.errors import UserError
+from evoprune.evaluate.suite import teacher_for
+from evoprune.evaluate.teacher import kl_to_teacher
+from evoprune.evaluate.teacher_subset import TeacherSubset
 from evoprune.models import load_model
 from evoprune.pipeline import data_blocks, load_source
 from evoprune.prune.database import Database, DatabaseSettings
@@ -84,6 +88,16 @@ def test_search_resumed_after_a_kill_equals_an_uninterrupted_run(tiny_run_inputs
         assert (tmp_path / "killed" / name).exists(), name
     metrics = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     assert abs(metrics["target"]["achieved_sparsity"] - 0.4) < 0.1
+    # the report's progress curve: every generation's parent on the same held-out blocks, ending at the export
+    curve = metrics["search"]["parent_heldout_kl"]
+    assert len(curve) == len(b["history"])
+    dense = load_source(cfg)
+    eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
+    subset = TeacherSubset(teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, 2), eval_blocks,
+                           list(range(min(PROGRESS_BLOCKS, len(eval_blocks)))))
+    exported = load_model(tmp_path / "killed" / "model").model
+    assert kl_to_teacher(exported, subset.blocks, subset) == pytest.approx(curve[-1], rel=1e-4)
+    assert "fixed held-out blocks" in (tmp_path / "killed" / "report.md").read_text()
 
 
 def test_resume_with_changed_settings_is_refused(tiny_run_inputs, tmp_path):

@@ -25,13 +25,13 @@ from pathlib import Path
 from .arch.export import export_checkpoint
 from .atomic import write_json, write_text
 from .config import RunConfig, dump_config, to_dict
+from .darwin_report import parent_kl_curve, write_darwin_report
 from .errors import UserError
 from .evaluate.suite import evaluate_models, teacher_for
 from .models import LoadedModel
-from .pipeline import METRIC_COLUMNS, data_blocks, load_source
+from .pipeline import data_blocks, load_source
 from .prune.database import Database, DatabaseSettings
 from .prune.target import resolve_target
-from .report import markdown_table, plot_bars, plot_kept_per_layer, write_report
 from .search.budget import CostTable, make_budget, uniform_genotype
 from .search.distributed_fitness import (DistributedCandidateEvaluator, barrier, init_distributed,
                                          main_process_first)
@@ -224,13 +224,15 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
     metrics = {"dense": rows["dense"], "pruned": rows["darwin"],
                "uniform_same_database": rows["uniform (same database)"], "target": spec.meta["target_report"],
                "search": {"generations": result.state.generation, "evaluations": result.state.evaluations,
-                          "search_seconds": round(result.state.seconds, 1)},
+                          "search_seconds": round(result.state.seconds, 1),
+                          "parent_heldout_kl": parent_kl_curve(evaluator, result.state.history, eval_blocks,
+                                                               teacher, cfg.data.batch_size)},
                "database": {"bytes": db.size_bytes(), "dense_weight_bytes": sum(
                    p.numel() * p.element_size() for p in dense.model.parameters())},
                "wall_time_s": round(time.time() - started, 1)}
     write_json(out / "metrics.json", metrics)
     write_text(out / "config.yaml", dump_config(cfg))
-    _report(out, spec, rows, metrics, result.state.history)
+    write_darwin_report(out, spec, rows, metrics, result.state.history)
     return out
 
 
@@ -240,34 +242,3 @@ def _private_copy(search_dir: Path) -> Path:
     if search_dir.is_dir():
         shutil.copytree(search_dir, copy, dirs_exist_ok=True)
     return copy
-
-
-def _report(out: Path, spec, rows: dict, metrics: dict, history: list[dict]) -> None:
-    import matplotlib.pyplot as plt
-
-    from .atomic import staged_file
-
-    fig, ax = plt.subplots(figsize=(6, 3.4), constrained_layout=True)
-    gens = [h["generation"] for h in history]
-    ax.plot(gens, [h["fitness"][-1] for h in history], "o-", label="winner, last stage")
-    ax.plot(gens, [h["best_first_stage"] for h in history], "s--", alpha=0.6, label="best, first stage (KL only)")
-    ax.set(xlabel="generation", ylabel="KL to dense (nats/token)", title="search progress")
-    ax.legend(fontsize=8)
-    with staged_file(out / "fitness.png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    plot_kept_per_layer(spec, out / "kept_per_layer.png")
-    plot_bars({k: r["perplexity"] for k, r in rows.items()}, "held-out perplexity", "perplexity (log scale)",
-              out / "perplexity.png", log=True)
-    db = metrics["database"]
-    s = metrics["search"]
-    write_report(out / "report.md", f"evoprune darwin: {spec.meta.get('source')}", [
-        ("Result", markdown_table(list(rows.values()), [c for c in METRIC_COLUMNS if c in rows["dense"]])
-         + "\n![perplexity](perplexity.png)\n"),
-        ("Target", markdown_table([metrics["target"]])),
-        ("Search", f"{s['generations']} generations, {s['evaluations']} candidate evaluations, "
-                   f"{s['search_seconds']:.0f} s.\n\n![fitness](fitness.png)\n"),
-        ("What was kept", markdown_table([spec.summary()]) + "\n![kept per layer](kept_per_layer.png)\n"),
-        ("Database", f"{db['bytes'] / 2**20:.1f} MB on disk ({db['bytes'] / db['dense_weight_bytes']:.2f}x the dense "
-                     f"weights)."),
-    ])
