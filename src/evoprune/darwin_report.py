@@ -37,12 +37,12 @@ def parent_kl_curve(evaluator: CandidateEvaluator, history: list[dict], eval_blo
 def write_darwin_report(out: Path, spec, rows: dict, metrics: dict, history: list[dict]) -> None:
     """`out/report.md` with fitness.png, kept_per_layer.png and perplexity.png beside it."""
     search = metrics["search"]
-    _plot_progress(history, search.get("parent_heldout_kl"), out / "fitness.png")
+    curve = search.get("parent_heldout_kl")
+    _plot_progress(history, curve, out / "fitness.png")
     plot_kept_per_layer(spec, out / "kept_per_layer.png")
     plot_bars({k: r["perplexity"] for k, r in rows.items()}, "held-out perplexity", "perplexity (log scale)",
               out / "perplexity.png", log=True)
     db = metrics["database"]
-    curve = search.get("parent_heldout_kl")
     progress = "" if not curve else (
         f" The parent's one-shot KL on {PROGRESS_BLOCKS} fixed held-out blocks went from {curve[0]:.4f} "
         f"(first parent) to {curve[-1]:.4f} (the exported model). The selection's own figures are measured on "
