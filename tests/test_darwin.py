@@ -102,7 +102,7 @@ def test_search_resumed_after_a_kill_equals_an_uninterrupted_run(tiny_run_inputs
 
 def test_resume_with_changed_settings_is_refused(tiny_run_inputs, tmp_path):
     darwin.run(config(tiny_run_inputs), tmp_path / "run", progress=False, stop_after=1)
-    with pytest.raises(UserError, match="other settings.*search"):
+    with pytest.raises(UserError, match=r"other settings \(search\.offspring: 3 -> 4\)"):
         darwin.run(config(tiny_run_inputs, "search.offspring=4"), tmp_path / "run", progress=False)
 
 
@@ -121,9 +121,10 @@ def test_cli_impossible_budget_and_changed_resume_are_one_line_errors(tiny_run_i
     assert main(argv(tmp_path / "run", "0.999")) == 2
     err = capsys.readouterr().err
     assert "out of reach" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
     darwin.run(config(tiny_run_inputs), tmp_path / "run2", progress=False, stop_after=1)
     assert main(argv(tmp_path / "run2", "0.3")) == 2
-    assert "other settings" in capsys.readouterr().err
+    assert "other settings (target: [0.4, None] -> [0.3, None])" in capsys.readouterr().err
 
 
 def test_first_parent_is_picked_among_uniform_and_random_genotypes(tiny_run_inputs, tmp_path):

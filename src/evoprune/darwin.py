@@ -3,7 +3,8 @@
 Run directory: `database/` (resumable layer by layer), `search/` (state.json + history.jsonl,
 resumable per generation), then `model/`, `spec.json`, `metrics.json`, `config.yaml`,
 `report.md` and plots. Rerunning the same command on the same directory resumes; a changed
-configuration is refused, naming the keys that differ; `--force` starts over.
+configuration is refused, naming the keys that differ; `--force` starts over. One process at a
+time writes a run (`rundir.run_lock`), and nothing is written before every check has passed.
 
 Under `torchrun --nproc_per_node N` the candidate evaluations are shared out over the processes
 (`DistributedCandidateEvaluator`, same result as one process) and only rank 0 writes: it builds
@@ -12,7 +13,7 @@ the database, latency table and teacher caches first and the others then read th
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import math
 import shutil
@@ -21,17 +22,19 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-
 from .arch.export import export_checkpoint
 from .atomic import write_json, write_text
 from .config import RunConfig, dump_config, to_dict
 from .darwin_report import parent_kl_curve, write_darwin_report
 from .errors import UserError
 from .evaluate.suite import evaluate_models, teacher_for
+from .arch.shape import ModelShape
 from .models import LoadedModel
 from .pipeline import data_blocks, load_source
 from .prune.database import Database, DatabaseSettings
-from .prune.target import resolve_target
+from .prune.levels import attention_cost, attention_ladder, mlp_cost, mlp_ladder
+from .prune.target import Target, resolve_target
+from .rundir import read_run_json, refuse_changed, run_lock
 from .search.budget import CostTable, make_budget, uniform_genotype
 from .search.distributed_fitness import (DistributedCandidateEvaluator, barrier, init_distributed,
                                          main_process_first)
@@ -84,7 +87,7 @@ def evolution_settings(cfg: RunConfig) -> EvolutionSettings:
 
 def search_config(cfg: RunConfig) -> dict:
     """The settings a resumed search must share with the run that started it."""
-    return {"model": cfg.model.source, "data": to_dict(cfg.data), "database": to_dict(cfg.database),
+    return {"model": {"source": cfg.model.source, "dtype": cfg.model.dtype}, "data": to_dict(cfg.data), "database": to_dict(cfg.database),
             "search": {**to_dict(cfg.search), **cfg.search.resolved()},
             "target": [cfg.prune.sparsity, cfg.prune.target_params], "seed": cfg.seed}
 
@@ -148,17 +151,52 @@ def stages_of(cfg: RunConfig) -> list[Stage]:
     return stages
 
 
-def prepare_run_dir(out: Path, force: bool) -> None:
-    if out.exists() and force:
-        shutil.rmtree(out)
-    if out.exists() and any(out.iterdir()) and not (out / RUN_MARKER).exists():
+def planned_cost_table(shape: ModelShape, settings: DatabaseSettings, metric: str) -> CostTable:
+    """The costs the database's levels will have, from the model's shape alone (params or flops)."""
+    costs: dict[str, list[list[float]]] = {"attention": [], "mlp": []}
+    for layer in shape.layers:
+        ladder = attention_ladder(shape, layer, settings.num_levels, settings.spacing)
+        costs["attention"].append([attention_cost(shape, layer, shapes[0], metric) if shapes else 0
+                                   for shapes in ladder])
+        widths = mlp_ladder(layer, settings.num_levels, settings.multiple) if layer.intermediate_size else [0]
+        costs["mlp"].append([mlp_cost(shape, n, metric) for n in widths])
+    return CostTable(metric, costs)
+
+
+def check_reachable(cfg: RunConfig, shape: ModelShape, target: Target) -> None:
+    """Refuse a budget the database cannot reach before anything is built (a latency budget is
+    checked once its table is measured)."""
+    if cfg.search.metric == "latency":
+        return
+    settings = database_settings(cfg)
+    table = planned_cost_table(shape, settings, cfg.search.metric)
+    make_budget(table, table.full() * target.block_params / planned_cost_table(shape, settings, "params").full())
+
+
+def check_run_dir(out: Path, settings: dict, force: bool) -> None:
+    """Refuse an `--out` that holds something other than this darwin run (unless --force)."""
+    if force or not out.exists() or not any(out.iterdir()):
+        return
+    marker = out / RUN_MARKER
+    if not marker.exists():
         raise UserError(f"output directory {out} exists and is not an evoprune darwin run; pass --force to replace it")
+    refuse_changed(out, read_run_json(marker), settings, "darwin run")
+
+
+def start_run_dir(out: Path, settings: dict, force: bool) -> None:
+    """Replace (--force) or create `out` and write its marker; called once every check has passed."""
+    if force and out.exists():
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    write_json(out / RUN_MARKER, settings)
 
 
 def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = False, progress: bool = True,
         stop_after: int | None = None) -> Path:
     """Database, search, export and evaluation for `cfg`; resumes an interrupted run in `out`.
+
+    Every check runs before `out` is created or changed, under the run's lock (held by the process
+    that writes, for the whole run).
 
     Args:
         phase: "darwin" (everything), "database" (stop after the database) or "search" (requires
@@ -168,25 +206,26 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
     out = Path(out)
     stages = stages_of(cfg)
     main = init_distributed()[0] == 0  # only the main process writes the run directory
-    progress = progress and main
     if phase == "search" and not (out / "database" / "index.json").exists():
         raise UserError(f"no database in {out / 'database'}; run `evoprune database --out {out}` first")
-    if main:
-        prepare_run_dir(out, force)
-    marker = out / RUN_MARKER
+    settings = search_config(cfg)
+    with run_lock(out) if main else contextlib.nullcontext():
+        if main:
+            check_run_dir(out, settings, force)
+        started = time.time()
+        dense = load_source(cfg)
+        shape = dense.adapter.shape(dense.model)
+        target = resolve_target(shape, cfg.prune.sparsity, cfg.prune.target_params)
+        check_reachable(cfg, shape, target)
+        if main:
+            start_run_dir(out, settings, force)
+        return _database_search_export(out, cfg, dense, target, stages, phase, progress and main, main, stop_after,
+                                       started)
+
+
+def _database_search_export(out: Path, cfg: RunConfig, dense: LoadedModel, target: Target, stages: list[Stage],
+                            phase: str, progress: bool, main: bool, stop_after: int | None, started: float) -> Path:
     config = search_config(cfg)
-    if main and marker.exists():
-        previous = json.loads(marker.read_text())
-        differ = sorted(k for k in set(config) | set(previous) if config.get(k) != previous.get(k))
-        if differ:
-            raise UserError(f"{out} holds a run with other settings ({', '.join(differ)}); "
-                            "use the same settings to resume, or --force to start over")
-    started = time.time()
-    dense = load_source(cfg)
-    if main:
-        write_json(marker, config)
-    shape = dense.adapter.shape(dense.model)
-    target = resolve_target(shape, cfg.prune.sparsity, cfg.prune.target_params)
     with main_process_first():
         db = build_database(cfg, dense, out / "database", progress)
     if phase == "database":

@@ -23,19 +23,23 @@ def test_state_round_trip_restores_rng(tmp_path):
 
 def test_changed_config_is_refused_naming_keys(tmp_path):
     SearchState({"a": 1, "b": 2}, 1, Genotype((1,), (1,)), rng_state(random.Random(0))).save(tmp_path / "state.json")
-    with pytest.raises(UserError, match="configuration changed \\(b, c\\)"):
+    with pytest.raises(UserError, match=r"other settings \(b: 2 -> 3, c: \(unset\) -> 0\)"):
         SearchState.load(tmp_path / "state.json", {"a": 1, "b": 3, "c": 0})
 
 
-def test_corrupt_state_is_explained(tmp_path):
-    (tmp_path / "state.json").write_text('{"format": "evoprune.search_state/1", "generation": ')
-    with pytest.raises(UserError, match="corrupt.*delete it"):
+@pytest.mark.parametrize("content", [b'{"format": "evoprune.search_state/1", "generation": ', b'{"format": "other"}',
+                                     b'\xff\xfe{"format"', b""])
+def test_corrupt_state_is_one_line_naming_the_file_and_force(tmp_path, content):
+    (tmp_path / "state.json").write_bytes(content)
+    with pytest.raises(UserError, match="corrupt.*delete it") as caught:
         SearchState.load(tmp_path / "state.json", {})
+    message = str(caught.value)
+    assert str(tmp_path / "state.json") in message and "--force" in message and "\n" not in message
 
 
 def test_a_config_with_tuples_resumes_as_saved(tmp_path):
     config = {"stages": [(0, 64, 2), (32, 128, 1)], "settings": {"mutation_scales": (1, 2)}}
     SearchState(config, 1, Genotype((1,), (1,)), rng_state(random.Random(0))).save(tmp_path / "state.json")
     assert SearchState.load(tmp_path / "state.json", config).generation == 1
-    with pytest.raises(UserError, match="configuration changed \\(stages\\)"):
+    with pytest.raises(UserError, match=r"other settings \(stages: "):
         SearchState.load(tmp_path / "state.json", {**config, "stages": [(0, 64, 2)]})

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..atomic import write_json
 from ..errors import UserError
+from ..rundir import refuse_changed
 from .genotype import Genotype
 
 FORMAT = "evoprune.search_state/1"
@@ -35,18 +36,15 @@ class SearchState:
     @classmethod
     def load(cls, path: Path, config: dict) -> "SearchState":
         try:
-            d = json.loads(path.read_text())
-            assert d.get("format") == FORMAT
+            d = json.loads(path.read_text(encoding="utf-8"))
+            if d.get("format") != FORMAT:
+                raise ValueError(f"format {d.get('format')!r}")
             state = cls(d["config"], int(d["generation"]), Genotype.from_dict(d["parent"]), d["rng"],
                         int(d["evaluations"]), float(d["seconds"]), list(d["history"]))
-        except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             raise UserError(f"search state {path} is corrupt or not an evoprune search state; delete it to start "
                             "the search again (or rerun with --force)") from None
-        config = json.loads(json.dumps(config))  # as saved: tuples become lists
-        differ = sorted(k for k in set(config) | set(state.config) if config.get(k) != state.config.get(k))
-        if differ:
-            raise UserError(f"cannot resume {path.parent}: the configuration changed ({', '.join(differ)}); "
-                            "use the original settings or --force to start over")
+        refuse_changed(path.parent, state.config, json.loads(json.dumps(config)), "search")  # JSON: tuples as lists
         return state
 
 
