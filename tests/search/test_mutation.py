@@ -1,4 +1,5 @@
-"""Level-switch mutation keeps the budget; the starting parent is uniform and inside it."""
+"""Level-switch mutation keeps the budget, and with `trade` moves it between attention, MLP and depth; the
+starting parent is uniform and inside the budget."""
 
 from __future__ import annotations
 
@@ -50,17 +51,49 @@ def test_same_kind_switches_on_even_ladders_preserve_cost_exactly(layers, fracti
         parent = child
 
 
-def test_trade_moves_budget_between_attention_and_mlp():
+def walk(trade: bool, steps: int = 400) -> tuple[CostTable, list[tuple[Genotype, Genotype]]]:
+    """(parent, child) pairs of a seeded walk of mutations on even ladders, 6 layers, 30% of the cost kept."""
     t = table(6, even_only=True)
-    budget = make_budget(t, t.full() * 0.5)
+    budget = make_budget(t, t.full() * 0.3)
     rng = random.Random(0)
-    g = uniform_genotype(t, budget)
-    start = sum(g.attention)
-    moved = False
-    for _ in range(100):
-        g = mutate(g, t, budget, rng, trade=True)
-        moved |= sum(g.attention) != start
-    assert moved
+    g, pairs = uniform_genotype(t, budget), []
+    for _ in range(steps):
+        child = mutate(g, t, budget, rng, trade=trade)
+        assert budget.admits(t.cost(child)) and t.cost(child) == t.cost(g)  # even ladders: every switch is exact
+        pairs.append((g, child))
+        g = child
+    return t, pairs
+
+
+def removes(parent: Genotype, child: Genotype, kind: str) -> bool:
+    return any(p > 0 and c == 0 for p, c in zip(parent.genes(kind), child.genes(kind)))
+
+
+def restores(parent: Genotype, child: Genotype, kind: str) -> bool:
+    return any(p == 0 and c > 0 for p, c in zip(parent.genes(kind), child.genes(kind)))
+
+
+def test_trade_moves_budget_between_attention_and_mlp():
+    _, pairs = walk(trade=True)
+    shift = [sum(c.attention) - sum(p.attention) for p, c in pairs]  # levels moved from MLP into attention
+    assert sum(d > 0 for d in shift) >= 0.2 * len(pairs)
+    assert sum(d < 0 for d in shift) >= 0.2 * len(pairs)
+    for kind in ("attention", "mlp"):  # depth: blocks are removed (level 0) and brought back, of both kinds
+        assert sum(removes(p, c, kind) for p, c in pairs) >= 0.05 * len(pairs)
+        assert sum(restores(p, c, kind) for p, c in pairs) >= 0.05 * len(pairs)
+    # a removed block's budget goes to the other kind, both ways
+    assert sum(removes(p, c, "attention") and d < 0 for (p, c), d in zip(pairs, shift)) >= 10
+    assert sum(removes(p, c, "mlp") and d > 0 for (p, c), d in zip(pairs, shift)) >= 10
+
+
+def test_without_trade_no_budget_crosses_kinds():
+    t, pairs = walk(trade=False)
+    assert sum(p != c for p, c in pairs) >= 0.8 * len(pairs)  # the walk does move
+    for p, c in pairs:
+        assert sum(c.attention) == sum(p.attention) and sum(c.mlp) == sum(p.mlp)
+        for kind in ("attention", "mlp"):
+            assert sum(t.costs[kind][i][lv] for i, lv in enumerate(c.genes(kind))) == \
+                sum(t.costs[kind][i][lv] for i, lv in enumerate(p.genes(kind)))
 
 
 def test_number_of_switches_distribution():
