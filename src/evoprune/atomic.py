@@ -1,7 +1,8 @@
 """Write files and directories so that a crash never leaves a half-written result behind.
 
 Everything is first written under a temporary name in the same directory and then renamed,
-which is atomic on POSIX file systems.
+which is atomic on POSIX file systems. Files and folders get the permissions the user's umask
+gives (as `open` and `mkdir` would), not the private 0600 / 0700 of `tempfile`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,7 +22,8 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{_unique()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -50,7 +52,7 @@ def staged_file(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.name}.{_unique()}.tmp{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -78,11 +80,12 @@ def staged_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """
     out = check_output_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    tmp = out.with_name(f".{out.name}.{_unique()}.partial")
+    tmp.mkdir()
     try:
         yield tmp
         if out.exists():
-            old = out.with_name(f".{out.name}.old.{os.getpid()}")
+            old = out.with_name(f".{out.name}.old.{_unique()}")
             os.replace(out, old)
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
@@ -91,3 +94,7 @@ def staged_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _unique() -> str:
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -30,6 +30,7 @@ from .prune.depth import depth_spec
 from .prune.target import resolve_target
 from .prune.uniform import uniform_spec
 from .report import markdown_table, plot_bars, plot_kept_per_layer, write_report
+from .rundir import holding_run_lock
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def make_spec(cfg: RunConfig, dense: LoadedModel, progress: bool = True) -> Subn
     return spec
 
 
+@holding_run_lock
 def prune(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = True) -> Path:
     """Prune `cfg.model.source` with `cfg.prune`, export it, evaluate dense vs pruned, write a report."""
     check_output_dir(out, force)
@@ -83,6 +85,7 @@ def prune(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool =
     return _finish(cfg, dense, spec, Path(out), force, progress, started)
 
 
+@holding_run_lock
 def slice_with_spec(cfg: RunConfig, spec_path: str | Path, out: str | Path, force: bool = False,
                     progress: bool = True) -> Path:
     """Cut `cfg.model.source` down to a saved SubnetSpec, export and evaluate it."""
@@ -134,6 +137,7 @@ def _prune_report(folder: Path, cfg: RunConfig, spec: SubnetSpec, rows: dict, me
                  sections)
 
 
+@holding_run_lock
 def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = None, force: bool = False,
              progress: bool = True, tasks: str | None = None, limit: int | None = None,
              num_fewshot: int | None = None) -> Path:
@@ -141,13 +145,14 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
 
     With `tasks` (a preset or a comma list), every model is also scored on those lm-eval tasks.
     """
+    from .evaluate.tasks import check_task_options
+
+    check_task_options(num_fewshot, limit)
     check_output_dir(out, force)
     if tasks is not None:
         from .evaluate.tasks import resolve_tasks, task_configs_dir
 
         resolve_tasks(tasks, num_fewshot)  # bad names fail before any model is loaded
-        if limit is not None and limit <= 0:
-            raise UserError(f"--limit must be positive, got {limit}")
         task_configs_dir()
     started = time.time()
     student = load_source(cfg, model)

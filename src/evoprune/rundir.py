@@ -1,0 +1,189 @@
+"""One run directory, one writer: the lock every command holds on its `--out`, and resume checks.
+
+Two designs share this module:
+- `prune`, `slice` and `eval` build their directory under a temporary name (`.NAME.*.partial`)
+  and rename it onto `--out` when complete (`atomic.staged_dir`);
+- `darwin`, `database`, `search`, `nas` and `train` are resumable: they write into `--out` as they
+  go, every file atomically, and a rerun continues from what is there.
+Both hold `run_lock(out)` for the whole command, so a second process on the same `--out` is
+refused with the first one's pid and command. While holding it, leftovers of a killed run
+(`.NAME.*.partial`, `.NAME.old.*`) are removed, since no living writer can own them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import inspect
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def lock_path(out: str | os.PathLike) -> Path:
+    out = Path(out)
+    return out.with_name(f".{out.name}.lock")
+
+
+def check_writable_out(out: str | os.PathLike, directory: bool = True) -> Path:
+    """Refuse an `--out` that is an existing file or whose parent cannot be written, before any work."""
+    out = Path(out)
+    if not out.name or out.name in (".", ".."):
+        raise UserError(f"--out {str(out)!r} must name a directory, e.g. runs/my-run")
+    if directory and out.exists() and not out.is_dir():
+        raise UserError(f"output path {out} exists and is not a directory; choose another --out")
+    parent = out.absolute().parent
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot create {out}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {out}: {existing} is not writable; choose another --out")
+    return out
+
+
+@contextlib.contextmanager
+def run_lock(out: str | os.PathLike, command: str | None = None) -> Iterator[Path]:
+    """Hold the exclusive writer lock of run directory `out` (an `fcntl.flock` on `.NAME.lock` beside it).
+
+    The operating system releases the lock when the process dies, so a killed run never blocks
+    the next one. Raises UserError naming the holder when another process writes `out`.
+    """
+    out = check_writable_out(out)
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    path = lock_path(out)
+    fd = _acquire(path, out)
+    try:
+        holder = json.dumps({"pid": os.getpid(), "command": command or " ".join(sys.argv)})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+        remove_stale_partials(out)
+        yield out
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # while still holding it: a waiter then locks a new file, never this one
+        os.close(fd)
+
+
+def _acquire(path: Path, out: Path) -> int:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise UserError(f"{out} is being written by another process ({holder}); wait for it to finish "
+                            "or choose another --out") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the holder removed the file as we opened it: lock the new one
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        return f"pid {holder['pid']}: {holder['command']}"
+    except (ValueError, KeyError, UnicodeDecodeError):
+        return "pid unknown"
+
+
+def remove_stale_partials(out: Path) -> list[Path]:
+    """Remove `.NAME.*.partial` and `.NAME.old.*` beside `out`; call only while holding its lock."""
+    stale = [p for p in out.absolute().parent.glob(f".{out.name}.*")
+             if p.name.endswith(".partial") or p.name.startswith(f".{out.name}.old.")]
+    for p in stale:
+        log.warning("removing %s, left by a run that was killed", p)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+    return stale
+
+
+def changed_keys(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Dotted names of every setting that differs between two JSON-like values (nested dicts compared leaf by leaf)."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        keys = sorted(set(saved) | set(current), key=str)
+        return [k for key in keys
+                for k in changed_keys(saved.get(key, _MISSING), current.get(key, _MISSING), f"{prefix}{key}.")]
+    return [] if _normal(saved) == _normal(current) else [prefix.rstrip(".") or "(value)"]
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "(unset)"
+
+
+_MISSING = _Missing()
+
+
+def _normal(value: Any) -> Any:
+    """Tuples and lists compare equal (a JSON round trip turns one into the other)."""
+    if isinstance(value, (list, tuple)):
+        return [_normal(v) for v in value]
+    return value
+
+
+def describe_changes(saved: dict, current: dict, keys: list[str]) -> str:
+    """`a.b: 1 -> 2, c: x -> y` for the changed `keys`."""
+    def get(d: Any, key: str) -> Any:
+        for part in key.split("."):
+            if not isinstance(d, dict) or part not in d:
+                return _MISSING
+            d = d[part]
+        return d
+
+    return ", ".join(f"{k}: {_short(get(saved, k))} -> {_short(get(current, k))}" for k in keys)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def refuse_changed(out: str | os.PathLike, saved: dict, current: dict, what: str = "run") -> None:
+    """UserError naming every changed setting when a rerun on `out` would resume with other settings."""
+    keys = changed_keys(saved, current)
+    if keys:
+        raise UserError(f"{out} holds a {what} with other settings ({describe_changes(saved, current, keys)}); "
+                        "use the same settings to resume, or --force to start over")
+
+
+def read_run_json(path: str | os.PathLike) -> Any:
+    """A run's JSON file; a corrupt or unreadable one is a UserError naming it and the way out."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is corrupt ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                        "pass --force to start the run over") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}; pass --force to start the run over") from None
+
+
+def holding_run_lock(fn: Callable) -> Callable:
+    """Decorate a library function with an `out` argument so that it runs under `run_lock(out)`."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def locked(*args, **kwargs):
+        with run_lock(signature.bind(*args, **kwargs).arguments["out"]):
+            return fn(*args, **kwargs)
+
+    return locked
