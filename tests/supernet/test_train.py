@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,9 @@ from evoprune_tests import CASES_BY_ID
 from evoprune.arch.adapter import adapter_for
 from evoprune.arch.spec import LayerSpec, SubnetSpec
 from evoprune.errors import UserError
-from evoprune.supernet.distill import divergence
+from evoprune.evaluate._blocks import next_token_logits
+from evoprune.supernet.distill import DIVERGENCES, divergence
+from evoprune.supernet.masked import MaskedSubnet
 from evoprune.supernet.train import SupernetConfig, train_supernet
 
 
@@ -47,6 +50,7 @@ def test_divergences_are_zero_at_equality_and_positive_otherwise():
 
 @pytest.mark.parametrize("sampling", ["sandwich", "random"])
 def test_training_lowers_the_smallest_networks_loss(sampling, tmp_path):
+    """The LM loss of every sub-network (distill='none'); in-place distillation is tested below."""
     model, adapter, shape, blocks = setup()
     cfg = SupernetConfig(steps=12, sampling=sampling, random_subnets=1, lr=3e-3, schedule="constant",
                          distill="none", checkpoint_every=100)
@@ -59,6 +63,67 @@ def test_training_lowers_the_smallest_networks_loss(sampling, tmp_path):
         assert last["smallest"][0] < first["smallest"][0] and last["largest"][0] < first["largest"][0]
     else:
         assert set(first) == {"step", "random"}
+
+
+def peaked(seed=0):
+    """`setup` with a 30x output head: at random init every distribution is near uniform, so every KL is near 0;
+    peaked outputs make the sub-networks' distributions differ."""
+    model, adapter, shape, blocks = setup(seed)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)
+    return model, adapter, shape, blocks
+
+
+def divergence_to_largest(model, adapter, spec: SubnetSpec, batch: torch.Tensor, kind: str) -> float:
+    view = MaskedSubnet(model, adapter)
+    try:
+        with torch.no_grad():
+            view.use(None)
+            largest = next_token_logits(model, batch)
+            view.use(spec)
+            return float(divergence(next_token_logits(model, batch), largest, kind))
+    finally:
+        view.remove()
+
+
+@pytest.mark.parametrize("kind", DIVERGENCES)
+def test_the_smallest_network_learns_from_the_largest_networks_output(kind, tmp_path):
+    model, adapter, shape, blocks = peaked()
+    smallest = nested(shape, 0.25)
+    expected = divergence_to_largest(model, adapter, smallest, blocks[:1], kind)
+    assert expected > 0.05
+    cfg = SupernetConfig(steps=1, random_subnets=0, distill=kind, checkpoint_every=100)
+    result = train_supernet(model, adapter, blocks[:1], sampler(shape), smallest, cfg, tmp_path / "ck", progress=False)
+    assert result.history[0]["smallest"][0] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("distill", ["forward_kl", "none"])
+def test_a_smallest_network_equal_to_the_largest_has_zero_distillation_loss(distill, tmp_path):
+    model, adapter, shape, blocks = peaked()
+    cfg = SupernetConfig(steps=3, random_subnets=0, distill=distill, lr=1e-3, checkpoint_every=100)
+    result = train_supernet(model, adapter, blocks[:1], sampler(shape), nested(shape, 1.0), cfg, tmp_path / "ck",
+                            progress=False)
+    for record in result.history:
+        if distill == "none":  # the data's loss, not a divergence
+            assert record["smallest"][0] == pytest.approx(record["largest"][0], abs=1e-4) and record["smallest"][0] > 1
+        else:
+            assert record["smallest"][0] == pytest.approx(0, abs=1e-5)
+
+
+def test_inplace_distillation_lowers_the_smallest_networks_kl_to_the_largest(tmp_path):
+    model, adapter, shape, blocks = peaked()
+    smallest = nested(shape, 0.25)
+    before = divergence_to_largest(model, adapter, smallest, blocks[:1], "forward_kl")
+    cfg = SupernetConfig(steps=12, random_subnets=1, lr=1e-3, schedule="constant", checkpoint_every=100)
+    assert cfg.distill == "forward_kl"  # the default: in-place distillation
+    result = train_supernet(model, adapter, blocks[:1], sampler(shape), smallest, cfg, tmp_path / "kd", progress=False)
+    after = divergence_to_largest(model, adapter, smallest, blocks[:1], "forward_kl")
+    assert after < 0.5 * before
+    assert result.history[-1]["smallest"][0] < 0.5 * result.history[0]["smallest"][0]
+    without = peaked()[0]
+    train_supernet(without, adapter, blocks[:1], sampler(shape), smallest,
+                   dataclasses.replace(cfg, distill="none"), tmp_path / "lm", progress=False)
+    assert any(not torch.allclose(a, b, atol=1e-5) for a, b in zip(model.parameters(), without.parameters()))
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
