@@ -5,13 +5,15 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 import random
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from evoprune import data
 from evoprune.assets import package_dir
@@ -366,6 +368,57 @@ def test_cache_key_follows_source_split_length_fractions_and_tokenizer(tokenizer
     other_tokenizer = PreTrainedTokenizerFast(tokenizer_object=other, eos_token="</s>", unk_token="<unk>")
     assert not torch.equal(data.token_blocks(other_tokenizer, str(path), "eval", 16),
                            data.token_blocks(tokenizer, str(path), "eval", 16))
+
+
+
+def word_tokenizer(normalizer=None) -> PreTrainedTokenizerFast:
+    """The `tokenizer` fixture's word-level tokenizer, optionally with a normalizer in front."""
+    vocab = {"<unk>": 0, "</s>": EOS, **{w: i + 2 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if normalizer is not None:
+        tok.normalizer = normalizer
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", model_max_length=64)
+
+
+def test_tokenizer_replaced_at_the_same_path_is_retokenized(corpus, tmp_path):
+    path, _ = corpus
+    folder = tmp_path / "tokenizer"
+    word_tokenizer().save_pretrained(folder)
+    before = data.token_blocks(AutoTokenizer.from_pretrained(folder), str(path), "eval", 16)
+    # same vocabulary, special tokens and probe encoding; only the merging of w3 into w4 differs
+    word_tokenizer(normalizers.Replace("w3", "w4")).save_pretrained(folder)
+    replaced = AutoTokenizer.from_pretrained(folder)
+    assert replaced.name_or_path == str(folder)
+    after = data.token_blocks(replaced, str(path), "eval", 16)
+    assert not torch.equal(after, before)
+    assert torch.equal(after, blocks_module.pack_documents(replaced, data.split_documents(
+        data.load_documents(str(path)))["eval"], "eval", 16).blocks)
+
+
+def test_corpus_rewritten_with_the_same_size_and_time_is_retokenized(tokenizer, tmp_path):
+    path = tmp_path / "corpus.txt"
+    docs = random_docs(300)
+    path.write_text("\n\n".join(docs))
+    before = data.token_blocks(tokenizer, str(path), "eval", 16)
+    stat = path.stat()
+    path.write_text("\n\n".join(d.replace("w1 ", "w2 ") for d in docs))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert not torch.equal(data.token_blocks(tokenizer, str(path), "eval", 16), before)
+
+
+def test_same_corpus_and_tokenizer_at_other_paths_share_the_cache(corpus, cache, tmp_path):
+    path, _ = corpus
+    folder, other_folder = tmp_path / "tokenizer", tmp_path / "other" / "tokenizer"
+    word_tokenizer().save_pretrained(folder)
+    shutil.copytree(folder, other_folder)
+    moved = tmp_path / "other" / "corpus.txt"
+    shutil.copy(path, moved)
+    first = data.token_blocks(AutoTokenizer.from_pretrained(folder), str(path), "eval", 16)
+    second = data.token_blocks(AutoTokenizer.from_pretrained(other_folder), str(moved), "eval", 16)
+    assert torch.equal(first, second)
+    assert len(list((cache / "tokens").glob("*.safetensors"))) == 1
 
 
 # --- embedded ----------------------------------------------------------------------------------------------------

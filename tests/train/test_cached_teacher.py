@@ -138,6 +138,22 @@ def test_user_cache_is_reused_only_for_the_same_teacher_blocks_and_temperature(t
     assert torch.equal(rebuilt.read(0, 6).logprobs, expected)
 
 
+def test_user_cache_follows_the_teachers_weights_not_its_path(teacher, blocks, tmp_path, monkeypatch):
+    monkeypatch.setenv("EVOPRUNE_CACHE", str(tmp_path / "cache"))
+    here = LoadedModel(teacher, None, adapter_for(teacher.config), Path("/models/teacher"), "teacher")
+    first = CachedTeacher.for_blocks(here, blocks, top_k=5, temperature=2.0)
+    elsewhere = LoadedModel(copy.deepcopy(teacher), None, adapter_for(teacher.config), Path("/copy"), "copy")
+    assert CachedTeacher.for_blocks(elsewhere, blocks, top_k=5, temperature=2.0).cache.path == first.cache.path
+    with torch.no_grad():  # the same object at the same path, changed in place
+        teacher.model.layers[1].mlp.down_proj.weight.mul_(2.0)
+    changed = CachedTeacher.for_blocks(here, blocks, top_k=5, temperature=2.0)
+    assert changed.cache.path != first.cache.path
+    assert changed.cache.teacher_id == teacher_identity(here) != first.cache.teacher_id
+    logits = next_token_logits(teacher, blocks[:2])
+    assert changed.kd_loss(logits, blocks[:2], 2.0).item() == pytest.approx(0.0, abs=1e-5)
+    assert first.kd_loss(logits, blocks[:2], 2.0).item() > 1e-4
+
+
 def test_cached_kd_loss_checks_positions(llama, teacher, blocks, tmp_path):
     cached = build_cache(teacher, blocks, tmp_path / "t.safetensors", "top-k=5", 1.0)
     logits = next_token_logits(llama, blocks[:2])

@@ -8,9 +8,9 @@ from typing import Mapping
 import torch
 
 from ..errors import UserError
-from .cache import blocks_key, blocks_path, read_cached, tokenizer_identity, write_cached
+from .cache import blocks_key, blocks_path, read_cached, source_fingerprint, tokenizer_identity, write_cached
 from .packing import PackedSplit, pack_documents
-from .sources import load_documents, source_identity
+from .sources import load_documents
 from .splits import DEFAULT_FRACTIONS, SplitFractions, check_split, split_documents
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def pack_split(tokenizer, source: str, split: str, seq_len: int, text_field: str
     check_split(split)
     check_seq_len(seq_len, None)
     fractions = SplitFractions.coerce(fractions)
-    key = blocks_key(source_identity(source, text_field), tokenizer_identity(tokenizer), split, seq_len, fractions)
+    key = blocks_key(source_fingerprint(source, text_field), tokenizer_identity(tokenizer), split, seq_len, fractions)
     path = blocks_path(key)
     cached = read_cached(path, key)
     if cached is not None:

@@ -1,5 +1,9 @@
 """On-disk cache of packed token blocks, keyed by everything that determines them.
 
+The key is made of contents, never of paths: the text source's bytes (`source_fingerprint`), the
+tokenizer's vocabulary, model and special tokens (`tokenizer_identity`), the split, the block
+length and the split fractions. A corpus or tokenizer replaced at the same path gets a new key.
+
 A cache file is `cache_dir()/tokens/<key>.safetensors` holding the `blocks` tensor and, as
 metadata, the key and the split's document and token counts. Files are written atomically;
 an unreadable or inconsistent file is treated as missing and rebuilt.
@@ -18,24 +22,58 @@ from safetensors.torch import load_file, save_file
 
 from ..assets import cache_dir
 from ..atomic import staged_file
+from ..errors import UserError
+from ..fingerprint import files_fingerprint
+from .embedded import EMBEDDED_VERSION, embedded_files, is_embedded
 from .packing import PackedSplit
+from .sources import ACCEPTED
 from .splits import SplitFractions
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when splitting, tokenizing or packing changes
+CACHE_VERSION = 2  # bump when splitting, tokenizing or packing changes (2: keyed by contents, not paths)
 TOKENIZER_PROBE = ("The quick brown fox jumps over the lazy dog. 1234567890 +-*/=<>[]{}\n\tdef f(x): return x**2\n"
                    "Ünïcödé façade naïve, Größe, 東京タワー, москва, 😀 — “quotes” …")
 
 
 def tokenizer_identity(tokenizer) -> str:
-    """A digest of the tokenizer: class, name, vocabulary, separator tokens and a probe encoding."""
-    vocab = sorted(tokenizer.get_vocab().items())
+    """A digest of what the tokenizer computes, not of where it was loaded from: its class, special
+    tokens, full definition (vocabulary, merges, normalizer, pre-tokenizer) and a probe encoding."""
     probe = tokenizer(TOKENIZER_PROBE, add_special_tokens=False)["input_ids"]
-    parts = [type(tokenizer).__name__, str(getattr(tokenizer, "name_or_path", "")), str(len(tokenizer)),
+    parts = [type(tokenizer).__name__, str(len(tokenizer)),
              str(getattr(tokenizer, "eos_token_id", None)), str(getattr(tokenizer, "bos_token_id", None)),
-             json.dumps(probe), json.dumps(vocab, ensure_ascii=False)]
+             json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str),
+             json.dumps(probe), _tokenizer_definition(tokenizer)]
     return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
+
+
+def _tokenizer_definition(tokenizer) -> str:
+    """A fast tokenizer's serialized JSON; else the vocabulary and, if any, the sentencepiece model's digest."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return backend.to_str()
+    parts = [json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)]
+    sp_model = getattr(tokenizer, "sp_model", None)
+    if sp_model is not None and hasattr(sp_model, "serialized_model_proto"):
+        parts.append(hashlib.sha256(sp_model.serialized_model_proto()).hexdigest())
+    return "\n".join(parts)
+
+
+def source_fingerprint(source: str, text_field: str = "text") -> str:
+    """A digest of the text `source` holds: its files' bytes and names relative to the source, and `text_field`.
+
+    Raises:
+        UserError: if the source does not exist.
+    """
+    if is_embedded(source):
+        files = embedded_files(source)
+        return files_fingerprint(files) + f"|{source}|v{EMBEDDED_VERSION}|{text_field}"
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise UserError(f"data source not found: {source}; give {ACCEPTED}")
+    if path.is_dir():
+        return files_fingerprint(sorted(p for p in path.rglob("*") if p.is_file()), path) + f"|dir|{text_field}"
+    return files_fingerprint([path]) + f"|{text_field}"
 
 
 def blocks_key(source_id: str, tokenizer_id: str, split: str, seq_len: int, fractions: SplitFractions) -> str:

@@ -13,6 +13,7 @@ from ..arch.adapter import adapter_for
 from ..arch import params
 from ..assets import cache_dir
 from ..config import EvalConfig
+from ..fingerprint import weights_fingerprint
 from .latency import compare_latency
 from .perplexity import mean_nll
 from .teacher import TeacherCache, kl_to_teacher
@@ -21,7 +22,11 @@ log = logging.getLogger(__name__)
 
 
 def teacher_cache_path(teacher_id: str, blocks: torch.Tensor, top_k: int, temperature: float = 1.0) -> Path:
-    """Where the teacher distribution for these blocks (at this softmax temperature) lives in the user cache."""
+    """Where the teacher distribution for these blocks (at this softmax temperature) lives in the user cache.
+
+    Args:
+        teacher_id: what the distribution is a function of: the teacher's `weights_fingerprint`.
+    """
     key = teacher_id.encode() + str(tuple(blocks.shape)).encode() + blocks.numpy().tobytes() + str(top_k).encode()
     if temperature != 1.0:
         key += f"|temperature={float(temperature)!r}".encode()
@@ -29,13 +34,18 @@ def teacher_cache_path(teacher_id: str, blocks: torch.Tensor, top_k: int, temper
     return cache_dir() / "teacher" / f"{digest}.safetensors"
 
 
-def teacher_for(teacher: PreTrainedModel, teacher_id: str, blocks: torch.Tensor, cfg: EvalConfig,
+def teacher_for(teacher: PreTrainedModel, label: str, blocks: torch.Tensor, cfg: EvalConfig,
                 batch_size: int, progress: bool = True, temperature: float = 1.0) -> TeacherCache:
     """Load the cached teacher distribution for `blocks`, building it once if missing, unreadable or stale.
 
-    A cache is used only if it holds `teacher_id`'s distribution on exactly these blocks at
-    `temperature` (1 for KL; distillation at another temperature, see `train.cached_teacher`).
+    The cache is keyed by the teacher's weights, config and dtype (`weights_fingerprint`), the
+    blocks, top_k and `temperature` (1 for KL; distillation at another temperature, see
+    `train.cached_teacher`), and used only if its header says it holds exactly that.
+
+    Args:
+        label: names the teacher in log messages (a path or name; not part of the key).
     """
+    teacher_id = weights_fingerprint(teacher)
     path = teacher_cache_path(teacher_id, blocks, cfg.top_k, temperature)
     if path.exists():
         try:
@@ -44,6 +54,8 @@ def teacher_for(teacher: PreTrainedModel, teacher_id: str, blocks: torch.Tensor,
             return cache
         except Exception as e:  # a stale or corrupt cache is rebuilt, not fatal
             log.warning("rebuilding teacher cache %s: %s", path, e)
+    log.info("computing the teacher distribution of %s (weights %s) on %d blocks", label, teacher_id[:12],
+             len(blocks))
     return TeacherCache.build(teacher, blocks, path, top_k=cfg.top_k, batch_size=batch_size, progress=progress,
                               temperature=temperature, teacher_id=teacher_id)
 

@@ -29,6 +29,7 @@ from ..arch.shape import ModelShape
 from ..arch.spec import LayerSpec, SubnetSpec
 from ..atomic import staged_file, write_json
 from ..errors import UserError
+from ..fingerprint import weights_fingerprint
 from .layerwise import run_layer_by_layer
 from .levels import attention_cost, attention_ladder, check_levels, mlp_cost, mlp_ladder
 from .module_levels import solve_attention_levels, solve_mlp_levels
@@ -36,7 +37,7 @@ from .obs import HessianAccumulator
 
 log = logging.getLogger(__name__)
 
-FORMAT = "evoprune.database/1"
+FORMAT = "evoprune.database/2"  # 2: keyed by all weights and the calibration tokens
 KINDS = ("attention", "mlp")
 
 
@@ -72,13 +73,9 @@ class Level:
 
 
 def model_fingerprint(model: PreTrainedModel, adapter: ModelAdapter) -> str:
-    """Hash of the model's shape and of a few weight tensors: tells databases of different models apart."""
-    h = hashlib.sha256(json.dumps(adapter.shape(model).to_dict(), sort_keys=True).encode())
-    layers = adapter.layers(model)
-    for tensor in (model.get_input_embeddings().weight[:64], adapter.attention_output(layers[0]).weight,
-                   adapter.mlp_output(layers[-1]).weight):
-        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:32]
+    """Hash of the model's shape and of all its weights, config and dtype: tells databases of different models apart."""
+    shape = json.dumps(adapter.shape(model).to_dict(), sort_keys=True)
+    return hashlib.sha256((shape + weights_fingerprint(model)).encode()).hexdigest()[:32]
 
 
 class Database:
@@ -98,13 +95,18 @@ class Database:
     @classmethod
     def build(cls, model: PreTrainedModel, adapter: ModelAdapter, blocks: torch.Tensor, settings: DatabaseSettings,
               path: str | Path, batch_size: int = 4, progress: bool = True) -> "Database":
-        """Solve every module layer by layer and write the database to `path` (resuming a partial build)."""
+        """Solve every module layer by layer and write the database to `path` (resuming a partial build).
+
+        Solved layers found in `path` are reused only if they were solved from the same weights,
+        calibration `blocks` and settings.
+        """
         settings.check()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         shape = adapter.shape(model)
         fingerprint = model_fingerprint(model, adapter)
-        stamp = _settings_stamp(fingerprint, settings)
+        calibration = calibration_fingerprint(blocks)
+        stamp = _settings_stamp(fingerprint, calibration, settings)
         dtype = next(model.parameters()).dtype
         done = {i for i in range(shape.num_layers) if _shard_stamp(path / _shard_name(i)) == stamp}
         if done:
@@ -141,14 +143,16 @@ class Database:
 
         run_layer_by_layer(model, adapter, blocks, batch_size, attach, finish, progress, desc="database")
         write_json(path / "index.json", {"format": FORMAT, "shape": shape.to_dict(), "fingerprint": fingerprint,
-                                         "settings": asdict(settings), "layers": shape.num_layers})
-        return cls.load(path, model, adapter, settings)
+                                         "calibration": calibration, "settings": asdict(settings),
+                                         "layers": shape.num_layers})
+        return cls.load(path, model, adapter, settings, blocks)
 
     # ---- loading ------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, model: PreTrainedModel | None = None, adapter: ModelAdapter | None = None,
-             settings: DatabaseSettings | None = None) -> "Database":
-        """Open a database, refusing one built from another model or with other settings."""
+             settings: DatabaseSettings | None = None, blocks: torch.Tensor | None = None) -> "Database":
+        """Open a database, refusing one built from another model (weights, config, dtype), with other
+        settings or, when `blocks` are given, from other calibration tokens."""
         path = Path(path)
         index_file = path / "index.json"
         if not index_file.is_file():
@@ -157,17 +161,20 @@ class Database:
             index = json.loads(index_file.read_text())
             assert index.get("format") == FORMAT
         except (json.JSONDecodeError, AssertionError, UnicodeDecodeError):
-            raise UserError(f"{index_file} is not an evoprune database index; rebuild it") from None
+            raise UserError(f"{index_file} is not an evoprune database index of format {FORMAT}; rebuild it") from None
         if model is not None and adapter is not None and index["fingerprint"] != model_fingerprint(model, adapter):
-            raise UserError(f"database {path} was built from a different model ({ModelShape.from_dict(index['shape']).describe()}); "
-                            "build one for this model")
+            raise UserError(f"database {path} was built from a different model (other weights, config or dtype; "
+                            f"it was {ModelShape.from_dict(index['shape']).describe()}); rebuild it for this model")
+        if blocks is not None and index["calibration"] != calibration_fingerprint(blocks):
+            raise UserError(f"database {path} was built from other calibration tokens than these "
+                            f"({blocks.shape[0]}x{blocks.shape[1]}); rebuild it for this data")
         if settings is not None and asdict(settings) != index["settings"]:
             diff = [f"{k}: database {index['settings'].get(k)!r} vs requested {v!r}"
                     for k, v in asdict(settings).items() if index["settings"].get(k) != v]
             raise UserError(f"database {path} was built with other settings ({'; '.join(diff)}); "
                             "rebuild it or use the same settings")
         tables = []
-        stamp = _settings_stamp(index["fingerprint"], DatabaseSettings(**index["settings"]))
+        stamp = _settings_stamp(index["fingerprint"], index["calibration"], DatabaseSettings(**index["settings"]))
         for i in range(index["layers"]):
             shard = path / _shard_name(i)
             if _shard_stamp(shard) != stamp:
@@ -253,8 +260,15 @@ def _shard_name(i: int) -> str:
     return f"layer_{i:03d}.safetensors"
 
 
-def _settings_stamp(fingerprint: str, settings: DatabaseSettings) -> str:
-    return hashlib.sha256((fingerprint + json.dumps(asdict(settings), sort_keys=True)).encode()).hexdigest()[:24]
+def calibration_fingerprint(blocks: torch.Tensor) -> str:
+    """sha256 of the calibration token blocks' shape and int64 ids."""
+    blocks = blocks.detach().to("cpu", torch.int64).contiguous()
+    return hashlib.sha256(str(tuple(blocks.shape)).encode() + blocks.numpy().tobytes()).hexdigest()
+
+
+def _settings_stamp(fingerprint: str, calibration: str, settings: DatabaseSettings) -> str:
+    key = fingerprint + calibration + json.dumps(asdict(settings), sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
 def _shard_stamp(path: Path) -> str | None:

@@ -8,12 +8,18 @@ a noisy machine spreads over all of them; each sample runs enough calls to last 
 milliseconds, and a shape's cost is its fastest sample (the least disturbed by other work; the
 median is kept beside it). Costs are made non-decreasing along each ladder, so a level never looks
 cheaper than a smaller one because of timing noise.
+
+A saved table is reused only for the same measured block shapes, dtype, device, attention
+implementation, machine (CPU / GPU model, core count, torch threads, torch version) and settings.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -31,6 +37,8 @@ from ..errors import UserError
 from ..modes import eval_mode
 from ..prune.database import Database
 from .budget import KINDS, CostTable
+
+log = logging.getLogger(__name__)
 
 MODES = ("prefill", "decode")
 SAMPLE_SECONDS = 0.005
@@ -157,17 +165,51 @@ def measure_latency_table(dense: PreTrainedModel, adapter: ModelAdapter, db: Dat
             "costs": costs}
 
 
+def table_key(dense: PreTrainedModel, db: Database, settings: LatencySettings) -> dict:
+    """Everything a measured table depends on, as saved beside it (JSON types)."""
+    param = next(dense.parameters())
+    blocks = sorted({"/".join(map(str, (kind,) + shape_key(kind, lv)))
+                     for kind in KINDS for levels in db.levels[kind] for lv in levels[1:]})
+    key = {"settings": asdict(settings), "shape": db.shape.to_dict(), "blocks": blocks, "dtype": str(param.dtype),
+           "device": param.device.type, "attention": getattr(dense.config, "_attn_implementation", None),
+           "machine": _machine(param.device), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    return json.loads(json.dumps(key))
+
+
+def _machine(device: torch.device) -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    machine = {"arch": platform.machine(), "cpu": cpu, "cores": os.cpu_count()}
+    if device.type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name(device)
+    return machine
+
+
 def latency_cost_table(dense: PreTrainedModel, adapter: ModelAdapter, db: Database, path: Path,
                        settings: LatencySettings, progress: bool = True) -> CostTable:
-    """The latency CostTable of this run: measured once, then read back from `path` (resume)."""
+    """The latency CostTable of this run: measured once, then read back from `path` (resume).
+
+    A saved table measured with other settings is refused; one measured for other block shapes,
+    dtype, device or another machine is measured again.
+    """
+    key = table_key(dense, db, settings)
     if path.exists():
         try:
             saved = json.loads(path.read_text())
-            if saved["settings"] == asdict(settings):
-                return CostTable("latency", saved["costs"])
-        except (ValueError, KeyError, TypeError):
+            same_settings, saved_key = saved["settings"] == asdict(settings), saved.get("key")
+            costs = CostTable("latency", saved["costs"])
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise UserError(f"latency table {path} is corrupt; delete it to measure it again") from None
-        raise UserError(f"latency table {path} was measured with other settings; delete it to measure again")
+        if not same_settings:
+            raise UserError(f"latency table {path} was measured with other settings; delete it to measure again")
+        if saved_key == key:
+            return costs
+        differ = sorted(k for k in key if not isinstance(saved_key, dict) or saved_key.get(k) != key[k])
+        log.warning("latency table %s was measured with another %s; measuring it again", path, ", ".join(differ))
     table = measure_latency_table(dense, adapter, db, settings, progress)
-    write_json(path, table)
+    write_json(path, {**table, "key": key})
     return CostTable("latency", table["costs"])

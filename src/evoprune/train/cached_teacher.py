@@ -33,6 +33,7 @@ import torch
 from ..errors import UserError
 from ..evaluate._blocks import check_blocks
 from ..evaluate.teacher import TeacherCache, TeacherSlice
+from ..fingerprint import weights_fingerprint
 
 
 def _block_key(block: torch.Tensor) -> bytes:
@@ -40,15 +41,12 @@ def _block_key(block: torch.Tensor) -> bytes:
 
 
 def teacher_identity(teacher) -> str:
-    """What a cache records as its teacher: a hash of the model's shape and weights, and its dtype.
+    """What a cache records as its teacher: the `weights_fingerprint` of its model (weights, config, dtype).
 
     Args:
         teacher: an `evoprune.models.LoadedModel`.
     """
-    from ..prune.database import model_fingerprint
-
-    dtype = next(teacher.model.parameters()).dtype
-    return f"{model_fingerprint(teacher.model, teacher.adapter)}|{str(dtype).removeprefix('torch.')}"
+    return weights_fingerprint(teacher.model)
 
 
 class CachedTeacher:
@@ -87,7 +85,7 @@ class CachedTeacher:
         from ..config import EvalConfig
         from ..evaluate.suite import teacher_for
 
-        cache = teacher_for(teacher.model, teacher_identity(teacher), check_blocks(blocks), EvalConfig(top_k=top_k),
+        cache = teacher_for(teacher.model, teacher.name, check_blocks(blocks), EvalConfig(top_k=top_k),
                             batch_size, progress, temperature=temperature)
         return cls(cache, blocks)
 
