@@ -12,8 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from evoprune_tests import CORPUS_WORDS
+
 from evoprune.cli import main
 from evoprune.config import load_config
+from evoprune.evaluate.perplexity import mean_nll
+from evoprune.models import load_model
+from evoprune.pipeline import data_blocks
 from evoprune.train.recovery import RecoveryRunConfig, recover
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -57,21 +62,40 @@ def straight_run(recovery_inputs, tmp_path_factory):
 
 def test_run_writes_model_report_metrics_and_trains(recovery_inputs, straight_run):
     rows = records(straight_run)
-    steps = [r for r in rows if "loss" in r]
-    assert len(steps) == 12 and steps[-1]["tokens"] == 1536  # 1536 tokens / (4 blocks x 32)
-    assert all({"lr", "grad_norm", "tokens_per_s", "lm", "kd"} <= set(r) for r in steps)
-    evals = [r for r in rows if "eval_loss" in r]
-    assert [r["step"] for r in evals] == [0, 4, 8, 12]
-    # the tiny corpus is random words (nothing to learn beyond ~ln 80 nats): check the weights moved instead
-    assert all(r["eval_loss"] == pytest.approx(evals[0]["eval_loss"], rel=0.05) for r in evals)
+    assert [r["step"] for r in rows] == list(range(13))  # step 0: the held-out loss before training
+    steps = rows[1:]
+    assert [r["tokens"] for r in steps] == [128 * s for s in range(1, 13)]  # 4 blocks x 32 tokens a step
+    assert all({"loss", "lm", "kd", "lr", "grad_norm", "tokens_per_s"} <= set(r) for r in steps)
+    lrs = [r["lr"] for r in steps]
+    peak = lrs.index(max(lrs))
+    assert max(lrs) == pytest.approx(0.003) and lrs[:peak + 1] == sorted(lrs[:peak + 1])  # warm-up to train.lr
+    assert lrs[peak:] == sorted(lrs[peak:], reverse=True) and lrs[-1] < 0.003  # then the cosine decay
+    assert [r["step"] for r in rows if "eval_loss" in r] == [0, 4, 8, 12]
     for name in ("model/config.json", "model/modeling_evoprune.py", "model/evoprune_spec.json", "report.md",
                  "loss.png", "metrics.json", "config.yaml"):
         assert (straight_run / name).exists(), name
+    summary = json.loads((straight_run / "metrics.json").read_text())
+    assert summary["steps"] == 12 and summary["final_eval_ppl"] == pytest.approx(rows[-1]["eval_ppl"])
     assert "final_eval_ppl" in (straight_run / "report.md").read_text()
     before = load_file(str(recovery_inputs / "pruned" / "model.safetensors"))
     after = weights(straight_run)
     assert sorted(before) == sorted(after) and all(before[k].shape == after[k].shape for k in before)
     assert not torch.equal(before["model.layers.0.mlp.down_proj.weight"], after["model.layers.0.mlp.down_proj.weight"])
+    # the exported model is the trained one: its held-out loss is the one measured in memory after the last step
+    cfg = config(recovery_inputs)
+    exported = load_model(str(straight_run / "model"))
+    eval_blocks = data_blocks(cfg, exported.tokenizer, "eval", cfg.data.eval_blocks)
+    assert mean_nll(exported.model, eval_blocks, 4) == pytest.approx(rows[-1]["eval_loss"], rel=1e-6)
+
+
+def test_training_lowers_the_held_out_loss_of_learnable_text(recovery_inputs, tmp_path):
+    words = CORPUS_WORDS[:8]  # each document cycles through 8 words: the next word is always predictable
+    text = "\n\n".join(" ".join(words[(i + j) % 8] for j in range(40 + i)) for i in range(300))
+    (tmp_path / "cycle.txt").write_text(text)
+    out = recover(config(recovery_inputs, f"data.source={tmp_path / 'cycle.txt'}"), tmp_path / "run", progress=False)
+    evals = [r["eval_loss"] for r in records(out) if "eval_loss" in r]
+    assert len(evals) == 4 and all(a > b for a, b in zip(evals, evals[1:]))
+    assert evals[-1] < 0.85 * evals[0]
 
 
 def test_two_processes_give_the_loss_curve_of_one(recovery_inputs, straight_run, tmp_path):

@@ -2,20 +2,28 @@
 
 A checkpoint is a folder `checkpoints/step-NNNNNNN/` written under a temporary name and renamed
 when complete; `checkpoints/latest.json` names the newest one. `trainer.json` inside records the
-run identity, so a checkpoint of another run is refused.
+run identity, so a checkpoint of another run is refused. A file cut short (a full disk, a copy
+stopped half way) is refused naming it, before anything is loaded.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from safetensors import SafetensorError, safe_open
+
 from ...atomic import write_json
 from ...errors import UserError
+from ...rundir import changed_keys
 from .config import identity_digest
+
+RESTART = "pass --force to start the run over, or --resume-from an earlier checkpoint"
 
 FORMAT = "evoprune.train_checkpoint/1"
 TRAINER_FILE = "trainer.json"
@@ -66,16 +74,16 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 def read_trainer_state(checkpoint: Path, identity: dict) -> dict:
     """The checkpoint's trainer record, after checking it belongs to the run described by `identity`."""
+    path = Path(checkpoint) / TRAINER_FILE
     try:
-        record = json.loads((Path(checkpoint) / TRAINER_FILE).read_text())
-        assert record.get("format") == FORMAT
-    except (OSError, ValueError, AssertionError):
-        raise UserError(f"{checkpoint} is not an evoprune training checkpoint (no valid {TRAINER_FILE})") from None
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record.get("format") != FORMAT:
+            raise ValueError(f"format {record.get('format')!r}")
+    except (OSError, ValueError, AttributeError):
+        raise UserError(f"{checkpoint} is not a usable evoprune training checkpoint ({path.name} missing or "
+                        f"corrupt); {RESTART}") from None
     if record.get("digest") != identity_digest(identity):
-        theirs = record.get("identity", {})
-        differ = sorted(f"{section}.{key}" for section in set(identity) | set(theirs)
-                        for key in _keys(identity.get(section)) | _keys(theirs.get(section))
-                        if _get(identity, section, key) != _get(theirs, section, key))
+        differ = changed_keys(record.get("identity", {}), identity)
         raise UserError(f"checkpoint {checkpoint} belongs to another run (differs in {', '.join(differ) or '?'}); "
                         "resume only with the settings it was made with, or start a new run")
     return record
@@ -84,14 +92,24 @@ def read_trainer_state(checkpoint: Path, identity: dict) -> dict:
 def load_checkpoint(accelerator, checkpoint: Path, identity: dict) -> Position:
     """Restore the prepared objects and RNG states from `checkpoint`; return its position."""
     record = read_trainer_state(checkpoint, identity)
-    accelerator.load_state(str(checkpoint))
+    check_files(Path(checkpoint))
+    try:
+        accelerator.load_state(str(checkpoint))
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError, SafetensorError) as e:
+        reason = (str(e).splitlines() or [""])[0]
+        raise UserError(f"cannot load checkpoint {checkpoint} ({type(e).__name__}: {reason}); {RESTART}") from None
     return Position(int(record["step"]), int(record["tokens_seen"]), int(record["cursor"]), record.get("scheduler"))
 
 
-def _keys(section) -> set:
-    return set(section) if isinstance(section, dict) else {None}
-
-
-def _get(d: dict, section, key):
-    value = d.get(section)
-    return value.get(key) if isinstance(value, dict) and key is not None else value
+def check_files(checkpoint: Path) -> None:
+    """Refuse a checkpoint whose weight, optimizer or RNG files are cut short, naming the first such file."""
+    for path in sorted(checkpoint.iterdir()):
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), "pt"):  # checks the header covers the whole file
+                    pass
+            elif path.suffix in (".bin", ".pkl"):
+                zipfile.ZipFile(path).close()  # torch.save writes a zip: its directory is at the very end
+        except (OSError, zipfile.BadZipFile, SafetensorError) as e:
+            reason = (str(e).splitlines() or [""])[0]
+            raise UserError(f"checkpoint file {path} is corrupt or truncated ({reason}); {RESTART}") from None

@@ -4,13 +4,15 @@ Built on the trainer core (`build_optimizer`, `build_scheduler`, `plan_tokens`, 
 Accelerate: the same code runs as one process or under `torchrun` / `accelerate launch` (DDP over
 gloo on CPU, NCCL on GPUs, FSDP on GPUs). The run directory holds `checkpoints/` (resumable),
 `metrics.jsonl`, and when done `model/`, `metrics.json`, `config.yaml`, `report.md` + `loss.png`.
+The main process holds the run's lock (`rundir.run_lock`) throughout, and nothing is written to
+`--out` before every check has passed and the checkpoint to resume from is loaded.
 With train.teacher_source=cached the teacher runs once over the train blocks the budget reaches
 (into the user cache, see `train.cached_teacher`) and is then dropped from memory.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import math
 import shutil
@@ -30,13 +32,14 @@ from ...evaluate.perplexity import mean_nll
 from ...modes import eval_mode, train_mode
 from ...models import LoadedModel
 from ...pipeline import data_blocks, load_source
+from ...rundir import check_writable_out, read_run_json, refuse_changed, run_lock
 from ..cached_teacher import CachedTeacher
 from ..loop import plan_tokens
 from ..optim import build_optimizer, build_scheduler
 from ..step import train_step
 from .accelerator import make_accelerator
 from .batches import per_process_batch, rank_micro_batches
-from .checkpoint import Position, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import Position, latest_checkpoint, load_checkpoint, read_trainer_state, save_checkpoint
 from .config import RecoveryRunConfig, run_identity
 from .lora import add_lora, check_lora_targets, merge_lora
 from .metrics_log import MetricsLog
@@ -58,21 +61,17 @@ def check_same_vocabulary(student: LoadedModel, teacher: LoadedModel) -> None:
                         "distillation needs the same tokenizer and vocabulary")
 
 
-def _check_run_dir(out: Path, identity: dict, force: bool, resume_from: str | None) -> bool:
-    """Refuse an output directory this run may not use; True when it holds this run, to be resumed."""
-    run_file = out / RUN_FILE
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output path {out} exists and is not a directory")
+def _check_run_dir(out: Path, identity: dict, force: bool) -> bool:
+    """Refuse an output directory this run may not use; True when it holds this run (unfinished)."""
     if not out.exists() or not any(out.iterdir()) or force:
         return False
+    run_file = out / RUN_FILE
     if not run_file.is_file():
         raise UserError(f"output directory {out} exists and is not an evoprune train run; pass --force to replace it")
-    if json.loads(run_file.read_text()) != identity:
-        raise UserError(f"{out} holds a training run with other settings; use the same settings to resume, "
-                        "or --force to start over")
+    refuse_changed(out, read_run_json(run_file), identity, "training run")
     if (out / "model").exists():
         raise UserError(f"{out} holds a finished training run; pass --force to train again")
-    return resume_from is None
+    return True
 
 
 def _set_up_run_dir(out: Path, identity: dict, force: bool) -> None:
@@ -80,6 +79,14 @@ def _set_up_run_dir(out: Path, identity: dict, force: bool) -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / RUN_FILE, identity)
+
+
+def _check_resume_point(checkpoint: Path, identity: dict, steps: int) -> None:
+    """Refuse a checkpoint of another run, or one with nothing left to train."""
+    step = int(read_trainer_state(checkpoint, identity)["step"])
+    if step >= steps:
+        raise UserError(f"checkpoint {checkpoint} is at step {step}, the end of this run's {steps} steps: nothing "
+                        "is left to train; resume from an earlier checkpoint, or drop --resume-from")
 
 
 def _reduce_mean(accelerator, values: list[float | None]) -> list[float | None]:
@@ -94,16 +101,15 @@ def recover(cfg: RecoveryRunConfig, out: str | Path, force: bool = False, progre
     """Train `cfg.model.source` for `cfg.train.tokens` tokens; write the run directory `out`.
 
     Rerunning on the same `out` resumes from its latest checkpoint; `resume_from` names a checkpoint
-    folder explicitly (refused when it belongs to a run with other settings).
+    folder explicitly (refused when it belongs to a run with other settings). The main process
+    holds the run's lock throughout; `out` is created (or, with `force`, replaced) only once every
+    check has passed and the checkpoint to resume from is loaded.
     `stop_after_steps` ends this call after that many steps (tests use it to simulate a kill).
     """
     t = cfg.train
-    out = Path(out)
-    identity = run_identity(cfg)
+    out = check_writable_out(out)
     accelerator = make_accelerator(t, cfg.model.device)
-    rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    per_process_batch(t.batch_size, world)
-    tcfg = t.train_config(cfg.seed)
+    per_process_batch(t.batch_size, accelerator.num_processes)
     step_tokens = t.batch_size * t.grad_accum * cfg.data.seq_len
     if t.tokens < step_tokens:
         raise UserError(f"token budget {t.tokens} is smaller than one optimizer step of {step_tokens} tokens "
@@ -111,7 +117,17 @@ def recover(cfg: RecoveryRunConfig, out: str | Path, force: bool = False, progre
     resume_path = Path(resume_from) if resume_from is not None else None
     if resume_path is not None and not resume_path.is_dir():
         raise UserError(f"checkpoint to resume from not found: {resume_path}")
+    with run_lock(out, command) if accelerator.is_main_process else contextlib.nullcontext():
+        return _train(cfg, out, accelerator, force, progress, resume_path, stop_after_steps, command)
 
+
+def _train(cfg: RecoveryRunConfig, out: Path, accelerator, force: bool, progress: bool, resume_path: Path | None,
+           stop_after_steps: int | None, command: str) -> Path:
+    t = cfg.train
+    identity = run_identity(cfg)
+    rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    tcfg = t.train_config(cfg.seed)
+    holds_this_run = _check_run_dir(out, identity, force)
     student = load_source(cfg)
     teacher = load_source(cfg, t.teacher) if t.teacher else None
     notes = []
@@ -127,15 +143,8 @@ def recover(cfg: RecoveryRunConfig, out: str | Path, force: bool = False, progre
     train_blocks = data_blocks(cfg, student.tokenizer, "train", t.train_blocks)
     eval_blocks = data_blocks(cfg, student.tokenizer, "eval", cfg.data.eval_blocks)
     plan = plan_tokens(t.tokens, cfg.data.seq_len, tcfg)
-    if resume_path is not None:  # refuse another run's checkpoint before touching anything
-        from .checkpoint import read_trainer_state
-
-        read_trainer_state(resume_path, identity)
-    resuming = _check_run_dir(out, identity, force, resume_from)
-    accelerator.wait_for_everyone()  # every process has looked at `out` before the main one changes it
-    if is_main:
-        _set_up_run_dir(out, identity, force)
-    accelerator.wait_for_everyone()
+    if resume_path is not None:
+        _check_resume_point(resume_path, identity, plan.steps)
 
     torch.manual_seed(cfg.seed)
     model = student.model
@@ -166,19 +175,25 @@ def recover(cfg: RecoveryRunConfig, out: str | Path, force: bool = False, progre
     elif teacher is not None:
         teacher_model = teacher.model.to(accelerator.device).requires_grad_(False)
 
-    metrics = MetricsLog(out / "metrics.jsonl", is_main)
     position = Position()
     checkpoints = out / "checkpoints"
-    source = resume_path or (latest_checkpoint(checkpoints) if resuming else None)
+    source = resume_path or (latest_checkpoint(checkpoints) if holds_this_run else None)
     if source is not None:
         position = load_checkpoint(accelerator, source, identity)
         scheduler.load_state_dict(position.scheduler)
-        metrics.truncate_after(position.step)
         log.info("resumed from %s at step %d (%d tokens)", source, position.step, position.tokens_seen)
-    else:
-        metrics.truncate_after(-1)
+    accelerator.wait_for_everyone()  # every process has read `out` (and its checkpoint) before the main one changes it
+    if is_main:
+        _set_up_run_dir(out, identity, force)
+    accelerator.wait_for_everyone()
+    metrics = MetricsLog(out / "metrics.jsonl", is_main)
+    metrics.truncate_after(position.step if source is not None else -1)
+    if source is None or not holds_this_run:  # a new curve: it starts with the held-out loss where training starts
         loss = mean_nll(model, eval_blocks, cfg.data.batch_size)
-        metrics.write({"step": 0, "tokens": 0, "eval_loss": loss, "eval_ppl": math.exp(loss)})
+        metrics.write({"step": position.step, "tokens": position.tokens_seen, "eval_loss": loss,
+                       "eval_ppl": math.exp(loss)})
+    if source is not None and not holds_this_run:
+        notes.append(f"resumed from {source} at step {position.step}: the curves start there")
 
     started = time.perf_counter()
     steps_here = tokens_here = 0
