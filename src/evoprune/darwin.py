@@ -55,9 +55,9 @@ def database_settings(cfg: RunConfig) -> DatabaseSettings:
 
 def build_database(cfg: RunConfig, dense: LoadedModel, path: Path, progress: bool = True) -> Database:
     settings = database_settings(cfg)
-    if (path / "index.json").exists():
-        return Database.load(path, dense.model, dense.adapter, settings)
     blocks = data_blocks(cfg, dense.tokenizer, "calibration", cfg.data.calibration_blocks)
+    if (path / "index.json").exists():  # resumed: built from these very weights and calibration tokens?
+        return Database.load(path, dense.model, dense.adapter, settings, blocks)
     started = time.time()
     db = Database.build(dense.model, dense.adapter, blocks, settings, path, cfg.data.batch_size, progress)
     log.info("database built in %.0f s, %.1f MB", time.time() - started, db.size_bytes() / 2**20)

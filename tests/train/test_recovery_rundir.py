@@ -124,3 +124,10 @@ def test_a_missing_checkpoint_file_is_one_line_naming_the_checkpoint(recovery_in
     with pytest.raises(UserError, match="cannot load checkpoint") as caught:
         recover(short(recovery_inputs), stopped_copy, progress=False)
     assert str(checkpoint) in one_line(caught)
+
+
+def test_a_corrupt_latest_checkpoint_pointer_is_one_line_not_a_silent_restart(recovery_inputs, stopped_copy):
+    (stopped_copy / "checkpoints" / "latest.json").write_text('{"checkpo')
+    with pytest.raises(UserError) as caught:
+        recover(short(recovery_inputs), stopped_copy, progress=False)
+    assert "latest.json is corrupt" in one_line(caught) and "--force" in one_line(caught)

@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 
 from ...atomic import write_json
 from ...errors import UserError
-from ...rundir import changed_keys
+from ...rundir import changed_keys, read_run_json
 from .config import identity_digest
 
 RESTART = "pass --force to start the run over, or --resume-from an earlier checkpoint"
@@ -64,10 +64,12 @@ def save_checkpoint(accelerator, folder: Path, position: Position, identity: dic
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
-    try:
-        name = json.loads((folder / LATEST).read_text())["checkpoint"]
-    except (OSError, ValueError, KeyError, TypeError):
+    if not (folder / LATEST).is_file():
         return None
+    try:
+        name = read_run_json(folder / LATEST)["checkpoint"]
+    except (KeyError, TypeError):
+        raise UserError(f"{folder / LATEST} names no checkpoint; pass --force to start the run over") from None
     path = folder / name
     return path if (path / TRAINER_FILE).is_file() else None
 
