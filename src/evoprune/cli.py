@@ -12,10 +12,18 @@ import logging
 import os
 import re
 import sys
+import typing
 
 from .errors import UserError
 
-EPILOG = "Any config field can be set as key.sub=value, e.g. data.seq_len=256 eval.latency=false."
+EPILOG = "Any config field can be set as key.sub=value, e.g. data.seq_len=256 eval.latency=false seed=3."
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Reports a usage mistake as one line and exit status 2, like every other bad input."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"evoprune: error: {message}; see `{self.prog} --help`\n")
 
 
 def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
@@ -34,8 +42,8 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="evoprune", description="Structured pruning of causal LMs found by search.",
-                                     epilog=EPILOG)
+    parser = OneLineParser(prog="evoprune", description="Structured pruning of causal LMs found by search.",
+                           epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prune", help="prune with a baseline method, export, evaluate dense vs pruned", epilog=EPILOG)
@@ -141,12 +149,14 @@ def run(args: argparse.Namespace) -> None:
         from .train.recovery import RecoveryRunConfig, recover
 
         cfg = load_config(args.config, args.overrides, cls=RecoveryRunConfig, base=_overrides(args))
+        check_before_work(args, cfg, teacher=cfg.train.teacher)
         out = recover(cfg, args.out, force=args.force, progress=progress, resume_from=args.resume_from,
                       command="evoprune " + " ".join(args.argv))
         if (out / "report.md").exists() and _is_main_process():
             print((out / "report.md").read_text())
         return
     cfg = load_config(args.config, args.overrides, base=_overrides(args))
+    check_before_work(args, cfg, teacher=getattr(args, "teacher", None))
     if args.command == "prune":
         out = pipeline.prune(cfg, args.out, force=args.force, progress=progress)
     elif args.command in ("darwin", "database", "search"):
@@ -172,6 +182,18 @@ def run(args: argparse.Namespace) -> None:
     print((out / "report.md").read_text())
 
 
+def check_before_work(args: argparse.Namespace, cfg, teacher: str | None) -> None:
+    """Refuse an unusable --out, device or model folder before anything is loaded or written."""
+    from .models import check_device, check_model_source
+    from .rundir import check_writable_out
+
+    check_writable_out(args.out)
+    check_device(cfg.model.device)
+    for source in (cfg.model.source, teacher):
+        if source:
+            check_model_source(source, cfg.model.allow_pickle, cfg.model.trust_remote_code)
+
+
 def fraction_range(text: str | None, flag: str) -> tuple[float, float] | None:
     """`LOW,HIGH` as two floats (None stays None); a UserError naming `flag` when malformed."""
     if text is None:
@@ -187,22 +209,35 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-OVERRIDE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+=")
+OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*=")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    """Parse flags; `key.sub=value` words may appear anywhere and become config overrides."""
-    overrides = [a for a in argv if OVERRIDE.match(a)]
-    args = build_parser().parse_args([a for a in argv if not OVERRIDE.match(a)])
-    args.overrides = overrides
+    """Parse flags; `key.sub=value` and `key=value` words become config overrides.
+
+    They may come before the command or anywhere after it, but a word that is the value of a flag
+    (`--spec a=b.json`) stays that flag's value.
+    """
+    leading = 0
+    while leading < len(argv) and OVERRIDE.match(argv[leading]):
+        leading += 1
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv[leading:])
+    unknown = [a for a in extras if not OVERRIDE.match(a)]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (config fields are set as key.sub=value)")
+    args.overrides = list(argv[:leading]) + [a for a in extras if OVERRIDE.match(a)]
     args.argv = list(argv)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    _quiet_transformers()
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as stop:  # a usage error (already reported on one line) or --help
+        return stop.code if isinstance(stop.code, int) else 0
     logging.basicConfig(level=logging.WARNING if args.__dict__.get("quiet") else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.__dict__.get("quiet"):
@@ -212,12 +247,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except UserError as e:
-        print(f"evoprune: error: {e}", file=sys.stderr)
+        print(f"evoprune: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("evoprune: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _quiet_transformers() -> None:
+    """transformers' warnings (load reports, config checks) become errors only, unless the user set a level.
+
+    The environment variable alone is read too late: importing evoprune imports transformers.
+    """
+    from transformers.utils import logging as hf_logging
+
+    level = os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    hf_logging.set_verbosity(hf_logging.log_levels.get(level, logging.ERROR))
 
 
 if __name__ == "__main__":

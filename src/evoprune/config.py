@@ -217,7 +217,7 @@ def from_dict(cls: type, data: dict, prefix: str = "", problems: list[str] | Non
         value, hint = data[f.name], hints[f.name]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
-                problems.append(f"{prefix}{f.name} must be a mapping")
+                problems.append(_not_a_value(f"{prefix}{f.name}", value))
                 continue
             kwargs[f.name] = from_dict(hint, value, f"{prefix}{f.name}.", problems)
         else:
@@ -260,34 +260,69 @@ def _type_name(hint: Any) -> str:
     return " or ".join("null" if a is type(None) else getattr(a, "__name__", str(a)) for a in args or (hint,))
 
 
+def _not_a_value(name: str, value: Any) -> str:
+    return f"{name} is a section, not a value (got {value!r}): set its fields, as in {name}.FIELD=VALUE"
+
+
+def _is_section(cls: type, key_path: list[str]) -> bool:
+    for key in key_path:
+        cls = typing.get_type_hints(cls).get(key) if dataclasses.is_dataclass(cls) else None
+    return dataclasses.is_dataclass(cls)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """One line: what the YAML parser found wrong, and where."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(error, 'problem', None) or ' '.join(str(error).split())}{where}"
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.sub=value")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({_yaml_problem(e)}); "
+                          f"quote it, e.g. {key}='...'") from None
+    return key.strip().split("."), value
+
+
+def read_yaml_file(path: Path) -> dict:
+    """The mapping in YAML file `path`; a one-line ConfigError naming the file when it cannot be used."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                          f"{e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML ({_yaml_problem(e)}); fix the file there") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = RunConfig,
                 base: dict | None = None) -> Any:
     """Read YAML `path` (or defaults), apply `overrides` then `base`-level edits, validate, and return `cls`."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    data = read_yaml_file(Path(path)) if path is not None else {}
     for key_path, value in [parse_override(o) for o in overrides or []] + list((base or {}).items()):
         key_path = key_path if isinstance(key_path, list) else key_path.split(".")
         node = data
-        for k in key_path[:-1]:
+        for depth, k in enumerate(key_path[:-1]):
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {'.'.join(key_path)}: {k} is not a section")
+                name = ".".join(key_path[:depth + 1])
+                raise ConfigError("invalid configuration: " + (
+                    _not_a_value(name, node) if _is_section(cls, key_path[:depth + 1])
+                    else f"{name} is a value, not a section, so {'.'.join(key_path)} does not exist"))
         node[key_path[-1]] = value
     problems: list[str] = []
     cfg = from_dict(cls, data, "", problems)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,8 +77,82 @@ def read_config(path: Path, trust_remote_code: bool = False) -> PretrainedConfig
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers raises many types for bad configs
         raise UserError(f"cannot read config.json in {path}: {str(e).splitlines()[0]}") from None
-    adapter_for(config)
+    try:
+        adapter_for(config)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
     return config
+
+
+def check_weight_shapes(path: Path, config: PretrainedConfig) -> None:
+    """Refuse safetensors weights whose shapes differ from what `config.json` builds (read from the file headers)."""
+    from safetensors import safe_open
+
+    if getattr(config, "quantization_config", None):
+        return
+    try:
+        with torch.device("meta"):
+            expected = {k: list(v.shape) for k, v in AutoModelForCausalLM.from_config(config).state_dict().items()}
+    except Exception:  # a config transformers cannot build: from_pretrained reports it
+        return
+    mismatches = []
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(file, "pt") as weights:
+                shapes = {k: list(weights.get_slice(k).get_shape()) for k in weights.keys()}
+        except Exception as e:
+            raise UserError(f"cannot load weights from {path}: {file.name} is not a readable safetensors file "
+                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        mismatches += [f"{k} is {shape} in {file.name} but {expected[k]} by config.json"
+                       for k, shape in shapes.items() if k in expected and expected[k] != shape]
+    if mismatches:
+        more = f" (and {len(mismatches) - 1} more tensors)" if len(mismatches) > 1 else ""
+        raise UserError(f"the weights in {path} do not match its config.json: {mismatches[0]}{more}; "
+                        "put back the config.json saved with these weights")
+
+
+def check_tokenizer_code(path: Path, trust_remote_code: bool) -> None:
+    """Refuse a tokenizer that ships its own code unless the user trusts it (transformers would ask on stdin)."""
+    file = path / "tokenizer_config.json"
+    if trust_remote_code or not file.is_file():
+        return
+    try:
+        auto_map = json.loads(file.read_text(encoding="utf-8")).get("auto_map")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return  # loading the tokenizer reports it
+    if auto_map:
+        raise UserError(f"the tokenizer in {path} needs its own code (auto_map in tokenizer_config.json); "
+                        "pass --trust-remote-code if you trust it")
+
+
+DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
+
+
+def check_device(device: str) -> None:
+    """Refuse a device name torch does not know or this machine does not have."""
+    if not DEVICE.fullmatch(device):
+        raise UserError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps")
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            have = (f"{count} CUDA GPU(s), cuda:0 to cuda:{count - 1}" if count else
+                    "no CUDA GPU" + (" (this PyTorch is built without CUDA)" if torch.version.cuda is None else ""))
+            raise UserError(f"device {device} is not available: this machine has {have}; use --device cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device mps is not available on this machine; use --device cpu")
+
+
+def check_model_source(source: str, allow_pickle: bool = False, trust_remote_code: bool = False,
+                       with_tokenizer: bool = True) -> tuple[Path, PretrainedConfig]:
+    """Every check on a model source that needs no weights loaded: its folder, config, weight files and tokenizer."""
+    path = resolve_model_path(source)
+    config = read_config(path, trust_remote_code)
+    check_weight_files(path, allow_pickle)
+    check_weight_shapes(path, config)
+    if with_tokenizer:
+        check_tokenizer_code(path, trust_remote_code)
+    return path, config
 
 
 def check_weight_files(path: Path, allow_pickle: bool) -> None:
@@ -112,9 +187,8 @@ def load_model(source: str, dtype: str = "float32", device: str = "cpu", allow_p
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    path = resolve_model_path(source)
-    config = read_config(path, trust_remote_code)
-    check_weight_files(path, allow_pickle)
+    check_device(str(device))
+    path, config = check_model_source(source, allow_pickle, trust_remote_code, with_tokenizer)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=not allow_pickle or None,
@@ -125,7 +199,7 @@ def load_model(source: str, dtype: str = "float32", device: str = "cpu", allow_p
     tokenizer = None
     if with_tokenizer:
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         except Exception:
             log.warning("no usable tokenizer in %s", path)
     return LoadedModel(model, tokenizer, adapter_for(config), path, source)

@@ -89,9 +89,10 @@ def adapter_for(config: PretrainedConfig) -> ModelAdapter:
     for adapter in _REGISTRY:
         if adapter.matches(config):
             return adapter
+    classes = f" ({', '.join(config.architectures)})" if config.architectures else ""
     raise UserError(
-        f"unsupported architecture {config.model_type!r} ({', '.join(config.architectures or [])}); "
-        f"supported: {', '.join(supported_model_types())}"
+        f"unsupported architecture {config.model_type!r}{classes}; "
+        f"supported: {', '.join(supported_model_types())}; pass a model of one of these families"
     )
 
 

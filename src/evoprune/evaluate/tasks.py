@@ -77,8 +77,17 @@ def lm_eval_tasks_dir() -> Path:
     return Path(lm_eval.__file__).parent / "tasks"
 
 
+def check_task_options(num_fewshot: int | None, limit: int | None) -> None:
+    """Refuse a negative few-shot count or a limit below one example."""
+    if num_fewshot is not None and num_fewshot < 0:
+        raise UserError(f"--num-fewshot must be 0 or more, got {num_fewshot}")
+    if limit is not None and limit <= 0:
+        raise UserError(f"--limit must be positive, got {limit}")
+
+
 def resolve_tasks(spec: str, num_fewshot: int | None = None) -> tuple[list[tuple[str, int]], int | None, str]:
     """A preset name or a comma list of task names -> ([(task, shots)], the preset's limit, a note)."""
+    check_task_options(num_fewshot, None)
     if spec in PRESETS:
         tasks = [(t, num_fewshot if num_fewshot is not None else k) for t, k in PRESETS[spec]]
         return tasks, PRESET_LIMITS.get(spec), PRESET_NOTES.get(spec, "")
