@@ -9,7 +9,7 @@ one split tokenized and packed into `[n, seq_len]` blocks, cached on disk.
 from .blocks import check_seq_len, pack_split, token_blocks
 from .embedded import EMBEDDED_CORPORA, EMBEDDED_SOURCE
 from .packing import PackedSplit
-from .sources import load_documents, source_identity
+from .sources import load_documents
 from .splits import DEFAULT_FRACTIONS, SPLITS, SplitFractions, document_digest, split_documents, split_of
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "document_digest",
     "load_documents",
     "pack_split",
-    "source_identity",
     "split_documents",
     "split_of",
     "token_blocks",

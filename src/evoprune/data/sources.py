@@ -9,14 +9,13 @@ text field; a `datasets.save_to_disk` folder (a Dataset, or a DatasetDict from w
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import logging
 import re
 from pathlib import Path
 
 from ..errors import UserError
-from .embedded import EMBEDDED_VERSION, embedded_documents, embedded_files, is_embedded
+from .embedded import embedded_documents, is_embedded
 
 log = logging.getLogger(__name__)
 
@@ -42,26 +41,6 @@ def load_documents(source: str, text_field: str = "text") -> list[str]:
         raise UserError(f"data source {source} holds no non-empty documents; give a source with text")
     log.info("read %d documents from %s", len(documents), source)
     return documents
-
-
-def source_identity(source: str, text_field: str = "text") -> str:
-    """A digest that changes whenever the text `source` would yield may change.
-
-    Files are identified by resolved path, size and modification time (every file below a
-    folder, so a `save_to_disk` folder's fingerprint in `state.json` is covered too).
-    """
-    if is_embedded(source):
-        parts = [f"{source}|v{EMBEDDED_VERSION}", *map(_file_stamp, embedded_files(source))]
-    else:
-        path = _existing_path(source)
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        parts = [str(path.resolve()), *map(_file_stamp, files)]
-    return hashlib.sha256("\n".join([text_field, *parts]).encode()).hexdigest()
-
-
-def _file_stamp(path: Path) -> str:
-    stat = path.stat()
-    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
 def _existing_path(source: str) -> Path:
