@@ -1,18 +1,17 @@
 """Multi-objective local search: better fronts than random search on a pruning-like problem, legal
-and distinct configurations, deterministic for a seed, and a killed study resumes as if uninterrupted."""
+and distinct configurations, deterministic for a seed (resumption after a kill: test_resume.py)."""
 
 from __future__ import annotations
 
 import itertools
 
 import optuna
-import pytest
 from optuna.trial import TrialState
 
 from evoprune.arch.adapter import adapter_for
 from evoprune.nas.pareto import hypervolume, pareto_front
 from evoprune.nas.space import SearchSpace
-from evoprune.nas.study import make_sampler, open_study, run_study
+from evoprune.nas.study import make_sampler, run_study
 
 # A pruning-like problem: six dimensions, each keeping 0/7 .. 7/7 of its units. Cost is linear in
 # what is kept; the quality loss of a dimension grows with the square of what it loses, and the
@@ -100,27 +99,3 @@ def test_deterministic_for_a_seed():
 
     assert params(1) == params(1)
     assert params(1) != params(2)
-
-
-def test_killed_study_resumes_to_what_an_uninterrupted_one_finds(tmp_path):
-    grid = Grid([LEVELS] * 4)
-
-    def objectives(config):
-        return pruning_objectives({**config, "d4": LEVELS - 1, "d5": LEVELS - 1})
-
-    uninterrupted = run_study(open_study(tmp_path / "a.db", ["q", "c"], "local", 0, "m"), grid, objectives, 12)
-    calls = []
-
-    def crash_on_seventh(config):
-        calls.append(config)
-        if len(calls) == 7:
-            raise KeyboardInterrupt
-        return objectives(config)
-
-    with pytest.raises(KeyboardInterrupt):
-        run_study(open_study(tmp_path / "b.db", ["q", "c"], "local", 0, "m"), grid, crash_on_seventh, 12)
-    resumed = run_study(open_study(tmp_path / "b.db", ["q", "c"], "local", 0, "m"), grid, objectives, 12)
-    complete = resumed.get_trials(states=(TrialState.COMPLETE,))
-    configs = [tuple(sorted(t.params.items())) for t in complete]
-    assert len(complete) == 12 and len(set(configs)) == 12
-    assert set(configs) == {tuple(sorted(t.params.items())) for t in uninterrupted.trials}

@@ -1,6 +1,9 @@
-"""The optuna study: budget in completed trials, resume after a kill without lost or double-counted trials."""
+"""The optuna study: budget in completed trials, every value reachable, storage anywhere, bad studies refused
+(exact resumption after a kill: test_resume.py)."""
 
 from __future__ import annotations
+
+import os
 
 import optuna
 import pytest
@@ -24,30 +27,6 @@ def objectives(config):
 
 
 @pytest.mark.parametrize("sampler", ["random", "nsga2", "local"])
-def test_killed_study_resumes_to_exactly_the_budget(space, tmp_path, sampler):
-    path = tmp_path / "study.db"
-    calls = []
-
-    def crash_on_fifth(config):
-        calls.append(config)
-        if len(calls) == 5:
-            raise KeyboardInterrupt  # the process dies in the middle of a trial
-        return objectives(config)
-
-    study = open_study(path, ["q", "params"], sampler, 0, "model-a")
-    with pytest.raises(KeyboardInterrupt):
-        run_study(study, space, crash_on_fifth, budget=12)
-    study = open_study(path, ["q", "params"], sampler, 0, "model-a")  # a new process
-    queued = study.get_trials(states=(TrialState.WAITING,))
-    assert len(queued) == 1 and queued[0].system_attrs["fixed_params"] == calls[4]
-    run_study(study, space, objectives, budget=12)
-    complete = study.get_trials(states=(TrialState.COMPLETE,))
-    assert len(complete) == 12
-    assert calls[4] in [t.params for t in complete]  # the interrupted configuration was evaluated after all
-    assert len(study.get_trials(states=(TrialState.RUNNING,))) == 0
-
-
-@pytest.mark.parametrize("sampler", ["random", "nsga2", "local"])
 def test_every_sampler_reaches_every_value_of_every_dimension(space, sampler):
     dims = space.dimensions()
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=make_sampler(sampler, 0))
@@ -66,10 +45,40 @@ def test_study_of_another_model_is_refused(space, tmp_path):
         run_study(open_study(tmp_path / "u.db", ["q", "p"], "random", 0, "m"), space, objectives, budget=0)
 
 
+def test_study_drawn_from_another_search_space_is_refused(tiny_llama, tmp_path):
+    shape = adapter_for(tiny_llama.config).shape(tiny_llama)
+    layers = tuple(range(len(shape.layers)))
+    run_study(open_study(tmp_path / "s.db", ["q", "p"], "random", 0, "m"), SearchSpace(shape, layers, multiple=8),
+              objectives, budget=2)
+    with pytest.raises(UserError, match="dimensions hidden, mlp differ"):
+        run_study(open_study(tmp_path / "s.db", ["q", "p"], "random", 0, "m"), SearchSpace(shape, layers, multiple=4),
+                  objectives, budget=3)
+
+
+def test_a_study_in_a_directory_named_with_url_characters_stays_in_it(space, tmp_path):
+    folder = tmp_path / "run?a=1#b%20c&d=%41"
+    run_study(open_study(folder / "study.db", ["q", "p"], "random", 0, "m"), space, objectives, budget=2)
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]
+    assert [p.name for p in folder.iterdir()] == ["study.db"]
+    assert len(open_study(folder / "study.db", ["q", "p"], "random", 0, "m").trials) == 2  # found again
+
+
+@pytest.mark.parametrize("damage", [lambda data: os.urandom(len(data)), lambda data: data[: len(data) // 2]],
+                         ids=["random-bytes", "truncated"])
+def test_a_corrupt_study_file_is_one_line_naming_it_and_force(space, tmp_path, damage):
+    path = tmp_path / "study.db"
+    run_study(open_study(path, ["q", "p"], "random", 0, "m"), space, objectives, budget=8)
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(UserError) as error:
+        open_study(path, ["q", "p"], "random", 0, "m")
+    message = str(error.value)
+    assert str(path) in message and "--force" in message and len(message.splitlines()) == 1
+
+
 @pytest.mark.parametrize("sampler", ["random", "nsga2", "local"])
 def test_params_range_skips_configurations_outside_it_unevaluated(space, tmp_path, sampler):
     full = space.to_spec(space.largest()).num_params()
-    feasible = space.params_range_check(0.6, 0.9)
+    feasible = space.params_range_check(0.4, 0.9)
     evaluated = []
 
     def evaluate(config):
@@ -80,8 +89,8 @@ def test_params_range_skips_configurations_outside_it_unevaluated(space, tmp_pat
     run_study(study, space, evaluate, budget=10, feasible=feasible)
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(complete) == 10 and len(evaluated) <= 10
-    assert all(0.6 <= space.to_spec(c).num_params() / full <= 0.9 for c in evaluated)
-    assert all(0.6 <= space.to_spec(t.params).num_params() / full <= 0.9 for t in complete)
+    assert all(0.4 <= space.to_spec(c).num_params() / full <= 0.9 for c in evaluated)
+    assert all(0.4 <= space.to_spec(t.params).num_params() / full <= 0.9 for t in complete)
     pruned = study.get_trials(states=(TrialState.PRUNED,))
     assert pruned and all(not feasible(t.params) for t in pruned)  # the rejected ones were really outside
 

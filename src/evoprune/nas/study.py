@@ -2,25 +2,32 @@
 
 Samplers: random search, NSGA-II (optuna's) and multi-objective local search (`local_search`).
 Every dimension is a categorical distribution over its values, so every value (the top one
-included) can be sampled. The budget counts completed trials. On resume, trials left RUNNING by
-a killed process are marked failed and their configurations queued again, so no trial is lost and
-none is counted twice; a configuration already evaluated is not evaluated again (its values are
-reused). A study made for another model is refused.
+included) can be sampled. The budget counts completed trials.
+
+A killed search resumes exactly: the random and NSGA-II samplers draw each trial from the seed
+and the trial's place in the study (`resumable_samplers`), the local search from the seed and the
+study's history, and a trial the kill left running is finished under its own number. The
+resumed study holds the trials, values and front the uninterrupted one would. A configuration
+already evaluated is not evaluated again (its values are reused). A study made for another
+model, other objectives or another search space is refused.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import urllib.parse
 from pathlib import Path
 from typing import Callable, Sequence
 
 import optuna
+import sqlalchemy.exc
 from optuna.distributions import CategoricalDistribution
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import UserError
 from .local_search import LocalSearchSampler
+from .resumable_samplers import PositionSeededSampler, TrialOrderNSGAIISampler
 from .space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -31,14 +38,25 @@ STUDY_NAME = "evoprune-nas"
 def make_sampler(name: str, seed: int, population: int | None = None) -> optuna.samplers.BaseSampler:
     """An optuna sampler by name; `population`: NSGA-II's generation size (optuna's default 50)."""
     if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return PositionSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
     if name == "nsga2":
         if population is not None and population < 2:
             raise UserError(f"the NSGA-II population must be at least 2, got {population}")
-        return optuna.samplers.NSGAIISampler(seed=seed, **({"population_size": population} if population else {}))
+        size = {"population_size": population} if population else {}
+        return PositionSeededSampler(lambda s: TrialOrderNSGAIISampler(seed=s, **size), seed)
     if name == "local":
-        return LocalSearchSampler(seed=seed)
+        return LocalSearchSampler(seed=seed)  # already a function of the seed and the study's history
     raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def storage_url(path: Path) -> str:
+    """The SQLAlchemy URL of SQLite database `path`, whatever characters (?, #, %) the path holds.
+
+    The path is a percent-encoded SQLite URI filename, encoded once more because SQLAlchemy
+    decodes the database part of a URL before handing it to SQLite.
+    """
+    uri_path = urllib.parse.quote(str(Path(path).absolute()))
+    return f"sqlite:///file:{urllib.parse.quote(uri_path)}?uri=true"
 
 
 def _key(config: dict) -> str:
@@ -47,41 +65,75 @@ def _key(config: dict) -> str:
 
 def open_study(path: Path, objectives: Sequence[str], sampler: str, seed: int, fingerprint: str,
                population: int | None = None) -> optuna.Study:
+    """Create the study in `path`, or load it to resume; a corrupt file is a UserError naming it."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    chosen = make_sampler(sampler, seed, population)
     path.parent.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(storage=f"sqlite:///{path}", study_name=STUDY_NAME, load_if_exists=True,
-                                directions=["minimize"] * len(objectives), sampler=make_sampler(sampler, seed, population))
-    saved = study.user_attrs.get("fingerprint")
+    try:
+        study = optuna.create_study(storage=storage_url(path), study_name=STUDY_NAME, load_if_exists=True,
+                                    directions=["minimize"] * len(objectives), sampler=chosen)
+        saved = study.user_attrs.get("fingerprint")
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or e).splitlines()[0]
+        raise UserError(f"{path} is not a readable optuna study ({reason}); pass --force to start the run over") \
+            from None
     if saved is None:
         study.set_user_attr("fingerprint", fingerprint)
         study.set_user_attr("objectives", list(objectives))
     elif saved != fingerprint or study.user_attrs.get("objectives") != list(objectives):
         raise UserError(f"study {path} belongs to another model or other objectives; use another --out or --force")
-    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(stale._trial_id, state=TrialState.FAIL)
-        study.enqueue_trial(stale.params)
-        log.info("trial %d was interrupted; its configuration is queued again", stale.number)
     return study
+
+
+def _check_dimensions(study: optuna.Study, dimensions: dict[str, list]) -> None:
+    saved = study.user_attrs.get("dimensions")
+    if saved is None:
+        study.set_user_attr("dimensions", dimensions)
+    elif saved != dimensions:
+        changed = sorted(k for k in set(saved) | set(dimensions) if saved.get(k) != dimensions.get(k))
+        raise UserError(f"the study's trials were drawn from another search space (dimensions {', '.join(changed)} "
+                        "differ: another --multiple?); use the same settings to resume, or --force to start over")
+
+
+def _interrupted(study: optuna.Study, names: set[str]) -> list[FrozenTrial]:
+    """Trials a killed process left running, in order. Ones killed before all their parameters were
+    drawn are failed (the next trial is drawn in their place); the others are returned to finish."""
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in stale:
+        if set(trial.params) != names:
+            study.tell(trial.number, state=TrialState.FAIL)
+            log.info("trial %d was interrupted before its configuration was drawn; it is dropped", trial.number)
+    return [t for t in stale if set(t.params) == names]
 
 
 def run_study(study: optuna.Study, space: SearchSpace, evaluate: Callable[[dict], Sequence[float]], budget: int,
               stop_after: int | None = None, feasible: Callable[[dict], bool] | None = None,
               max_rejected: int = 20_000) -> optuna.Study:
-    """Ask, evaluate and tell until `budget` trials are complete (`stop_after`: end early, for tests).
+    """Ask, evaluate and tell until `budget` trials are complete (`stop_after`: end after that many evaluations).
 
-    A configuration `feasible` rejects is told to optuna as pruned without being evaluated, so it
+    The caller must be the study's only writer (`nas` holds the run directory's lock): a trial
+    found running was left by a killed process, and is evaluated and finished first. A
+    configuration `feasible` rejects is told to optuna as pruned without being evaluated, so it
     costs no evaluation and does not count toward the budget.
     """
     if budget <= 0:
         raise UserError(f"the search budget must be a positive number of evaluations, got {budget}")
-    distributions = {k: CategoricalDistribution(v) for k, v in space.dimensions().items()}
+    dimensions = space.dimensions()
+    _check_dimensions(study, dimensions)
+    distributions = {k: CategoricalDistribution(v) for k, v in dimensions.items()}
+    interrupted = _interrupted(study, set(distributions))
     done = {_key(t.params): t.values for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     ran = rejected = 0
     while len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < budget:
         if stop_after is not None and ran >= stop_after:
             break
-        trial = study.ask(distributions)
-        config = dict(trial.params)
+        if interrupted:
+            stale = interrupted.pop(0)
+            trial, config = stale.number, dict(stale.params)
+            log.info("trial %d was interrupted; it is evaluated again", trial)
+        else:
+            asked = study.ask(distributions)
+            trial, config = asked, dict(asked.params)
         if feasible is not None and not feasible(config):
             study.tell(trial, state=TrialState.PRUNED)
             rejected += 1
