@@ -39,7 +39,7 @@ def train_argv(root: Path, out: Path) -> list[str]:
 
 def nas_argv(root: Path, out: Path) -> list[str]:
     return ["nas", "--model", str(root / "dense"), "--data", str(root / "corpus.txt"), "--out", str(out),
-            "--budget", "12", "--sampler", "nsga2", "--seq-len", "16", *QUIET, "eval.latency=false", "data.calibration_blocks=2",
+            "--budget", "24", "--sampler", "nsga2", "--seq-len", "16", *QUIET, "eval.latency=false", "data.calibration_blocks=2",
             "data.eval_blocks=2"]
 
 
@@ -75,7 +75,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_artifacts(command, tiny_run_i
     expected = artifacts(reference, files)
     assert expected["tensors"]
     start = startup_seconds()
-    window = (min(start, 0.8 * seconds), seconds)
+    window = (min(start, 0.5 * seconds), 0.95 * seconds)  # after the imports, before the end
     trials = []
     for seed in range(TRIALS):
         out = tmp_path / f"trial-{seed}"
