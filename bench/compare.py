@@ -36,7 +36,7 @@ import torch
 from compare_methods import METHODS, MethodBuilder, NasSettings
 from compare_report import headline_table, plot_against_params, plot_speedups
 from evoprune.atomic import write_json, write_text
-from evoprune.cli import OVERRIDE, fraction_range
+from evoprune.cli import fraction_range, parse_with_overrides
 from evoprune.config import RunConfig, load_config
 from evoprune.errors import UserError
 from evoprune.evaluate.harness import run_tasks
@@ -99,9 +99,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                          "training-aware and random-search winners instead of searching again")
     ap.add_argument("--work", default="results/tmp/compare", help="where the built models and caches live")
     ap.add_argument("--out", default="results", help="where compare.md, compare.json and the plots go")
-    overrides = [a for a in argv if OVERRIDE.match(a)]
-    args = ap.parse_args([a for a in argv if not OVERRIDE.match(a)])
-    args.overrides, args.argv = overrides, list(argv)
+    args = parse_with_overrides(ap, argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
@@ -265,7 +263,7 @@ def write_outputs(out: Path, args, cfg: RunConfig, rows: list[dict], tasks: list
     if ev.latency:
         plot_speedups(ok, out / "compare_speedup.png")
         plots += "![speedup](compare_speedup.png)\n"
-    text = (f"# Pruning methods compared\n\n" + "".join(f"- {k}: {v}\n" for k, v in setup.items() if k != "command")
+    text = ("# Pruning methods compared\n\n" + "".join(f"- {k}: {v}\n" for k, v in setup.items() if k != "command")
             + f"\nCommand: `{setup['command']}`\n\n" + headline_table(rows, tasks) + "\n" + METHOD_NOTES + "\n"
             + plots)
     if sweep:

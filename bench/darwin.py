@@ -28,7 +28,7 @@ import torch
 from evoprune import darwin
 from evoprune.arch.params import block_params
 from evoprune.atomic import write_json, write_text
-from evoprune.cli import OVERRIDE
+from evoprune.cli import parse_with_overrides
 from evoprune.config import load_config
 from evoprune.evaluate.perplexity import mean_nll
 from evoprune.evaluate.suite import teacher_for
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="recovery objective (kd: distillation from the dense model, online)")
     ap.add_argument("--work", default="results/tmp/darwin")
     ap.add_argument("--out", default="results")
-    overrides = [a for a in argv if OVERRIDE.match(a)]
-    args = ap.parse_args([a for a in argv if not OVERRIDE.match(a)])
+    args = parse_with_overrides(ap, argv)
+    overrides = args.overrides
     if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
         ap.error("--seeds must be distinct and non-negative")
     parts = [x.strip() for x in args.parts.split(",") if x.strip()]

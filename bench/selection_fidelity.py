@@ -34,7 +34,7 @@ from scipy.stats import kendalltau, spearmanr  # noqa: E402
 from darwin import RECOVERY_FIRST_BLOCK  # noqa: E402  (bench/darwin.py: the recovery's train blocks)
 from evoprune import darwin  # noqa: E402
 from evoprune.atomic import staged_file, write_json, write_text  # noqa: E402
-from evoprune.cli import OVERRIDE  # noqa: E402
+from evoprune.cli import parse_with_overrides  # noqa: E402
 from evoprune.config import load_config  # noqa: E402
 from evoprune.evaluate.perplexity import mean_nll  # noqa: E402
 from evoprune.evaluate.suite import teacher_for  # noqa: E402
@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="results/tmp/darwin", help="holds (or gets) the database; figures go below it")
     ap.add_argument("--out", default="results")
-    overrides = [a for a in argv if OVERRIDE.match(a)]
-    args = ap.parse_args([a for a in argv if not OVERRIDE.match(a)])
+    args = parse_with_overrides(ap, argv)
+    overrides = args.overrides
     losses = [x.strip() for x in args.brief_losses.split(",") if x.strip()]
     if not losses or any(x not in LOSSES for x in losses):
         ap.error(f"--brief-losses takes a comma list of {', '.join(LOSSES)}, got {args.brief_losses!r}")

@@ -212,8 +212,8 @@ def _is_main_process() -> bool:
 OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*=")
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    """Parse flags; `key.sub=value` and `key=value` words become config overrides.
+def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse flags with `parser`; `key.sub=value` and `key=value` words become `args.overrides`.
 
     They may come before the command or anywhere after it, but a word that is the value of a flag
     (`--spec a=b.json`) stays that flag's value.
@@ -221,7 +221,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     leading = 0
     while leading < len(argv) and OVERRIDE.match(argv[leading]):
         leading += 1
-    parser = build_parser()
     args, extras = parser.parse_known_args(argv[leading:])
     unknown = [a for a in extras if not OVERRIDE.match(a)]
     if unknown:
@@ -229,6 +228,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.overrides = list(argv[:leading]) + [a for a in extras if OVERRIDE.match(a)]
     args.argv = list(argv)
     return args
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    return parse_with_overrides(build_parser(), argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,7 +46,7 @@ def check_writable_out(out: str | os.PathLike, directory: bool = True) -> Path:
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise UserError(f"cannot create {out}: {existing} is a file, not a directory")
+        raise UserError(f"cannot create {out}: {existing} is a file, not a directory; choose another --out")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write {out}: {existing} is not writable; choose another --out")
     return out

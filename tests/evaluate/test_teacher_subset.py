@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from evoprune.errors import UserError
 from evoprune.evaluate.teacher import TeacherCache, kl_to_teacher
