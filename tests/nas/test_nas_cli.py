@@ -61,6 +61,11 @@ def test_nas_writes_the_front_and_exports_the_pick(tiny_run_inputs, tmp_path, ca
     assert torch.isfinite(model(input_ids=torch.tensor([[3, 4, 5]])).logits).all()
     first = trials(out)
     assert [state for _, state, _, _ in first] == ["COMPLETE"] * 6
+    metrics = json.loads((out / "metrics.json").read_text())  # the pick beside the dense model, unseen text too
+    assert metrics["pick"]["params"] == picked["params"] < metrics["full"]["params"]
+    assert set(metrics["pick"]["unseen_perplexity"]) == {"news", "howto", "math"}
+    assert {"unseen_ppl_mean", "heldback_perplexity"} <= set(metrics["pick"])
+    assert "## Unseen text" in (out / "report.md").read_text()
 
     assert main(argv(tiny_run_inputs, out, "--pick", "params<=0.9")) == 0  # resumes: nothing left to do
     assert trials(out) == first

@@ -9,6 +9,7 @@ the study (with a larger --budget, extends it); a changed setting is refused; `-
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import random
 import shutil
@@ -23,7 +24,9 @@ from ..arch.export import export_checkpoint
 from ..atomic import staged_file, write_json, write_text
 from ..config import RunConfig
 from ..errors import UserError
-from ..evaluate.suite import teacher_for
+from ..evaluate.suite import evaluate_models, teacher_for
+from ..evaluate.unseen import describe_unseen, load_unseen
+from ..evaluate.unseen_report import unseen_section
 from ..models import LoadedModel
 from ..pipeline import data_blocks, load_source
 from ..prune.calibration import CalibrationStats, collect_stats
@@ -119,7 +122,8 @@ def run(cfg: RunConfig, out: str | Path, objectives: list[str], budget: int, sam
         if supernet_steps:
             supernet_step(cfg, dense, space, supernet_steps, out / "supernet", progress, feasible)
         run_study(study, space, evaluate, budget, feasible=feasible)
-        _write_results(cfg, dense, space, trial_rows(study, objectives), objectives, pick, fraction, out)
+        _write_results(cfg, dense, space, trial_rows(study, objectives), objectives, pick, fraction, out,
+                       supernet_steps > 0)
     return out
 
 
@@ -149,9 +153,27 @@ def _prepare_search(cfg: RunConfig, dense: LoadedModel, calib: torch.Tensor, obj
     return space, evaluate
 
 
+def _evaluate_pick(cfg: RunConfig, dense: LoadedModel, picked, full_label: str, out: Path) -> list[tuple[str, str]]:
+    """metrics.json: the full model and the pick on the held-out split and on unseen text; report sections."""
+    eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
+    unseen = load_unseen(cfg, dense.tokenizer)
+    rows = evaluate_models({full_label: dense.model, "pick": picked}, eval_blocks, None,
+                           dataclasses.replace(cfg.eval, latency=False), cfg.data.batch_size, progress=False,
+                           unseen=unseen)
+    metrics = {"full": rows[full_label], "pick": rows["pick"], "eval_tokens": int(eval_blocks.numel())}
+    if unseen is not None:
+        metrics["unseen_text"] = describe_unseen(unseen)
+    write_json(out / "metrics.json", metrics)
+    sections = [("Pick on held-out text", markdown_table(list(rows.values()),
+                                                         ["model", "params", "block_params", "perplexity"]))]
+    if unseen is not None:
+        sections.append(("Unseen text", unseen_section(rows, unseen, out / "unseen.png")))
+    return sections
+
+
 def _write_results(cfg: RunConfig, dense: LoadedModel, space: SearchSpace, rows: list[dict], objectives: list[str],
-                   pick: str, fraction: float | None, out: Path) -> None:
-    """pareto.csv / pareto.json, the picked sub-network as a checkpoint, the plot and report.md."""
+                   pick: str, fraction: float | None, out: Path, supernet_trained: bool = False) -> None:
+    """pareto.csv / pareto.json, the picked sub-network as a checkpoint, metrics.json, the plots and report.md."""
     front = pareto_front([[r[o] for o in objectives] for r in rows])
     full_params = float(space.to_spec(space.largest()).num_params())
     chosen = _pick(rows, front, pick, fraction, objectives, full_params)
@@ -167,13 +189,15 @@ def _write_results(cfg: RunConfig, dense: LoadedModel, space: SearchSpace, rows:
                                      "reference": reference, "pick": pick, "picked_trial": rows[chosen]["trial"]})
     name = "knee" if fraction is None else pick.replace("<=", "-le-")
     spec = space.to_spec({k: rows[chosen][k] for k in space.dimensions()})
-    export_checkpoint(dense.adapter.slice(dense.model, spec), out / "picks" / name, tokenizer=dense.tokenizer,
-                      spec=spec, force=True)
+    picked = dense.adapter.slice(dense.model, spec)
+    export_checkpoint(picked, out / "picks" / name, tokenizer=dense.tokenizer, spec=spec, force=True)
     _plot(rows, front, chosen, objectives, out / "front.png")
+    full_label = "full (supernet-trained)" if supernet_trained else "dense"
     write_report(out / "report.md", f"evoprune nas: {cfg.model.source}", [
         ("Pareto front", markdown_table(front_rows) + f"\nHypervolume {hv:.4g} (reference {reference}).\n\n"
                                                        "![front](front.png)\n"),
-        ("Pick", f"`{pick}`: trial {rows[chosen]['trial']}, exported to `picks/{name}/`.\n")])
+        ("Pick", f"`{pick}`: trial {rows[chosen]['trial']}, exported to `picks/{name}/`.\n"),
+        *_evaluate_pick(cfg, dense, picked, full_label, out)])
 
 
 def _plot(rows: list[dict], front: list[int], chosen: int, objectives: list[str], path: Path) -> None:
