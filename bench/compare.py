@@ -47,6 +47,7 @@ from evoprune.evaluate.suite import size_row, teacher_for
 from evoprune.evaluate.sweep_report import sweep_section
 from evoprune.evaluate.tasks import resolve_tasks, task_configs_dir
 from evoprune.evaluate.teacher import TeacherCache, kl_to_teacher
+from evoprune.evaluate.unseen import describe_unseen, load_unseen, unseen_metrics
 from evoprune.pipeline import data_blocks, load_source
 
 log = logging.getLogger("compare")
@@ -151,11 +152,13 @@ def folder_fingerprint(folder: Path) -> str:
 
 
 def quality(entry: Entry, tokenizer, held_out: torch.Tensor, teacher: TeacherCache, args, cfg: RunConfig,
-            cache_dir: Path) -> dict:
-    """Size, perplexity, KL and task scores of one model, cached in `cache_dir` per model and settings."""
+            cache_dir: Path, unseen: list | None = None) -> dict:
+    """Size, perplexity (held-out and unseen text), KL and task scores of one model, cached in `cache_dir`
+    per model and settings."""
     settings = {"model": folder_fingerprint(entry.model_dir), "held_out": [args.nas_blocks, args.eval_blocks],
                 "data": [cfg.data.source, cfg.data.seq_len], "tasks": args.tasks, "limit": args.limit,
-                "top_k": cfg.eval.top_k, "seed": cfg.seed}
+                "top_k": cfg.eval.top_k, "seed": cfg.seed,
+                "unseen": None if unseen is None else {name: d["tokens"] for name, d in describe_unseen(unseen).items()}}
     cache = cache_dir / f"{entry.key}.json"
     if cache.exists() and json.loads(cache.read_text())["settings"] == settings:
         return json.loads(cache.read_text())["metrics"]
@@ -163,6 +166,8 @@ def quality(entry: Entry, tokenizer, held_out: torch.Tensor, teacher: TeacherCac
     metrics = size_row(entry.model)
     metrics["perplexity"] = float(torch.tensor(mean_nll(entry.model, held_out, cfg.data.batch_size)).exp())
     metrics["kl_to_dense"] = kl_to_teacher(entry.model, held_out, teacher, batch_size=cfg.data.batch_size)
+    if unseen is not None:
+        metrics.update(unseen_metrics(entry.model, unseen, cfg.data.batch_size))
     metrics["tasks"] = {}
     if args.tasks != "none":
         scores = run_tasks(entry.model, tokenizer, args.tasks, args.limit, seed=cfg.seed)
@@ -205,11 +210,12 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"the eval split has only {len(held_out) + args.nas_blocks} blocks of {cfg.data.seq_len} "
                         f"tokens; lower --eval-blocks or --nas-blocks")
     teacher = teacher_for(dense.model, str(dense.path), held_out, cfg.eval, cfg.data.batch_size)
+    unseen = load_unseen(cfg, dense.tokenizer)
     present = [e for e in entries if e.model is not None]
     rows = {}
     for e in present:
         log.info("evaluating %s", e.key)
-        rows[e.key] = quality(e, dense.tokenizer, held_out, teacher, args, cfg, work / "eval")
+        rows[e.key] = quality(e, dense.tokenizer, held_out, teacher, args, cfg, work / "eval", unseen)
     dense_row = rows["dense"]
     for row in rows.values():
         row["block_sparsity"] = 1 - row["block_params"] / dense_row["block_params"]
@@ -234,16 +240,19 @@ def main(argv: list[str] | None = None) -> None:
     tasks = list(dense_row["tasks"])
     write_outputs(out, args, cfg, table_rows, tasks, sweep, {name: r["ideal_speedup"] for name, r in rows.items()},
                   {"held_out_tokens": int(held_out.numel()), "build_s": round(built_s),
-                   "wall_s": round(time.time() - started)})
+                   "wall_s": round(time.time() - started)}, describe_unseen(unseen) if unseen is not None else None)
 
 
 def write_outputs(out: Path, args, cfg: RunConfig, rows: list[dict], tasks: list[str], sweep: list[dict] | None,
-                  ideal: dict[str, float], timing: dict) -> None:
+                  ideal: dict[str, float], timing: dict, unseen: dict | None = None) -> None:
     ev = cfg.eval
     setup = {"command": "python bench/compare.py " + " ".join(args.argv), "model": cfg.model.source,
              "held_out": f"{args.eval_blocks} blocks of {cfg.data.seq_len} tokens of the {cfg.data.source} eval split, "
                          f"after the {args.nas_blocks} the NAS objective scores",
              "kl": f"against the dense model's top-{ev.top_k} distribution",
+             "unseen": "not measured (eval.unseen=false)" if unseen is None else "; ".join(
+                 f"{name}{' (held back)' if d['heldback'] else ''}: {d['tokens']} tokens of {d['origin']}"
+                 for name, d in unseen.items()),
              "tasks": f"{args.tasks}, at most {args.limit} examples each (lm-eval, offline copies)",
              "latency": f"batch {ev.batch_size}, prompt {ev.prompt_len}, {ev.new_tokens} decode steps, median of "
                         f"{ev.repeats} after {ev.warmup} warm-up rounds, all models interleaved in one run"
@@ -252,11 +261,15 @@ def write_outputs(out: Path, args, cfg: RunConfig, rows: list[dict], tasks: list
                         f"torch {torch.__version__}", "overrides": args.overrides, "nas_trials": args.nas_trials,
              "nas_sampler": args.nas_sampler, "nas_params_range": _range_text(args.nas_params_range), **timing}
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "compare.json", {"setup": setup, "rows": rows, "latency_sweep": sweep})
+    write_json(out / "compare.json", {"setup": setup, "rows": rows, "latency_sweep": sweep, "unseen_text": unseen})
     ok = [r for r in rows if r["status"] == "ok"]
     plot_against_params(ok, "perplexity", "held-out perplexity (log scale)", "perplexity vs size",
                         out / "compare_perplexity.png", log=True)
     plots = "![perplexity](compare_perplexity.png)\n"
+    if unseen is not None:
+        plot_against_params(ok, "unseen_ppl_mean", "unseen-text perplexity, geometric mean (log scale)",
+                            "unseen text vs size", out / "compare_unseen.png", log=True)
+        plots += "![unseen text](compare_unseen.png)\n"
     if tasks:
         plot_against_params(ok, "task_average", "mean task accuracy", "tasks vs size", out / "compare_tasks.png")
         plots += "![tasks](compare_tasks.png)\n"

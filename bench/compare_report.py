@@ -16,7 +16,8 @@ MARKERS = "o^sDvP*X"
 
 
 def headline_table(rows: list[dict], tasks: list[str]) -> str:
-    """Markdown: size, perplexity, KL, each task's main metric and their mean, measured and ideal speedups."""
+    """Markdown: size, perplexity (held-out, unseen text, held back), KL, each task's main metric and their mean,
+    measured and ideal speedups."""
     table = []
     for r in rows:
         line = {"sparsity": f"{r['sparsity']:.0%}", "method": r["method"]}
@@ -24,14 +25,16 @@ def headline_table(rows: list[dict], tasks: list[str]) -> str:
             table.append({**line, "note": r["status"]})
             continue
         line.update({"params": r["params"], "block sparsity": f"{r['block_sparsity']:.3f}",
-                     "perplexity": r["perplexity"], "KL to dense": r["kl_to_dense"]})
+                     "perplexity": r["perplexity"], "unseen ppl": _maybe(r.get("unseen_ppl_mean"), "{:.4g}"),
+                     "held-back ppl": _maybe(r.get("heldback_perplexity"), "{:.4g}"), "KL to dense": r["kl_to_dense"]})
         line.update({t: _maybe(r["tasks"].get(t), "{:.3f}") for t in tasks})
         line["task avg"] = _maybe(r.get("task_average"), "{:.3f}")
         for key in ("prefill_speedup", "decode_speedup", "ideal_speedup"):
             line[key.replace("_", " ")] = _maybe(r.get(key), "{:.2f}")
         line["note"] = r.get("note", "")
         table.append(line)
-    columns = ["sparsity", "method", "params", "block sparsity", "perplexity", "KL to dense", *tasks, "task avg",
+    columns = ["sparsity", "method", "params", "block sparsity", "perplexity", "unseen ppl", "held-back ppl",
+               "KL to dense", *tasks, "task avg",
                "prefill speedup", "decode speedup", "ideal speedup", "note"]
     return markdown_table(table, columns)
 

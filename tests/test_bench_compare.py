@@ -59,7 +59,7 @@ def test_every_method_is_built_once_and_reused(compare, tiny_run_inputs, tmp_pat
     assert rows["nas-0.4"]["sampler"] == "local"
     assert (work / "nas-local-0.4-1" / "picks").is_dir()  # the study is named by its sampler and range
     out = tmp_path / "out"
-    for name in ("compare.md", "compare_perplexity.png", "compare_speedup.png"):
+    for name in ("compare.md", "compare_perplexity.png", "compare_unseen.png", "compare_speedup.png"):
         assert (out / name).stat().st_size > 0
     built, cached = checkpoint_times(work), {p.name: p.stat().st_mtime_ns for p in (work / "eval").iterdir()}
     assert len(cached) == 7
@@ -82,6 +82,11 @@ def test_a_method_that_cannot_be_built_is_listed_as_missing(compare, tiny_run_in
     assert "perplexity" not in rows["nas-0.4"]
     table = (tmp_path / "out" / "compare.md").read_text()
     assert "| 40% | NAS Pareto pick |" in table and "missing: RuntimeError: no such search yet" in table
+    assert "| unseen ppl | held-back ppl |" in table and (tmp_path / "out" / "compare_unseen.png").exists()
+    for key in ("dense", "uniform-0.4"):  # unseen text beside the held-out figure
+        assert set(rows[key]["unseen_perplexity"]) == {"news", "howto", "math"}
+        assert {"unseen_ppl_mean", "heldback_perplexity"} <= set(rows[key])
+    assert rows["dense"]["unseen_perplexity"] != rows["uniform-0.4"]["unseen_perplexity"]
     work = tmp_path / "work"
     built, cached = checkpoint_times(work), {p.name: p.stat().st_mtime_ns for p in (work / "eval").iterdir()}
     assert list(built) == ["uniform-0.4/model/model.safetensors"] and len(cached) == 2
