@@ -33,6 +33,7 @@ from evoprune.config import load_config
 from evoprune.evaluate.perplexity import mean_nll
 from evoprune.evaluate.suite import teacher_for
 from evoprune.evaluate.teacher import kl_to_teacher
+from evoprune.evaluate.unseen import describe_unseen, load_unseen, unseen_metrics
 from evoprune.pipeline import data_blocks, load_source
 from evoprune.prune.calibration import collect_stats
 from evoprune.prune.depth import depth_spec
@@ -49,6 +50,8 @@ from evoprune.train import TrainConfig, train_on_blocks
 PARTS = ("baselines", "kl", "ta", "random")
 RECOVERY_FIRST_BLOCK = 32  # recovery trains on train blocks 32-63; the searches' brief training stays below
 SEARCH_PARTS = {"evolution, KL-only": "kl", "evolution, training-aware": "ta", "random search": "random"}
+SUMMARY_COLUMNS = ["ppl one-shot", "unseen ppl one-shot", "held-back ppl one-shot", "KL one-shot", "ppl recovered",
+                   "unseen ppl recovered", "held-back ppl recovered", "KL recovered"]
 METHOD_ORDER = ["uniform (activation)", "uniform (OBS database)", "depth (ShortGPT)", *SEARCH_PARTS]
 
 
@@ -99,6 +102,15 @@ def main(argv: list[str] | None = None) -> None:
     calib = data_blocks(cfg, dense.tokenizer, "calibration", cfg.data.calibration_blocks)
     stats = collect_stats(dense.model, dense.adapter, calib, cfg.data.batch_size)
     recovery_blocks = data_blocks(cfg, dense.tokenizer, "train", 64)[RECOVERY_FIRST_BLOCK:]  # not the search's
+    unseen = load_unseen(cfg, dense.tokenizer)
+
+    def unseen_columns(model, when: str) -> dict:
+        """Unseen-text figures of `model` ("one-shot" or "recovered"): their mean, held back, and per domain."""
+        if unseen is None:
+            return {}
+        m = unseen_metrics(model, unseen, cfg.data.batch_size)
+        return {f"unseen ppl {when}": m["unseen_ppl_mean"], f"held-back ppl {when}": m["heldback_perplexity"],
+                f"unseen {when}": m["unseen_perplexity"]}
 
     ta_stages = darwin.stages_of(cfg)
     kl_stages = [Stage(0, s.fitness_tokens, s.survivors) for s in ta_stages]
@@ -115,11 +127,13 @@ def main(argv: list[str] | None = None) -> None:
                    "block_sparsity": round(1 - kept / params_table.full(), 4)}
             row["ppl one-shot"] = float(torch.tensor(mean_nll(model, eval_blocks, cfg.data.batch_size)).exp())
             row["KL one-shot"] = kl_to_teacher(model, eval_blocks, teacher, batch_size=cfg.data.batch_size)
+            row.update(unseen_columns(model, "one-shot"))
             train_on_blocks(model, recovery_blocks, args.recovery_tokens,
                             TrainConfig(lr=args.recovery_lr, seed=0, loss=args.recovery_loss),
                             teacher=dense.model if args.recovery_loss != "lm" else None)
             row["ppl recovered"] = float(torch.tensor(mean_nll(model, eval_blocks, cfg.data.batch_size)).exp())
             row["KL recovered"] = kl_to_teacher(model, eval_blocks, teacher, batch_size=cfg.data.batch_size)
+            row.update(unseen_columns(model, "recovered"))
             rows.append(row)
             print(row, flush=True)
         # one file per sparsity and part, merged with what earlier invocations measured there (other methods)
@@ -200,14 +214,16 @@ def main(argv: list[str] | None = None) -> None:
              "database_vs_dense_weights": round(db.size_bytes() / dense_bytes, 3),
              "first_stage_eval_s_forward_only": round(forward, 3), "first_stage_eval_s_with_stitching": round(stitched, 3),
              "timing": timing, "eval_tokens": int(eval_blocks.numel()), "recovery_tokens": args.recovery_tokens,
-             "recovery_lr": args.recovery_lr, "recovery_loss": args.recovery_loss, "profile": r}
+             "recovery_lr": args.recovery_lr, "recovery_loss": args.recovery_loss, "profile": r,
+             "unseen_text": describe_unseen(unseen) if unseen is not None else None}
     rows = []
     for part in sorted((Path(args.out) / "darwin_rows").glob("*.json"), key=_sparsity_and_seed):
         saved = json.loads(part.read_text())
         rows += saved["rows"]
         timing.update(saved["timing"])
     write_json(Path(args.out) / "darwin.json", {"setup": setup, "rows": rows})
-    cols = ["sparsity", "method", "seed", "block_sparsity", "ppl one-shot", "KL one-shot", "ppl recovered",
+    cols = ["sparsity", "method", "seed", "block_sparsity", "ppl one-shot", "unseen ppl one-shot",
+            "held-back ppl one-shot", "KL one-shot", "ppl recovered", "unseen ppl recovered", "held-back ppl recovered",
             "KL recovered"]
     text = (f"# DarwinLM vs baselines\n\nCommand of the last run: `python bench/darwin.py {' '.join(argv)}` (rows "
             "of other sparsities and seeds come from earlier runs)\n\n" + markdown_table(rows, cols) +
@@ -259,15 +275,15 @@ def _seed_summary(rows: list[dict]) -> str:
         if len(runs) < 2:
             continue
         line = {"sparsity": sparsity, "method": method, "seeds": len(runs)}
-        for col in ("ppl one-shot", "KL one-shot", "ppl recovered", "KL recovered"):
-            values = [r[col] for r in runs]
-            line[col] = f"{sum(values) / len(values):.4g} ({min(values):.4g}-{max(values):.4g})"
+        for col in SUMMARY_COLUMNS:
+            values = [r[col] for r in runs if r.get(col) is not None]
+            if values:
+                line[col] = f"{sum(values) / len(values):.4g} ({min(values):.4g}-{max(values):.4g})"
         summary.append(line)
     if not summary:
         return ""
     return ("\n## Searches over seeds: mean (min-max)\n\n" +
-            markdown_table(summary, ["sparsity", "method", "seeds", "ppl one-shot", "KL one-shot", "ppl recovered",
-                                     "KL recovered"]))
+            markdown_table(summary, ["sparsity", "method", "seeds", *SUMMARY_COLUMNS]))
 
 
 if __name__ == "__main__":

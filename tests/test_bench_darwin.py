@@ -41,7 +41,10 @@ def test_seeds_add_search_rows_and_compose_across_runs(bench, tiny_run_inputs, t
     for r in both:
         assert r["block_sparsity"] == pytest.approx(0.4, abs=0.15), r["method"]
         assert r["KL recovered"] > 0 and r["ppl recovered"] > 1
+        assert set(r["unseen one-shot"]) == set(r["unseen recovered"]) == {"news", "howto", "math"}
+        assert {"unseen ppl one-shot", "held-back ppl one-shot", "held-back ppl recovered"} <= set(r)
     text = (tmp_path / "both" / "out" / "darwin.md").read_text()
+    assert "| unseen ppl one-shot | held-back ppl one-shot |" in text
     assert "Searches over seeds" in text and "| 0.4 | random search | 2 |" in text
     work = tmp_path / "both" / "work"
     assert (work / "winners-0.4.json").exists() and not list(work.glob("winners-*seed*"))
