@@ -58,6 +58,7 @@ def test_documents_the_run_holds_are_left_out_even_when_cut_differently(tmp_path
         "news": made_up_source(tmp_path, "news", news),
         "austen": made_up_source(tmp_path, "austen", novels, heldback=True),
         "gone": UnseenSource("gone", "genre", "nowhere", lambda: [], lambda: []),
+        "broken": UnseenSource("broken", "genre", "damaged", lambda: [], lambda: [tmp_path / "missing.arrow"]),
     })
     rewrapped = "\n".join(novels[5].split(" ")[:10]) + "\n" + " ".join(novels[5].split(" ")[10:])
     run_documents = [news[0], news[1].split("\n\n")[1], rewrapped, *paragraphs(4, 50)]
@@ -76,6 +77,7 @@ def test_documents_the_run_holds_are_left_out_even_when_cut_differently(tmp_path
         assert torch.equal(domains[name].blocks, pack_prefix(tokenizer, kept, 16, 6)[0])
         assert domains[name].blocks.shape == (6, 16)
     assert domains["gone"].blocks is None and "not on this machine" in domains["gone"].notes[0]
+    assert domains["broken"].blocks is None and "missing.arrow" in domains["broken"].notes[0]
     assert domains["austen"].heldback and not domains["news"].heldback
     again = {d.name: d for d in unseen_domains(tokenizer, str(run_text), "text", 16, 6)}  # from the cache
     assert torch.equal(again["news"].blocks, domains["news"].blocks) and again["news"].dropped == 2

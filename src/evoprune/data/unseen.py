@@ -148,21 +148,22 @@ def unseen_domains(tokenizer, run_source: str, text_field: str, seq_len: int, n_
     for source in UNSEEN_SOURCES.values():
         try:
             files = source.files()
-        except UserError as e:
+            if not files:
+                domains.append(_unavailable(source, f"{source.origin} is not on this machine; run "
+                                                    "`evoprune fetch-assets` (it needs apt-get) to add it"))
+                continue
+            key = _key(source, run_id, tokenizer_id, seq_len, n_blocks)
+            cached = _read_cached(source, key)
+            if cached is not None:
+                domains.append(cached)
+                continue
+            texts = source.documents()
+        except (UserError, OSError) as e:  # missing or damaged asset files: the run goes on without this domain
             domains.append(_unavailable(source, str(e)))
-            continue
-        if not files:
-            domains.append(_unavailable(source, f"{source.origin} is not on this machine; run "
-                                                "`evoprune fetch-assets` (it needs apt-get) to add it"))
-            continue
-        key = _key(source, run_id, tokenizer_id, seq_len, n_blocks)
-        cached = _read_cached(source, key)
-        if cached is not None:
-            domains.append(cached)
             continue
         if taken is None:
             taken = source_digests(load_documents(run_source, text_field))
-        documents, dropped = disjoint_documents(source.documents(), taken)
+        documents, dropped = disjoint_documents(texts, taken)
         blocks, used = pack_prefix(tokenizer, documents, seq_len, n_blocks)
         if blocks.shape[0] == 0:
             domains.append(_unavailable(source, f"no block of {seq_len} tokens left after dropping {dropped} "
