@@ -8,6 +8,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from evoprune.nas.pareto import pareto_front
+from evoprune.nas.pipeline import trial_rows
 from evoprune.nas.study import open_study, run_study
 
 BUDGET = 12
@@ -99,3 +100,15 @@ def test_a_study_killed_while_drawing_a_configuration_draws_it_again(tmp_path, u
     resumed = run_study(new_study(path, sampler), Grid(), objectives, BUDGET, feasible=feasible)
     assert len(resumed.get_trials(states=(TrialState.FAIL,))) == 1
     assert outcome(resumed) == uninterrupted(sampler)
+
+
+def test_reported_trials_are_numbered_as_in_an_uninterrupted_study(tmp_path):
+    """A draw cut short by a kill stays in the study as a failed trial; the rows users see skip it."""
+    whole = run_study(new_study(tmp_path / "whole.db", "nsga2"), Grid(), objectives, BUDGET, feasible=feasible)
+    path = tmp_path / "killed.db"
+    study = run_study(new_study(path, "nsga2"), Grid(), objectives, BUDGET, stop_after=6, feasible=feasible)
+    study.ask({"d0": CategoricalDistribution(list(range(6)))})
+    resumed = run_study(new_study(path, "nsga2"), Grid(), objectives, BUDGET, feasible=feasible)
+    assert [t.number for t in resumed.trials] != [t.number for t in whole.trials]  # the failed draw took a number
+    assert trial_rows(resumed, ["q", "c"]) == trial_rows(whole, ["q", "c"])
+    assert [r["trial"] for r in trial_rows(resumed, ["q", "c"])] == list(range(BUDGET))

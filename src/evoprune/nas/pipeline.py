@@ -79,9 +79,14 @@ def supernet_step(cfg: RunConfig, dense: LoadedModel, space: SearchSpace, steps:
 
 
 def trial_rows(study: optuna.Study, objectives: list[str]) -> list[dict]:
-    """One row per completed trial: its number, objective values and configuration."""
-    return [{"trial": t.number, **dict(zip(objectives, t.values)), **t.params}
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    """One row per completed trial, in order: its index among them, objective values and configuration.
+
+    The index, not optuna's trial number: a draw cut short by a kill stays in the study as a failed
+    trial with a number of its own, so a resumed study numbers the same evaluations differently.
+    """
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [{"trial": i, **dict(zip(objectives, t.values)), **t.params}
+            for i, t in enumerate(sorted(completed, key=lambda t: t.number))]
 
 
 def run(cfg: RunConfig, out: str | Path, objectives: list[str], budget: int, sampler: str = "nsga2",
