@@ -131,3 +131,20 @@ def test_a_corrupt_latest_checkpoint_pointer_is_one_line_not_a_silent_restart(re
     with pytest.raises(UserError) as caught:
         recover(short(recovery_inputs), stopped_copy, progress=False)
     assert "latest.json is corrupt" in one_line(caught) and "--force" in one_line(caught)
+
+
+def test_a_run_killed_after_its_export_finishes_on_rerun_and_a_finished_one_is_refused(recovery_inputs, finished,
+                                                                                      tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    (out / "report.md").unlink()  # killed after exporting model/ and writing metrics, before the report
+    (out / "metrics.json").unlink()
+    recover(short(recovery_inputs), out, progress=False)
+    assert (out / "report.md").is_file()
+    assert records(out) == records(finished)
+    wa, wb = weights(finished), weights(out)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["steps"] == json.loads((finished / "metrics.json").read_text())["steps"]
+    with pytest.raises(UserError, match="holds a finished training run"):
+        recover(short(recovery_inputs), out, progress=False)

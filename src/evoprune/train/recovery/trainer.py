@@ -48,6 +48,7 @@ from .report import write_train_report
 log = logging.getLogger(__name__)
 
 RUN_FILE = "train_run.json"
+DONE_FILE = "report.md"  # written last: a run killed before it (even after exporting model/) resumes
 
 
 def check_same_vocabulary(student: LoadedModel, teacher: LoadedModel) -> None:
@@ -69,7 +70,7 @@ def _check_run_dir(out: Path, identity: dict, force: bool) -> bool:
     if not run_file.is_file():
         raise UserError(f"output directory {out} exists and is not an evoprune train run; pass --force to replace it")
     refuse_changed(out, read_run_json(run_file), identity, "training run")
-    if (out / "model").exists():
+    if (out / DONE_FILE).exists():
         raise UserError(f"{out} holds a finished training run; pass --force to train again")
     return True
 
