@@ -23,13 +23,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .arch.export import export_checkpoint
+from .arch.shape import ModelShape
 from .atomic import write_json, write_text
 from .config import RunConfig, dump_config, to_dict
 from .darwin_report import parent_kl_curve, write_darwin_report
 from .errors import UserError
 from .evaluate.suite import evaluate_models, teacher_for
 from .evaluate.unseen import describe_unseen, load_unseen
-from .arch.shape import ModelShape
 from .models import LoadedModel
 from .pipeline import data_blocks, load_source
 from .prune.database import Database, DatabaseSettings
@@ -88,8 +88,8 @@ def evolution_settings(cfg: RunConfig) -> EvolutionSettings:
 
 def search_config(cfg: RunConfig) -> dict:
     """The settings a resumed search must share with the run that started it."""
-    return {"model": {"source": cfg.model.source, "dtype": cfg.model.dtype}, "data": to_dict(cfg.data), "database": to_dict(cfg.database),
-            "search": {**to_dict(cfg.search), **cfg.search.resolved()},
+    return {"model": {"source": cfg.model.source, "dtype": cfg.model.dtype}, "data": to_dict(cfg.data),
+            "database": to_dict(cfg.database), "search": {**to_dict(cfg.search), **cfg.search.resolved()},
             "target": [cfg.prune.sparsity, cfg.prune.target_params], "seed": cfg.seed}
 
 
@@ -220,13 +220,13 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
         check_reachable(cfg, shape, target)
         if main:
             start_run_dir(out, settings, force)
-        return _database_search_export(out, cfg, dense, target, stages, phase, progress and main, main, stop_after,
-                                       started)
+        return _database_search_export(out, cfg, settings, dense, target, stages, phase, progress and main, main,
+                                       stop_after, started)
 
 
-def _database_search_export(out: Path, cfg: RunConfig, dense: LoadedModel, target: Target, stages: list[Stage],
-                            phase: str, progress: bool, main: bool, stop_after: int | None, started: float) -> Path:
-    config = search_config(cfg)
+def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: LoadedModel, target: Target,
+                            stages: list[Stage], phase: str, progress: bool, main: bool, stop_after: int | None,
+                            started: float) -> Path:
     with main_process_first():
         db = build_database(cfg, dense, out / "database", progress)
     if phase == "database":

@@ -1,4 +1,4 @@
-"""Content fingerprints for cache keys: a model's weights and config, the bytes of files.
+"""Content fingerprints for cache keys: a model's weights and config, token blocks, the bytes of files.
 
 A cache keyed by these is recomputed when what it was computed from changes, wherever it lives
 (never keyed by a path: a model or corpus replaced at the same path gets a new fingerprint).
@@ -45,6 +45,12 @@ def weights_fingerprint(model: nn.Module) -> str:
     # holding the tensors keeps their ids and storage from being reused by a replacement
     _weights_memo[model] = (state, [t for _, t in tensors], digest)
     return digest
+
+
+def tokens_fingerprint(blocks: torch.Tensor) -> str:
+    """sha256 of token blocks: their shape and int64 ids."""
+    blocks = blocks.detach().to("cpu", torch.int64).contiguous()
+    return hashlib.sha256(str(tuple(blocks.shape)).encode() + blocks.numpy().tobytes()).hexdigest()
 
 
 def _config_json(model: nn.Module) -> str:

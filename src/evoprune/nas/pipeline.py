@@ -114,11 +114,10 @@ def run(cfg: RunConfig, out: str | Path, objectives: list[str], budget: int, sam
                 .params_range_check(*params_range)
         calib = _calibration_blocks(cfg, dense)
         settings["fingerprints"] = fingerprints(dense, calib)
-        if force:
-            if out.exists():
-                shutil.rmtree(out)
-        else:
-            refuse_other_run(out, settings)
+        if not force:
+            refuse_other_run(out, settings)  # again, now with the fingerprints
+        elif out.exists():
+            shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / MARKER, settings)
         study = open_study(out / "study.db", objectives, sampler, cfg.seed, settings["fingerprints"]["weights"])

@@ -6,13 +6,13 @@ search), `data.batch_size` (the scores are per block).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 
 from ..config import RunConfig
 from ..errors import UserError
+from ..fingerprint import tokens_fingerprint
 from ..models import LoadedModel
 from ..prune.database import model_fingerprint
 from ..rundir import read_run_json, refuse_changed
@@ -41,8 +41,7 @@ def run_settings(cfg: RunConfig, objectives: list[str], sampler: str, supernet_s
 
 def fingerprints(dense: LoadedModel, calibration: torch.Tensor) -> dict:
     """Hashes of the weights and of the calibration token blocks: another model or text under the same name."""
-    blocks = hashlib.sha256(calibration.cpu().contiguous().numpy().tobytes()).hexdigest()[:32]
-    return {"weights": model_fingerprint(dense.model, dense.adapter), "calibration_text": blocks}
+    return {"weights": model_fingerprint(dense.model, dense.adapter), "calibration_text": tokens_fingerprint(calibration)}
 
 
 def refuse_other_run(out: Path, settings: dict) -> None:

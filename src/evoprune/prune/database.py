@@ -29,7 +29,7 @@ from ..arch.shape import ModelShape
 from ..arch.spec import LayerSpec, SubnetSpec
 from ..atomic import staged_file, write_json
 from ..errors import UserError
-from ..fingerprint import weights_fingerprint
+from ..fingerprint import tokens_fingerprint, weights_fingerprint
 from .layerwise import run_layer_by_layer
 from .levels import attention_cost, attention_ladder, check_levels, mlp_cost, mlp_ladder
 from .module_levels import solve_attention_levels, solve_mlp_levels
@@ -105,7 +105,7 @@ class Database:
         path.mkdir(parents=True, exist_ok=True)
         shape = adapter.shape(model)
         fingerprint = model_fingerprint(model, adapter)
-        calibration = calibration_fingerprint(blocks)
+        calibration = tokens_fingerprint(blocks)
         stamp = _settings_stamp(fingerprint, calibration, settings)
         dtype = next(model.parameters()).dtype
         done = {i for i in range(shape.num_layers) if _shard_stamp(path / _shard_name(i)) == stamp}
@@ -165,7 +165,7 @@ class Database:
         if model is not None and adapter is not None and index["fingerprint"] != model_fingerprint(model, adapter):
             raise UserError(f"database {path} was built from a different model (other weights, config or dtype; "
                             f"it was {ModelShape.from_dict(index['shape']).describe()}); rebuild it for this model")
-        if blocks is not None and index["calibration"] != calibration_fingerprint(blocks):
+        if blocks is not None and index["calibration"] != tokens_fingerprint(blocks):
             raise UserError(f"database {path} was built from other calibration tokens than these "
                             f"({blocks.shape[0]}x{blocks.shape[1]}); rebuild it for this data")
         if settings is not None and asdict(settings) != index["settings"]:
@@ -258,12 +258,6 @@ def _solve(kind: str, i: int, layer, adapter: ModelAdapter, shape: ModelShape, s
 
 def _shard_name(i: int) -> str:
     return f"layer_{i:03d}.safetensors"
-
-
-def calibration_fingerprint(blocks: torch.Tensor) -> str:
-    """sha256 of the calibration token blocks' shape and int64 ids."""
-    blocks = blocks.detach().to("cpu", torch.int64).contiguous()
-    return hashlib.sha256(str(tuple(blocks.shape)).encode() + blocks.numpy().tobytes()).hexdigest()
 
 
 def _settings_stamp(fingerprint: str, calibration: str, settings: DatabaseSettings) -> str:
