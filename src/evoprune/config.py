@@ -85,19 +85,22 @@ class DatabaseConfig:
     method: str = "obs"  # obs (second-order with weight update) | activation (ranking only)
     percdamp: float = 0.01  # Hessian dampening as a fraction of mean(diag H)
     neuron_step: int = 0  # neurons removed per OBS step; 0 = automatic (width // 96)
+    attention_units: str = "groups"  # groups: KV groups and query heads (GQA) | query_heads: K/V always kept (DarwinLM)
 
 
 PROFILES = {
     # DarwinLM's values (paper, section 4): 16 offspring, 200 generations, 4 selection stages.
     # The paper starts from the uniform parent (init_samples=0).
     "paper": dict(offspring=16, generations=200, train_tokens=[10_000, 50_000, 100_000, 200_000],
-                  fitness_tokens=[1024, 2048, 4096, 8192], survivors=[8, 4, 2, 1], init_samples=0, lr=1e-5),
+                  fitness_tokens=[1024, 2048, 4096, 8192], survivors=[8, 4, 2, 1], init_samples=0, lr=1e-5,
+                  first_parent="uniform"),
     # Sized so the whole pipeline on SmolLM2-135M finishes in under half an hour on 2 CPU cores.
     # With few generations it starts from the best of 16 random genotypes instead of the uniform one.
     # Its brief training (2k then 4k tokens at lr 1e-4, about the recovery's lr) is large enough to
     # change the ranking on a 135M model; at DarwinLM's 1e-5 over 1k/2k tokens it chose what KL-only chose.
     "quick": dict(offspring=8, generations=8, train_tokens=[0, 2048, 4096],
-                  fitness_tokens=[1024, 2048, 4096], survivors=[4, 2, 1], init_samples=16, lr=1e-4),
+                  fitness_tokens=[1024, 2048, 4096], survivors=[4, 2, 1], init_samples=16, lr=1e-4,
+                  first_parent="uniform"),
 }
 
 
@@ -111,6 +114,9 @@ class SearchConfig:
     fitness_tokens: list[int] | None = None  # per stage: tokens the KL is measured on
     survivors: list[int] | None = None  # per stage: candidates kept
     init_samples: int | None = None  # random genotypes scored to pick the first parent (0 = start uniform)
+    first_parent: str | None = None  # uniform (DarwinLM) | mip: the genotype whose summed replace-one KLs
+    # (each module alone at each level, the rest dense; Puzzle) are least, solved by MIP; then evolution
+    replace_one_tokens: int = 1024  # fitness-pool tokens the replace-one KLs are measured on
     mutation_scales: list[int] = field(default_factory=lambda: [1])  # offspring k: scales[k % n] x DarwinLM's switches
     fitness_pool: int = 32  # calibration blocks after the database's that each selection draws its fitness
     # blocks from, anew every generation; 0 = always the database's first calibration blocks
@@ -171,6 +177,7 @@ class RunConfig:
             p.append(f"database.num_levels must be at least 2, got {db.num_levels}")
         check_choice(p, "database.spacing", db.spacing, ("params", "flops"))
         check_choice(p, "database.method", db.method, ("obs", "activation"))
+        check_choice(p, "database.attention_units", db.attention_units, ("groups", "query_heads"))
         if se.profile not in PROFILES:
             p.append(f"search.profile must be one of {', '.join(PROFILES)}, got {se.profile!r}")
         check_choice(p, "search.metric", se.metric, ("params", "flops", "latency"))
@@ -184,6 +191,9 @@ class RunConfig:
             p.append("search stage tokens must be >= 0 (training) / > 0 (fitness), survivors > 0")
         if not se.mutation_scales or any(m <= 0 for m in se.mutation_scales):
             p.append(f"search.mutation_scales must be positive integers, got {se.mutation_scales}")
+        check_choice(p, "search.first_parent", r["first_parent"], ("uniform", "mip"))
+        if se.replace_one_tokens <= 0:
+            p.append(f"search.replace_one_tokens must be positive, got {se.replace_one_tokens}")
         if r["offspring"] <= 0 or r["generations"] < 0 or r["init_samples"] < 0:
             p.append("search.offspring must be positive, search.generations and search.init_samples >= 0")
         if not r["lr"] > 0:

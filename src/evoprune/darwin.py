@@ -36,12 +36,16 @@ from .prune.database import Database, DatabaseSettings
 from .prune.levels import attention_cost, attention_ladder, mlp_cost, mlp_ladder
 from .prune.target import Target, resolve_target
 from .rundir import read_run_json, refuse_changed, run_lock
-from .search.budget import CostTable, make_budget, uniform_genotype
+from .evaluate.teacher_subset import TeacherSubset
+from .search.assemble import assemble
+from .search.budget import Budget, CostTable, make_budget, uniform_genotype
 from .search.distributed_fitness import (DistributedCandidateEvaluator, barrier, init_distributed,
                                          main_process_first)
 from .search.evolution import EvolutionSettings, evolve
 from .search.fitness import CandidateEvaluator, FitnessPool, Stage
+from .search.genotype import Genotype
 from .search.latency_table import LatencySettings, latency_cost_table
+from .search.replace_one import replace_one_scores
 from .train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -141,6 +145,24 @@ def fitness_pool(cfg: RunConfig, dense: LoadedModel, stage_blocks: list[int], pr
     return FitnessPool(blocks, teacher, stage_blocks)
 
 
+def mip_parent(cfg: RunConfig, dense: LoadedModel, db: Database, table: CostTable, budget: Budget,
+               evaluator: CandidateEvaluator, search_dir: Path, progress: bool = True) -> Genotype:
+    """The MIP assembly of replace-one KLs measured on the first `search.replace_one_tokens` of the fitness
+    pool (or of the calibration blocks after the database's); the scores are kept in `search_dir`."""
+    n = math.ceil(cfg.search.replace_one_tokens / cfg.data.seq_len)
+    if evaluator.pool is not None and len(evaluator.pool.blocks) >= n:
+        teacher = TeacherSubset(evaluator.pool.teacher, evaluator.pool.blocks, list(range(n)))
+        blocks = teacher.blocks
+    else:
+        first = cfg.data.calibration_blocks
+        blocks = data_blocks(cfg, dense.tokenizer, "calibration", first + n)[first:]
+        teacher = teacher_for(dense.model, str(dense.path), blocks, cfg.eval, cfg.data.batch_size, progress)
+    search_dir.mkdir(parents=True, exist_ok=True)
+    scores = replace_one_scores(dense.model, dense.adapter, db, blocks, teacher, cfg.data.batch_size,
+                                search_dir / "replace_one.json", progress)
+    return assemble(scores.scores, table, budget)
+
+
 def stages_of(cfg: RunConfig) -> list[Stage]:
     """The selection stages; a fitness pool too small for the largest stage is refused here, before any work."""
     r = cfg.search.resolved()
@@ -156,7 +178,7 @@ def planned_cost_table(shape: ModelShape, settings: DatabaseSettings, metric: st
     """The costs the database's levels will have, from the model's shape alone (params or flops)."""
     costs: dict[str, list[list[float]]] = {"attention": [], "mlp": []}
     for layer in shape.layers:
-        ladder = attention_ladder(shape, layer, settings.num_levels, settings.spacing)
+        ladder = attention_ladder(shape, layer, settings.num_levels, settings.spacing, settings.attention_units)
         costs["attention"].append([attention_cost(shape, layer, shapes[0], metric) if shapes else 0
                                    for shapes in ladder])
         widths = mlp_ladder(layer, settings.num_levels, settings.multiple) if layer.intermediate_size else [0]
@@ -238,11 +260,15 @@ def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: Load
     with main_process_first():
         evaluator = make_evaluator(cfg, dense, db, stages, progress)
     r = cfg.search.resolved()
+    start = None
+    if r["first_parent"] == "mip":
+        with main_process_first():
+            start = mip_parent(cfg, dense, db, table, budget, evaluator, out / "search", progress)
     search_dir = out / "search" if main else _private_copy(out / "search")
     barrier()  # every process has read the saved search state before the main one writes it again
     try:
         result = evolve(evaluator, table, budget, stages, evolution_settings(cfg), search_dir, config, progress,
-                        stop_after)
+                        stop_after, start)
     finally:
         if not main:
             shutil.rmtree(search_dir, ignore_errors=True)

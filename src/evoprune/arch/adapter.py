@@ -66,6 +66,10 @@ class ModelAdapter(ABC):
         """Source parameter name of `part` ("attention_output" or "mlp_output") in layer `layer`."""
 
     @abstractmethod
+    def final_norm(self, model: PreTrainedModel) -> nn.Module:
+        """The normalization between the last decoder layer and the LM head."""
+
+    @abstractmethod
     def position_embeddings(self, model: PreTrainedModel, hidden: torch.Tensor, position_ids: torch.Tensor) -> object:
         """What an attention block takes as `position_embeddings` (RoPE cos/sin), to run one block alone."""
 

@@ -127,6 +127,9 @@ class LlamaFamilyAdapter(ModelAdapter):
             qk_norm=any(hasattr(a, "q_norm") for a in attns),
         )
 
+    def final_norm(self, model: PreTrainedModel):
+        return model.model.norm
+
     def position_embeddings(self, model: PreTrainedModel, hidden: torch.Tensor, position_ids: torch.Tensor):
         return model.model.rotary_emb(hidden, position_ids)
 

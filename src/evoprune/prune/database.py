@@ -31,7 +31,7 @@ from ..atomic import staged_file, write_json
 from ..errors import UserError
 from ..fingerprint import tokens_fingerprint, weights_fingerprint
 from .layerwise import run_layer_by_layer
-from .levels import attention_cost, attention_ladder, check_levels, mlp_cost, mlp_ladder
+from .levels import ATTENTION_UNITS, attention_cost, attention_ladder, check_levels, mlp_cost, mlp_ladder
 from .module_levels import solve_attention_levels, solve_mlp_levels
 from .obs import HessianAccumulator
 
@@ -52,9 +52,12 @@ class DatabaseSettings:
     percdamp: float = 0.01  # Hessian dampening, fraction of mean(diag H)
     calibration: str = ""  # description of the calibration tokens (source, split, blocks x seq_len)
     neuron_step: int = 0  # neurons removed per OBS step (0 = automatic by width)
+    attention_units: str = "groups"  # groups: KV groups and query heads | query_heads: K/V always kept
 
     def check(self) -> None:
         check_levels(self.num_levels, self.spacing)
+        if self.attention_units not in ATTENTION_UNITS:
+            raise UserError(f"database attention_units must be groups or query_heads, got {self.attention_units!r}")
         if self.method not in ("obs", "activation"):
             raise UserError(f"database method must be obs or activation, got {self.method!r}")
 
@@ -240,7 +243,8 @@ def _solve(kind: str, i: int, layer, adapter: ModelAdapter, shape: ModelShape, s
     if kind == "attention":
         if adapter.attention(layer) is None:
             return [(Level(0, 0, 0.0), None)]
-        ladder = attention_ladder(shape, layer_shape, settings.num_levels, settings.spacing)
+        ladder = attention_ladder(shape, layer_shape, settings.num_levels, settings.spacing,
+                                  settings.attention_units)
         solved = solve_attention_levels(adapter.attention_output(layer).weight, acc.hessian(settings.percdamp),
                                         layer_shape, shape.head_dim, ladder, settings.method)
         return [(Level(attention_cost(shape, layer_shape, s.shape, "params") if s.shape else 0,

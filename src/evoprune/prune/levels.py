@@ -17,6 +17,7 @@ from ..arch.shape import LayerShape, ModelShape
 from ..errors import UserError
 
 METRICS = ("params", "flops")
+ATTENTION_UNITS = ("groups", "query_heads")
 
 
 @dataclass(frozen=True)
@@ -49,14 +50,17 @@ def _even_targets(full: float, num_levels: int) -> list[float]:
     return [full * k / (num_levels - 1) for k in range(num_levels)]
 
 
-def attention_ladder(shape: ModelShape, layer: LayerShape, num_levels: int, metric: str = "params"
-                     ) -> list[list[AttentionShape]]:
-    """Per level, the GQA shapes of that level's cost (level 0 = removed = [])."""
+def attention_ladder(shape: ModelShape, layer: LayerShape, num_levels: int, metric: str = "params",
+                     units: str = "groups") -> list[list[AttentionShape]]:
+    """Per level, the GQA shapes of that level's cost (level 0 = removed = []).
+
+    `units="query_heads"` keeps every KV group in every level but the removed one and prunes query
+    heads only (equally in each group), as DarwinLM's code does."""
     check_levels(num_levels, metric)
     if layer.num_kv_heads == 0:
         return [[]]
     by_cost: dict[int, list[AttentionShape]] = {}
-    for g in range(1, layer.num_kv_heads + 1):
+    for g in range(1 if units == "groups" else layer.num_kv_heads, layer.num_kv_heads + 1):
         for s in range(1, layer.heads_per_group + 1):
             a = AttentionShape(g, s)
             by_cost.setdefault(attention_cost(shape, layer, a, metric), []).append(a)

@@ -1,13 +1,13 @@
 """The evolutionary search loop (DarwinLM): mutate the parent, select among offspring, repeat.
 
-The first parent is the uniform genotype (DarwinLM), or, with `init_samples` > 0, the winner of
-one selection among the uniform genotype and that many random genotypes inside the budget (random
-walks of level switches, from a few steps to `init_walk`): with few generations, small switches from a uniform start
-barely leave it. Each generation makes `offspring` level-switch mutations of the parent; the
-parent competes with them (elitism) through the selection stages; the winner becomes the next
-parent. The state is
-written atomically after every generation, so a killed search resumes exactly where it stopped
-and reaches the same result as an uninterrupted one.
+The search starts from the uniform genotype (DarwinLM) or a given one (e.g. the MIP assembly of
+replace-one scores, `assemble.py`). The first parent is that start, or the winner of one selection
+among the start, the uniform genotype and `init_samples` random genotypes inside the budget (random
+walks of level switches from the start, from a few steps to `init_walk`). Each generation makes
+`offspring` level-switch mutations of the parent; the parent competes with them (elitism) through
+the selection stages; the winner becomes the next parent. The state is written atomically after
+every generation, so a killed search resumes exactly where it stopped and reaches the same result
+as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -50,10 +50,11 @@ class SearchResult:
 
 def evolve(evaluator: CandidateEvaluator, table: CostTable, budget: Budget, stages: list[Stage],
            settings: EvolutionSettings, state_dir: Path, config: dict, progress: bool = True,
-           stop_after: int | None = None) -> SearchResult:
+           stop_after: int | None = None, start: Genotype | None = None) -> SearchResult:
     """Run (or resume) the search in `state_dir`.
 
     Args:
+        start: the genotype to start from instead of the uniform one (which then competes with it).
         config: the search-relevant settings; stored in the state and compared on resume.
         stop_after: end after this many generations in this call (tests use it to simulate a kill).
     """
@@ -63,7 +64,7 @@ def evolve(evaluator: CandidateEvaluator, table: CostTable, budget: Budget, stag
         state = SearchState.load(state_file, config)
         log.info("resuming search at generation %d", state.generation)
     else:
-        state = _first_parent(evaluator, table, budget, stages, settings, config)
+        state = _first_parent(evaluator, table, budget, stages, settings, config, start)
         _save(state, state_dir)
     rng = state.restore_rng()
     bar = tqdm(total=settings.generations, initial=state.generation, desc="search", disable=not progress)
@@ -88,15 +89,17 @@ def evolve(evaluator: CandidateEvaluator, table: CostTable, budget: Budget, stag
 
 
 def _first_parent(evaluator: CandidateEvaluator, table: CostTable, budget: Budget, stages: list[Stage],
-                  settings: EvolutionSettings, config: dict) -> SearchState:
+                  settings: EvolutionSettings, config: dict, start: Genotype | None = None) -> SearchState:
     rng = random.Random(settings.seed)
     uniform = uniform_genotype(table, budget)
-    state = SearchState(config, 0, uniform, [])
-    if settings.init_samples:
+    start = uniform if start is None else start
+    state = SearchState(config, 0, start, [])
+    if settings.init_samples or start != uniform:
         started = time.time()
         n = settings.init_samples
-        walks = [max(1, round(settings.init_walk * (k + 1) / n)) for k in range(n)]  # near and far from uniform
-        pool = [uniform] + [random_genotype(table, budget, rng, uniform, w, settings.trade) for w in walks]
+        walks = [max(1, round(settings.init_walk * (k + 1) / n)) for k in range(n)]  # near and far from the start
+        pool = [start] + ([uniform] if start != uniform else [])
+        pool += [random_genotype(table, budget, rng, start, w, settings.trade) for w in walks]
         _select_parent(state, pool, stages, evaluator, table, seed=settings.seed * 100003)
         state.seconds = time.time() - started
         state.history[-1].update(generation=0, seconds=round(state.seconds, 2))

@@ -1,0 +1,191 @@
+"""Replace-one scores (Puzzle): the KL to the dense model of the dense model with one module at one level.
+
+Every (module, level) of a database is scored once, all other modules full. The model stays the
+dense one: a level is applied in place by writing its compensated output projection into the
+kept input columns and zeros into the removed ones, which computes exactly what the sliced
+module computes. The hidden states entering every layer are computed once, so a variant of
+layer i runs only layers i..N-1 and the head.
+
+The scores are written to a JSON file after every layer and a rerun resumes at the first layer
+without scores; the file is keyed by the database, the blocks and the teacher it was made from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from ..arch.adapter import ModelAdapter
+from ..atomic import write_json
+from ..evaluate.teacher import TeacherCache, kl_to_teacher
+from ..fingerprint import tokens_fingerprint
+from ..modes import eval_mode
+from ..prune.database import Database
+from ..prune.layerwise import capture_first_layer_inputs
+from .budget import KINDS
+
+FORMAT = "evoprune.replace_one/1"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReplaceOneScores:
+    scores: dict[str, list[list[float]]]  # kind -> layer -> level -> KL (the full level scores 0)
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"scores": self.scores, "seconds": round(self.seconds, 2)}
+
+
+class _Tail(nn.Module):
+    """Layers `first`..N-1 and the head of `model`, fed the cached hidden states entering layer `first`.
+
+    Called like a causal LM on blocks it has cached inputs for (so `kl_to_teacher` can score it).
+    """
+
+    def __init__(self, model: PreTrainedModel, adapter: ModelAdapter, first: int, rows: dict[bytes, int],
+                 hidden: torch.Tensor, kwargs: dict):
+        super().__init__()
+        self.model, self.adapter, self.first = model, adapter, first
+        self.rows, self.hidden, self.kwargs = rows, hidden, kwargs
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def forward(self, input_ids: torch.Tensor, use_cache: bool = False):
+        index = torch.tensor([self.rows[row.numpy().tobytes()] for row in input_ids.cpu()])
+        h = self.hidden[index].to(input_ids.device)
+        kwargs = _batch_kwargs(self.kwargs, len(index))
+        for layer in self.adapter.layers(self.model)[self.first:]:
+            out = layer(h, **kwargs)
+            h = out[0] if isinstance(out, tuple) else out
+        logits = self.model.get_output_embeddings()(self.adapter.final_norm(self.model)(h))
+        return _Logits(logits)
+
+
+@dataclass
+class _Logits:
+    logits: torch.Tensor
+
+
+def _batch_kwargs(kwargs: dict, n: int) -> dict:
+    """The layer keyword arguments captured for a batch, cut to `n` rows where they have a batch dimension."""
+    def cut(v):
+        if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] > 1:
+            return v[:n]
+        if isinstance(v, tuple):
+            return tuple(cut(x) for x in v)
+        return v
+    return {k: cut(v) for k, v in kwargs.items()}
+
+
+@contextmanager
+def module_at_level(model: PreTrainedModel, adapter: ModelAdapter, db: Database, kind: str, layer: int,
+                    level: int) -> Iterator[None]:
+    """Within the block, module (`kind`, `layer`) of the dense `model` computes what database level `level`
+    computes: kept input columns of its output projection hold the level's weights, removed ones zeros."""
+    block = adapter.layers(model)[layer]
+    proj = adapter.attention_output(block) if kind == "attention" else adapter.mlp_output(block)
+    saved_weight = proj.weight.detach().clone()
+    saved_bias = proj.bias.detach().clone() if proj.bias is not None else None
+    try:
+        with torch.no_grad():
+            kept = _kept_columns(db, kind, layer, level)
+            new = torch.zeros_like(saved_weight)
+            weight = db.weight(kind, layer, level) if level > 0 else None
+            if kept:
+                cols = torch.tensor(kept)
+                new[:, cols] = weight.to(new) if weight is not None else saved_weight[:, cols]
+            proj.weight.copy_(new)
+            if saved_bias is not None and level == 0:
+                proj.bias.zero_()
+        yield
+    finally:
+        with torch.no_grad():
+            proj.weight.copy_(saved_weight)
+            if saved_bias is not None:
+                proj.bias.copy_(saved_bias)
+
+
+def _kept_columns(db: Database, kind: str, layer: int, level: int) -> list[int]:
+    if level == 0:
+        return []
+    if kind == "mlp":
+        return db.neurons(layer, level)
+    head_dim = db.shape.head_dim
+    return [h * head_dim + j for h in db.levels["attention"][layer][level].heads for j in range(head_dim)]
+
+
+def score_key(db: Database, blocks: torch.Tensor, teacher: TeacherCache) -> dict:
+    """What the scores depend on: a file made from anything else is not reused."""
+    return {"format": FORMAT, "database": db.index["fingerprint"], "database_settings": db.index["settings"],
+            "calibration": db.index["calibration"], "blocks": tokens_fingerprint(blocks),
+            "teacher": str(getattr(teacher, "path", ""))}
+
+
+def replace_one_scores(model: PreTrainedModel, adapter: ModelAdapter, db: Database, blocks: torch.Tensor,
+                       teacher: TeacherCache, batch_size: int = 4, path: Path | None = None,
+                       progress: bool = True) -> ReplaceOneScores:
+    """KL to the teacher on `blocks` for every (kind, layer, level) of `db`, resuming from `path` if given."""
+    key = score_key(db, blocks, teacher)
+    done: dict = {"key": key, "layers": {}, "seconds": 0.0}
+    if path is not None and path.is_file():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if saved.get("key") == key:
+                done = saved
+        except (OSError, ValueError):
+            log.warning("replace-one scores in %s are unreadable; scoring again", path)
+    num_layers = len(adapter.layers(model))
+    todo = [i for i in range(num_layers) if str(i) not in done["layers"]]
+    if todo:
+        started = time.time()
+        with eval_mode(model), torch.inference_mode():
+            hidden, kwargs = _layer_inputs(model, adapter, blocks, batch_size, last=max(todo))
+            rows = {row.numpy().tobytes(): r for r, row in enumerate(blocks.cpu())}
+            for i in tqdm(todo, desc="replace-one", disable=not progress):
+                tail = _Tail(model, adapter, i, rows, hidden[i], kwargs)
+                done["layers"][str(i)] = {
+                    kind: [0.0 if level == db.num_levels(kind, i) - 1 else _score(tail, model, adapter, db, kind, i,
+                                                                                 level, blocks, teacher, batch_size)
+                           for level in range(db.num_levels(kind, i))] for kind in KINDS}
+                done["seconds"] += time.time() - started
+                started = time.time()
+                if path is not None:
+                    write_json(path, done)
+    scores = {kind: [done["layers"][str(i)][kind] for i in range(num_layers)] for kind in KINDS}
+    return ReplaceOneScores(scores, float(done["seconds"]))
+
+
+def _score(tail: _Tail, model, adapter, db, kind: str, layer: int, level: int, blocks, teacher, batch_size) -> float:
+    if kind == "attention" and adapter.attention(adapter.layers(model)[layer]) is None:
+        return 0.0
+    if kind == "mlp" and adapter.mlp(adapter.layers(model)[layer]) is None:
+        return 0.0
+    with module_at_level(model, adapter, db, kind, layer, level):
+        return kl_to_teacher(tail, blocks, teacher, batch_size=batch_size)
+
+
+def _layer_inputs(model: PreTrainedModel, adapter: ModelAdapter, blocks: torch.Tensor, batch_size: int,
+                  last: int) -> tuple[list[torch.Tensor], dict]:
+    """The dense hidden states entering layers 0..`last`, each [n_blocks, seq_len, hidden], and the layer
+    keyword arguments of the first batch (masks and RoPE, which do not depend on the tokens)."""
+    captured = capture_first_layer_inputs(model, adapter, blocks, batch_size)
+    current = captured.hidden
+    out = []
+    for i, layer in enumerate(adapter.layers(model)[:last + 1]):
+        out.append(torch.cat(current))
+        if i < last:
+            current = [(o[0] if isinstance(o, tuple) else o) for o in
+                       (layer(h, **kw) for h, kw in zip(current, captured.kwargs))]
+    return out, captured.kwargs[0]
