@@ -117,6 +117,8 @@ class SearchConfig:
     first_parent: str | None = None  # uniform (DarwinLM) | mip: the genotype whose summed replace-one KLs
     # (each module alone at each level, the rest dense; Puzzle) are least, solved by MIP; then evolution
     replace_one_tokens: int = 1024  # fitness-pool tokens the replace-one KLs are measured on
+    replace_one_all_levels: bool = False  # measure every level (slow); else removed + half cost, rest from OBS errors
+    max_minutes: float | None = None  # end the search after the generation that passes this much search time
     mutation_scales: list[int] = field(default_factory=lambda: [1])  # offspring k: scales[k % n] x DarwinLM's switches
     fitness_pool: int = 32  # calibration blocks after the database's that each selection draws its fitness
     # blocks from, anew every generation; 0 = always the database's first calibration blocks
@@ -192,6 +194,8 @@ class RunConfig:
         if not se.mutation_scales or any(m <= 0 for m in se.mutation_scales):
             p.append(f"search.mutation_scales must be positive integers, got {se.mutation_scales}")
         check_choice(p, "search.first_parent", r["first_parent"], ("uniform", "mip"))
+        if se.max_minutes is not None and se.max_minutes <= 0:
+            p.append(f"search.max_minutes must be positive, got {se.max_minutes}")
         if se.replace_one_tokens <= 0:
             p.append(f"search.replace_one_tokens must be positive, got {se.replace_one_tokens}")
         if r["offspring"] <= 0 or r["generations"] < 0 or r["init_samples"] < 0:

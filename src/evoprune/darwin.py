@@ -84,10 +84,13 @@ def search_cost_table(cfg: RunConfig, dense: LoadedModel, db: Database, run_dir:
     return latency_cost_table(dense.model, dense.adapter, db, run_dir / "latency_table.json", settings, progress)
 
 
-def evolution_settings(cfg: RunConfig) -> EvolutionSettings:
+def evolution_settings(cfg: RunConfig, spent_seconds: float = 0.0) -> EvolutionSettings:
+    """The search's settings; `spent_seconds` (the replace-one scoring) counts against `search.max_minutes`."""
     r = cfg.search.resolved()
+    minutes = cfg.search.max_minutes
     return EvolutionSettings(r["offspring"], r["generations"], cfg.seed, cfg.search.trade, r["init_samples"],
-                             mutation_scales=tuple(cfg.search.mutation_scales))
+                             mutation_scales=tuple(cfg.search.mutation_scales),
+                             max_seconds=None if minutes is None else 60 * minutes - spent_seconds)
 
 
 def search_config(cfg: RunConfig) -> dict:
@@ -146,9 +149,10 @@ def fitness_pool(cfg: RunConfig, dense: LoadedModel, stage_blocks: list[int], pr
 
 
 def mip_parent(cfg: RunConfig, dense: LoadedModel, db: Database, table: CostTable, budget: Budget,
-               evaluator: CandidateEvaluator, search_dir: Path, progress: bool = True) -> Genotype:
+               evaluator: CandidateEvaluator, search_dir: Path, progress: bool = True) -> tuple[Genotype, float]:
     """The MIP assembly of replace-one KLs measured on the first `search.replace_one_tokens` of the fitness
-    pool (or of the calibration blocks after the database's); the scores are kept in `search_dir`."""
+    pool (or of the calibration blocks after the database's), and the seconds the scoring took; the scores
+    are kept in `search_dir`."""
     n = math.ceil(cfg.search.replace_one_tokens / cfg.data.seq_len)
     if evaluator.pool is not None and len(evaluator.pool.blocks) >= n:
         teacher = TeacherSubset(evaluator.pool.teacher, evaluator.pool.blocks, list(range(n)))
@@ -159,8 +163,8 @@ def mip_parent(cfg: RunConfig, dense: LoadedModel, db: Database, table: CostTabl
         teacher = teacher_for(dense.model, str(dense.path), blocks, cfg.eval, cfg.data.batch_size, progress)
     search_dir.mkdir(parents=True, exist_ok=True)
     scores = replace_one_scores(dense.model, dense.adapter, db, blocks, teacher, cfg.data.batch_size,
-                                search_dir / "replace_one.json", progress)
-    return assemble(scores.scores, table, budget)
+                                search_dir / "replace_one.json", progress, cfg.search.replace_one_all_levels)
+    return assemble(scores.scores, table, budget), scores.seconds
 
 
 def stages_of(cfg: RunConfig) -> list[Stage]:
@@ -260,19 +264,19 @@ def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: Load
     with main_process_first():
         evaluator = make_evaluator(cfg, dense, db, stages, progress)
     r = cfg.search.resolved()
-    start = None
+    start, start_seconds = None, 0.0
     if r["first_parent"] == "mip":
         with main_process_first():
-            start = mip_parent(cfg, dense, db, table, budget, evaluator, out / "search", progress)
+            start, start_seconds = mip_parent(cfg, dense, db, table, budget, evaluator, out / "search", progress)
     search_dir = out / "search" if main else _private_copy(out / "search")
     barrier()  # every process has read the saved search state before the main one writes it again
+    settings = evolution_settings(cfg, start_seconds)
     try:
-        result = evolve(evaluator, table, budget, stages, evolution_settings(cfg), search_dir, config, progress,
-                        stop_after, start)
+        result = evolve(evaluator, table, budget, stages, settings, search_dir, config, progress, stop_after, start)
     finally:
         if not main:
             shutil.rmtree(search_dir, ignore_errors=True)
-    if result.state.generation < r["generations"] or not main:
+    if not result.finished(settings) or not main:
         return out  # stopped early on request (tests; rerun to resume), or not the process that writes
     spec, replace = db.stitch(list(result.best.attention), list(result.best.mlp), dense.adapter,
                               meta={"method": "darwin", "source": dense.name, "target": target.description,
@@ -291,7 +295,8 @@ def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: Load
     metrics = {"dense": rows["dense"], "pruned": rows["darwin"],
                "uniform_same_database": rows["uniform (same database)"], "target": spec.meta["target_report"],
                "search": {"generations": result.state.generation, "evaluations": result.state.evaluations,
-                          "search_seconds": round(result.state.seconds, 1),
+                          "search_seconds": round(result.state.seconds + start_seconds, 1),
+                          "replace_one_seconds": round(start_seconds, 1),
                           "parent_heldout_kl": parent_kl_curve(evaluator, result.state.history, eval_blocks,
                                                                teacher, cfg.data.batch_size)},
                "database": {"bytes": db.size_bytes(), "dense_weight_bytes": sum(

@@ -18,7 +18,7 @@ from evoprune.prune.database import Database
 from evoprune.search.assemble import assemble
 from evoprune.search.budget import Budget, CostTable, make_budget
 from evoprune.search.genotype import Genotype
-from evoprune.search.replace_one import replace_one_scores
+from evoprune.search.replace_one import interpolated, measured_levels, replace_one_scores
 
 TINY = ["data.seq_len=32", "data.calibration_blocks=4", "data.eval_blocks=4", "data.batch_size=2",
         "eval.latency=false", "database.num_levels=5", "search.offspring=3", "search.generations=3",
@@ -49,7 +49,8 @@ def _full(db: Database, n: int) -> Genotype:
 def test_each_score_is_the_kl_of_the_sliced_model_with_that_one_module_replaced(tiny_db, tmp_path):
     cfg, dense, db, blocks, teacher = tiny_db
     before = {k: v.clone() for k, v in dense.model.state_dict().items()}
-    scores = replace_one_scores(dense.model, dense.adapter, db, blocks, teacher, batch_size=2, progress=False).scores
+    scores = replace_one_scores(dense.model, dense.adapter, db, blocks, teacher, batch_size=2, progress=False,
+                                all_levels=True).scores
     n = db.shape.num_layers
     full = _full(db, n)
     checked = 0
@@ -67,6 +68,27 @@ def test_each_score_is_the_kl_of_the_sliced_model_with_that_one_module_replaced(
     assert checked > 20
     after = dense.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "the dense model must be left as it was"
+
+
+def test_by_default_two_levels_are_measured_and_the_rest_follow_the_obs_errors(tiny_db):
+    cfg, dense, db, blocks, teacher = tiny_db
+    exact = replace_one_scores(dense.model, dense.adapter, db, blocks, teacher, 2, progress=False, all_levels=True)
+    quick = replace_one_scores(dense.model, dense.adapter, db, blocks, teacher, 2, progress=False)
+    for kind, i in itertools.product(("attention", "mlp"), range(db.shape.num_layers)):
+        measured = measured_levels(db, kind, i, all_levels=False)
+        assert 0 in measured and len(measured) <= 2
+        for level in measured:
+            assert quick.scores[kind][i][level] == pytest.approx(exact.scores[kind][i][level], rel=1e-6)
+        errors = [lv.error for lv in db.levels[kind][i]]
+        by_error = sorted(range(len(errors)), key=lambda lv: errors[lv])
+        values = [quick.scores[kind][i][lv] for lv in by_error]
+        assert values == sorted(values)  # more reconstruction error, never a smaller score
+        assert quick.scores[kind][i][-1] == 0.0
+
+
+def test_interpolation_is_linear_in_the_error_between_measured_points():
+    assert interpolated([4.0, 2.0, 1.0, 0.0], {0: 8.0, 2: 1.0}) == [8.0, pytest.approx(1.0 + 7.0 / 3), 1.0, 0.0]
+    assert interpolated([1.0, 4.0, 0.0], {0: 2.0}) == [2.0, 8.0, 0.0]  # beyond the points: proportional
 
 
 def test_scores_resume_from_their_file_and_ignore_a_file_made_from_other_blocks(tiny_db, tmp_path):

@@ -48,6 +48,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def agreed(flag: bool) -> bool:
+    """Rank 0's `flag` on every process (a decision that must not differ between them, e.g. a time limit)."""
+    if init_distributed()[1] > 1:
+        box = [flag]
+        dist.broadcast_object_list(box, src=0)
+        return bool(box[0])
+    return flag
+
+
 @contextlib.contextmanager
 def main_process_first() -> Iterator[None]:
     """Run the block on rank 0 first and on the other ranks after it, so they read what rank 0 wrote.

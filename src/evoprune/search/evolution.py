@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import write_text
 from .budget import Budget, CostTable, uniform_genotype
+from .distributed_fitness import agreed
 from .fitness import CandidateEvaluator, Stage, select
 from .genotype import Genotype
 from .mutation import mutate, random_genotype
@@ -40,12 +41,21 @@ class EvolutionSettings:
     init_samples: int = 0  # random genotypes competing with the uniform one for the first parent
     init_walk: int = 100  # level-switch mutations of the farthest random genotype (the k-th of n: k/n of it)
     mutation_scales: tuple[int, ...] = (1,)  # offspring k makes scales[k % len] times DarwinLM's switches
+    max_seconds: float | None = None  # no new generation once the search has taken this long in total
 
 
 @dataclass
 class SearchResult:
     best: Genotype
     state: SearchState
+
+    def finished(self, settings: EvolutionSettings) -> bool:
+        """All generations done, or the time limit reached."""
+        return self.state.generation >= settings.generations or out_of_time(self.state, settings)
+
+
+def out_of_time(state: SearchState, settings: EvolutionSettings) -> bool:
+    return agreed(settings.max_seconds is not None and state.seconds >= settings.max_seconds)
 
 
 def evolve(evaluator: CandidateEvaluator, table: CostTable, budget: Budget, stages: list[Stage],
@@ -69,7 +79,8 @@ def evolve(evaluator: CandidateEvaluator, table: CostTable, budget: Budget, stag
     rng = state.restore_rng()
     bar = tqdm(total=settings.generations, initial=state.generation, desc="search", disable=not progress)
     done_here = 0
-    while state.generation < settings.generations and (stop_after is None or done_here < stop_after):
+    while (state.generation < settings.generations and (stop_after is None or done_here < stop_after)
+           and not out_of_time(state, settings)):
         started = time.time()
         scales = settings.mutation_scales
         children = [mutate(state.parent, table, budget, rng, settings.trade, scale=scales[k % len(scales)])
