@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "evoprune.database/2"  # 2: keyed by all weights and the calibration tokens
 KINDS = ("attention", "mlp")
+ADDED_SETTINGS = {"attention_units": "groups"}  # settings added later: at these values, older databases stay valid
 
 
 @dataclass
@@ -163,6 +164,7 @@ class Database:
         try:
             index = json.loads(index_file.read_text())
             assert index.get("format") == FORMAT
+            index["settings"] = {**ADDED_SETTINGS, **index["settings"]}
         except (json.JSONDecodeError, AssertionError, UnicodeDecodeError):
             raise UserError(f"{index_file} is not an evoprune database index of format {FORMAT}; rebuild it") from None
         if model is not None and adapter is not None and index["fingerprint"] != model_fingerprint(model, adapter):
@@ -265,7 +267,8 @@ def _shard_name(i: int) -> str:
 
 
 def _settings_stamp(fingerprint: str, calibration: str, settings: DatabaseSettings) -> str:
-    key = fingerprint + calibration + json.dumps(asdict(settings), sort_keys=True)
+    stamped = {k: v for k, v in asdict(settings).items() if ADDED_SETTINGS.get(k, object()) != v}
+    key = fingerprint + calibration + json.dumps(stamped, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
