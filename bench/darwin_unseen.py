@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="also measure uniform (activation), depth and each database's uniform genotype")
     ap.add_argument("--minutes", type=float, default=15.0, help="search wall time of the timed variants")
     ap.add_argument("--eval-blocks", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (e.g. 1 to run two invocations side by side on 2 cores)")
     ap.add_argument("--work", default="results/tmp/darwin_unseen")
     ap.add_argument("--out", default="results")
     args = parse_with_overrides(ap, argv)
@@ -80,20 +82,12 @@ def main(argv: list[str] | None = None) -> None:
     if not variants or any(v not in VARIANTS for v in variants):
         ap.error(f"--variants takes a comma list of {', '.join(VARIANTS)}, got {args.variants!r}")
     work, out = Path(args.work), Path(args.out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     base = load_config(None, [f"data.eval_blocks={args.eval_blocks}", *args.overrides])
     dense = load_source(base)
     shape = dense.adapter.shape(dense.model)
-    eval_blocks = data_blocks(base, dense.tokenizer, "eval", base.data.eval_blocks)
-    teacher = teacher_for(dense.model, str(dense.path), eval_blocks, base.eval, base.data.batch_size)
-    unseen = load_unseen(base, dense.tokenizer)
-
-    def measure(model) -> dict:
-        m = unseen_metrics(model, unseen, base.data.batch_size)
-        kept = block_params(dense.adapter.shape(model))
-        return {"block_sparsity": round(1 - kept / shape.block_params(), 4), "unseen ppl": m["unseen_ppl_mean"],
-                **m["unseen_perplexity"], "austen (held back)": m["heldback_perplexity"],
-                "held-out ppl": math.exp(mean_nll(model, eval_blocks, base.data.batch_size)),
-                "KL": kl_to_teacher(model, eval_blocks, teacher, batch_size=base.data.batch_size)}
+    measure = Judge(base, dense)
 
     for sparsity in args.sparsities:
         target = resolve_target(shape, sparsity=sparsity)
@@ -138,6 +132,27 @@ def main(argv: list[str] | None = None) -> None:
     write_report(out, argv)
 
 
+class Judge:
+    """The figures every pruned model of these benches is judged by, on the same blocks: unseen text (per
+    domain, their geometric mean, the held-back source) and the embedded held-out split (perplexity, KL)."""
+
+    def __init__(self, cfg, dense):
+        self.cfg, self.dense = cfg, dense
+        self.eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
+        self.teacher = teacher_for(dense.model, str(dense.path), self.eval_blocks, cfg.eval, cfg.data.batch_size)
+        self.unseen = load_unseen(cfg, dense.tokenizer)
+
+    def __call__(self, model) -> dict:
+        batch = self.cfg.data.batch_size
+        m = unseen_metrics(model, self.unseen, batch)
+        kept = block_params(self.dense.adapter.shape(model))
+        return {"block_sparsity": round(1 - kept / self.dense.adapter.shape(self.dense.model).block_params(), 4),
+                "unseen ppl": m["unseen_ppl_mean"], **m["unseen_perplexity"],
+                "austen (held back)": m["heldback_perplexity"],
+                "held-out ppl": math.exp(mean_nll(model, self.eval_blocks, batch)),
+                "KL": kl_to_teacher(model, self.eval_blocks, self.teacher, batch_size=batch)}
+
+
 def database_key(cfg) -> str:
     d = darwin.database_settings(cfg)
     return f"{d.calibration}-{d.attention_units}-{d.percdamp:g}-{d.num_levels}".replace("|", "_").replace("/", "_")
@@ -149,7 +164,8 @@ def database_name(cfg) -> str:
 
 
 def save_row(out: Path, row: dict) -> None:
-    path = out / "darwin_unseen_rows" / f"{row['sparsity']:g}.json"
+    slug = "".join(c if c.isalnum() else "-" for c in row["method"])
+    path = out / "darwin_unseen_rows" / f"{row['sparsity']:g}-{slug}.json"  # a file per method: runs side by side
     rows = json.loads(path.read_text()) if path.exists() else []
     rows = [r for r in rows if (r["method"], r["seed"]) != (row["method"], row["seed"])] + [row]
     write_json(path, rows)
