@@ -110,7 +110,11 @@ def test_two_processes_give_the_loss_curve_of_one(recovery_inputs, straight_run,
     for key in ("loss", "eval_loss"):
         a = [r[key] for r in one if key in r]
         assert a == pytest.approx([r[key] for r in two if key in r], rel=1e-4)
-    assert json.loads((out / "metrics.json").read_text())["processes"] == 2
+    ddp = json.loads((out / "metrics.json").read_text())
+    single = json.loads((straight_run / "metrics.json").read_text())
+    assert ddp["processes"] == 2
+    for key in ("start_unseen_ppl_mean", "final_unseen_ppl_mean", "final_heldback_ppl"):  # the main process measures
+        assert ddp[key] == pytest.approx(single[key], rel=1e-4), key
     wa, wb = weights(straight_run), weights(out)
     assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
 

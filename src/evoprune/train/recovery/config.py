@@ -58,10 +58,19 @@ class RecoveryConfig:
 
 
 @dataclass
+class RecoveryEvalConfig:
+    # Perplexity on text of other genres than the run's data (news, how-to, math; Jane Austen held back
+    # apart) before and after training, as every other command reports it; see data/unseen_sources.py.
+    unseen: bool = True
+    unseen_blocks: int = 8  # blocks of data.seq_len tokens per unseen domain
+
+
+@dataclass
 class RecoveryRunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)  # the pruned student
     data: DataConfig = field(default_factory=DataConfig)  # source, seq_len, eval_blocks, batch_size (eval)
     train: RecoveryConfig = field(default_factory=RecoveryConfig)
+    eval: RecoveryEvalConfig = field(default_factory=RecoveryEvalConfig)
     seed: int = 0
 
     def problems(self) -> list[str]:
@@ -92,6 +101,8 @@ class RecoveryRunConfig:
         for name in ("seq_len", "eval_blocks", "batch_size"):
             if getattr(d, name) <= 0:
                 p.append(f"data.{name} must be positive, got {getattr(d, name)}")
+        if self.eval.unseen_blocks <= 0:
+            p.append(f"eval.unseen_blocks must be positive, got {self.eval.unseen_blocks}")
         if not p:
             try:
                 t.train_config(self.seed)
@@ -105,8 +116,9 @@ RESUMABLE_CHANGES = {"eval_every", "checkpoint_every", "keep_checkpoints"}
 
 
 def run_identity(cfg: RecoveryRunConfig) -> dict:
-    """What makes two runs the same run: everything but logging / checkpoint frequencies and devices."""
+    """What makes two runs the same run: everything but logging / checkpoint frequencies, evaluation and devices."""
     d = dataclasses.asdict(cfg)
+    del d["eval"]  # measures the model, never changes what is trained
     d["train"] = {k: v for k, v in d["train"].items() if k not in RESUMABLE_CHANGES}
     d["model"] = {k: v for k, v in d["model"].items() if k != "device"}
     return d

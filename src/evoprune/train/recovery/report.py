@@ -1,4 +1,4 @@
-"""report.md of a training run: summary table and the train / held-out loss curves."""
+"""report.md of a training run: summary table, the train / held-out loss curves, perplexity on unseen text."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ...atomic import staged_file  # noqa: E402
+from ...evaluate.unseen_report import unseen_section  # noqa: E402
 from ...report import markdown_table, write_report  # noqa: E402
+from .unseen import UnseenFigures  # noqa: E402
 
 
 def plot_losses(records: list[dict], path: Path) -> Path:
@@ -31,9 +33,14 @@ def plot_losses(records: list[dict], path: Path) -> Path:
 
 
 def write_train_report(folder: Path, title: str, summary: dict, records: list[dict], notes: list[str],
-                       command: str) -> Path:
+                       command: str, unseen: UnseenFigures | None = None) -> Path:
     plot_losses(records, folder / "loss.png")
     sections = [("Result", markdown_table([summary]) + "\n![loss curves](loss.png)\n")]
+    if unseen is not None:
+        rows = unseen.table_rows(summary["start_eval_ppl"], summary["final_eval_ppl"])
+        sections.append(("Unseen text", unseen_section(rows, unseen.domains, folder / "unseen.png")))
+    else:
+        (folder / "unseen.png").unlink(missing_ok=True)  # left by an earlier attempt with eval.unseen on
     if notes:
         sections.append(("Notes", "\n".join(f"- {n}" for n in notes)))
     sections.append(("Reproduce", f"```\n{command}\n```\nMetrics per step: `metrics.jsonl`. Load the result with "

@@ -3,7 +3,8 @@
 Built on the trainer core (`build_optimizer`, `build_scheduler`, `plan_tokens`, `train_step`) and
 Accelerate: the same code runs as one process or under `torchrun` / `accelerate launch` (DDP over
 gloo on CPU, NCCL on GPUs, FSDP on GPUs). The run directory holds `checkpoints/` (resumable),
-`metrics.jsonl`, and when done `model/`, `metrics.json`, `config.yaml`, `report.md` + `loss.png`.
+`metrics.jsonl`, `unseen_start.json` (perplexity on unseen text where the curves start), and when done
+`model/`, `metrics.json`, `config.yaml`, `report.md` + `loss.png` (+ `unseen.png`).
 The main process holds the run's lock (`rundir.run_lock`) throughout, and nothing is written to
 `--out` before every check has passed and the checkpoint to resume from is loaded.
 With train.teacher_source=cached the teacher runs once over the train blocks the budget reaches
@@ -29,6 +30,7 @@ from ...atomic import write_json, write_text
 from ...config import dump_config
 from ...errors import UserError
 from ...evaluate.perplexity import mean_nll
+from ...evaluate.unseen import load_unseen
 from ...modes import eval_mode, train_mode
 from ...models import LoadedModel
 from ...pipeline import data_blocks, load_source
@@ -44,6 +46,7 @@ from .config import RecoveryRunConfig, run_identity
 from .lora import add_lora, check_lora_targets, merge_lora
 from .metrics_log import MetricsLog
 from .report import write_train_report
+from .unseen import keep_start_figures, measure_unseen_figures
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +146,7 @@ def _train(cfg: RecoveryRunConfig, out: Path, accelerator, force: bool, progress
         check_lora_targets(student.model, t.lora_targets)
     train_blocks = data_blocks(cfg, student.tokenizer, "train", t.train_blocks)
     eval_blocks = data_blocks(cfg, student.tokenizer, "eval", cfg.data.eval_blocks)
+    unseen = load_unseen(cfg, student.tokenizer) if is_main else None  # only the main process measures them
     plan = plan_tokens(t.tokens, cfg.data.seq_len, tcfg)
     if resume_path is not None:
         _check_resume_point(resume_path, identity, plan.steps)
@@ -193,6 +197,8 @@ def _train(cfg: RecoveryRunConfig, out: Path, accelerator, force: bool, progress
         loss = mean_nll(model, eval_blocks, cfg.data.batch_size)
         metrics.write({"step": position.step, "tokens": position.tokens_seen, "eval_loss": loss,
                        "eval_ppl": math.exp(loss)})
+        if is_main:
+            keep_start_figures(out, accelerator.unwrap_model(model), unseen, cfg.data.batch_size, progress)
     if source is not None and not holds_this_run:
         notes.append(f"resumed from {source} at step {position.step}: the curves start there")
 
@@ -235,8 +241,11 @@ def _train(cfg: RecoveryRunConfig, out: Path, accelerator, force: bool, progress
     if is_main:
         records = metrics.records()
         evals = [r for r in records if "eval_loss" in r]
+        figures = None if unseen is None else measure_unseen_figures(out, model, unseen, cfg.data.batch_size, notes,
+                                                                     progress)
         summary = {"steps": position.step, "tokens": position.tokens_seen, "processes": world,
                    "start_eval_ppl": evals[0]["eval_ppl"], "final_eval_ppl": evals[-1]["eval_ppl"],
+                   **(figures.summary() if figures else {}),
                    "final_train_loss": records[-1].get("loss"),
                    "tokens_per_s": round(tokens_here / seconds, 1) if seconds > 0 else None,
                    "mode": "lora" if t.lora else "full", "loss": tcfg.loss,
@@ -245,9 +254,9 @@ def _train(cfg: RecoveryRunConfig, out: Path, accelerator, force: bool, progress
         spec = SubnetSpec.load(spec_file) if spec_file.is_file() else None
         model.to("cpu")
         export_checkpoint(model, out / "model", tokenizer=student.tokenizer, spec=spec, force=True)
-        write_json(out / "metrics.json", {**summary, "history": evals})
+        write_json(out / "metrics.json", {**summary, **(figures.metrics() if figures else {}), "history": evals})
         write_text(out / "config.yaml", dump_config(cfg))
-        write_train_report(out, f"evoprune train: {student.name}", summary, records, notes, command)
+        write_train_report(out, f"evoprune train: {student.name}", summary, records, notes, command, figures)
         log.info("wrote %s", out)
     accelerator.wait_for_everyone()
     return out
