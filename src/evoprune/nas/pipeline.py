@@ -21,6 +21,7 @@ import torch
 from optuna.trial import TrialState
 
 from ..arch.export import export_checkpoint
+from ..arch.params import block_params, total_params
 from ..atomic import staged_file, write_json, write_text
 from ..config import RunConfig
 from ..errors import UserError
@@ -33,24 +34,15 @@ from ..prune.calibration import CalibrationStats, collect_stats
 from ..report import markdown_table, write_report
 from ..rundir import run_lock
 from ..supernet.train import SupernetConfig, train_supernet
-from .arguments import check_arguments
+from .arguments import (DEFAULT_PARAMS_RANGE, DEFAULT_SAMPLER, PickRule, check_arguments, quality_objective,
+                        range_text)
 from .importance import importance_from_stats, permute_model
 from .objectives import make_objectives
-from .pareto import hypervolume, knee_point, pareto_front
-from .run_settings import MARKER, fingerprints, refuse_other_run, run_settings
+from .pareto import hypervolume, pareto_front
+from .pick import choose_pick
+from .run_settings import MARKER, fingerprints, refuse_other_run, run_settings, saved_form
 from .space import SearchSpace
 from .study import open_study, run_study
-
-
-def _pick(rows: list[dict], front: list[int], pick: str, fraction: float | None, objectives: list[str],
-          full_params: float) -> int:
-    if fraction is None:
-        return front[knee_point([[rows[i][o] for o in objectives] for i in front])]
-    fits = [i for i in front if rows[i]["params"] <= fraction * full_params]
-    if not fits:
-        raise UserError(f"no configuration on the front meets {pick}; the smallest has "
-                        f"{min(rows[i]['params'] for i in front) / full_params:.2f} of the parameters")
-    return min(fits, key=lambda i: rows[i][objectives[0]])
 
 
 def sorted_space(dense: LoadedModel, stats: CalibrationStats, multiple: int = 1,
@@ -89,8 +81,8 @@ def trial_rows(study: optuna.Study, objectives: list[str]) -> list[dict]:
             for i, t in enumerate(sorted(completed, key=lambda t: t.number))]
 
 
-def run(cfg: RunConfig, out: str | Path, objectives: list[str], budget: int, sampler: str = "nsga2",
-        pick: str = "knee", supernet_steps: int = 0, force: bool = False, progress: bool = True,
+def run(cfg: RunConfig, out: str | Path, objectives: list[str], budget: int, sampler: str = DEFAULT_SAMPLER,
+        pick: str | None = None, supernet_steps: int = 0, force: bool = False, progress: bool = True,
         params_range: tuple[float, float] | None = None) -> Path:
     """Search, or resume the search in `out`, and write the front and the pick.
 
@@ -99,10 +91,12 @@ def run(cfg: RunConfig, out: str | Path, objectives: list[str], budget: int, sam
     With `force`, an old run is removed only once everything is checked, under `out`'s lock.
 
     Args:
+        pick: `knee`, `params<=FRACTION`, or None for the default rule (`arguments.default_pick`).
         params_range: search only sub-networks with this fraction of the dense parameters (low, high);
-            the others are skipped unevaluated.
+            the others are skipped unevaluated. None searches the whole space (the command line's
+            default with params among the objectives is `arguments.DEFAULT_PARAMS_RANGE`).
     """
-    fraction = check_arguments(objectives, budget, sampler, pick, supernet_steps, params_range)
+    rule = check_arguments(objectives, budget, sampler, pick, supernet_steps, params_range)
     with run_lock(out) as out:
         settings = run_settings(cfg, objectives, sampler, supernet_steps, params_range)
         if not force:
@@ -119,14 +113,14 @@ def run(cfg: RunConfig, out: str | Path, objectives: list[str], budget: int, sam
         elif out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / MARKER, settings)
+        write_json(out / MARKER, saved_form(settings))
         study = open_study(out / "study.db", objectives, sampler, cfg.seed, settings["fingerprints"]["weights"])
         space, evaluate = _prepare_search(cfg, dense, calib, objectives, out, progress)
         feasible = space.params_range_check(*params_range) if params_range else None
         if supernet_steps:
             supernet_step(cfg, dense, space, supernet_steps, out / "supernet", progress, feasible)
         run_study(study, space, evaluate, budget, feasible=feasible)
-        _write_results(cfg, dense, space, trial_rows(study, objectives), objectives, pick, fraction, out,
+        _write_results(cfg, dense, space, trial_rows(study, objectives), objectives, rule, out, sampler, params_range,
                        supernet_steps > 0)
     return out
 
@@ -175,12 +169,36 @@ def _evaluate_pick(cfg: RunConfig, dense: LoadedModel, picked, full_label: str, 
     return sections
 
 
+def _search_section(space: SearchSpace, sampler: str, params_range: tuple[float, float] | None, budget: int) -> str:
+    """What was searched, and which of it is a default, for report.md."""
+    sampler_note = " (the default)" if sampler == DEFAULT_SAMPLER else ""
+    if params_range is None:
+        searched = "the whole space (`--params-range full`)"
+    else:
+        low, high = (_block_share_removed(space, f) for f in params_range)
+        searched = (f"sub-networks with {range_text(params_range)} of the dense parameters (as many as removing "
+                    f"{low:.0%} to {max(high, 0):.0%} of the block parameters)")
+        if tuple(params_range) == DEFAULT_PARAMS_RANGE:
+            searched += (", the default with params among the objectives (`--params-range full` searches the whole "
+                         "space)")
+    return (f"Sampler `{sampler}`{sampler_note}, {budget} completed trials over {searched}; "
+            "others are skipped unevaluated.\n")
+
+
+def _block_share_removed(space: SearchSpace, fraction: float) -> float:
+    """The share of the block parameters whose removal leaves `fraction` of the dense parameters."""
+    return (1 - fraction) * total_params(space.shape) / block_params(space.shape)
+
+
 def _write_results(cfg: RunConfig, dense: LoadedModel, space: SearchSpace, rows: list[dict], objectives: list[str],
-                   pick: str, fraction: float | None, out: Path, supernet_trained: bool = False) -> None:
+                   rule: PickRule, out: Path, sampler: str, params_range: tuple[float, float] | None,
+                   supernet_trained: bool = False) -> None:
     """pareto.csv / pareto.json, the picked sub-network as a checkpoint, metrics.json, the plots and report.md."""
     front = pareto_front([[r[o] for o in objectives] for r in rows])
     full_params = float(space.to_spec(space.largest()).num_params())
-    chosen = _pick(rows, front, pick, fraction, objectives, full_params)
+    sizes = {i: _spec_of(space, rows[i]).num_params() for i in front}
+    quality = quality_objective(objectives)
+    chosen, reason = choose_pick(rows, front, rule, quality, objectives, sizes, full_params, params_range)
     reference = [max(r[o] for r in rows) * 1.1 for o in objectives]
     hv = hypervolume([[rows[i][o] for o in objectives] for i in front], reference) if len(objectives) <= 3 else None
     front_rows = [rows[i] for i in front]
@@ -190,18 +208,29 @@ def _write_results(cfg: RunConfig, dense: LoadedModel, space: SearchSpace, rows:
     writer.writerows(front_rows)
     write_text(out / "pareto.csv", buffer.getvalue())
     write_json(out / "pareto.json", {"objectives": objectives, "front": front_rows, "hypervolume": hv,
-                                     "reference": reference, "pick": pick, "picked_trial": rows[chosen]["trial"]})
-    name = "knee" if fraction is None else pick.replace("<=", "-le-")
-    spec = space.to_spec({k: rows[chosen][k] for k in space.dimensions()})
+                                     "reference": reference, "params_range": list(params_range or (0, 1)),
+                                     "pick": rule.form, "pick_rule": rule.describe(quality), "pick_reason": reason,
+                                     "picked_trial": rows[chosen]["trial"]})
+    spec = _spec_of(space, rows[chosen])
     picked = dense.adapter.slice(dense.model, spec)
-    export_checkpoint(picked, out / "picks" / name, tokenizer=dense.tokenizer, spec=spec, force=True)
+    export_checkpoint(picked, out / "picks" / rule.folder, tokenizer=dense.tokenizer, spec=spec, force=True)
     _plot(rows, front, chosen, objectives, out / "front.png")
     full_label = "full (supernet-trained)" if supernet_trained else "dense"
+    share = sizes[chosen] / full_params
+    pick_text = (f"`{rule.form}`: {rule.describe(quality)}.\n\nTrial {rows[chosen]['trial']}: {reason}. It has "
+                 f"{share:.3f} of the dense parameters (as many as removing {_block_share_removed(space, share):.0%} "
+                 f"of the block parameters), exported to `picks/{rule.folder}/`.\n")
     write_report(out / "report.md", f"evoprune nas: {cfg.model.source}", [
+        ("Search", _search_section(space, sampler, params_range, len(rows))),
         ("Pareto front", markdown_table(front_rows) + f"\nHypervolume {hv:.4g} (reference {reference}).\n\n"
                                                        "![front](front.png)\n"),
-        ("Pick", f"`{pick}`: trial {rows[chosen]['trial']}, exported to `picks/{name}/`.\n"),
+        ("Pick", pick_text),
         *_evaluate_pick(cfg, dense, picked, full_label, out)])
+
+
+def _spec_of(space: SearchSpace, row: dict):
+    """The SubnetSpec of a trial row (its configuration is the row's search-space keys)."""
+    return space.to_spec({k: row[k] for k in space.dimensions()})
 
 
 def _plot(rows: list[dict], front: list[int], chosen: int, objectives: list[str], path: Path) -> None:

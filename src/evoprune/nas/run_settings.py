@@ -1,7 +1,9 @@
 """What the trials of a nas run depend on, saved in its `nas_run.json`: a rerun resumes only with the same.
 
 Not settings: `--budget` (raising it extends the study), `--pick` (chosen from the front after the
-search), `data.batch_size` (the scores are per block).
+search), `data.batch_size` (the scores are per block). The defaults of `--sampler` and `--params-range`
+are saved as the values they stand for, so a rerun of the same command resumes only while the
+defaults stay the same; the saved file notes which values were defaults (`notes`, not compared).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from ..fingerprint import tokens_fingerprint
 from ..models import LoadedModel
 from ..prune.database import model_fingerprint
 from ..rundir import read_run_json, refuse_changed
+from .arguments import DEFAULT_PARAMS_RANGE, DEFAULT_SAMPLER, FULL_SPACE
 
 MARKER = "nas_run.json"
 
@@ -37,6 +40,19 @@ def run_settings(cfg: RunConfig, objectives: list[str], sampler: str, supernet_s
         settings["eval"].update(prompt_len=cfg.eval.prompt_len, new_tokens=cfg.eval.new_tokens,
                                 repeats=cfg.eval.repeats)
     return settings
+
+
+def saved_form(settings: dict) -> dict:
+    """`settings` as `nas_run.json` holds them, with `notes` on the values that are defaults (not compared)."""
+    notes = {}
+    if settings["sampler"] == DEFAULT_SAMPLER:
+        notes["sampler"] = "the default"
+    if settings["params_range"] == list(DEFAULT_PARAMS_RANGE):
+        notes["params_range"] = (f"the default with params among the objectives (fractions of the dense parameters); "
+                                 f"--params-range {FULL_SPACE} searches the whole space")
+    elif settings["params_range"] is None:
+        notes["params_range"] = "the whole space"
+    return {**settings, "notes": notes}
 
 
 def fingerprints(dense: LoadedModel, calibration: torch.Tensor) -> dict:
