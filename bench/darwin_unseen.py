@@ -40,6 +40,7 @@ from evoprune.prune.uniform import uniform_spec
 from evoprune.report import markdown_table, plot_bars
 from evoprune.search.budget import make_budget, uniform_genotype
 from evoprune.search.evolution import evolve
+from evoprune.search.genotype import Genotype
 
 OLD_QUICK = ["search.offspring=8", "search.generations=8", "search.train_tokens=[0,2048,4096]",
              "search.fitness_tokens=[1024,2048,4096]", "search.survivors=[4,2,1]", "search.init_samples=16",
@@ -58,6 +59,7 @@ VARIANTS = {
     "reference": ("DarwinLM's settings (configs/darwinlm_reference.yaml)", "configs/darwinlm_reference.yaml",
                   [], True),
 }
+FIXED_BASELINES = ("uniform (activation)", "depth (ShortGPT)")  # measured once per sparsity
 COLUMNS = ["sparsity", "method", "seed", "block_sparsity", "unseen ppl", "news", "howto", "math", "austen (held back)",
            "held-out ppl", "KL", "search s", "generations", "evaluations"]
 
@@ -75,6 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-blocks", type=int, default=16)
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (e.g. 1 to run two invocations side by side on 2 cores)")
+    ap.add_argument("--trajectory", metavar="VARIANT", default=None,
+                    help="instead of searching: judge the parents of a finished search of VARIANT (first seed, first "
+                         "sparsity) at 5 points of its run, to see whether gains on the fitness data carry to unseen text")
     ap.add_argument("--work", default="results/tmp/darwin_unseen")
     ap.add_argument("--out", default="results")
     args = parse_with_overrides(ap, argv)
@@ -88,15 +93,17 @@ def main(argv: list[str] | None = None) -> None:
     dense = load_source(base)
     shape = dense.adapter.shape(dense.model)
     measure = Judge(base, dense)
+    if args.trajectory:
+        return write_trajectory(args.trajectory, args, base, dense, measure)
 
     for sparsity in args.sparsities:
         target = resolve_target(shape, sparsity=sparsity)
-        if args.baselines:
+        if args.baselines and not all(row_path(out, sparsity, m).exists() for m in FIXED_BASELINES):
             calib = data_blocks(base, dense.tokenizer, "calibration", base.data.calibration_blocks)
             stats = collect_stats(dense.model, dense.adapter, calib, base.data.batch_size)
             heads, neurons = stats.head_energy(dense.adapter, dense.model), stats.neuron_energy(dense.adapter, dense.model)
-            for name, spec in (("uniform (activation)", uniform_spec(shape, heads, neurons, target)),
-                               ("depth (ShortGPT)", depth_spec(shape, stats.block_influence(), target))):
+            for name, spec in zip(FIXED_BASELINES, (uniform_spec(shape, heads, neurons, target),
+                                                    depth_spec(shape, stats.block_influence(), target))):
                 save_row(out, {"sparsity": sparsity, "method": name, "seed": "",
                                **measure(dense.adapter.slice(dense.model, spec))})
         for variant in variants:
@@ -146,11 +153,37 @@ class Judge:
         batch = self.cfg.data.batch_size
         m = unseen_metrics(model, self.unseen, batch)
         kept = block_params(self.dense.adapter.shape(model))
-        return {"block_sparsity": round(1 - kept / self.dense.adapter.shape(self.dense.model).block_params(), 4),
+        return {"block_sparsity": round(1 - kept / block_params(self.dense.adapter.shape(self.dense.model)), 4),
                 "unseen ppl": m["unseen_ppl_mean"], **m["unseen_perplexity"],
                 "austen (held back)": m["heldback_perplexity"],
                 "held-out ppl": math.exp(mean_nll(model, self.eval_blocks, batch)),
                 "KL": kl_to_teacher(model, self.eval_blocks, self.teacher, batch_size=batch)}
+
+
+def write_trajectory(variant: str, args, base, dense, judge: Judge) -> None:
+    """The parent at 5 points of a finished search, judged on held-out and unseen text."""
+    sparsity, seed = args.sparsities[0], args.seeds[0]
+    _, path, overrides, _ = VARIANTS[variant]
+    cfg = load_config(path, [f"data.eval_blocks={args.eval_blocks}", *args.overrides, *overrides])
+    db = darwin.build_database(cfg, dense, Path(args.work) / f"database-{database_key(cfg)}")
+    history = [json.loads(line) for line in
+               (Path(args.work) / f"{variant}-{sparsity:g}-seed{seed}" / "history.jsonl").read_text().splitlines()]
+    points = sorted({round(k * (len(history) - 1) / 4) for k in range(5)})
+    rows = []
+    for k in points:
+        h = history[k]
+        genes = Genotype.from_dict(h["parent"])
+        model = dense.adapter.slice(dense.model, *db.stitch(list(genes.attention), list(genes.mlp), dense.adapter))
+        rows.append({"generation": h.get("generation", 0), "search s": h.get("seconds"),
+                     "fitness KL (its own draw)": h["fitness"][-1], **judge(model)})
+        print(rows[-1], flush=True)
+    out = Path(args.out)
+    write_json(out / f"darwin_unseen_trajectory-{variant}.json", rows)
+    write_text(out / f"darwin_unseen_trajectory-{variant}.md",
+               f"# The parent along a search ({variant}, {sparsity:.0%}, seed {seed})\n\nCommand: `python bench/"
+               f"darwin_unseen.py --trajectory {variant} --sparsities {sparsity:g} --seeds {seed}`\n\n" +
+               markdown_table(rows, ["generation", "search s", "fitness KL (its own draw)", "KL", "held-out ppl",
+                                     "unseen ppl", "news", "howto", "math", "austen (held back)"]))
 
 
 def database_key(cfg) -> str:
@@ -163,9 +196,13 @@ def database_name(cfg) -> str:
     return (f"{cfg.data.source} x{cfg.data.calibration_blocks}, {d.attention_units}, damp {d.percdamp:g}")
 
 
+def row_path(out: Path, sparsity: float, method: str) -> Path:
+    slug = "".join(c if c.isalnum() else "-" for c in method)
+    return out / "darwin_unseen_rows" / f"{sparsity:g}-{slug}.json"  # a file per method: runs side by side
+
+
 def save_row(out: Path, row: dict) -> None:
-    slug = "".join(c if c.isalnum() else "-" for c in row["method"])
-    path = out / "darwin_unseen_rows" / f"{row['sparsity']:g}-{slug}.json"  # a file per method: runs side by side
+    path = row_path(out, row["sparsity"], row["method"])
     rows = json.loads(path.read_text()) if path.exists() else []
     rows = [r for r in rows if (r["method"], r["seed"]) != (row["method"], row["seed"])] + [row]
     write_json(path, rows)

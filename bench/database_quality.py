@@ -15,7 +15,6 @@ import argparse
 import json
 from dataclasses import astuple
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -43,7 +42,7 @@ SETTINGS = {
     "flops-spacing": ["database.spacing=flops"],
     "activation": ["database.method=activation"],
 }
-COLUMNS = ["sparsity", "setting", "build s", "unseen ppl", "news", "howto", "math", "austen (held back)",
+COLUMNS = ["sparsity", "setting", "unseen ppl", "news", "howto", "math", "austen (held back)",
            "held-out ppl", "KL"]
 
 
@@ -70,14 +69,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         cfg = load_config(None, [f"data.eval_blocks={args.eval_blocks}", *args.overrides, *SETTINGS[name]])
         path = Path(args.work) / f"database-{database_key(cfg)}-{cfg.database.spacing}-{cfg.database.method}"
-        started = time.time()
         db = darwin.build_database(cfg, dense, path)
-        seconds = time.time() - started
         table = darwin.cost_table(db, "params")
         for sparsity in args.sparsities:
             budget = make_budget(table, resolve_target(shape, sparsity=sparsity).block_params)
             row = {"sparsity": sparsity, "setting": name, "overrides": SETTINGS[name],
-                   "build s": round(seconds, 1) if seconds > 5 else None,
                    **judge(dense.adapter.slice(dense.model, *db.stitch(
                        *map(list, astuple(uniform_genotype(table, budget))), dense.adapter)))}
             save_row(out, row)
@@ -86,10 +82,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def save_row(out: Path, row: dict) -> None:
-    path = out / "database_quality_rows" / f"{row['sparsity']:g}-{row['setting']}.json"
-    if path.exists() and row["build s"] is None:  # reused database: keep the build time measured before
-        row["build s"] = json.loads(path.read_text()).get("build s")
-    write_json(path, row)
+    write_json(out / "database_quality_rows" / f"{row['sparsity']:g}-{row['setting']}.json", row)
 
 
 def write_report(out: Path, argv: list[str]) -> None:

@@ -56,12 +56,21 @@ def write_darwin_report(out: Path, spec, rows: dict, metrics: dict, history: lis
         *([("Unseen text", unseen_section(rows, unseen, out / "unseen.png"))] if unseen is not None else []),
         ("Target", markdown_table([metrics["target"]])),
         ("Search", f"{search['generations']} generations, {search['evaluations']} candidate evaluations, "
-                   f"{search['search_seconds']:.0f} s.{progress}\n\n![search progress](fitness.png)\n"),
+                   f"{search['search_seconds']:.0f} s.{_first_parent(search)}{progress}\n\n"
+                   "![search progress](fitness.png)\n"),
         ("What was kept", markdown_table([spec.summary()]) + "\n![kept per layer](kept_per_layer.png)\n"),
         ("Database", f"{db['bytes'] / 2**20:.1f} MB on disk ({db['bytes'] / db['dense_weight_bytes']:.2f}x the dense "
                      f"weights)."),
     ]
     write_report(out / "report.md", f"evoprune darwin: {spec.meta.get('source')}", sections)
+
+
+def _first_parent(search: dict) -> str:
+    if not search.get("replace_one_seconds"):
+        return ""
+    return (f" The search started from the MIP assembly of replace-one KLs (every module scored alone at its levels, "
+            f"the rest dense; {search['replace_one_seconds']:.0f} s of the search time), competing with the uniform "
+            "genotype for the first parent.")
 
 
 def _plot_progress(history: list[dict], parent_kl: list[float] | None, path: Path) -> None:
