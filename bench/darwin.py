@@ -5,6 +5,9 @@
                                                # gains a mean (min-max) over the seeds present
     python bench/darwin.py --sparsities 0.5 --seeds 1 --parts ta,random   # only some of the methods
 
+The searches use the quick profile as it was when these tables were made (training-aware, 8 offspring,
+init_samples 16; `OLD_QUICK` in darwin_unseen.py), not today's quick profile.
+
 Methods: uniform (activation ranking), uniform (OBS database, same level everywhere), depth
 (ShortGPT), evolution with KL-only selection, evolution with training-aware selection (quick
 profile), and random search with as many candidate evaluations as the training-aware search
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from darwin_unseen import OLD_QUICK
 from evoprune import darwin
 from evoprune.arch.params import block_params
 from evoprune.atomic import write_json, write_text
@@ -83,8 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--parts random needs ta: random search makes as many evaluations as the training-aware search")
 
     work = Path(args.work)
-    cfg = load_config(None, [f"data.eval_blocks={args.eval_blocks}", f"search.generations={args.generations}",
-                             *overrides])
+    cfg = load_config(None, [*OLD_QUICK, f"data.eval_blocks={args.eval_blocks}",
+                             f"search.generations={args.generations}", *overrides])
     if cfg.search.train_pool > RECOVERY_FIRST_BLOCK:
         ap.error(f"search.train_pool={cfg.search.train_pool}: more than {RECOVERY_FIRST_BLOCK} blocks would train "
                  "the selections on the recovery's blocks")

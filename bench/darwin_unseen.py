@@ -42,6 +42,7 @@ from evoprune.search.budget import make_budget, uniform_genotype
 from evoprune.search.evolution import evolve
 from evoprune.search.genotype import Genotype
 
+# the quick profile until issue 17 (bench/darwin.py's tables were made with it)
 OLD_QUICK = ["search.offspring=8", "search.generations=8", "search.train_tokens=[0,2048,4096]",
              "search.fitness_tokens=[1024,2048,4096]", "search.survivors=[4,2,1]", "search.init_samples=16",
              "search.lr=1e-4", "search.first_parent=uniform"]
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.trajectory:
         return write_trajectory(args.trajectory, args, base, dense, measure)
 
+    if args.baselines and not row_path(out, 0.0, "dense").exists():
+        save_row(out, {"sparsity": 0.0, "method": "dense", "seed": "", **measure(dense.model)})
     for sparsity in args.sparsities:
         target = resolve_target(shape, sparsity=sparsity)
         if args.baselines and not all(row_path(out, sparsity, m).exists() for m in FIXED_BASELINES):
@@ -116,8 +119,9 @@ def main(argv: list[str] | None = None) -> None:
             budget = make_budget(table, target.block_params)
             stages = darwin.stages_of(cfg)
             evaluator = darwin.make_evaluator(cfg, dense, db, stages, progress=True)
-            if args.baselines:
-                save_row(out, {"sparsity": sparsity, "method": f"uniform genotype, {database_name(cfg)}",
+            genotype_row = f"uniform genotype, {database_name(cfg)}"
+            if args.baselines and not row_path(out, sparsity, genotype_row).exists():
+                save_row(out, {"sparsity": sparsity, "method": genotype_row,
                                "seed": "", **measure(evaluator.build(uniform_genotype(table, budget)))})
             for seed in args.seeds:
                 cfg.seed = seed
@@ -215,11 +219,10 @@ def write_report(out: Path, argv: list[str]) -> None:
                              order.index(r["method"]) if r["method"] in order else 9, r["method"], str(r["seed"])))
     summary = seed_summary(rows)
     write_json(out / "darwin_unseen.json", {"rows": rows, "summary": summary})
-    for sparsity in sorted({r["sparsity"] for r in summary}):
-        plot_bars({r["method"]: r["unseen ppl"] for r in summary if r["sparsity"] == sparsity},
-                  f"One-shot perplexity on unseen text at {sparsity:.0%} of block parameters (mean over seeds)",
-                  "unseen perplexity (geometric mean of news, how-to, math)",
-                  out / f"darwin_unseen_{sparsity:g}.png")
+    for sparsity in sorted({r["sparsity"] for r in summary} - {0.0}):
+        plot_bars({label(r["method"]): r["unseen ppl"] for r in summary if r["sparsity"] in (0.0, sparsity)},
+                  f"One-shot, {sparsity:.0%} of block parameters removed (geometric mean over seeds)",
+                  "perplexity on news, how-to, math", out / f"darwin_unseen_{sparsity:g}.png", log=True, size=(8, 4.2))
     text = (f"# DarwinLM variants on unseen text\n\nCommand of the last run: `python bench/darwin_unseen.py "
             f"{' '.join(argv)}` (rows of other seeds and sparsities come from earlier runs).\n\n"
             "Variants:\n\n" + "".join(f"- `{k}`: {v[0]}\n" for k, v in VARIANTS.items()) +
@@ -227,6 +230,18 @@ def write_report(out: Path, argv: list[str]) -> None:
             "\n## Every run\n\n" + markdown_table(rows, COLUMNS))
     write_text(out / "darwin_unseen.md", text)
     print(text)
+
+
+LABELS = {"uniform (activation)": "uniform, activation", "depth (ShortGPT)": "depth (ShortGPT)",
+          "mip": "MIP only", "kl-mip": "quick: MIP + evolution", "default": "quick (as shipped)",
+          "kl-uniform": "evolution from uniform", "quick-v1": "former quick", "reference": "DarwinLM settings"}
+
+
+def label(method: str) -> str:
+    """A short name for plots."""
+    if method.startswith("uniform genotype"):
+        return "uniform shape, " + ("DarwinLM db" if "boolq" in method else "evoprune db")
+    return LABELS.get(method, method)
 
 
 def seed_summary(rows: list[dict]) -> list[dict]:

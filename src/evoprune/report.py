@@ -37,8 +37,9 @@ def plot_kept_per_layer(spec: SubnetSpec, path: Path) -> Path:
     return path
 
 
-def plot_bars(values: dict[str, float], title: str, ylabel: str, path: Path, log: bool = False) -> Path:
-    fig, ax = plt.subplots(figsize=(5, 3.2), constrained_layout=True)
+def plot_bars(values: dict[str, float], title: str, ylabel: str, path: Path, log: bool = False,
+              size: tuple[float, float] = (5, 3.2)) -> Path:
+    fig, ax = plt.subplots(figsize=size, constrained_layout=True)
     names = list(values)
     palette = ["#888888", "#4c72b0", "#55a868", "#c44e52", "#8172b2", "#ccb974", "#64b5cd"]
     ax.bar(names, [values[k] for k in names], color=[palette[i % len(palette)] for i in range(len(names))])
