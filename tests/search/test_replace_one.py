@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from evoprune import darwin
-from evoprune.config import load_config
 from evoprune.errors import UserError
 from evoprune.evaluate.suite import teacher_for
 from evoprune.evaluate.teacher import kl_to_teacher
@@ -19,15 +18,7 @@ from evoprune.search.assemble import assemble
 from evoprune.search.budget import Budget, CostTable, make_budget
 from evoprune.search.genotype import Genotype
 from evoprune.search.replace_one import interpolated, measured_levels, replace_one_scores
-
-TINY = ["data.seq_len=32", "data.calibration_blocks=4", "data.eval_blocks=4", "data.batch_size=2",
-        "eval.latency=false", "database.num_levels=5", "search.offspring=3", "search.generations=3",
-        "search.train_tokens=[0,64]", "search.fitness_tokens=[64,128]", "search.survivors=[2,1]",
-        "search.lr=0.001", "prune.sparsity=0.4"]
-
-
-def config(root, *extra):
-    return load_config(None, [f"model.source={root / 'dense'}", f"data.source={root / 'corpus.txt'}", *TINY, *extra])
+from test_darwin import config
 
 
 @pytest.fixture()
