@@ -220,7 +220,12 @@ def write_report(out: Path, argv: list[str]) -> None:
     summary = seed_summary(rows)
     write_json(out / "darwin_unseen.json", {"rows": rows, "summary": summary})
     for sparsity in sorted({r["sparsity"] for r in summary} - {0.0}):
-        plot_bars({label(r["method"]): r["unseen ppl"] for r in summary if r["sparsity"] in (0.0, sparsity)},
+        by_label: dict[str, list[float]] = {}
+        for r in sorted(rows, key=lambda r: PLOT_ORDER.index(label(r["method"])) if label(r["method"]) in PLOT_ORDER
+                        else len(PLOT_ORDER)):
+            if r["sparsity"] in (0.0, sparsity):
+                by_label.setdefault(label(r["method"]), []).append(math.log(r["unseen ppl"]))
+        plot_bars({k: math.exp(sum(v) / len(v)) for k, v in by_label.items()},
                   f"One-shot, {sparsity:.0%} of block parameters removed (geometric mean over seeds)",
                   "perplexity on news, how-to, math", out / f"darwin_unseen_{sparsity:g}.png", log=True, size=(8, 4.2))
     text = (f"# DarwinLM variants on unseen text\n\nCommand of the last run: `python bench/darwin_unseen.py "
@@ -233,8 +238,10 @@ def write_report(out: Path, argv: list[str]) -> None:
 
 
 LABELS = {"uniform (activation)": "uniform, activation", "depth (ShortGPT)": "depth (ShortGPT)",
-          "mip": "MIP only", "kl-mip": "quick: MIP + evolution", "default": "quick (as shipped)",
+          "mip": "quick (MIP)", "kl-mip": "MIP + 6 generations", "default": "quick (MIP)",
           "kl-uniform": "evolution from uniform", "quick-v1": "former quick", "reference": "DarwinLM settings"}
+PLOT_ORDER = ["dense", "uniform, activation", "depth (ShortGPT)", "uniform shape, DarwinLM db", "uniform shape, evoprune db",
+              "DarwinLM settings", "former quick", "evolution from uniform", "MIP + 6 generations", "quick (MIP)"]
 
 
 def label(method: str) -> str:
