@@ -25,7 +25,8 @@ class SolvedLevel:
     shape: AttentionShape | None = None
 
 
-def _columns(heads: list[int], head_dim: int) -> list[int]:
+def head_columns(heads: list[int], head_dim: int) -> list[int]:
+    """The input columns of an output projection that heads `heads` write (head_dim each)."""
     return [h * head_dim + j for h in heads for j in range(head_dim)]
 
 
@@ -59,12 +60,12 @@ def _attention_state(W, H, layer: LayerShape, head_dim: int, target: AttentionSh
     if method == "activation":
         Wf, Hf = W.double(), H.double()
         energy = {h: float(torch.einsum("oi,ij,oj->", Wf[:, c], Hf[c][:, c], Wf[:, c]))
-                  for h in range(layer.num_heads) for c in [torch.tensor(_columns([h], head_dim))]}
+                  for h in range(layer.num_heads) for c in [torch.tensor(head_columns([h], head_dim))]}
         best = {g: sorted(hs, key=lambda h: -energy[h])[:target.heads_per_group] for g, hs in groups.items()}
         keep_groups = sorted(groups, key=lambda g: -sum(energy[h] for h in best[g]))[:target.groups]
         kept = sorted(h for g in keep_groups for h in best[g])
         removed = sorted(set(range(layer.num_heads)) - set(kept))
-        return SolvedLevel(kept, sorted(keep_groups), None, _removal_error(W, H, _columns(removed, head_dim)), target)
+        return SolvedLevel(kept, sorted(keep_groups), None, _removal_error(W, H, head_columns(removed, head_dim)), target)
 
     Wd, Hinv = W.double().clone(), inverse_hessian(H.double())
     total = 0.0
@@ -74,11 +75,11 @@ def _attention_state(W, H, layer: LayerShape, head_dim: int, target: AttentionSh
         moves = []
         if need_groups:
             for g in sorted(groups):
-                cols = _columns(groups[g], head_dim)
+                cols = head_columns(groups[g], head_dim)
                 moves.append((obs_cost(Wd, Hinv, cols), "group", g, cols))
         if need_rows:
-            row = [min(groups[g], key=lambda h: (obs_cost(Wd, Hinv, _columns([h], head_dim)), h)) for g in sorted(groups)]
-            cols = _columns(row, head_dim)
+            row = [min(groups[g], key=lambda h: (obs_cost(Wd, Hinv, head_columns([h], head_dim)), h)) for g in sorted(groups)]
+            cols = head_columns(row, head_dim)
             moves.append((obs_cost(Wd, Hinv, cols), "row", row, cols))
         cost, kind, what, cols = min(moves, key=lambda m: m[0])
         _, Wd, Hinv = obs_remove(Wd, Hinv, cols)
@@ -91,7 +92,7 @@ def _attention_state(W, H, layer: LayerShape, head_dim: int, target: AttentionSh
                 groups[h // rep].remove(h)
             need_rows -= 1
     kept = sorted(h for hs in groups.values() for h in hs)
-    weight = Wd[:, torch.tensor(_columns(kept, head_dim))].to(W.dtype)
+    weight = Wd[:, torch.tensor(head_columns(kept, head_dim))].to(W.dtype)
     return SolvedLevel(kept, sorted(groups), weight, total, target)
 
 

@@ -39,6 +39,7 @@ from ..fingerprint import tokens_fingerprint
 from ..modes import eval_mode
 from ..prune.database import Database
 from ..prune.layerwise import capture_first_layer_inputs
+from ..prune.module_levels import head_columns
 from .budget import KINDS
 
 FORMAT = "evoprune.replace_one/1"
@@ -129,8 +130,7 @@ def _kept_columns(db: Database, kind: str, layer: int, level: int) -> list[int]:
         return []
     if kind == "mlp":
         return db.neurons(layer, level)
-    head_dim = db.shape.head_dim
-    return [h * head_dim + j for h in db.levels["attention"][layer][level].heads for j in range(head_dim)]
+    return head_columns(db.levels["attention"][layer][level].heads, db.shape.head_dim)
 
 
 def measured_levels(db: Database, kind: str, layer: int, all_levels: bool) -> list[int]:
