@@ -86,6 +86,7 @@ class DatabaseConfig:
     percdamp: float = 0.01  # Hessian dampening as a fraction of mean(diag H)
     neuron_step: int = 0  # neurons removed per OBS step; 0 = automatic (width // 96)
     attention_units: str = "groups"  # groups: KV groups and query heads (GQA) | query_heads: K/V always kept (DarwinLM)
+    storage_dtype: str = "model"  # dtype of the stored level weights: model (the model's own) | bfloat16 | float32
 
 
 PROFILES = {
@@ -181,6 +182,7 @@ class RunConfig:
         check_choice(p, "database.spacing", db.spacing, ("params", "flops"))
         check_choice(p, "database.method", db.method, ("obs", "activation"))
         check_choice(p, "database.attention_units", db.attention_units, ("groups", "query_heads"))
+        check_choice(p, "database.storage_dtype", db.storage_dtype, ("model", "bfloat16", "float16", "float32"))
         if se.profile not in PROFILES:
             p.append(f"search.profile must be one of {', '.join(PROFILES)}, got {se.profile!r}")
         check_choice(p, "search.metric", se.metric, ("params", "flops", "latency"))

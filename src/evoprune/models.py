@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 from .arch.adapter import ModelAdapter, adapter_for
 from .arch.export import register_pruned_classes
 from .errors import UserError
+from .weights.shard_index import check_sharded_index
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ def check_model_source(source: str, allow_pickle: bool = False, trust_remote_cod
     path = resolve_model_path(source)
     config = read_config(path, trust_remote_code)
     check_weight_files(path, allow_pickle)
+    check_sharded_index(path)
     check_weight_shapes(path, config)
     if with_tokenizer:
         check_tokenizer_code(path, trust_remote_code)
@@ -170,7 +172,7 @@ def check_weight_files(path: Path, allow_pickle: bool) -> None:
 
 
 def load_model(source: str, dtype: str = "float32", device: str = "cpu", allow_pickle: bool = False,
-               trust_remote_code: bool = False, with_tokenizer: bool = True) -> LoadedModel:
+               trust_remote_code: bool = False, with_tokenizer: bool = True, mapped: bool = True) -> LoadedModel:
     """Load a causal LM and its tokenizer from a local source.
 
     Args:
@@ -180,6 +182,8 @@ def load_model(source: str, dtype: str = "float32", device: str = "cpu", allow_p
         allow_pickle: accept *.bin checkpoints (unsafe: pickle can run code).
         trust_remote_code: accept folders that ship their own modeling code (other than evoprune's).
         with_tokenizer: also load the tokenizer (None with a warning if the folder has none).
+        mapped: keep safetensors weights memory-mapped (`weights.mapped`) instead of copying them into
+            RAM, whenever their stored dtype is `dtype` and the checkpoint needs no conversion.
 
     Raises:
         UserError: for every problem with the source.
@@ -189,12 +193,7 @@ def load_model(source: str, dtype: str = "float32", device: str = "cpu", allow_p
         raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     check_device(str(device))
     path, config = check_model_source(source, allow_pickle, trust_remote_code, with_tokenizer)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=not allow_pickle or None,
-        )
-    except Exception as e:
-        raise UserError(f"cannot load weights from {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    model = _load_weights(path, config, DTYPES[dtype], trust_remote_code, allow_pickle, mapped)
     model.to(device).eval()
     tokenizer = None
     if with_tokenizer:
@@ -203,3 +202,31 @@ def load_model(source: str, dtype: str = "float32", device: str = "cpu", allow_p
         except Exception:
             log.warning("no usable tokenizer in %s", path)
     return LoadedModel(model, tokenizer, adapter_for(config), path, source)
+
+
+def _load_weights(path: Path, config: PretrainedConfig, dtype: torch.dtype, trust_remote_code: bool,
+                  allow_pickle: bool, mapped: bool) -> PreTrainedModel:
+    if mapped and not trust_remote_code and not getattr(config, "quantization_config", None):
+        from .weights.mapped import load_mapped_model
+
+        if list(path.glob("*.safetensors")) and _stored_dtype(path) == dtype:
+            model = load_mapped_model(path, config)
+            if model is not None:
+                return model
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=not allow_pickle or None,
+        )
+    except Exception as e:
+        raise UserError(f"cannot load weights from {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _stored_dtype(path: Path) -> torch.dtype:
+    """The dtype of the first floating-point tensor in the folder's first safetensors file (headers only)."""
+    from .weights.mapped import STORED_DTYPES, read_header
+
+    _, header = read_header(sorted(path.glob("*.safetensors"))[0])
+    for name, entry in header.items():
+        if name != "__metadata__" and STORED_DTYPES.get(entry["dtype"], torch.int64).is_floating_point:
+            return STORED_DTYPES[entry["dtype"]]
+    return torch.float32

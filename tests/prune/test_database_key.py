@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
@@ -21,13 +19,6 @@ def calibration(seed: int = 0) -> torch.Tensor:
 def build(model_dir, blocks, path) -> Database:
     dense = load_model(str(model_dir))
     return Database.build(dense.model, dense.adapter, blocks, SETTINGS, path, batch_size=2, progress=False)
-
-
-@pytest.fixture
-def model_dir(tiny_run_inputs, tmp_path):
-    folder = tmp_path / "model"
-    shutil.copytree(tiny_run_inputs / "dense", folder)
-    return folder
 
 
 def replace_with_changed_weights(folder) -> None:

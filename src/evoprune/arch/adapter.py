@@ -7,6 +7,7 @@ new family (GPT-2, GPT-NeoX, Phi ...) means writing one more adapter and registe
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import ClassVar
 
 import torch
@@ -53,13 +54,21 @@ class ModelAdapter(ABC):
 
     @abstractmethod
     def slice(self, model: PreTrainedModel, spec: SubnetSpec,
-              replace: dict[str, "torch.Tensor"] | None = None) -> PreTrainedModel:
+              replace: dict[str, "torch.Tensor"] | None = None, share_embeddings: bool = False) -> PreTrainedModel:
         """Build the physically smaller model that keeps exactly what `spec` lists.
 
         `replace` maps source parameter names (e.g. `model.layers.3.mlp.down_proj.weight`) to
         tensors already in the sliced shape, used instead of the sliced source weights (the
-        second-order database's compensated output projections).
+        second-order database's compensated output projections). With `share_embeddings` (and the
+        hidden size kept), the embeddings, LM head and final norm are the dense model's own tensors,
+        not copies: treat them as read-only.
         """
+
+    @abstractmethod
+    def sliced_layers(self, model: PreTrainedModel, spec: SubnetSpec, replace: dict[str, "torch.Tensor"] | None = None,
+                      dtype: "torch.dtype | None" = None) -> "Iterator[nn.Module]":
+        """The kept decoder layers of `slice(model, spec, replace)`, built one at a time (in `dtype`), so that a
+        caller running them in order never holds more than one sliced layer; the hidden size must be kept."""
 
     @abstractmethod
     def parameter_name(self, layer: int, part: str) -> str:

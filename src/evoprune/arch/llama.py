@@ -7,9 +7,11 @@ windows, which the shape records and slicing handles generically.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
@@ -134,41 +136,68 @@ class LlamaFamilyAdapter(ModelAdapter):
         return model.model.rotary_emb(hidden, position_ids)
 
     def slice(self, model: PreTrainedModel, spec: SubnetSpec,
-              replace: dict[str, torch.Tensor] | None = None) -> PreTrainedModel:
+              replace: dict[str, torch.Tensor] | None = None, share_embeddings: bool = False) -> PreTrainedModel:
         spec.validate(self.shape(model))
-        replace = replace or {}
-        hd = spec.source.head_dim
         hidden = None if spec.hidden is None else torch.tensor(spec.hidden)
         src = model.state_dict()
-        out: dict[str, torch.Tensor] = {}
-        for key in ("model.embed_tokens.weight", "lm_head.weight"):
-            if key == "lm_head.weight" and spec.source.tied_embeddings:
-                continue
-            out[key] = take(src[key], None, hidden)
-        out["model.norm.weight"] = take(src["model.norm.weight"], hidden)
+        outer = ["model.embed_tokens.weight", "model.norm.weight"]
+        outer += [] if spec.source.tied_embeddings else ["lm_head.weight"]
+        if share_embeddings and hidden is None:  # the dense tensors themselves, read-only
+            out = {key: src[key] for key in outer}
+        else:
+            out = {key: take(src[key], hidden if key == "model.norm.weight" else None,
+                             None if key == "model.norm.weight" else hidden) for key in outer}
         for new_idx, old_idx in enumerate(spec.kept_layers()):
-            ls = spec.layers[old_idx]
-            index = {"q": head_rows(ls.heads, hd), "kv": head_rows(ls.kv_heads, hd),
-                     "n": torch.tensor(ls.neurons, dtype=torch.long), "h": hidden, None: None}
-            prefix = f"model.layers.{old_idx}."
-            for key in [k for k in src if k.startswith(prefix)]:
-                name = key[len(prefix):]
-                if name not in LAYER_SLICES:
-                    raise RuntimeError(f"don't know how to slice parameter {key}")
-                in_attention = name.startswith(("self_attn.", "input_layernorm."))
-                if (in_attention and not ls.has_attention) or (not in_attention and not ls.has_mlp):
-                    continue
-                rows, cols = LAYER_SLICES[name]
-                sliced = take(src[key], index[rows], index[cols])
-                if key in replace:
-                    if replace[key].shape != sliced.shape:
-                        raise ValueError(f"replacement for {key} has shape {tuple(replace[key].shape)}, "
-                                         f"the sliced tensor {tuple(sliced.shape)}")
-                    sliced = replace[key].to(dtype=sliced.dtype, device=sliced.device)
-                out[f"model.layers.{new_idx}.{name}"] = sliced
+            layer = self._layer_state(src, spec, old_idx, hidden, replace or {})
+            out.update({f"model.layers.{new_idx}.{name}": t for name, t in layer.items()})
         config, lm_class = self.pruned_config(model.config, spec)
         pruned = instantiate(lm_class, config, out)
         return pruned.to(dtype=next(model.parameters()).dtype)
+
+    def sliced_layers(self, model: PreTrainedModel, spec: SubnetSpec, replace: dict[str, torch.Tensor] | None = None,
+                      dtype: torch.dtype | None = None) -> Iterator[nn.Module]:
+        if spec.hidden is not None:
+            raise ValueError("layer-by-layer slicing keeps the hidden size; slice the whole model to prune channels")
+        spec.validate(self.shape(model))
+        src = model.state_dict()
+        config = self.heterogeneous_config(model.config, spec)
+        config._attn_implementation = model.config._attn_implementation  # the captured masks are made for it
+        layer_class = FAMILIES[spec.source.family].pruned_lm.model_class.decoder_layer_class
+        for new_idx, old_idx in enumerate(spec.kept_layers()):
+            state = self._layer_state(src, spec, old_idx, None, replace or {})
+            with torch.device("meta"):
+                layer = layer_class(config, new_idx)
+            layer.load_state_dict(state, strict=True, assign=True)
+            yield layer.to(dtype=dtype or next(model.parameters()).dtype).eval()
+
+    @staticmethod
+    def _layer_state(src: dict[str, torch.Tensor], spec: SubnetSpec, old_idx: int, hidden: torch.Tensor | None,
+                     replace: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Source layer `old_idx`'s tensors, sliced to what `spec` keeps (names relative to the layer)."""
+        ls = spec.layers[old_idx]
+        hd = spec.source.head_dim
+        index = {"q": head_rows(ls.heads, hd), "kv": head_rows(ls.kv_heads, hd),
+                 "n": torch.tensor(ls.neurons, dtype=torch.long), "h": hidden, None: None}
+        prefix = f"model.layers.{old_idx}."
+        out = {}
+        for key in [k for k in src if k.startswith(prefix)]:
+            name = key[len(prefix):]
+            if name not in LAYER_SLICES:
+                raise RuntimeError(f"don't know how to slice parameter {key}")
+            in_attention = name.startswith(("self_attn.", "input_layernorm."))
+            if (in_attention and not ls.has_attention) or (not in_attention and not ls.has_mlp):
+                continue
+            rows, cols = LAYER_SLICES[name]
+            if key in replace:
+                expected = (len(index[rows]) if index[rows] is not None else src[key].shape[0],
+                            *([len(index[cols])] if index[cols] is not None else src[key].shape[1:]))
+                if tuple(replace[key].shape) != expected:
+                    raise ValueError(f"replacement for {key} has shape {tuple(replace[key].shape)}, "
+                                     f"the sliced tensor {expected}")
+                out[name] = replace[key].to(dtype=src[key].dtype, device=src[key].device)
+            else:
+                out[name] = take(src[key], index[rows], index[cols])
+        return out
 
     def pruned_config(self, config: PretrainedConfig, spec: SubnetSpec) -> tuple[PretrainedConfig, type]:
         """The config (and model class) of the sliced model: stock when uniform, evoprune otherwise."""
@@ -177,21 +206,8 @@ class LlamaFamilyAdapter(ModelAdapter):
         kept = spec.kept_layers()
         types = [source_layer_type(config, i) if spec.layers[i].has_attention else pruned_cfg.NO_ATTENTION
                  for i in kept]
-        base = {k: v for k, v in config.to_dict().items()
-                if k not in ("architectures", "auto_map", "model_type", "quantization_config", "transformers_version",
-                             "_name_or_path", "layer_num_attention_heads", "layer_num_key_value_heads",
-                             "layer_intermediate_sizes", "layer_types", "max_window_layers")}
-        first_attn = next((s for s in shape.layers if s.num_kv_heads), None)
-        if first_attn is None:
-            raise UserError("the sub-network keeps no attention block in any layer; keep at least one")
-        sizes = dict(
-            hidden_size=shape.hidden_size,
-            num_hidden_layers=len(shape.layers),
-            head_dim=shape.head_dim,
-            num_attention_heads=max(s.num_heads for s in shape.layers),
-            num_key_value_heads=first_attn.num_kv_heads,
-            intermediate_size=max(s.intermediate_size for s in shape.layers),
-        )
+        base = self._base_config(config)
+        sizes = self._sizes(shape)
         if spec.is_uniform():
             stock = {**base, **sizes, "num_key_value_heads": shape.layers[0].num_kv_heads}
             if "layer_types" in family.stock_config.__dataclass_fields__:
@@ -200,16 +216,46 @@ class LlamaFamilyAdapter(ModelAdapter):
                 return family.stock_config(**stock), family.stock_lm
             except CONFIG_ERRORS:
                 pass  # e.g. hidden size not a multiple of the head count: needs the evoprune config
+        return self.heterogeneous_config(config, spec), family.pruned_lm
+
+    @staticmethod
+    def _base_config(config: PretrainedConfig) -> dict:
+        return {k: v for k, v in config.to_dict().items()
+                if k not in ("architectures", "auto_map", "model_type", "quantization_config", "transformers_version",
+                             "_name_or_path", "layer_num_attention_heads", "layer_num_key_value_heads",
+                             "layer_intermediate_sizes", "layer_types", "max_window_layers")}
+
+    @staticmethod
+    def _sizes(shape) -> dict:
+        first_attn = next((s for s in shape.layers if s.num_kv_heads), None)
+        if first_attn is None:
+            raise UserError("the sub-network keeps no attention block in any layer; keep at least one")
+        return dict(
+            hidden_size=shape.hidden_size,
+            num_hidden_layers=len(shape.layers),
+            head_dim=shape.head_dim,
+            num_attention_heads=max(s.num_heads for s in shape.layers),
+            num_key_value_heads=first_attn.num_kv_heads,
+            intermediate_size=max(s.intermediate_size for s in shape.layers),
+        )
+
+    def heterogeneous_config(self, config: PretrainedConfig, spec: SubnetSpec) -> PretrainedConfig:
+        """The evoprune config of the sliced model, with per-layer sizes (valid for uniform specs too)."""
+        family = FAMILIES[spec.source.family]
+        shape = spec.result_shape()
+        kept = spec.kept_layers()
+        types = [source_layer_type(config, i) if spec.layers[i].has_attention else pruned_cfg.NO_ATTENTION
+                 for i in kept]
+        sizes = self._sizes(shape)
         if sizes["num_attention_heads"] % sizes["num_key_value_heads"]:
             sizes["num_key_value_heads"] = 1
-        pruned = family.pruned_config(**{
-            **base, **sizes,
+        return family.pruned_config(**{
+            **self._base_config(config), **sizes,
             "layer_num_attention_heads": [s.num_heads for s in shape.layers],
             "layer_num_key_value_heads": [s.num_kv_heads for s in shape.layers],
             "layer_intermediate_sizes": [s.intermediate_size for s in shape.layers],
             "layer_types": types,
         })
-        return pruned, family.pruned_lm
 
 
 register_adapter(LlamaFamilyAdapter())

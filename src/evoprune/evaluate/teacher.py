@@ -296,7 +296,7 @@ def _check_layout(path: Path, handle, metadata: dict[str, str]) -> None:
             raise corrupt(f"{name} is {got_dtype} {got_shape}, expected {want_dtype} {want_shape}")
 
 
-def _kl_per_position(teacher: TeacherSlice, student_logprobs: torch.Tensor) -> torch.Tensor:
+def kl_per_position(teacher: TeacherSlice, student_logprobs: torch.Tensor) -> torch.Tensor:
     """KL(teacher ‖ student) at every position, in nats.
 
     Args:
@@ -357,7 +357,7 @@ def kl_to_teacher(model: nn.Module, blocks: torch.Tensor, cache: TeacherCache, b
                 raise UserError(f"the model predicts {student.shape[-1]} tokens but the teacher in {cache.path} "
                                 f"predicts {cache.vocab_size}; KL needs the same tokenizer and vocabulary")
             teacher = cache.read(start, start + len(batch)).to(device)
-            kl = _kl_per_position(teacher, student)
+            kl = kl_per_position(teacher, student)
             block_sums[start:start + len(batch)] = kl.double().sum(dim=-1).cpu()
     per_block_kl = block_sums / cache.positions
     if per_block:

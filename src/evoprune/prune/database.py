@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "evoprune.database/2"  # 2: keyed by all weights and the calibration tokens
 KINDS = ("attention", "mlp")
-ADDED_SETTINGS = {"attention_units": "groups"}  # settings added later: at these values, older databases stay valid
+STORAGE_DTYPES = {"model": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+ADDED_SETTINGS = {"attention_units": "groups", "storage_dtype": "model"}  # settings added later: at these values, older databases stay valid
 
 
 @dataclass
@@ -54,11 +55,15 @@ class DatabaseSettings:
     calibration: str = ""  # description of the calibration tokens (source, split, blocks x seq_len)
     neuron_step: int = 0  # neurons removed per OBS step (0 = automatic by width)
     attention_units: str = "groups"  # groups: KV groups and query heads | query_heads: K/V always kept
+    storage_dtype: str = "model"  # level weights stored in the model's dtype, or bfloat16 / float16 / float32
 
     def check(self) -> None:
         check_levels(self.num_levels, self.spacing)
         if self.attention_units not in ATTENTION_UNITS:
             raise UserError(f"database attention_units must be groups or query_heads, got {self.attention_units!r}")
+        if self.storage_dtype not in STORAGE_DTYPES:
+            raise UserError(f"database storage_dtype must be one of {', '.join(STORAGE_DTYPES)}, "
+                            f"got {self.storage_dtype!r}")
         if self.method not in ("obs", "activation"):
             raise UserError(f"database method must be obs or activation, got {self.method!r}")
 
@@ -111,7 +116,7 @@ class Database:
         fingerprint = model_fingerprint(model, adapter)
         calibration = tokens_fingerprint(blocks)
         stamp = _settings_stamp(fingerprint, calibration, settings)
-        dtype = next(model.parameters()).dtype
+        dtype = STORAGE_DTYPES[settings.storage_dtype] or next(model.parameters()).dtype
         done = {i for i in range(shape.num_layers) if _shard_stamp(path / _shard_name(i)) == stamp}
         if done:
             log.info("database: reusing %d solved layers in %s", len(done), path)

@@ -11,6 +11,7 @@ from transformers import PreTrainedModel
 
 from ..arch.adapter import ModelAdapter
 from ..errors import UserError
+from ..evaluate.streamed_kl import streamed_kl
 from ..evaluate.teacher import TeacherCache, kl_to_teacher
 from ..evaluate.teacher_subset import TeacherSubset
 from ..prune.database import Database
@@ -61,18 +62,20 @@ class CandidateEvaluator:
     """
 
     rotate_training = False
+    train_embeddings = False
     train_start = 0  # the train block this selection's brief training starts at
 
     def __init__(self, dense: PreTrainedModel, adapter: ModelAdapter, db: Database,
                  stage_blocks: list[torch.Tensor], stage_teachers: list[TeacherCache], train_blocks: torch.Tensor,
                  train_cfg: TrainConfig, batch_size: int = 4, pool: FitnessPool | None = None,
-                 rotate_training: bool = False):
+                 rotate_training: bool = False, train_embeddings: bool = False):
         self.dense, self.adapter, self.db = dense, adapter, db
         self.stage_blocks, self.stage_teachers = stage_blocks, stage_teachers
         self.train_blocks, self.train_cfg = train_blocks, train_cfg
         self.batch_size = batch_size
         self.pool = pool
         self.rotate_training = rotate_training
+        self.train_embeddings = train_embeddings
         self.evaluations = 0
 
     def begin_selection(self, seed: int) -> None:
@@ -85,17 +88,32 @@ class CandidateEvaluator:
             self.train_start = random.Random(f"train-{seed}").randrange(len(self.train_blocks))
 
     def build(self, g: Genotype) -> PreTrainedModel:
+        """The candidate as a model of its own (for training it); shares the dense model's embeddings, LM head
+        and final norm (read-only, frozen) unless `train_embeddings`."""
         spec, replace = self.db.stitch(list(g.attention), list(g.mlp), self.adapter)
-        return self.adapter.slice(self.dense, spec, replace)
+        model = self.adapter.slice(self.dense, spec, replace, share_embeddings=not self.train_embeddings)
+        if not self.train_embeddings:
+            for module in (model.get_input_embeddings(), model.get_output_embeddings(), self.adapter.final_norm(model)):
+                module.requires_grad_(False)
+        return model
+
+    def kl(self, g: Genotype, blocks: torch.Tensor, teacher: TeacherCache) -> float:
+        """KL of the untrained candidate `g`, computed layer by layer: no copy of the model is made."""
+        spec, replace = self.db.stitch(list(g.attention), list(g.mlp), self.adapter)
+        return streamed_kl(self.dense, self.adapter, spec, replace, blocks, teacher, batch_size=self.batch_size)
 
     def train(self, model: PreTrainedModel, tokens: int, seed: int, start_block: int = 0) -> None:
         cfg = dataclasses.replace(self.train_cfg, seed=seed)
         train_on_blocks(model, self.train_blocks, tokens, cfg, start_block=start_block,
                         teacher=self.dense if cfg.uses_teacher else None)
 
-    def fitness(self, model: PreTrainedModel, stage: int) -> float:
+    def fitness(self, model: PreTrainedModel | None, stage: int, g: Genotype | None = None) -> float:
+        """KL of a built (trained) candidate, or with `model=None` of the untrained genotype `g`, streamed."""
         self.evaluations += 1
-        return kl_to_teacher(model, self.stage_blocks[stage], self.stage_teachers[stage], batch_size=self.batch_size)
+        blocks, teacher = self.stage_blocks[stage], self.stage_teachers[stage]
+        if model is None:
+            return self.kl(g, blocks, teacher)
+        return kl_to_teacher(model, blocks, teacher, batch_size=self.batch_size)
 
     def assign(self, pool: list[Genotype]) -> None:
         """Called once per selection with its pool (a distributed evaluator shares it out here)."""
@@ -104,12 +122,12 @@ class CandidateEvaluator:
         """Whether this process trains and scores `g` (always, in one process)."""
         return True
 
-    def score_stage(self, pool: list[Genotype], models: dict[Genotype, PreTrainedModel], s: int, stage: Stage,
+    def score_stage(self, pool: list[Genotype], models: dict[Genotype, PreTrainedModel | None], s: int, stage: Stage,
                     seed: int, seen_tokens: int, keep: int) -> dict[Genotype, float]:
         """Train and score this process's candidates of `pool` for stage `s`; returns their scores.
 
-        A candidate is built when it is first needed and trained on from token `seen_tokens` of the
-        train blocks. `models` holds the previous stage's survivors on entry and, on return, only the
+        A candidate is built when it is first trained, on from token `seen_tokens` of the train blocks;
+        until then it stays a genotype (None in `models`) and its KL is computed layer by layer. `models` holds the previous stage's survivors on entry and, on return, only the
         `keep` best of this stage (the others are dropped at once), so memory stays bounded however
         large the pool.
         """
@@ -119,11 +137,12 @@ class CandidateEvaluator:
         for g in pool:
             if not self.owns(g):
                 continue
-            model = carried.pop(g) if g in carried else self.build(g)
+            model = carried.pop(g, None)  # None: never trained, so scored without building it
             if stage.train_tokens:
+                model = self.build(g) if model is None else model
                 self.train(model, stage.train_tokens, seed=seed * 1000 + s,
                            start_block=self.train_start + seen_tokens // self.train_blocks.shape[1])
-            scores[g] = self.fitness(model, s)
+            scores[g] = self.fitness(model, s, g)
             models[g] = model
             if len(models) > keep:
                 del models[max(models, key=lambda c: (scores[c], order[c]))]
@@ -141,7 +160,7 @@ def select(pool: list[Genotype], stages: list[Stage], evaluator: CandidateEvalua
     unique = list(dict.fromkeys(pool))
     evaluator.begin_selection(seed)
     evaluator.assign(unique)
-    models: dict[Genotype, PreTrainedModel] = {}  # this process's survivors, trained so far
+    models: dict[Genotype, PreTrainedModel | None] = {}  # this process's survivors (None: not trained yet)
     scores: list[dict[Genotype, float]] = []
     seen_tokens = 0
     for s, stage in enumerate(stages):

@@ -1,0 +1,1 @@
+"""Model weights on disk: loading, checking and writing safetensors checkpoints."""
