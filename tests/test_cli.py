@@ -43,6 +43,11 @@ def test_prune_writes_complete_run_directory(tiny_run_inputs, tmp_path, capsys, 
     assert metrics["unseen_text"]["austen"]["heldback"] and not metrics["unseen_text"]["news"]["heldback"]
     report = (out / "report.md").read_text()
     assert "## Unseen text" in report and "austen (held back)" in report and (out / "unseen.png").exists()
+    stages = {s["stage"]: s for s in metrics["memory"]["stages"]}  # what the run cost, stage by stage
+    assert list(stages) == ["load model", "calibration", "slice", "evaluation", "export"]
+    assert all(s["peak_rss_bytes"] > 0 and s["peak_anon_bytes"] > 0 for s in stages.values())
+    assert metrics["memory"]["peak_rss_bytes"] >= max(s["peak_rss_bytes"] for s in stages.values())
+    assert "## Memory" in report and "| calibration |" in report
 
 
 def test_existing_run_directory_needs_force(tiny_run_inputs, tmp_path, capsys):

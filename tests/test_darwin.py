@@ -104,6 +104,10 @@ def test_search_resumed_after_a_kill_equals_an_uninterrupted_run(tiny_run_inputs
     assert metrics["pruned"]["unseen_perplexity"] != metrics["uniform_same_database"]["unseen_perplexity"]
     assert "## Unseen text" in (tmp_path / "killed" / "report.md").read_text()
     assert (tmp_path / "killed" / "unseen.png").exists()
+    stages = {s["stage"]: s for s in metrics["memory"]["stages"]}  # the resumed call's stages
+    assert {"load model", "database", "teacher and fitness caches", "search", "evaluation", "export"} <= set(stages)
+    assert all(s["peak_rss_bytes"] > 0 and s["peak_anon_bytes"] > 0 for s in stages.values())
+    assert "## Memory" in (tmp_path / "killed" / "report.md").read_text()
 
 
 def test_resume_with_changed_settings_is_refused(tiny_run_inputs, tmp_path):

@@ -6,6 +6,7 @@ from .arch.shape import LayerShape, ModelShape
 from .arch.spec import LayerSpec, SubnetSpec
 from .config import RunConfig, load_config
 from .errors import UserError
+from .memory import MemoryWatch
 from .models import LoadedModel, load_model
 
 __version__ = "0.1.0"
@@ -14,6 +15,7 @@ __all__ = [
     "LayerShape",
     "LayerSpec",
     "LoadedModel",
+    "MemoryWatch",
     "ModelAdapter",
     "ModelShape",
     "RunConfig",

@@ -26,7 +26,8 @@ class ConfigError(UserError):
 @dataclass
 class ModelConfig:
     source: str = "smollm2-135m"  # embedded default, a local HF folder, or a model id in the local HF cache
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    dtype: str = "float32"  # float32 | bfloat16 | float16: the dtype weights are loaded (and kept) in
+    compute_dtype: str = "auto"  # dtype layers run in, converted a module at a time; auto: float32 on CPU, else dtype
     device: str = "cpu"  # cpu | cuda | cuda:N
     allow_pickle: bool = False  # accept *.bin checkpoints (pickle can run code)
     trust_remote_code: bool = False  # accept folders that ship their own modeling code
@@ -128,6 +129,8 @@ class SearchConfig:
     train_loss: str = "lm"  # brief training objective: lm, or kd / lm+kd from the dense model (online)
     train_pool: int = 0  # train blocks each selection's brief training starts at a random one of (a cycle),
     # anew every generation; 0 = every selection trains on the same first blocks
+    train_embeddings: bool = False  # brief training also trains embeddings and LM head (else shared with the
+    # dense model, frozen, never copied)
     trade: bool = True  # let attention and MLP (and depth, via level 0) trade budget with each other
     latency_mode: str = "prefill"  # latency budget: prefill (latency_tokens at once) or decode (1 token, that context)
     latency_tokens: int = 128

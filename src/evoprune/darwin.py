@@ -22,7 +22,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .arch.export import export_checkpoint
+from . import memory
+from .arch.streamed_export import export_sliced
 from .arch.shape import ModelShape
 from .atomic import write_json, write_text
 from .config import RunConfig, dump_config, to_dict
@@ -30,6 +31,7 @@ from .darwin_report import parent_kl_curve, write_darwin_report
 from .errors import UserError
 from .evaluate.suite import evaluate_models, teacher_for
 from .evaluate.unseen import describe_unseen, load_unseen
+from .memory import watched
 from .models import LoadedModel
 from .pipeline import data_blocks, load_source
 from .prune.database import Database, DatabaseSettings
@@ -47,6 +49,7 @@ from .search.genotype import Genotype
 from .search.latency_table import LatencySettings, latency_cost_table
 from .search.replace_one import replace_one_scores
 from .train import TrainConfig
+from .weights.compute_dtype import inference_slice
 
 log = logging.getLogger(__name__)
 RUN_MARKER = "darwin_run.json"
@@ -127,7 +130,8 @@ def make_evaluator(cfg: RunConfig, dense: LoadedModel, db: Database, stages: lis
     evaluator = CandidateEvaluator(dense.model, dense.adapter, db, stage_blocks, teachers, train,
                                    TrainConfig(lr=cfg.search.resolved()["lr"], seed=cfg.seed,
                                                loss=cfg.search.train_loss), cfg.data.batch_size, pool,
-                                   rotate_training=cfg.search.train_pool > 0)
+                                   rotate_training=cfg.search.train_pool > 0,
+                                   train_embeddings=cfg.search.train_embeddings)
     if init_distributed()[1] > 1:  # launched by torchrun: each process evaluates a share of every selection
         return DistributedCandidateEvaluator.from_evaluator(evaluator)
     return evaluator
@@ -218,6 +222,7 @@ def start_run_dir(out: Path, settings: dict, force: bool) -> None:
     write_json(out / RUN_MARKER, settings)
 
 
+@watched
 def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = False, progress: bool = True,
         stop_after: int | None = None) -> Path:
     """Database, search, export and evaluation for `cfg`; resumes an interrupted run in `out`.
@@ -240,7 +245,8 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
         if main:
             check_run_dir(out, settings, force)
         started = time.time()
-        dense = load_source(cfg)
+        with memory.stage("load model"):
+            dense = load_source(cfg)
         shape = dense.adapter.shape(dense.model)
         target = resolve_target(shape, cfg.prune.sparsity, cfg.prune.target_params)
         check_reachable(cfg, shape, target)
@@ -253,55 +259,62 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
 def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: LoadedModel, target: Target,
                             stages: list[Stage], phase: str, progress: bool, main: bool, stop_after: int | None,
                             started: float) -> Path:
-    with main_process_first():
+    with main_process_first(), memory.stage("database"):
         db = build_database(cfg, dense, out / "database", progress)
     if phase == "database":
         return out
-    with main_process_first():
+    with main_process_first(), memory.stage("cost table"):
         table = search_cost_table(cfg, dense, db, out / "search", progress)
     dense_blocks = cost_table(db, "params").full()
     budget = make_budget(table, table.full() * target.block_params / dense_blocks)
-    with main_process_first():
+    with main_process_first(), memory.stage("teacher and fitness caches"):
         evaluator = make_evaluator(cfg, dense, db, stages, progress)
     r = cfg.search.resolved()
     start, start_seconds = None, 0.0
     if r["first_parent"] == "mip":
-        with main_process_first():
+        with main_process_first(), memory.stage("replace-one"):
             start, start_seconds = mip_parent(cfg, dense, db, table, budget, evaluator, out / "search", progress)
     search_dir = out / "search" if main else _private_copy(out / "search")
     barrier()  # every process has read the saved search state before the main one writes it again
     settings = evolution_settings(cfg, start_seconds)
     try:
-        result = evolve(evaluator, table, budget, stages, settings, search_dir, config, progress, stop_after, start)
+        with memory.stage("search"):
+            result = evolve(evaluator, table, budget, stages, settings, search_dir, config, progress, stop_after,
+                            start)
     finally:
         if not main:
             shutil.rmtree(search_dir, ignore_errors=True)
     if not result.finished(settings) or not main:
         return out  # stopped early on request (tests; rerun to resume), or not the process that writes
-    spec, replace = db.stitch(list(result.best.attention), list(result.best.mlp), dense.adapter,
-                              meta={"method": "darwin", "source": dense.name, "target": target.description,
-                                    "profile": cfg.search.profile, "generations": result.state.generation,
-                                    "genotype": result.best.to_dict()})
-    spec.meta["target_report"] = target.report(spec.block_params(), dense_blocks)
-    pruned = dense.adapter.slice(dense.model, spec, replace)
-    eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
-    teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size, progress)
-    uniform = evaluator.build(uniform_genotype(table, budget))  # the search's starting point, for comparison
-    unseen = load_unseen(cfg, dense.tokenizer)
-    rows = evaluate_models({"dense": dense.model, "uniform (same database)": uniform, "darwin": pruned},
-                           eval_blocks, teacher, cfg.eval, cfg.data.batch_size, progress, unseen=unseen)
-    export_checkpoint(pruned, out / "model", tokenizer=dense.tokenizer, spec=spec, force=True)
-    spec.save(out / "spec.json")
+    with memory.stage("stitch"):
+        spec, replace = db.stitch(list(result.best.attention), list(result.best.mlp), dense.adapter,
+                                  meta={"method": "darwin", "source": dense.name, "target": target.description,
+                                        "profile": cfg.search.profile, "generations": result.state.generation,
+                                        "genotype": result.best.to_dict()})
+        spec.meta["target_report"] = target.report(spec.block_params(), dense_blocks)
+        pruned = inference_slice(dense.model, dense.adapter, spec, replace)
+    with memory.stage("evaluation"):
+        eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
+        teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size, progress)
+        uniform = evaluator.view(uniform_genotype(table, budget))  # the search's starting point, for comparison
+        unseen = load_unseen(cfg, dense.tokenizer)
+        rows = evaluate_models({"dense": dense.model, "uniform (same database)": uniform, "darwin": pruned},
+                               eval_blocks, teacher, cfg.eval, cfg.data.batch_size, progress, unseen=unseen)
+    with memory.stage("export"):
+        del pruned, uniform
+        export_sliced(dense.model, dense.adapter, spec, replace, out / "model", tokenizer=dense.tokenizer, force=True)
+        spec.save(out / "spec.json")
+    with memory.stage("evaluation"):  # the parents' held-out curve
+        parent_kl = parent_kl_curve(evaluator, result.state.history, eval_blocks, teacher, cfg.data.batch_size)
     metrics = {"dense": rows["dense"], "pruned": rows["darwin"],
                "uniform_same_database": rows["uniform (same database)"], "target": spec.meta["target_report"],
                "search": {"generations": result.state.generation, "evaluations": result.state.evaluations,
                           "search_seconds": round(result.state.seconds + start_seconds, 1),
                           "replace_one_seconds": round(start_seconds, 1),
-                          "parent_heldout_kl": parent_kl_curve(evaluator, result.state.history, eval_blocks,
-                                                               teacher, cfg.data.batch_size)},
+                          "parent_heldout_kl": parent_kl},
                "database": {"bytes": db.size_bytes(), "dense_weight_bytes": sum(
                    p.numel() * p.element_size() for p in dense.model.parameters())},
-               "wall_time_s": round(time.time() - started, 1)}
+               "wall_time_s": round(time.time() - started, 1), "memory": memory.summary()}
     if unseen is not None:
         metrics["unseen_text"] = describe_unseen(unseen)
     write_json(out / "metrics.json", metrics)

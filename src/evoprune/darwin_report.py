@@ -14,8 +14,9 @@ import torch
 from .atomic import staged_file
 from .data.unseen import UnseenDomain
 from .evaluate.unseen_report import unseen_section
-from .evaluate.teacher import TeacherCache, kl_to_teacher
+from .evaluate.teacher import TeacherCache
 from .evaluate.teacher_subset import TeacherSubset
+from .memory import memory_section
 from .pipeline import METRIC_COLUMNS
 from .report import markdown_table, plot_bars, plot_kept_per_layer, write_report
 from .search.fitness import CandidateEvaluator
@@ -32,7 +33,7 @@ def parent_kl_curve(evaluator: CandidateEvaluator, history: list[dict], eval_blo
     for record in history:
         parent = Genotype.from_dict(record["parent"])
         if parent not in scored:  # a parent often wins several generations running
-            scored[parent] = kl_to_teacher(evaluator.build(parent), subset.blocks, subset, batch_size=batch_size)
+            scored[parent] = evaluator.kl(parent, subset.blocks, subset)
     return [scored[Genotype.from_dict(r["parent"])] for r in history]
 
 
@@ -61,6 +62,7 @@ def write_darwin_report(out: Path, spec, rows: dict, metrics: dict, history: lis
         ("What was kept", markdown_table([spec.summary()]) + "\n![kept per layer](kept_per_layer.png)\n"),
         ("Database", f"{db['bytes'] / 2**20:.1f} MB on disk ({db['bytes'] / db['dense_weight_bytes']:.2f}x the dense "
                      f"weights)."),
+        ("Memory", memory_section(metrics["memory"])),
     ]
     write_report(out / "report.md", f"evoprune darwin: {spec.meta.get('source')}", sections)
 

@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 from .arch.adapter import ModelAdapter, adapter_for
 from .arch.export import register_pruned_classes
 from .errors import UserError
+from .weights.compute_dtype import compute_in
 from .weights.shard_index import check_sharded_index
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,8 @@ def check_weight_files(path: Path, allow_pickle: bool) -> None:
 
 
 def load_model(source: str, dtype: str = "float32", device: str = "cpu", allow_pickle: bool = False,
-               trust_remote_code: bool = False, with_tokenizer: bool = True, mapped: bool = True) -> LoadedModel:
+               trust_remote_code: bool = False, with_tokenizer: bool = True, mapped: bool = True,
+               compute_dtype: str = "auto") -> LoadedModel:
     """Load a causal LM and its tokenizer from a local source.
 
     Args:
@@ -184,6 +186,8 @@ def load_model(source: str, dtype: str = "float32", device: str = "cpu", allow_p
         with_tokenizer: also load the tokenizer (None with a warning if the folder has none).
         mapped: keep safetensors weights memory-mapped (`weights.mapped`) instead of copying them into
             RAM, whenever their stored dtype is `dtype` and the checkpoint needs no conversion.
+        compute_dtype: dtype the layers run in, converted one module at a time (`weights.compute_dtype`):
+            auto = float32 on CPU (which has no fast bf16/fp16 matrix units in general), else `dtype`.
 
     Raises:
         UserError: for every problem with the source.
@@ -191,10 +195,15 @@ def load_model(source: str, dtype: str = "float32", device: str = "cpu", allow_p
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if compute_dtype != "auto" and compute_dtype not in DTYPES:
+        raise UserError(f"unknown compute dtype {compute_dtype!r}; choose auto or one of {', '.join(DTYPES)}")
     check_device(str(device))
     path, config = check_model_source(source, allow_pickle, trust_remote_code, with_tokenizer)
     model = _load_weights(path, config, DTYPES[dtype], trust_remote_code, allow_pickle, mapped)
     model.to(device).eval()
+    computed = resolve_compute_dtype(compute_dtype, DTYPES[dtype], str(device))
+    if computed != DTYPES[dtype]:
+        compute_in(model, adapter_for(config), computed)
     tokenizer = None
     if with_tokenizer:
         try:
@@ -202,6 +211,13 @@ def load_model(source: str, dtype: str = "float32", device: str = "cpu", allow_p
         except Exception:
             log.warning("no usable tokenizer in %s", path)
     return LoadedModel(model, tokenizer, adapter_for(config), path, source)
+
+
+def resolve_compute_dtype(compute_dtype: str, dtype: torch.dtype, device: str) -> torch.dtype:
+    """What `compute_dtype="auto"` means for a model loaded in `dtype` on `device`."""
+    if compute_dtype != "auto":
+        return DTYPES[compute_dtype]
+    return torch.float32 if device == "cpu" else dtype
 
 
 def _load_weights(path: Path, config: PretrainedConfig, dtype: torch.dtype, trust_remote_code: bool,

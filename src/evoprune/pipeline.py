@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from . import memory
 from .arch import params
 from .arch.export import export_checkpoint
 from .arch.spec import SubnetSpec
@@ -26,6 +27,7 @@ from .evaluate.task_report import task_section
 from .evaluate.suite import evaluate_models, teacher_for
 from .evaluate.unseen import describe_unseen, load_unseen
 from .evaluate.unseen_report import unseen_section
+from .memory import memory_section, watched
 from .models import LoadedModel, load_model
 from .prune.calibration import collect_stats
 from .prune.depth import depth_spec
@@ -43,7 +45,7 @@ METRIC_COLUMNS = ["model", "params", "block_params", "perplexity", "kl_to_teache
 def load_source(cfg: RunConfig, source: str | None = None) -> LoadedModel:
     m = cfg.model
     loaded = load_model(source or m.source, dtype=m.dtype, device=m.device, allow_pickle=m.allow_pickle,
-                        trust_remote_code=m.trust_remote_code)
+                        trust_remote_code=m.trust_remote_code, compute_dtype=m.compute_dtype)
     if loaded.tokenizer is None:
         raise UserError(f"{loaded.path} has no tokenizer; evoprune needs one to read calibration text")
     check_seq_len(cfg.data.seq_len, getattr(loaded.model.config, "max_position_embeddings", None))
@@ -77,42 +79,51 @@ def make_spec(cfg: RunConfig, dense: LoadedModel, progress: bool = True) -> Subn
 
 
 @holding_run_lock
+@watched
 def prune(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = True) -> Path:
     """Prune `cfg.model.source` with `cfg.prune`, export it, evaluate dense vs pruned, write a report."""
     check_output_dir(out, force)
     torch.manual_seed(cfg.seed)
     started = time.time()
-    dense = load_source(cfg)
-    spec = make_spec(cfg, dense, progress)
+    with memory.stage("load model"):
+        dense = load_source(cfg)
+    with memory.stage("calibration"):
+        spec = make_spec(cfg, dense, progress)
     return _finish(cfg, dense, spec, Path(out), force, progress, started)
 
 
 @holding_run_lock
+@watched
 def slice_with_spec(cfg: RunConfig, spec_path: str | Path, out: str | Path, force: bool = False,
                     progress: bool = True) -> Path:
     """Cut `cfg.model.source` down to a saved SubnetSpec, export and evaluate it."""
     check_output_dir(out, force)
     spec = SubnetSpec.load(spec_path)
-    dense = load_source(cfg)
+    with memory.stage("load model"):
+        dense = load_source(cfg)
     spec.validate(dense.adapter.shape(dense.model))
     return _finish(cfg, dense, spec, Path(out), force, progress, time.time())
 
 
 def _finish(cfg: RunConfig, dense: LoadedModel, spec: SubnetSpec, out: Path, force: bool, progress: bool,
             started: float) -> Path:
-    pruned = dense.adapter.slice(dense.model, spec)
-    eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
-    teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size, progress)
-    unseen = load_unseen(cfg, dense.tokenizer)
-    rows = evaluate_models({"dense": dense.model, "pruned": pruned}, eval_blocks, teacher, cfg.eval,
-                           cfg.data.batch_size, progress, unseen=unseen)
+    with memory.stage("slice"):
+        pruned = dense.adapter.slice(dense.model, spec)
+    with memory.stage("evaluation"):
+        eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
+        teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size, progress)
+        unseen = load_unseen(cfg, dense.tokenizer)
+        rows = evaluate_models({"dense": dense.model, "pruned": pruned}, eval_blocks, teacher, cfg.eval,
+                               cfg.data.batch_size, progress, unseen=unseen)
     metrics = {"dense": rows["dense"], "pruned": rows["pruned"], "target": spec.meta.get("target_report"),
                "eval_tokens": int(eval_blocks.numel()), "wall_time_s": round(time.time() - started, 1)}
     if unseen is not None:
         metrics["unseen_text"] = describe_unseen(unseen)
     with staged_dir(out, force=force) as tmp:
-        export_checkpoint(pruned, tmp / "model", tokenizer=dense.tokenizer, spec=spec)
-        spec.save(tmp / "spec.json")
+        with memory.stage("export"):
+            export_checkpoint(pruned, tmp / "model", tokenizer=dense.tokenizer, spec=spec)
+            spec.save(tmp / "spec.json")
+        metrics["memory"] = memory.summary()
         write_json(tmp / "metrics.json", metrics)
         write_text(tmp / "config.yaml", dump_config(cfg))
         _prune_report(tmp, cfg, spec, rows, metrics, unseen)
@@ -138,6 +149,7 @@ def _prune_report(folder: Path, cfg: RunConfig, spec: SubnetSpec, rows: dict, me
                              f"held-out split, {metrics['eval_tokens']:,} tokens. Latency: batch {cfg.eval.batch_size}, "
                              f"prompt {cfg.eval.prompt_len}, {cfg.eval.new_tokens} decode steps, median of "
                              f"{cfg.eval.repeats}."))
+    sections.append(("Memory", memory_section(metrics["memory"])))
     sections.append(("Reproduce", "```\nevoprune prune --config config.yaml --out <dir>\n```\n"
                                   "Load the result with `AutoModelForCausalLM.from_pretrained('model', "
                                   "trust_remote_code=True)` (plain stock loading when the result is uniform)."))
@@ -146,6 +158,7 @@ def _prune_report(folder: Path, cfg: RunConfig, spec: SubnetSpec, rows: dict, me
 
 
 @holding_run_lock
+@watched
 def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = None, force: bool = False,
              progress: bool = True, tasks: str | None = None, limit: int | None = None,
              num_fewshot: int | None = None) -> Path:
@@ -163,11 +176,13 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
         resolve_tasks(tasks, num_fewshot)  # bad names fail before any model is loaded
         task_configs_dir()
     started = time.time()
-    student = load_source(cfg, model)
+    with memory.stage("load model"):
+        student = load_source(cfg, model)
     models = {"model": student.model}
     teacher_loaded = None
     if teacher:
-        teacher_loaded = load_source(cfg, teacher)
+        with memory.stage("load model"):
+            teacher_loaded = load_source(cfg, teacher)
         if len(teacher_loaded.tokenizer) != len(student.tokenizer) or \
                 teacher_loaded.model.config.vocab_size != student.model.config.vocab_size:
             raise UserError(f"teacher {teacher} and model {model} have different vocabularies; KL needs the same tokenizer")
@@ -178,10 +193,12 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
     eval_blocks = data_blocks(cfg, student.tokenizer, "eval", cfg.data.eval_blocks)
     cache = None
     if teacher_loaded is not None:
-        cache = teacher_for(teacher_loaded.model, str(teacher_loaded.path), eval_blocks, cfg.eval,
-                            cfg.data.batch_size, progress)
-    unseen = load_unseen(cfg, student.tokenizer)
-    rows = evaluate_models(models, eval_blocks, cache, cfg.eval, cfg.data.batch_size, progress, unseen=unseen)
+        with memory.stage("teacher cache"):
+            cache = teacher_for(teacher_loaded.model, str(teacher_loaded.path), eval_blocks, cfg.eval,
+                                cfg.data.batch_size, progress)
+    with memory.stage("evaluation"):
+        unseen = load_unseen(cfg, student.tokenizer)
+        rows = evaluate_models(models, eval_blocks, cache, cfg.eval, cfg.data.batch_size, progress, unseen=unseen)
     metrics = {**rows, "eval_tokens": int(eval_blocks.numel())}
     if unseen is not None:
         metrics["unseen_text"] = describe_unseen(unseen)
@@ -190,16 +207,19 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
     if tasks is not None:
         from .evaluate.harness import run_tasks
 
-        task_scores = {name: run_tasks(m.model, m.tokenizer, tasks, limit, num_fewshot, seed=cfg.seed)
-                       for name, m in loaded.items()}
+        with memory.stage("tasks"):
+            task_scores = {name: run_tasks(m.model, m.tokenizer, tasks, limit, num_fewshot, seed=cfg.seed)
+                           for name, m in loaded.items()}
         metrics.update(task_scores["model"])
         if "teacher" in task_scores:
             metrics["teacher_tasks"] = task_scores["teacher"]
     if grid is not None:
-        sweep = sweep_latency(models, *grid, new_tokens=cfg.eval.new_tokens, warmup=cfg.eval.warmup,
-                              repeats=cfg.eval.repeats, seed=cfg.seed, progress=progress)
+        with memory.stage("latency sweep"):
+            sweep = sweep_latency(models, *grid, new_tokens=cfg.eval.new_tokens, warmup=cfg.eval.warmup,
+                                  repeats=cfg.eval.repeats, seed=cfg.seed, progress=progress)
         metrics["latency_sweep"] = sweep_rows(sweep)
     metrics["wall_time_s"] = round(time.time() - started, 1)
+    metrics["memory"] = memory.summary()
     with staged_dir(out, force=force) as tmp:
         write_json(tmp / "metrics.json", metrics)
         write_text(tmp / "config.yaml", dump_config(cfg))
@@ -216,5 +236,6 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
             sections.append(("Latency sweep", sweep_section(metrics["latency_sweep"], ideal, tmp / "latency_sweep.png",
                                                             cfg.eval.new_tokens, cfg.eval.repeats, cfg.eval.warmup)))
         sections.append(("Data", f"{cfg.data.source}, held-out split, {metrics['eval_tokens']:,} tokens."))
+        sections.append(("Memory", memory_section(metrics["memory"])))
         write_report(tmp / "report.md", f"evoprune eval: {model}", sections)
     return Path(out)

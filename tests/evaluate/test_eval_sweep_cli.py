@@ -23,7 +23,8 @@ def test_eval_writes_sweep_table_and_plot(tiny_run_inputs, tmp_path, capsys):
                for r in rows)
     report = (out / "report.md").read_text()
     assert "## Latency sweep" in report and "![latency sweep](latency_sweep.png)" in report
-    sweep_lines = [line for line in report.split("## Latency sweep")[1].splitlines() if line.startswith("| ")]
+    sweep = report.split("## Latency sweep")[1].split("\n## ")[0]  # up to the next section
+    sweep_lines = [line for line in sweep.splitlines() if line.startswith("| ")]
     assert len(sweep_lines) == 1 + 8  # header, 4 workloads x 2 models
     assert (out / "latency_sweep.png").stat().st_size > 0
 

@@ -72,6 +72,8 @@ def test_nas_writes_the_front_and_exports_the_pick(tiny_run_inputs, tmp_path, ca
     assert set(metrics["pick"]["unseen_perplexity"]) == {"news", "howto", "math"}
     assert {"unseen_ppl_mean", "heldback_perplexity"} <= set(metrics["pick"])
     assert "## Unseen text" in (out / "report.md").read_text()
+    assert {"load model", "search", "export", "evaluation"} <= {s["stage"] for s in metrics["memory"]["stages"]}
+    assert metrics["memory"]["peak_anon_bytes"] > 0 and "## Memory" in (out / "report.md").read_text()
 
     assert main(argv(tiny_run_inputs, out, "--pick", "params<=0.9")) == 0  # resumes: nothing left to do
     assert trials(out) == first

@@ -37,9 +37,9 @@ def counting_make_evaluator(*args, **kwargs):
     fitness = evaluator.fitness
     evaluator.local_evaluations = 0
 
-    def counted(model, stage):
+    def counted(model, stage, g=None):
         evaluator.local_evaluations += 1
-        return fitness(model, stage)
+        return fitness(model, stage, g)
 
     evaluator.fitness = counted
     made.append(evaluator)

@@ -35,11 +35,12 @@ class FakeEvaluator(CandidateEvaluator):
     def train(self, model, tokens, seed, start_block=0):
         model.trained += tokens
 
-    def fitness(self, model, stage):
+    def fitness(self, model, stage, g=None):
+        """Untrained candidates come as `model=None` and their genotype (scored without building them)."""
         self.evaluations += 1
-        key = (model.g, stage)
+        key = (model.g if model is not None else g, stage)
         self.noise.setdefault(key, self.rng.random())
-        return self.noise[key] - 1e-4 * model.trained
+        return self.noise[key] - 1e-4 * (model.trained if model is not None else 0)
 
 
 def test_select_bounds_memory_and_ranks_every_stage():

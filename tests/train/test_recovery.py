@@ -77,6 +77,9 @@ def test_run_writes_model_report_metrics_and_trains(recovery_inputs, straight_ru
     summary = json.loads((straight_run / "metrics.json").read_text())
     assert summary["steps"] == 12 and summary["final_eval_ppl"] == pytest.approx(rows[-1]["eval_ppl"])
     assert "final_eval_ppl" in (straight_run / "report.md").read_text()
+    stages = {s["stage"]: s for s in summary["memory"]["stages"]}
+    assert list(stages) == ["load model", "evaluation", "training", "export"]
+    assert stages["training"]["peak_anon_bytes"] > 0 and "## Memory" in (straight_run / "report.md").read_text()
     before = load_file(str(recovery_inputs / "pruned" / "model.safetensors"))
     after = weights(straight_run)
     assert sorted(before) == sorted(after) and all(before[k].shape == after[k].shape for k in before)

@@ -18,6 +18,7 @@ from ..arch.spec import SubnetSpec
 from ..errors import UserError
 from ..modes import eval_mode
 from ..prune.layerwise import capture_first_layer_inputs
+from ..weights.compute_dtype import compute_dtype_of, weights_in
 from ._blocks import check_batch_size, check_blocks
 from .teacher import TeacherCache, kl_per_position
 
@@ -58,7 +59,7 @@ def streamed_kl(dense: PreTrainedModel, adapter: ModelAdapter, spec: SubnetSpec,
     if cache.temperature != 1.0:
         raise UserError(f"teacher cache {cache.path} holds the teacher at temperature {cache.temperature:g}, not 1; "
                         "KL to the teacher is measured at temperature 1")
-    dtype = compute_dtype or next(dense.parameters()).dtype
+    dtype = compute_dtype or compute_dtype_of(dense)
     with eval_mode(dense):
         inputs = capture_first_layer_inputs(dense, adapter, blocks, batch_size)
         hidden = [h.to(dtype) for h in inputs.hidden]
@@ -66,14 +67,13 @@ def streamed_kl(dense: PreTrainedModel, adapter: ModelAdapter, spec: SubnetSpec,
         for layer in adapter.sliced_layers(dense, spec, replace, dtype):
             hidden = [_output(layer(h, **k)) for h, k in zip(hidden, kwargs)]
             del layer
-        norm = adapter.final_norm(dense)
-        head = dense.get_output_embeddings()
+        norm, head = adapter.final_norm(dense), dense.get_output_embeddings()
         block_sums = torch.zeros(len(blocks), dtype=torch.float64)
         start = 0
-        for h in hidden:
-            h = norm(h.to(next(norm.parameters()).dtype))
-            block_sums[start:start + len(h)] = _head_kl_sums(h, head, cache, start)
-            start += len(h)
+        with weights_in(norm, dtype), weights_in(head, dtype):  # converted once, not once per chunk
+            for h in hidden:
+                block_sums[start:start + len(h)] = _head_kl_sums(norm(h), head, cache, start)
+                start += len(h)
     per_block_kl = block_sums / cache.positions
     return per_block_kl if per_block else float(per_block_kl.mean())
 
@@ -93,7 +93,7 @@ def _head_kl_sums(h: torch.Tensor, head: torch.nn.Module, cache: TeacherCache, s
     sums = torch.zeros(b, dtype=torch.float64)
     for p in range(0, positions, chunk):
         q = min(positions, p + chunk)
-        logprobs = torch.log_softmax(head(h[:, p:q].to(head.weight.dtype)).float(), dim=-1)
+        logprobs = torch.log_softmax(head(h[:, p:q]).float(), dim=-1)
         part = type(teacher)(teacher.logprobs[:, p:q],
                              None if teacher.token_ids is None else teacher.token_ids[:, p:q],
                              None if teacher.rest_logprob is None else teacher.rest_logprob[:, p:q])

@@ -20,6 +20,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from .. import memory
 from ..arch.export import export_checkpoint
 from ..arch.params import block_params, total_params
 from ..atomic import staged_file, write_json, write_text
@@ -28,6 +29,7 @@ from ..errors import UserError
 from ..evaluate.suite import evaluate_models, teacher_for
 from ..evaluate.unseen import describe_unseen, load_unseen
 from ..evaluate.unseen_report import unseen_section
+from ..memory import memory_section, watched
 from ..models import LoadedModel
 from ..pipeline import data_blocks, load_source
 from ..prune.calibration import CalibrationStats, collect_stats
@@ -81,6 +83,7 @@ def trial_rows(study: optuna.Study, objectives: list[str]) -> list[dict]:
             for i, t in enumerate(sorted(completed, key=lambda t: t.number))]
 
 
+@watched
 def run(cfg: RunConfig, out: str | Path, objectives: list[str], budget: int, sampler: str = DEFAULT_SAMPLER,
         pick: str | None = None, supernet_steps: int = 0, force: bool = False, progress: bool = True,
         params_range: tuple[float, float] | None = None) -> Path:
@@ -101,13 +104,15 @@ def run(cfg: RunConfig, out: str | Path, objectives: list[str], budget: int, sam
         settings = run_settings(cfg, objectives, sampler, supernet_steps, params_range)
         if not force:
             refuse_other_run(out, settings)
-        dense = load_source(cfg)
+        with memory.stage("load model"):
+            dense = load_source(cfg)
         if params_range:  # refuse a range no sub-network meets (the shape alone decides)
             shape = dense.adapter.shape(dense.model)
             SearchSpace(shape, tuple(range(len(shape.layers))), multiple=cfg.prune.multiple) \
                 .params_range_check(*params_range)
-        calib = _calibration_blocks(cfg, dense)
-        settings["fingerprints"] = fingerprints(dense, calib)
+        with memory.stage("calibration data"):
+            calib = _calibration_blocks(cfg, dense)
+            settings["fingerprints"] = fingerprints(dense, calib)
         if not force:
             refuse_other_run(out, settings)  # again, now with the fingerprints
         elif out.exists():
@@ -115,11 +120,14 @@ def run(cfg: RunConfig, out: str | Path, objectives: list[str], budget: int, sam
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / MARKER, saved_form(settings))
         study = open_study(out / "study.db", objectives, sampler, cfg.seed, settings["fingerprints"]["weights"])
-        space, evaluate = _prepare_search(cfg, dense, calib, objectives, out, progress)
+        with memory.stage("importance and objectives"):
+            space, evaluate = _prepare_search(cfg, dense, calib, objectives, out, progress)
         feasible = space.params_range_check(*params_range) if params_range else None
         if supernet_steps:
-            supernet_step(cfg, dense, space, supernet_steps, out / "supernet", progress, feasible)
-        run_study(study, space, evaluate, budget, feasible=feasible)
+            with memory.stage("supernet training"):
+                supernet_step(cfg, dense, space, supernet_steps, out / "supernet", progress, feasible)
+        with memory.stage("search"):
+            run_study(study, space, evaluate, budget, feasible=feasible)
         _write_results(cfg, dense, space, trial_rows(study, objectives), objectives, rule, out, sampler, params_range,
                        supernet_steps > 0)
     return out
@@ -153,12 +161,14 @@ def _prepare_search(cfg: RunConfig, dense: LoadedModel, calib: torch.Tensor, obj
 
 def _evaluate_pick(cfg: RunConfig, dense: LoadedModel, picked, full_label: str, out: Path) -> list[tuple[str, str]]:
     """metrics.json: the full model and the pick on the held-out split and on unseen text; report sections."""
-    eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
-    unseen = load_unseen(cfg, dense.tokenizer)
-    rows = evaluate_models({full_label: dense.model, "pick": picked}, eval_blocks, None,
-                           dataclasses.replace(cfg.eval, latency=False), cfg.data.batch_size, progress=False,
-                           unseen=unseen)
-    metrics = {"full": rows[full_label], "pick": rows["pick"], "eval_tokens": int(eval_blocks.numel())}
+    with memory.stage("evaluation"):
+        eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
+        unseen = load_unseen(cfg, dense.tokenizer)
+        rows = evaluate_models({full_label: dense.model, "pick": picked}, eval_blocks, None,
+                               dataclasses.replace(cfg.eval, latency=False), cfg.data.batch_size, progress=False,
+                               unseen=unseen)
+    metrics = {"full": rows[full_label], "pick": rows["pick"], "eval_tokens": int(eval_blocks.numel()),
+               "memory": memory.summary()}
     if unseen is not None:
         metrics["unseen_text"] = describe_unseen(unseen)
     write_json(out / "metrics.json", metrics)
@@ -166,6 +176,7 @@ def _evaluate_pick(cfg: RunConfig, dense: LoadedModel, picked, full_label: str, 
                                                          ["model", "params", "block_params", "perplexity"]))]
     if unseen is not None:
         sections.append(("Unseen text", unseen_section(rows, unseen, out / "unseen.png")))
+    sections.append(("Memory", memory_section(metrics["memory"])))
     return sections
 
 
@@ -212,8 +223,9 @@ def _write_results(cfg: RunConfig, dense: LoadedModel, space: SearchSpace, rows:
                                      "pick": rule.form, "pick_rule": rule.describe(quality), "pick_reason": reason,
                                      "picked_trial": rows[chosen]["trial"]})
     spec = _spec_of(space, rows[chosen])
-    picked = dense.adapter.slice(dense.model, spec)
-    export_checkpoint(picked, out / "picks" / rule.folder, tokenizer=dense.tokenizer, spec=spec, force=True)
+    with memory.stage("export"):
+        picked = dense.adapter.slice(dense.model, spec)
+        export_checkpoint(picked, out / "picks" / rule.folder, tokenizer=dense.tokenizer, spec=spec, force=True)
     _plot(rows, front, chosen, objectives, out / "front.png")
     full_label = "full (supernet-trained)" if supernet_trained else "dense"
     share = sizes[chosen] / full_params

@@ -12,6 +12,7 @@ from transformers import PreTrainedModel
 from ..arch.adapter import ModelAdapter
 from ..errors import UserError
 from ..evaluate.streamed_kl import streamed_kl
+from ..weights.compute_dtype import compute_dtype_of, inference_slice
 from ..evaluate.teacher import TeacherCache, kl_to_teacher
 from ..evaluate.teacher_subset import TeacherSubset
 from ..prune.database import Database
@@ -88,14 +89,22 @@ class CandidateEvaluator:
             self.train_start = random.Random(f"train-{seed}").randrange(len(self.train_blocks))
 
     def build(self, g: Genotype) -> PreTrainedModel:
-        """The candidate as a model of its own (for training it); shares the dense model's embeddings, LM head
-        and final norm (read-only, frozen) unless `train_embeddings`."""
+        """The candidate as a model of its own (for training it), in the dense model's compute dtype. Its
+        embeddings, LM head and final norm are frozen unless `train_embeddings`, and then shared with the
+        dense model (never copied) when it computes in its stored dtype."""
         spec, replace = self.db.stitch(list(g.attention), list(g.mlp), self.adapter)
-        model = self.adapter.slice(self.dense, spec, replace, share_embeddings=not self.train_embeddings)
+        compute = compute_dtype_of(self.dense)
+        share = not self.train_embeddings and compute == next(self.dense.parameters()).dtype
+        model = self.adapter.slice(self.dense, spec, replace, share_embeddings=share).to(compute)
         if not self.train_embeddings:
             for module in (model.get_input_embeddings(), model.get_output_embeddings(), self.adapter.final_norm(model)):
                 module.requires_grad_(False)
         return model
+
+    def view(self, g: Genotype) -> PreTrainedModel:
+        """The untrained candidate `g` as a model for inference only (shares the dense embeddings and head)."""
+        spec, replace = self.db.stitch(list(g.attention), list(g.mlp), self.adapter)
+        return inference_slice(self.dense, self.adapter, spec, replace)
 
     def kl(self, g: Genotype, blocks: torch.Tensor, teacher: TeacherCache) -> float:
         """KL of the untrained candidate `g`, computed layer by layer: no copy of the model is made."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import mmap
 from pathlib import Path
 
 import torch
@@ -65,7 +66,8 @@ class MappedWeights:
     def _map_file(self, file: Path) -> None:
         data_start, header = read_header(file)
         size = file.stat().st_size
-        storage = torch.UntypedStorage.from_file(str(file), shared=False, nbytes=size)
+        with open(file, "rb") as f:  # the mapping outlives the file handle
+            mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         for name, entry in header.items():
             if name == "__metadata__":
                 continue
@@ -76,11 +78,14 @@ class MappedWeights:
             shape = tuple(entry["shape"])
             if end > size or end - begin != math.prod(shape) * dtype.itemsize:
                 raise UserError(f"{file.name} is truncated or corrupt: tensor {name} does not fit the file")
-            if begin % dtype.itemsize == 0:
-                tensor = torch.empty(0, dtype=dtype).set_(storage, begin // dtype.itemsize, shape)
+            if end == begin:
+                tensor = torch.empty(shape, dtype=dtype)
+            elif begin % dtype.itemsize == 0:  # a storage of its own per tensor: savers see no shared memory
+                tensor = torch.frombuffer(mapping, dtype=dtype, count=(end - begin) // dtype.itemsize,
+                                          offset=begin).view(shape)
                 self.mapped_bytes += end - begin
             else:  # misaligned in the file: a copy is the only way to view it
-                tensor = torch.empty(0, dtype=torch.uint8).set_(storage, begin, (end - begin,)).clone()
+                tensor = torch.frombuffer(mapping, dtype=torch.uint8, count=end - begin, offset=begin).clone()
                 tensor = tensor.view(dtype).reshape(shape)
                 self.materialized_bytes += end - begin
             if self.dtype is not None and dtype.is_floating_point and dtype != self.dtype:

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ...atomic import staged_file  # noqa: E402
 from ...evaluate.unseen_report import unseen_section  # noqa: E402
+from ...memory import memory_section  # noqa: E402
 from ...report import markdown_table, write_report  # noqa: E402
 from .unseen import UnseenFigures  # noqa: E402
 
@@ -33,7 +34,7 @@ def plot_losses(records: list[dict], path: Path) -> Path:
 
 
 def write_train_report(folder: Path, title: str, summary: dict, records: list[dict], notes: list[str],
-                       command: str, unseen: UnseenFigures | None = None) -> Path:
+                       command: str, unseen: UnseenFigures | None = None, memory: dict | None = None) -> Path:
     plot_losses(records, folder / "loss.png")
     sections = [("Result", markdown_table([summary]) + "\n![loss curves](loss.png)\n")]
     if unseen is not None:
@@ -43,6 +44,8 @@ def write_train_report(folder: Path, title: str, summary: dict, records: list[di
         (folder / "unseen.png").unlink(missing_ok=True)  # left by an earlier attempt with eval.unseen on
     if notes:
         sections.append(("Notes", "\n".join(f"- {n}" for n in notes)))
+    if memory is not None:
+        sections.append(("Memory", memory_section(memory)))
     sections.append(("Reproduce", f"```\n{command}\n```\nMetrics per step: `metrics.jsonl`. Load the result with "
                                   "`AutoModelForCausalLM.from_pretrained('model', trust_remote_code=True)`."))
     return write_report(folder / "report.md", title, sections)

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ... import memory
 from ...arch.export import export_checkpoint
 from ...arch.spec import SubnetSpec
 from ...atomic import write_json, write_text
@@ -31,6 +32,7 @@ from ...config import dump_config
 from ...errors import UserError
 from ...evaluate.perplexity import mean_nll
 from ...evaluate.unseen import load_unseen
+from ...memory import watched
 from ...modes import eval_mode, train_mode
 from ...models import LoadedModel
 from ...pipeline import data_blocks, load_source
@@ -99,6 +101,7 @@ def _reduce_mean(accelerator, values: list[float | None]) -> list[float | None]:
     return [None if math.isnan(v) else float(v) for v in t.tolist()]
 
 
+@watched
 def recover(cfg: RecoveryRunConfig, out: str | Path, force: bool = False, progress: bool = True,
             resume_from: str | Path | None = None, stop_after_steps: int | None = None,
             command: str = "evoprune train") -> Path:
@@ -132,8 +135,9 @@ def _train(cfg: RecoveryRunConfig, out: Path, accelerator, force: bool, progress
     rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     tcfg = t.train_config(cfg.seed)
     holds_this_run = _check_run_dir(out, identity, force)
-    student = load_source(cfg)
-    teacher = load_source(cfg, t.teacher) if t.teacher else None
+    with memory.stage("load model"):
+        student = load_source(cfg)
+        teacher = load_source(cfg, t.teacher) if t.teacher else None
     notes = []
     if teacher is not None:
         check_same_vocabulary(student, teacher)
@@ -167,7 +171,8 @@ def _train(cfg: RecoveryRunConfig, out: Path, accelerator, force: bool, progress
     if teacher is not None and t.teacher_source == "cached" and tcfg.uses_teacher:
         reached = train_blocks[:min(len(train_blocks), plan.micro_batches * t.batch_size)]  # blocks used, in order
         tick = time.perf_counter()
-        with accelerator.main_process_first():  # the main process builds the cache, the others then read it
+        # the main process builds the cache, the others then read it
+        with accelerator.main_process_first(), memory.stage("teacher cache"):
             teacher_model = CachedTeacher.for_blocks(teacher, reached, t.teacher_top_k, tcfg.kd_temperature,
                                                      cfg.data.batch_size, progress and is_main)
         cache = teacher_model.cache
@@ -194,17 +199,19 @@ def _train(cfg: RecoveryRunConfig, out: Path, accelerator, force: bool, progress
     metrics = MetricsLog(out / "metrics.jsonl", is_main)
     metrics.truncate_after(position.step if source is not None else -1)
     if source is None or not holds_this_run:  # a new curve: it starts with the held-out loss where training starts
-        loss = mean_nll(model, eval_blocks, cfg.data.batch_size)
-        metrics.write({"step": position.step, "tokens": position.tokens_seen, "eval_loss": loss,
-                       "eval_ppl": math.exp(loss)})
-        if is_main:
-            keep_start_figures(out, accelerator.unwrap_model(model), unseen, cfg.data.batch_size, progress)
+        with memory.stage("evaluation"):
+            loss = mean_nll(model, eval_blocks, cfg.data.batch_size)
+            metrics.write({"step": position.step, "tokens": position.tokens_seen, "eval_loss": loss,
+                           "eval_ppl": math.exp(loss)})
+            if is_main:
+                keep_start_figures(out, accelerator.unwrap_model(model), unseen, cfg.data.batch_size, progress)
     if source is not None and not holds_this_run:
         notes.append(f"resumed from {source} at step {position.step}: the curves start there")
 
     started = time.perf_counter()
     steps_here = tokens_here = 0
     with ExitStack() as stack:
+        stack.enter_context(memory.stage("training"))
         stack.enter_context(train_mode(model))
         if isinstance(teacher_model, torch.nn.Module):
             stack.enter_context(eval_mode(teacher_model))
@@ -241,8 +248,9 @@ def _train(cfg: RecoveryRunConfig, out: Path, accelerator, force: bool, progress
     if is_main:
         records = metrics.records()
         evals = [r for r in records if "eval_loss" in r]
-        figures = None if unseen is None else measure_unseen_figures(out, model, unseen, cfg.data.batch_size, notes,
-                                                                     progress)
+        with memory.stage("evaluation"):
+            figures = None if unseen is None else measure_unseen_figures(out, model, unseen, cfg.data.batch_size,
+                                                                         notes, progress)
         summary = {"steps": position.step, "tokens": position.tokens_seen, "processes": world,
                    "start_eval_ppl": evals[0]["eval_ppl"], "final_eval_ppl": evals[-1]["eval_ppl"],
                    **(figures.summary() if figures else {}),
@@ -252,11 +260,14 @@ def _train(cfg: RecoveryRunConfig, out: Path, accelerator, force: bool, progress
                    "teacher": teacher_kind}
         spec_file = student.path / "evoprune_spec.json"
         spec = SubnetSpec.load(spec_file) if spec_file.is_file() else None
-        model.to("cpu")
-        export_checkpoint(model, out / "model", tokenizer=student.tokenizer, spec=spec, force=True)
-        write_json(out / "metrics.json", {**summary, **(figures.metrics() if figures else {}), "history": evals})
+        with memory.stage("export"):
+            model.to("cpu")
+            export_checkpoint(model, out / "model", tokenizer=student.tokenizer, spec=spec, force=True)
+        usage = memory.summary()
+        write_json(out / "metrics.json", {**summary, **(figures.metrics() if figures else {}), "history": evals,
+                                          "memory": usage})
         write_text(out / "config.yaml", dump_config(cfg))
-        write_train_report(out, f"evoprune train: {student.name}", summary, records, notes, command, figures)
+        write_train_report(out, f"evoprune train: {student.name}", summary, records, notes, command, figures, usage)
         log.info("wrote %s", out)
     accelerator.wait_for_everyone()
     return out
