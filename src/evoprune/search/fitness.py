@@ -18,6 +18,7 @@ from ..evaluate.teacher_subset import TeacherSubset
 from ..prune.database import Database
 from ..train import TrainConfig, train_on_blocks
 from .genotype import Genotype
+from .survivors import SurvivorStore
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class CandidateEvaluator:
 
     rotate_training = False
     train_embeddings = False
+    survivors: SurvivorStore | None = None  # trained candidates between stages, on disk
     train_start = 0  # the train block this selection's brief training starts at
 
     def __init__(self, dense: PreTrainedModel, adapter: ModelAdapter, db: Database,
@@ -131,14 +133,14 @@ class CandidateEvaluator:
         """Whether this process trains and scores `g` (always, in one process)."""
         return True
 
-    def score_stage(self, pool: list[Genotype], models: dict[Genotype, PreTrainedModel | None], s: int, stage: Stage,
+    def score_stage(self, pool: list[Genotype], models: dict[Genotype, object], s: int, stage: Stage,
                     seed: int, seen_tokens: int, keep: int) -> dict[Genotype, float]:
         """Train and score this process's candidates of `pool` for stage `s`; returns their scores.
 
         A candidate is built when it is first trained, on from token `seen_tokens` of the train blocks;
-        until then it stays a genotype (None in `models`) and its KL is computed layer by layer. `models` holds the previous stage's survivors on entry and, on return, only the
-        `keep` best of this stage (the others are dropped at once), so memory stays bounded however
-        large the pool.
+        until then it stays a genotype (None in `models`) and its KL is computed layer by layer. `models`
+        holds the previous stage's survivors on entry and, on return, only the `keep` best of this stage,
+        trained ones parked on disk (`offload`): only the candidate at hand is ever in memory.
         """
         carried = {g: models.pop(g) for g in list(models)}
         order = {g: i for i, g in enumerate(pool)}
@@ -146,16 +148,32 @@ class CandidateEvaluator:
         for g in pool:
             if not self.owns(g):
                 continue
-            model = carried.pop(g, None)  # None: never trained, so scored without building it
+            handle = carried.pop(g, None)  # None: never trained, so scored without building it
+            model = None if handle is None else self.restore(g, handle)
             if stage.train_tokens:
                 model = self.build(g) if model is None else model
                 self.train(model, stage.train_tokens, seed=seed * 1000 + s,
                            start_block=self.train_start + seen_tokens // self.train_blocks.shape[1])
             scores[g] = self.fitness(model, s, g)
-            models[g] = model
+            models[g] = None if model is None else self.offload(model)
+            del model
             if len(models) > keep:
                 del models[max(models, key=lambda c: (scores[c], order[c]))]
         return scores
+
+    def offload(self, model: PreTrainedModel):
+        """Park a trained candidate until its next stage (on disk); returns what `restore` takes."""
+        if self.survivors is None:
+            self.survivors = SurvivorStore()
+        return self.survivors.put(model, {t.data_ptr() for t in self.dense.state_dict().values()})
+
+    def restore(self, g: Genotype, handle) -> PreTrainedModel:
+        return self.survivors.get(handle, lambda: self.build(g))
+
+    def end_stage(self, kept: set) -> None:
+        """Called after every stage with the handles still needed, and with none at the end of a selection."""
+        if self.survivors is not None:
+            self.survivors.keep_only(kept)
 
 
 def select(pool: list[Genotype], stages: list[Stage], evaluator: CandidateEvaluator, seed: int
@@ -169,7 +187,7 @@ def select(pool: list[Genotype], stages: list[Stage], evaluator: CandidateEvalua
     unique = list(dict.fromkeys(pool))
     evaluator.begin_selection(seed)
     evaluator.assign(unique)
-    models: dict[Genotype, PreTrainedModel | None] = {}  # this process's survivors (None: not trained yet)
+    models: dict[Genotype, object] = {}  # this process's survivors: None (not trained yet) or `offload`'s handle
     scores: list[dict[Genotype, float]] = []
     seen_tokens = 0
     for s, stage in enumerate(stages):
@@ -180,4 +198,6 @@ def select(pool: list[Genotype], stages: list[Stage], evaluator: CandidateEvalua
         unique = sorted(unique, key=lambda g: (stage_scores[g], unique.index(g)))[:keep]
         for g in [g for g in models if g not in unique]:
             del models[g]
+        evaluator.end_stage(set(models.values()))
+    evaluator.end_stage(set())
     return unique[0], scores

@@ -1,0 +1,198 @@
+"""The seeds' model sizes on this machine: time and peak memory of every stage of the chain.
+
+    python bench/scale.py                          # every case below (about 1.5 h on 2 cores)
+    python bench/scale.py --cases 8b-wide4 --threads 2
+    python bench/scale.py --cases 8b-database --database-layers 2
+
+Random-init checkpoints with the real configs (bf16, written shard by shard, cached under the
+user cache; `evoprune.weights.random_checkpoint`) go through the real CLI, one subprocess per step.
+Each step's peak RSS and peak anonymous memory are sampled from outside (/proc/PID/status), and
+the per-stage figures come from the run's own metrics.json (`evoprune.memory`). Cases:
+
+* `1b`: Llama-3.2-1B shape, the whole `evoprune darwin --profile quick` pipeline with calibration,
+  fitness and evaluation sizes that fit here.
+* `8b-database`: Llama-3.1-8B shape, full depth (32 layers): `evoprune database` for the first
+  `--database-layers` layers (per-layer time, to extrapolate), then stopped.
+* `8b-wide4`: the 8B width with 4 layers (every memory term but depth is the 8B one): database,
+  a tiny search, the streamed export, and reload of the export with stock transformers in a fresh
+  process (layer count, shapes, one forward on a short prompt).
+
+Rows go to results/scale_rows/<case>.json and the table to results/scale.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from evoprune.assets import embedded_model_dir
+from evoprune.atomic import write_json, write_text
+from evoprune.report import markdown_table
+from evoprune.weights.random_checkpoint import LLAMA_3_1_8B, LLAMA_3_2_1B, with_layers
+
+GIB = 2**30
+COLUMNS = ["case", "step", "stage", "seconds", "peak RSS GiB", "peak anon GiB"]
+SMALL = ["model.dtype=bfloat16", "data.seq_len=256", "data.batch_size=2", "eval.latency=false"]
+CASES = {
+    "1b": ("Llama-3.2-1B shape, darwin --profile quick", LLAMA_3_2_1B),
+    "8b-database": ("Llama-3.1-8B shape (32 layers), first database layers", LLAMA_3_1_8B),
+    "8b-wide4": ("Llama-3.1-8B width, 4 layers: database, search, export, reload", with_layers(LLAMA_3_1_8B, 4)),
+}
+
+
+class Sampled:
+    """Run a command; sample its /proc/PID/status until it ends (or `stop()` says so)."""
+
+    def __init__(self, cmd: list[str], env: dict, log: Path, stop=None, interval: float = 0.1):
+        self.peak_rss = self.peak_anon = 0
+        started = time.time()
+        with open(log, "w") as out:
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            sampler = threading.Thread(target=self._sample, args=(proc, interval), daemon=True)
+            sampler.start()
+            while proc.poll() is None:
+                if stop is not None and stop():
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait()
+                    break
+                time.sleep(1.0)
+            sampler.join()
+        self.seconds = time.time() - started
+        self.returncode = proc.returncode
+        if self.returncode not in (0, -signal.SIGTERM) and not (stop and stop()):
+            raise SystemExit(f"{' '.join(cmd[:4])}... failed ({self.returncode}); see {log}")
+
+    def _sample(self, proc: subprocess.Popen, interval: float) -> None:
+        status = Path(f"/proc/{proc.pid}/status")
+        while proc.poll() is None:
+            try:
+                fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+                self.peak_rss = max(self.peak_rss, int(fields["VmRSS"].split()[0]) * 1024)
+                self.peak_anon = max(self.peak_anon, int(fields["RssAnon"].split()[0]) * 1024)
+            except (OSError, KeyError, ValueError):
+                pass
+            time.sleep(interval)
+
+    def row(self, case: str, step: str) -> dict:
+        return {"case": case, "step": step, "stage": "whole step", "seconds": round(self.seconds, 1),
+                "peak RSS GiB": round(self.peak_rss / GIB, 2), "peak anon GiB": round(self.peak_anon / GIB, 2)}
+
+
+def stage_rows(case: str, step: str, metrics: Path) -> list[dict]:
+    """The run's own per-stage figures (metrics.json "memory")."""
+    if not metrics.is_file():
+        return []
+    memory = json.loads(metrics.read_text()).get("memory") or {}
+    return [{"case": case, "step": step, "stage": s["stage"], "seconds": round(s["seconds"], 1),
+             "peak RSS GiB": round((s["peak_rss_bytes"] or 0) / GIB, 2),
+             "peak anon GiB": round((s["peak_anon_bytes"] or 0) / GIB, 2)} for s in memory.get("stages", [])]
+
+
+def evoprune(*args: str) -> list[str]:
+    return [sys.executable, "-m", "evoprune.cli", *args, "--quiet"]
+
+
+def checkpoint(case: str, config: dict, work: Path, env: dict, rows: list[dict]) -> Path:
+    script = ("import sys, json; from pathlib import Path; from evoprune.weights.random_checkpoint import "
+              "cached_random_checkpoint as c; print(c(sys.argv[1], json.loads(sys.argv[2]), "
+              "tokenizer_from=Path(sys.argv[3])))")
+    log = work / f"{case}-checkpoint.log"
+    step = Sampled([sys.executable, "-c", script, case, json.dumps(config), str(embedded_model_dir())], env, log)
+    rows.append(step.row(case, "write random checkpoint"))
+    return Path(log.read_text().strip().splitlines()[-1])
+
+
+def run_1b(model: Path, work: Path, env: dict, rows: list[dict], args) -> None:
+    out = work / "1b-darwin"
+    cmd = evoprune("darwin", "--model", str(model), "--sparsity", "0.5", "--profile", "quick", "--out", str(out),
+                   "--force", *SMALL, "data.calibration_blocks=16", "data.eval_blocks=4", "eval.unseen_blocks=1",
+                   "search.fitness_pool=8", "search.fitness_tokens=[256,512,1024]",
+                   f"search.replace_one_tokens={args.replace_one_tokens}")
+    step = Sampled(cmd, env, work / "1b-darwin.log")
+    rows += [step.row("1b", "darwin quick"), *stage_rows("1b", "darwin quick", out / "metrics.json")]
+
+
+def run_8b_database(model: Path, work: Path, env: dict, rows: list[dict], args) -> None:
+    out = work / "8b-database"
+    db = out / "database"
+    done = lambda: len(list(db.glob("layer_*.safetensors"))) >= args.database_layers  # noqa: E731
+    cmd = evoprune("database", "--model", str(model), "--sparsity", "0.5", "--out", str(out), "--force", *SMALL,
+                   "data.calibration_blocks=8")
+    step = Sampled(cmd, env, work / "8b-database.log", stop=done)
+    times = sorted(p.stat().st_mtime for p in db.glob("layer_*.safetensors"))
+    per_layer = [b - a for a, b in zip(times, times[1:])]
+    row = step.row("8b-database", f"database, first {len(times)} of 32 layers")
+    rows.append(row)
+    if per_layer:
+        mean = sum(per_layer) / len(per_layer)
+        before_first = row["seconds"] - (times[-1] - times[0]) - mean
+        rows.append({"case": "8b-database", "step": "database, extrapolated to 32 layers",
+                     "stage": f"{mean:.0f} s per layer after the first", "seconds": round(before_first + 32 * mean),
+                     "peak RSS GiB": "", "peak anon GiB": ""})
+
+
+def run_8b_wide4(model: Path, work: Path, env: dict, rows: list[dict], args) -> None:
+    out = work / "8b-wide4"
+    tiny = ["search.generations=2", "search.offspring=4", "search.fitness_tokens=[256,512]", "search.survivors=[2,1]",
+            "search.train_tokens=[0,0]", "search.fitness_pool=4", "search.first_parent=uniform",
+            "data.eval_blocks=2", "eval.unseen_blocks=1"]
+    common = ["--model", str(model), "--sparsity", "0.5", "--out", str(out), *SMALL, "data.calibration_blocks=8",
+              *tiny]
+    step = Sampled(evoprune("database", *common, "--force"), env, work / "8b-wide4-database.log")
+    rows.append(step.row("8b-wide4", "evoprune database"))
+    step = Sampled(evoprune("search", *common), env, work / "8b-wide4-search.log")
+    rows += [step.row("8b-wide4", "evoprune search + export"),
+             *stage_rows("8b-wide4", "evoprune search + export", out / "metrics.json")]
+    check = ("import sys, torch; from transformers import AutoModelForCausalLM as M; "
+             "m = M.from_pretrained(sys.argv[1], trust_remote_code=True); "
+             "n = len(m.model.layers); ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]]); "
+             "out = m(ids).logits; assert torch.isfinite(out.float()).all(); "
+             "print(n, tuple(out.shape), [tuple(l.mlp.down_proj.weight.shape) for l in m.model.layers if l.mlp])")
+    log = work / "8b-wide4-reload.log"
+    step = Sampled([sys.executable, "-c", check, str(out / "model")], {**env, "PYTHONPATH": ""}, log)
+    rows.append({**step.row("8b-wide4", "reload with stock transformers + forward"),
+                 "stage": log.read_text().strip().splitlines()[-1][:120]})
+
+
+RUNNERS = {"1b": run_1b, "8b-database": run_8b_database, "8b-wide4": run_8b_wide4}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", default=",".join(CASES), help=f"comma list of {', '.join(CASES)}")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--database-layers", type=int, default=2, help="8b-database: layers to build before stopping")
+    ap.add_argument("--replace-one-tokens", type=int, default=512, help="1b: tokens of the replace-one scores")
+    ap.add_argument("--work", default="results/tmp/scale")
+    ap.add_argument("--out", default="results")
+    args = ap.parse_args(argv)
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if not cases or any(c not in CASES for c in cases):
+        raise SystemExit(f"unknown case in {args.cases!r}; choose from {', '.join(CASES)}")
+    work, out = Path(args.work), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    for case in cases:
+        rows: list[dict] = []
+        model = checkpoint(case, CASES[case][1], work, env, rows)
+        RUNNERS[case](model, work, env, rows, args)
+        write_json(out / "scale_rows" / f"{case}.json", rows)
+    all_rows = [r for case in CASES if (out / "scale_rows" / f"{case}.json").is_file()
+                for r in json.loads((out / "scale_rows" / f"{case}.json").read_text())]
+    lines = ["# Scale: time and peak memory per stage", "",
+             f"`python bench/scale.py` on this machine ({os.cpu_count()} cores); random-init bf16 checkpoints "
+             "with the real configs, computed in fp32 one layer at a time.", "",
+             markdown_table(all_rows, COLUMNS)]
+    write_text(out / "scale.md", "\n".join(lines) + "\n")
+    print((out / "scale.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
