@@ -192,3 +192,19 @@ def test_tokenizer_that_needs_remote_code(refused, tiny_run_inputs, tmp_path):
                    *FAST)
     assert "tokenizer" in line and "needs its own code" in line and "--trust-remote-code" in line
     assert_nothing_written(tmp_path / "run")
+
+
+def test_an_unknown_compute_dtype_is_one_line(refused, source, tmp_path):
+    line = refused("eval", *source, "--out", tmp_path / "e", "model.compute_dtype=int8", *FAST)
+    assert "compute_dtype" in line
+    assert_nothing_written(tmp_path / "e")
+
+
+def test_bfloat16_compute_on_a_gpu_without_it_names_the_option(monkeypatch):
+    from evoprune.errors import UserError
+    from evoprune.models import check_compute_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(UserError, match="model.compute_dtype=float16"):
+        check_compute_dtype(torch.bfloat16, "cuda:0")
+    check_compute_dtype(torch.float32, "cuda:0")

@@ -155,6 +155,8 @@ class RunConfig:
         d, pr, ev = self.data, self.prune, self.eval
         if self.model.dtype not in ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16"):
             p.append(f"model.dtype must be float32, bfloat16 or float16, got {self.model.dtype!r}")
+        if self.model.compute_dtype not in ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"):
+            p.append(f"model.compute_dtype must be auto, float32, bfloat16 or float16, got {self.model.compute_dtype!r}")
         for name, value in (("data.seq_len", d.seq_len), ("data.calibration_blocks", d.calibration_blocks),
                             ("data.eval_blocks", d.eval_blocks), ("data.batch_size", d.batch_size),
                             ("prune.multiple", pr.multiple), ("eval.top_k", ev.top_k),

@@ -202,6 +202,7 @@ def load_model(source: str, dtype: str = "float32", device: str = "cpu", allow_p
     model = _load_weights(path, config, DTYPES[dtype], trust_remote_code, allow_pickle, mapped)
     model.to(device).eval()
     computed = resolve_compute_dtype(compute_dtype, DTYPES[dtype], str(device))
+    check_compute_dtype(computed, str(device))
     if computed != DTYPES[dtype]:
         compute_in(model, adapter_for(config), computed)
     tokenizer = None
@@ -218,6 +219,13 @@ def resolve_compute_dtype(compute_dtype: str, dtype: torch.dtype, device: str) -
     if compute_dtype != "auto":
         return DTYPES[compute_dtype]
     return torch.float32 if device == "cpu" else dtype
+
+
+def check_compute_dtype(dtype: torch.dtype, device: str) -> None:
+    """Refuse a compute dtype the device has no kernels for (bf16 on GPUs before Ampere)."""
+    if device.startswith("cuda") and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise UserError(f"{device} cannot compute in bfloat16; pass model.compute_dtype=float16 (or float32) "
+                        "to run the bf16 weights in another dtype")
 
 
 def _load_weights(path: Path, config: PretrainedConfig, dtype: torch.dtype, trust_remote_code: bool,
