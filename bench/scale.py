@@ -13,6 +13,8 @@ the per-stage figures come from the run's own metrics.json (`evoprune.memory`). 
   fitness and evaluation sizes that fit here.
 * `8b-database`: Llama-3.1-8B shape, full depth (32 layers): `evoprune database` for the first
   `--database-layers` layers (per-layer time, to extrapolate), then stopped.
+* `embedded`: the README's main job (SmolLM2-135M, quick) at `--before` and at HEAD, one after the
+  other: the same genotype, and the search time side by side.
 * `8b-wide4`: the 8B width with 4 layers (every memory term but depth is the 8B one): database,
   a tiny search, the streamed export, and reload of the export with stock transformers in a fresh
   process (layer count, shapes, one forward on a short prompt).
@@ -44,6 +46,7 @@ CASES = {
     "1b": ("Llama-3.2-1B shape, darwin --profile quick", LLAMA_3_2_1B),
     "8b-database": ("Llama-3.1-8B shape (32 layers), first database layers", LLAMA_3_1_8B),
     "8b-wide4": ("Llama-3.1-8B width, 4 layers: database, search, export, reload", with_layers(LLAMA_3_1_8B, 4)),
+    "embedded": ("SmolLM2-135M, the main job before and after the memory-bounded chain", None),
 }
 
 
@@ -161,7 +164,28 @@ def run_8b_wide4(model: Path, work: Path, env: dict, rows: list[dict], args) -> 
                  "stage": log.read_text().strip().splitlines()[-1][:120]})
 
 
-RUNNERS = {"1b": run_1b, "8b-database": run_8b_database, "8b-wide4": run_8b_wide4}
+def run_embedded(model: Path, work: Path, env: dict, rows: list[dict], args) -> None:
+    """The main job before (`--before`, a commit; its src/ on PYTHONPATH) and after, one after the other."""
+    tree = work / "before-tree"
+    if not tree.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.before], check=True)
+    genotypes = {}
+    for label, path in (("before", str(tree / "src")), ("after", str(Path(__file__).resolve().parents[1] / "src"))):
+        out = work / f"embedded-{label}"
+        cmd = evoprune("darwin", "--model", "smollm2-135m", "--sparsity", "0.5", "--profile", "quick",
+                       "--out", str(out), "--force")
+        step = Sampled(cmd, {**env, "PYTHONPATH": path}, work / f"embedded-{label}.log")
+        metrics = json.loads((out / "metrics.json").read_text())
+        genotypes[label] = json.loads((out / "spec.json").read_text())["meta"]["genotype"]
+        rows.append({**step.row("embedded", f"darwin quick, {label} ({args.before if label == 'before' else 'HEAD'})"),
+                     "stage": f"search {metrics['search']['search_seconds']} s, held-out KL "
+                              f"{metrics['pruned']['kl_to_teacher']:.4f}"})
+    rows.append({"case": "embedded", "step": "same genotype before and after",
+                 "stage": str(genotypes["before"] == genotypes["after"]), "seconds": "", "peak RSS GiB": "",
+                 "peak anon GiB": ""})
+
+
+RUNNERS = {"1b": run_1b, "8b-database": run_8b_database, "8b-wide4": run_8b_wide4, "embedded": run_embedded}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -170,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--database-layers", type=int, default=2, help="8b-database: layers to build before stopping")
     ap.add_argument("--replace-one-tokens", type=int, default=512, help="1b: tokens of the replace-one scores")
+    ap.add_argument("--before", default="1d151f3", help="embedded: the commit before the memory-bounded chain")
     ap.add_argument("--work", default="results/tmp/scale")
     ap.add_argument("--out", default="results")
     args = ap.parse_args(argv)
@@ -181,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     for case in cases:
         rows: list[dict] = []
-        model = checkpoint(case, CASES[case][1], work, env, rows)
+        model = checkpoint(case, CASES[case][1], work, env, rows) if CASES[case][1] else None
         RUNNERS[case](model, work, env, rows, args)
         write_json(out / "scale_rows" / f"{case}.json", rows)
     all_rows = [r for case in CASES if (out / "scale_rows" / f"{case}.json").is_file()

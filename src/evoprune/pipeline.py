@@ -15,7 +15,7 @@ import torch
 
 from . import memory
 from .arch import params
-from .arch.export import export_checkpoint
+from .arch.streamed_export import export_sliced
 from .arch.spec import SubnetSpec
 from .atomic import check_output_dir, staged_dir, write_json, write_text
 from .config import RunConfig, dump_config
@@ -35,6 +35,7 @@ from .prune.target import resolve_target
 from .prune.uniform import uniform_spec
 from .report import markdown_table, plot_bars, plot_kept_per_layer, write_report
 from .rundir import holding_run_lock
+from .weights.compute_dtype import inference_slice
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def slice_with_spec(cfg: RunConfig, spec_path: str | Path, out: str | Path, forc
 def _finish(cfg: RunConfig, dense: LoadedModel, spec: SubnetSpec, out: Path, force: bool, progress: bool,
             started: float) -> Path:
     with memory.stage("slice"):
-        pruned = dense.adapter.slice(dense.model, spec)
+        pruned = inference_slice(dense.model, dense.adapter, spec, {})
     with memory.stage("evaluation"):
         eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
         teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size, progress)
@@ -121,7 +122,7 @@ def _finish(cfg: RunConfig, dense: LoadedModel, spec: SubnetSpec, out: Path, for
         metrics["unseen_text"] = describe_unseen(unseen)
     with staged_dir(out, force=force) as tmp:
         with memory.stage("export"):
-            export_checkpoint(pruned, tmp / "model", tokenizer=dense.tokenizer, spec=spec)
+            export_sliced(dense.model, dense.adapter, spec, {}, tmp / "model", tokenizer=dense.tokenizer)
             spec.save(tmp / "spec.json")
         metrics["memory"] = memory.summary()
         write_json(tmp / "metrics.json", metrics)
