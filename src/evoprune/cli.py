@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--levels", type=int, help="compression levels per module")
         p.add_argument("--multiple", type=int, help="keep MLP widths at multiples of this")
         p.add_argument("--db-method", choices=["obs", "activation"], help="second-order (default) or activation ranking")
+        p.add_argument("--max-memory", type=float, metavar="GIB",
+                       help="refuse before work starts when a stage needs more memory than this by the estimate of "
+                            "docs/memory.md")
 
     p = sub.add_parser("train", help="recovery training of a pruned model: distillation from the dense model + LM, "
                                      "full or LoRA, on Accelerate (torchrun / accelerate launch for several processes)",
@@ -117,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _overrides(args: argparse.Namespace) -> dict:
     flags = {"model": "model.source", "data": "data.source", "seq_len": "data.seq_len", "dtype": "model.dtype",
              "device": "model.device", "method": "prune.method", "profile": "search.profile",
-             "metric": "search.metric", "levels": "database.num_levels", "db_method": "database.method"}
+             "metric": "search.metric", "levels": "database.num_levels", "db_method": "database.method",
+             "max_memory": "max_memory_gib"}
     base = {key: getattr(args, attr) for attr, key in flags.items() if getattr(args, attr, None) is not None}
     if getattr(args, "multiple", None) is not None:
         base["database.multiple" if args.command in ("darwin", "database", "search") else "prune.multiple"] = args.multiple

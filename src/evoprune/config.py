@@ -149,6 +149,9 @@ class RunConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0  # for every random choice
+    # Budget (GiB) of anonymous memory per stage of darwin / database / search, checked before work starts
+    # against the estimate of docs/memory.md (`memory_estimate.py`); None = no check.
+    max_memory_gib: float | None = None
 
     def problems(self) -> list[str]:
         p = []
@@ -165,6 +168,8 @@ class RunConfig:
                             ("eval.unseen_blocks", ev.unseen_blocks)):
             if value <= 0:
                 p.append(f"{name} must be positive, got {value}")
+        if self.max_memory_gib is not None and not self.max_memory_gib > 0:
+            p.append(f"max_memory_gib must be positive, got {self.max_memory_gib}")
         if ev.warmup < 0:
             p.append(f"eval.warmup must be >= 0, got {ev.warmup}")
         for name, values in (("eval.latency_batch_sizes", ev.latency_batch_sizes),

@@ -32,6 +32,7 @@ from .errors import UserError
 from .evaluate.suite import evaluate_models, teacher_for
 from .evaluate.unseen import describe_unseen, load_unseen
 from .memory import watched
+from .memory_estimate import check_memory_budget
 from .models import LoadedModel
 from .pipeline import data_blocks, load_source
 from .prune.database import Database, DatabaseSettings
@@ -49,7 +50,7 @@ from .search.genotype import Genotype
 from .search.latency_table import LatencySettings, latency_cost_table
 from .search.replace_one import replace_one_scores
 from .train import TrainConfig
-from .weights.compute_dtype import inference_slice
+from .weights.compute_dtype import compute_dtype_of, inference_slice
 
 log = logging.getLogger(__name__)
 RUN_MARKER = "darwin_run.json"
@@ -250,6 +251,9 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
         shape = dense.adapter.shape(dense.model)
         target = resolve_target(shape, cfg.prune.sparsity, cfg.prune.target_params)
         check_reachable(cfg, shape, target)
+        if cfg.max_memory_gib is not None:
+            check_memory_budget(shape, cfg, cfg.model.device, next(dense.model.parameters()).element_size(),
+                                compute_dtype_of(dense.model).itemsize, int(cfg.max_memory_gib * 2**30), phase)
         if main:
             start_run_dir(out, settings, force)
         return _database_search_export(out, cfg, settings, dense, target, stages, phase, progress and main, main,

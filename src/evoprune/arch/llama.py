@@ -203,20 +203,22 @@ class LlamaFamilyAdapter(ModelAdapter):
         """The config (and model class) of the sliced model: stock when uniform, evoprune otherwise."""
         family = FAMILIES[spec.source.family]
         shape = spec.result_shape()
-        kept = spec.kept_layers()
-        types = [source_layer_type(config, i) if spec.layers[i].has_attention else pruned_cfg.NO_ATTENTION
-                 for i in kept]
         base = self._base_config(config)
         sizes = self._sizes(shape)
         if spec.is_uniform():
             stock = {**base, **sizes, "num_key_value_heads": shape.layers[0].num_kv_heads}
             if "layer_types" in family.stock_config.__dataclass_fields__:
-                stock["layer_types"] = types
+                stock["layer_types"] = self._layer_types(config, spec)
             try:
                 return family.stock_config(**stock), family.stock_lm
             except CONFIG_ERRORS:
                 pass  # e.g. hidden size not a multiple of the head count: needs the evoprune config
         return self.heterogeneous_config(config, spec), family.pruned_lm
+
+    @staticmethod
+    def _layer_types(config: PretrainedConfig, spec: SubnetSpec) -> list[str]:
+        return [source_layer_type(config, i) if spec.layers[i].has_attention else pruned_cfg.NO_ATTENTION
+                for i in spec.kept_layers()]
 
     @staticmethod
     def _base_config(config: PretrainedConfig) -> dict:
@@ -243,9 +245,6 @@ class LlamaFamilyAdapter(ModelAdapter):
         """The evoprune config of the sliced model, with per-layer sizes (valid for uniform specs too)."""
         family = FAMILIES[spec.source.family]
         shape = spec.result_shape()
-        kept = spec.kept_layers()
-        types = [source_layer_type(config, i) if spec.layers[i].has_attention else pruned_cfg.NO_ATTENTION
-                 for i in kept]
         sizes = self._sizes(shape)
         if sizes["num_attention_heads"] % sizes["num_key_value_heads"]:
             sizes["num_key_value_heads"] = 1
@@ -254,7 +253,7 @@ class LlamaFamilyAdapter(ModelAdapter):
             "layer_num_attention_heads": [s.num_heads for s in shape.layers],
             "layer_num_key_value_heads": [s.num_kv_heads for s in shape.layers],
             "layer_intermediate_sizes": [s.intermediate_size for s in shape.layers],
-            "layer_types": types,
+            "layer_types": self._layer_types(config, spec),
         })
 
 

@@ -19,8 +19,7 @@ from ..errors import UserError
 from ..modes import eval_mode
 from ..prune.layerwise import capture_first_layer_inputs
 from ..weights.compute_dtype import compute_dtype_of, weights_in
-from ._blocks import check_batch_size, check_blocks
-from .teacher import TeacherCache, kl_per_position
+from .teacher import TeacherCache, check_kl_inputs, kl_per_position
 
 LOGITS_CHUNK_BYTES = 128 * 2**20  # fp32 logits computed at once per chunk of positions
 
@@ -53,12 +52,7 @@ def streamed_kl(dense: PreTrainedModel, adapter: ModelAdapter, spec: SubnetSpec,
         compute_dtype: dtype the sliced layers run in (default: the dense model's).
         per_block: return each block's mean KL (float64 [n_blocks]) instead of the mean.
     """
-    blocks = check_blocks(blocks)
-    check_batch_size(batch_size)
-    cache.check_blocks(blocks)
-    if cache.temperature != 1.0:
-        raise UserError(f"teacher cache {cache.path} holds the teacher at temperature {cache.temperature:g}, not 1; "
-                        "KL to the teacher is measured at temperature 1")
+    blocks = check_kl_inputs(blocks, batch_size, cache)
     dtype = compute_dtype or compute_dtype_of(dense)
     with eval_mode(dense):
         inputs = capture_first_layer_inputs(dense, adapter, blocks, batch_size)

@@ -322,6 +322,17 @@ def _plogp_ratio(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return torch.where(log_p > float("-inf"), log_p.exp() * (log_p - log_q), torch.zeros_like(log_p))
 
 
+def check_kl_inputs(blocks: torch.Tensor, batch_size: int, cache: TeacherCache) -> torch.Tensor:
+    """The checked blocks of a KL measurement: the cache's own blocks, a valid batch size, temperature 1."""
+    blocks = check_blocks(blocks)
+    check_batch_size(batch_size)
+    cache.check_blocks(blocks)
+    if cache.temperature != 1.0:
+        raise UserError(f"teacher cache {cache.path} holds the teacher at temperature {cache.temperature:g}, not 1; "
+                        "KL to the teacher is measured at temperature 1")
+    return blocks
+
+
 def kl_to_teacher(model: nn.Module, blocks: torch.Tensor, cache: TeacherCache, batch_size: int = 4,
                   progress: bool = False, per_block: bool = False) -> float | torch.Tensor:
     """Mean per-token KL(teacher ‖ model) in nats over the next-token positions of `blocks`.
@@ -341,12 +352,7 @@ def kl_to_teacher(model: nn.Module, blocks: torch.Tensor, cache: TeacherCache, b
     Raises:
         UserError: if `blocks` are not the cache's blocks or the model's vocabulary differs from the teacher's.
     """
-    blocks = check_blocks(blocks)
-    check_batch_size(batch_size)
-    cache.check_blocks(blocks)
-    if cache.temperature != 1.0:
-        raise UserError(f"teacher cache {cache.path} holds the teacher at temperature {cache.temperature:g}, not 1; "
-                        "KL to the teacher is measured at temperature 1")
+    blocks = check_kl_inputs(blocks, batch_size, cache)
     check_vocab(model, blocks)
     device = model_device(model)
     block_sums = torch.zeros(len(blocks), dtype=torch.float64)

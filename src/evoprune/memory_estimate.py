@@ -1,0 +1,129 @@
+"""Memory each stage of a darwin run will need, estimated from the model's shape and the config.
+
+The formulas are those of docs/memory.md ("Anonymous memory per stage"), in its notation: d hidden
+size, V vocabulary, P_l the parameters of decoder layer l, P_b their sum, P_e = V·d one embedding
+matrix, s / c the bytes of a stored / computed element, B batch (blocks), S block length. Each
+estimate is *anonymous* memory beyond the memory-mapped dense weights, which are file-backed and
+shared; on a GPU the dense weights are resident in its memory, so they are added to every stage.
+
+`check_memory_budget` turns the estimates into a refusal before any work starts (`--max-memory`).
+"""
+
+from __future__ import annotations
+
+from .arch.params import layer_params
+from .arch.shape import ModelShape
+from .config import RunConfig
+from .errors import UserError
+
+GIB = 2**30
+LOGITS_CHUNK = 128 * 2**20  # streamed KL: at most one 128 MiB chunk of logits (evaluate/streamed_kl.py)
+EXPORT_SHARD = 2 * GIB  # streamed export writes 2 GiB shards (arch/streamed_export.py)
+ACTIVATION_BYTES = 54  # per token, hidden unit and layer, in 16-bit elements (docs/memory.md)
+
+# Stage names in pipeline order, with the setting that lowers each one's estimate.
+STAGES = {
+    "database": "lower data.calibration_blocks or data.seq_len",
+    "teacher caches": "lower data.batch_size or data.seq_len",
+    "replace-one": "lower search.replace_one_tokens or set search.first_parent=uniform",
+    "selection": "lower search.fitness_tokens",
+    "training-aware selection": "lower data.batch_size or data.seq_len, or train in no stage (search.train_tokens all 0)",
+    "export": "",  # one 2 GiB shard and one layer: nothing to lower
+}
+PHASE_STAGES = {"database": ("database",), "search": tuple(s for s in STAGES if s != "database"),
+                "darwin": tuple(STAGES)}
+
+
+def hessian_element_bytes(n: int) -> int:
+    """Bytes per Hessian element of a module with `n` inputs: fp64 up to 4,096, fp32 above (b(n))."""
+    return 8 if n <= 4096 else 4
+
+
+def estimate_stages(shape: ModelShape, cfg: RunConfig, device: str, stored_bytes: int,
+                    compute_bytes: int) -> dict[str, int]:
+    """Estimated anonymous bytes of each stage the configured darwin run goes through.
+
+    Args:
+        shape: the dense model's shape.
+        cfg: the run configuration (data sizes, search profile, sparsity).
+        device: where the model runs; on "cuda..." the dense weights count in every stage.
+        stored_bytes: bytes per element of the stored (memory-mapped) weights, s.
+        compute_bytes: bytes per element the layers compute in, c.
+
+    Returns:
+        Stage name -> bytes, in pipeline order; "replace-one" only with first_parent=mip and
+        "training-aware selection" only when a selection stage trains.
+    """
+    s, c = stored_bytes, compute_bytes
+    d, V = shape.hidden_size, shape.vocab_size
+    B, S = cfg.data.batch_size, cfg.data.seq_len
+    r = cfg.search.resolved()
+    converted = c != s  # layers and head are converted to c when they run, only if c differs from s
+    layers = [layer_params(shape, layer) for layer in shape.layers]
+    P_b, P_l, P_e = sum(layers), max(layers, default=0), V * d
+    rho = 1 - cfg.prune.sparsity if cfg.prune.sparsity is not None else 0.5
+    head = P_e * c if converted else 0
+
+    def database_layer(params: int, layer) -> int:
+        I, q = layer.intermediate_size, layer.num_heads * shape.head_dim
+        return ((params * c if converted else 0) + 3 * I * I * hessian_element_bytes(I) + d * I * 8
+                + 3 * q * q * hessian_element_bytes(q))
+
+    T_c = cfg.data.calibration_blocks * S
+    estimates = {
+        "database": max((database_layer(n, layer) for n, layer in zip(layers, shape.layers)), default=0)
+        + 2 * T_c * d * c,
+        "teacher caches": 3 * B * S * V * 4,
+    }
+    if r["first_parent"] == "mip":
+        estimates["replace-one"] = 2 * cfg.search.replace_one_tokens * d * c + P_l * c + head
+    estimates["selection"] = 2 * max(r["fitness_tokens"]) * d * c + P_l * c + head + LOGITS_CHUNK
+    if any(t > 0 for t in r["train_tokens"]):
+        embeddings = 2 * P_e * 4 * c if cfg.search.train_embeddings else (2 * P_e * c if converted else 0)
+        estimates["training-aware selection"] = int(
+            4 * rho * P_b * c  # candidate, gradients, AdamW's two moments
+            + B * S * d * ACTIVATION_BYTES * shape.num_layers * c / 2  # activations kept for backward
+            + B * S * V * 4  # loss logits in fp32
+            + embeddings)
+    estimates["export"] = int(min(EXPORT_SHARD, rho * P_b * s + P_e * s) + P_l * s)
+    if device.startswith("cuda"):
+        dense = (P_b + P_e * (1 if shape.tied_embeddings else 2)) * s
+        estimates = {k: v + dense for k, v in estimates.items()}
+    return estimates
+
+
+def format_gib(n: float) -> str:
+    """`n` bytes as GiB with three significant figures, e.g. "41.2 GiB", "0.001 GiB", "128 GiB"."""
+    g = n / GIB
+    return f"{g:.0f} GiB" if g >= 100 else f"{g:.3g} GiB"
+
+
+def estimate_table(estimates: dict[str, int]) -> str:
+    """The estimates as a markdown table: stage | estimated GiB."""
+    rows = [f"| {stage} | {n / GIB:.2f} |" for stage, n in estimates.items()]
+    return "\n".join(["| stage | estimated GiB |", "|---|---:|", *rows])
+
+
+def check_memory_budget(shape: ModelShape, cfg: RunConfig, device: str, stored_bytes: int, compute_bytes: int,
+                        budget_bytes: int, phase: str) -> dict[str, int]:
+    """Refuse a run one of whose stages needs more memory than `budget_bytes` by the estimate.
+
+    Args:
+        phase: "darwin" (every stage), "database" (the database only) or "search" (all but the database).
+
+    Returns:
+        The estimates of the stages `phase` runs.
+
+    Raises:
+        UserError: naming the first such stage in pipeline order, its estimate and the budget.
+    """
+    estimates = estimate_stages(shape, cfg, device, stored_bytes, compute_bytes)
+    estimates = {k: v for k, v in estimates.items() if k in PHASE_STAGES[phase]}
+    for stage, need in estimates.items():
+        if need > budget_bytes:
+            where = " (with the dense weights on the GPU)" if device.startswith("cuda") else ""
+            fix = f"{STAGES[stage]}, or raise the budget" if STAGES[stage] else "raise the budget"
+            raise UserError(f"the {stage} stage of evoprune {phase} needs about {format_gib(need)}{where} by "
+                            f"evoprune's estimate (docs/memory.md), more than --max-memory {format_gib(budget_bytes)}; "
+                            f"{fix}")
+    return estimates
