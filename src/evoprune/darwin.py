@@ -97,11 +97,18 @@ def evolution_settings(cfg: RunConfig, spent_seconds: float = 0.0) -> EvolutionS
                              max_seconds=None if minutes is None else 60 * minutes - spent_seconds)
 
 
+# settings added after runs were saved: left out at their default value, so that those runs still resume
+ADDED_RUN_SETTINGS = {"database": {"storage_dtype": "model"}, "search": {"train_embeddings": False}}
+
+
 def search_config(cfg: RunConfig) -> dict:
     """The settings a resumed search must share with the run that started it."""
-    return {"model": {"source": cfg.model.source, "dtype": cfg.model.dtype}, "data": to_dict(cfg.data),
-            "database": to_dict(cfg.database), "search": {**to_dict(cfg.search), **cfg.search.resolved()},
-            "target": [cfg.prune.sparsity, cfg.prune.target_params], "seed": cfg.seed}
+    config = {"model": {"source": cfg.model.source, "dtype": cfg.model.dtype}, "data": to_dict(cfg.data),
+              "database": to_dict(cfg.database), "search": {**to_dict(cfg.search), **cfg.search.resolved()},
+              "target": [cfg.prune.sparsity, cfg.prune.target_params], "seed": cfg.seed}
+    for section, added in ADDED_RUN_SETTINGS.items():
+        config[section] = {k: v for k, v in config[section].items() if added.get(k, object()) != v}
+    return config
 
 
 def search_identity(cfg: RunConfig) -> dict:

@@ -271,8 +271,14 @@ def _shard_name(i: int) -> str:
     return f"layer_{i:03d}.safetensors"
 
 
+def stamped_settings(settings: dict) -> dict:
+    """The settings that identify a database: those added later are left out at their default value, so
+    files keyed by a database stay valid when a setting is added."""
+    return {k: v for k, v in settings.items() if ADDED_SETTINGS.get(k, object()) != v}
+
+
 def _settings_stamp(fingerprint: str, calibration: str, settings: DatabaseSettings) -> str:
-    stamped = {k: v for k, v in asdict(settings).items() if ADDED_SETTINGS.get(k, object()) != v}
+    stamped = stamped_settings(asdict(settings))
     key = fingerprint + calibration + json.dumps(stamped, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 

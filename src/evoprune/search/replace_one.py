@@ -37,7 +37,7 @@ from ..atomic import write_json
 from ..evaluate.teacher import TeacherCache, kl_to_teacher
 from ..fingerprint import tokens_fingerprint
 from ..modes import eval_mode
-from ..prune.database import Database
+from ..prune.database import Database, stamped_settings
 from ..prune.layerwise import capture_first_layer_inputs
 from ..prune.module_levels import head_columns
 from .budget import KINDS
@@ -167,7 +167,7 @@ def interpolated(errors: list[float], measured: dict[int, float]) -> list[float]
 
 def score_key(db: Database, blocks: torch.Tensor, teacher: TeacherCache, all_levels: bool) -> dict:
     """What the scores depend on: a file made from anything else is not reused."""
-    return {"format": FORMAT, "all_levels": all_levels, "database": db.index["fingerprint"], "database_settings": db.index["settings"],
+    return {"format": FORMAT, "all_levels": all_levels, "database": db.index["fingerprint"], "database_settings": stamped_settings(db.index["settings"]),
             "calibration": db.index["calibration"], "blocks": tokens_fingerprint(blocks),
             "teacher": str(getattr(teacher, "path", ""))}
 
