@@ -34,6 +34,9 @@ class ScoringEvaluator:
         self.evaluations += len(pool)
         return {g: score(g, s) for g in pool}
 
+    def end_stage(self, kept):
+        pass
+
 
 def test_evaluations_per_selection_match_the_stage_survivors():
     assert selection_evaluations(17, QUICK) == 17 + 4 + 2
