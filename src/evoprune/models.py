@@ -231,10 +231,11 @@ def check_compute_dtype(dtype: torch.dtype, device: str) -> None:
 def _load_weights(path: Path, config: PretrainedConfig, dtype: torch.dtype, trust_remote_code: bool,
                   allow_pickle: bool, mapped: bool) -> PreTrainedModel:
     if mapped and not trust_remote_code and not getattr(config, "quantization_config", None):
-        from .weights.mapped import load_mapped_model
+        from .weights.mapped import MappedWeights, load_mapped_model
 
-        if list(path.glob("*.safetensors")) and _stored_dtype(path) == dtype:
-            model = load_mapped_model(path, config)
+        weights = MappedWeights(path)  # headers only: nothing is read until a tensor is used
+        if weights.stored_dtype() == dtype:
+            model = load_mapped_model(weights, config)
             if model is not None:
                 return model
     try:
@@ -244,13 +245,3 @@ def _load_weights(path: Path, config: PretrainedConfig, dtype: torch.dtype, trus
     except Exception as e:
         raise UserError(f"cannot load weights from {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
-
-def _stored_dtype(path: Path) -> torch.dtype:
-    """The dtype of the first floating-point tensor in the folder's first safetensors file (headers only)."""
-    from .weights.mapped import STORED_DTYPES, read_header
-
-    _, header = read_header(sorted(path.glob("*.safetensors"))[0])
-    for name, entry in header.items():
-        if name != "__metadata__" and STORED_DTYPES.get(entry["dtype"], torch.int64).is_floating_point:
-            return STORED_DTYPES[entry["dtype"]]
-    return torch.float32

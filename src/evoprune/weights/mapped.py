@@ -102,24 +102,22 @@ class MappedWeights:
         return max(counts, key=counts.get) if counts else torch.float32
 
 
-def load_mapped_model(folder: Path, config: PretrainedConfig, dtype: torch.dtype | None = None
-                      ) -> PreTrainedModel | None:
-    """The causal LM of `config` with parameters that are mapped views of the files in `folder`.
+def load_mapped_model(weights: MappedWeights, config: PretrainedConfig) -> PreTrainedModel | None:
+    """The causal LM of `config` with parameters that are the mapped `weights` of its folder.
 
     Returns None when the files' tensor names do not match the model class exactly (checkpoints
     that transformers renames on load): the caller then loads them the usual way.
     """
-    weights = MappedWeights(folder, dtype)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
     expected = set(skeleton.state_dict())
     tied = {"lm_head.weight"} if getattr(config.get_text_config(), "tie_word_embeddings", False) else set()
     names = set(weights.tensors)
     if names - expected or expected - names - tied:
-        log.debug("mapped load of %s skipped: names differ (%s)", folder, sorted(names ^ expected)[:3])
+        log.debug("mapped load of %s skipped: names differ (%s)", weights.folder, sorted(names ^ expected)[:3])
         return None
     state = {k: v for k, v in weights.tensors.items() if k not in tied}
     model = instantiate(type(skeleton), config, state)
-    model.config.dtype = dtype or weights.stored_dtype()
+    model.config.dtype = weights.dtype or weights.stored_dtype()
     model.mapped_weights = weights  # keeps the accounting reachable (the tensors keep the mapping alive)
     return model
