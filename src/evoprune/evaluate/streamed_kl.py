@@ -18,21 +18,10 @@ from ..arch.spec import SubnetSpec
 from ..errors import UserError
 from ..modes import eval_mode
 from ..prune.layerwise import capture_first_layer_inputs
-from ..weights.compute_dtype import compute_dtype_of, weights_in
+from ..weights.compute_dtype import cast_floats, compute_dtype_of, weights_in
 from .teacher import TeacherCache, check_kl_inputs, kl_per_position
 
 LOGITS_CHUNK_BYTES = 128 * 2**20  # fp32 logits computed at once per chunk of positions
-
-
-def _cast_floats(kwargs: dict, dtype: torch.dtype) -> dict:
-    """The layer call's keyword arguments with floating tensors (RoPE cos/sin, additive masks) in `dtype`."""
-    def cast(v):
-        if isinstance(v, torch.Tensor) and v.is_floating_point():
-            return v.to(dtype)
-        if isinstance(v, tuple):
-            return tuple(cast(x) for x in v)
-        return v
-    return {k: cast(v) for k, v in kwargs.items()}
 
 
 @torch.inference_mode()
@@ -57,7 +46,7 @@ def streamed_kl(dense: PreTrainedModel, adapter: ModelAdapter, spec: SubnetSpec,
     with eval_mode(dense):
         inputs = capture_first_layer_inputs(dense, adapter, blocks, batch_size)
         hidden = [h.to(dtype) for h in inputs.hidden]
-        kwargs = [_cast_floats(k, dtype) for k in inputs.kwargs]
+        kwargs = [{name: cast_floats(v, dtype) for name, v in k.items()} for k in inputs.kwargs]
         for layer in adapter.sliced_layers(dense, spec, replace, dtype):
             hidden = [_output(layer(h, **k)) for h, k in zip(hidden, kwargs)]
             del layer

@@ -23,11 +23,12 @@ from ..arch.adapter import ModelAdapter
 ATTRIBUTE = "evoprune_compute_dtype"  # set on a model whose modules run in another dtype
 
 
-def _cast(value, dtype: torch.dtype):
+def cast_floats(value, dtype: torch.dtype):
+    """`value` with its floating tensors (also inside tuples, e.g. RoPE cos/sin) in `dtype`."""
     if isinstance(value, torch.Tensor) and value.is_floating_point():
         return value.to(dtype)
     if isinstance(value, tuple):
-        return tuple(_cast(v, dtype) for v in value)
+        return tuple(cast_floats(v, dtype) for v in value)
     return value
 
 
@@ -70,7 +71,7 @@ def _hook(module: nn.Module, dtype: torch.dtype) -> None:
         context = weights_in(mod, dtype)
         context.__enter__()
         active.append(context)
-        return _cast(args, dtype), {k: _cast(v, dtype) for k, v in kwargs.items()}
+        return cast_floats(args, dtype), {k: cast_floats(v, dtype) for k, v in kwargs.items()}
 
     def after(mod, args, kwargs, output):
         if active:
