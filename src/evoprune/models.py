@@ -230,7 +230,8 @@ def check_compute_dtype(dtype: torch.dtype, device: str) -> None:
 
 def _load_weights(path: Path, config: PretrainedConfig, dtype: torch.dtype, trust_remote_code: bool,
                   allow_pickle: bool, mapped: bool) -> PreTrainedModel:
-    if mapped and not trust_remote_code and not getattr(config, "quantization_config", None):
+    has_safetensors = any(path.glob("*.safetensors"))
+    if mapped and has_safetensors and not trust_remote_code and not getattr(config, "quantization_config", None):
         from .weights.mapped import MappedWeights, load_mapped_model
 
         weights = MappedWeights(path)  # headers only: nothing is read until a tensor is used
