@@ -192,7 +192,10 @@ def write_trajectory(variant: str, args, base, dense, judge: Judge) -> None:
 
 def database_key(cfg) -> str:
     d = darwin.database_settings(cfg)
-    return f"{d.calibration}-{d.attention_units}-{d.percdamp:g}-{d.num_levels}".replace("|", "_").replace("/", "_")
+    key = f"{d.calibration}-{d.attention_units}-{d.percdamp:g}-{d.num_levels}"
+    if d.storage_dtype != "model":
+        key += f"-{d.storage_dtype}"
+    return key.replace("|", "_").replace("/", "_")
 
 
 def database_name(cfg) -> str:

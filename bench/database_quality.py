@@ -41,6 +41,7 @@ SETTINGS = {
                              "database.attention_units=query_heads"],
     "flops-spacing": ["database.spacing=flops"],
     "activation": ["database.method=activation"],
+    "storage-bf16": ["database.storage_dtype=bfloat16"],
 }
 COLUMNS = ["sparsity", "setting", "unseen ppl", "news", "howto", "math", "austen (held back)",
            "held-out ppl", "KL"]

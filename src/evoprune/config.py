@@ -69,6 +69,12 @@ class EvalConfig:
     # how-to, math; Jane Austen held back apart), beside the held-out figure; see data/unseen_sources.py.
     unseen: bool = True
     unseen_blocks: int = 8  # blocks of data.seq_len tokens per unseen domain (4 domains x 8 x 512 = 16k tokens a model)
+    # Perplexity (held-out and unseen text) layer by layer: every batch through one decoder layer before the
+    # next, so weights larger than RAM are read once, not once per batch; the same numbers to float rounding.
+    # true | false | auto = when the model's weights exceed half of MemAvailable (evaluate/streamed_choice.py).
+    streamed: bool | str = "auto"
+    engine: str = "transformers"  # `evoprune eval` runs the model in: transformers (HF folder) | llamacpp (GGUF file)
+    threads: int | None = None  # llama.cpp CPU threads (eval and the llamacpp latency table); None = this process's cores
 
     def sweep_grid(self) -> tuple[list[int], list[int]] | None:
         """(batch sizes, prompt lengths) of the latency sweep, or None when no sweep is configured."""
@@ -134,6 +140,11 @@ class SearchConfig:
     trade: bool = True  # let attention and MLP (and depth, via level 0) trade budget with each other
     latency_mode: str = "prefill"  # latency budget: prefill (latency_tokens at once) or decode (1 token, that context)
     latency_tokens: int = 128
+    latency_engine: str = "torch"  # the latency table is timed in: torch (each block alone) | llamacpp (GGUF
+    # files of each block shape, prefill / decode in llama.cpp; see serving/engine_latency.py)
+    space: str = "full"  # darwin and nas: full (every shape evoprune prunes to) | nemotron-nas: only shapes that
+    # vLLM, SGLang, TensorRT-LLM and mlx-lm serve as Nemotron-NAS checkpoints (attention whole or removed, MLP
+    # widths at multiples of 256, hidden size kept), so that every result exports with --format nemotron-nas
 
     def resolved(self) -> dict:
         base = PROFILES.get(self.profile, PROFILES["quick"])
@@ -170,6 +181,8 @@ class RunConfig:
                 p.append(f"{name} must be positive, got {value}")
         if self.max_memory_gib is not None and not self.max_memory_gib > 0:
             p.append(f"max_memory_gib must be positive, got {self.max_memory_gib}")
+        if ev.streamed not in (True, False, "auto"):
+            p.append(f"eval.streamed must be true, false or auto, got {ev.streamed!r}")
         if ev.warmup < 0:
             p.append(f"eval.warmup must be >= 0, got {ev.warmup}")
         for name, values in (("eval.latency_batch_sizes", ev.latency_batch_sizes),
@@ -196,6 +209,11 @@ class RunConfig:
         if se.profile not in PROFILES:
             p.append(f"search.profile must be one of {', '.join(PROFILES)}, got {se.profile!r}")
         check_choice(p, "search.metric", se.metric, ("params", "flops", "latency"))
+        check_choice(p, "search.latency_engine", se.latency_engine, ("torch", "llamacpp"))
+        check_choice(p, "eval.engine", ev.engine, ("transformers", "llamacpp"))
+        if ev.threads is not None and ev.threads <= 0:
+            p.append(f"eval.threads must be positive (or null for this process's cores), got {ev.threads}")
+        check_choice(p, "search.space", se.space, ("full", "nemotron-nas"))
         if se.latency_mode not in ("prefill", "decode") or se.latency_tokens <= 0:
             p.append("search.latency_mode must be prefill or decode and search.latency_tokens positive")
         r = se.resolved()

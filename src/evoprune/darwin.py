@@ -49,6 +49,7 @@ from .search.fitness import CandidateEvaluator, FitnessPool, Stage
 from .search.genotype import Genotype
 from .search.latency_table import LatencySettings, latency_cost_table
 from .search.replace_one import replace_one_scores
+from .serving.nemotron_format import check_space_fits
 from .train import TrainConfig
 from .weights.compute_dtype import compute_dtype_of, inference_slice
 
@@ -59,7 +60,8 @@ RUN_MARKER = "darwin_run.json"
 def database_settings(cfg: RunConfig) -> DatabaseSettings:
     d = cfg.data
     return DatabaseSettings(**asdict(cfg.database), calibration=f"{d.source}|{d.text_field}|calibration|"
-                                                                 f"{d.calibration_blocks}x{d.seq_len}")
+                                                                 f"{d.calibration_blocks}x{d.seq_len}",
+                            space=cfg.search.space)
 
 
 def build_database(cfg: RunConfig, dense: LoadedModel, path: Path, progress: bool = True) -> Database:
@@ -85,6 +87,11 @@ def search_cost_table(cfg: RunConfig, dense: LoadedModel, db: Database, run_dir:
     if cfg.search.metric != "latency":
         return cost_table(db, cfg.search.metric)
     settings = LatencySettings(cfg.search.latency_mode, cfg.search.latency_tokens)
+    if cfg.search.latency_engine == "llamacpp":
+        from .serving.engine_latency import llamacpp_cost_table
+
+        return llamacpp_cost_table(dense.model, dense.adapter, db, run_dir / "latency_table.json", settings,
+                                   cfg.eval.threads, progress)
     return latency_cost_table(dense.model, dense.adapter, db, run_dir / "latency_table.json", settings, progress)
 
 
@@ -98,7 +105,8 @@ def evolution_settings(cfg: RunConfig, spent_seconds: float = 0.0) -> EvolutionS
 
 
 # settings added after runs were saved: left out at their default value, so that those runs still resume
-ADDED_RUN_SETTINGS = {"database": {"storage_dtype": "model"}, "search": {"train_embeddings": False}}
+ADDED_RUN_SETTINGS = {"database": {"storage_dtype": "model"},
+                      "search": {"train_embeddings": False, "space": "full", "latency_engine": "torch"}}
 
 
 def search_config(cfg: RunConfig) -> dict:
@@ -194,10 +202,12 @@ def planned_cost_table(shape: ModelShape, settings: DatabaseSettings, metric: st
     """The costs the database's levels will have, from the model's shape alone (params or flops)."""
     costs: dict[str, list[list[float]]] = {"attention": [], "mlp": []}
     for layer in shape.layers:
-        ladder = attention_ladder(shape, layer, settings.num_levels, settings.spacing, settings.attention_units)
+        ladder = attention_ladder(shape, layer, settings.num_levels, settings.spacing, settings.attention_units,
+                                  settings.space)
         costs["attention"].append([attention_cost(shape, layer, shapes[0], metric) if shapes else 0
                                    for shapes in ladder])
-        widths = mlp_ladder(layer, settings.num_levels, settings.multiple) if layer.intermediate_size else [0]
+        widths = mlp_ladder(layer, settings.num_levels, settings.multiple, settings.space) \
+            if layer.intermediate_size else [0]
         costs["mlp"].append([mlp_cost(shape, n, metric) for n in widths])
     return CostTable(metric, costs)
 
@@ -258,6 +268,7 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
         shape = dense.adapter.shape(dense.model)
         target = resolve_target(shape, cfg.prune.sparsity, cfg.prune.target_params)
         check_reachable(cfg, shape, target)
+        check_space_fits(cfg.search.space, dense.model.config)
         if cfg.max_memory_gib is not None:
             check_memory_budget(shape, cfg, cfg.model.device, next(dense.model.parameters()).element_size(),
                                 compute_dtype_of(dense.model).itemsize, int(cfg.max_memory_gib * 2**30), phase)

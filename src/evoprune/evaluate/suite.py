@@ -17,6 +17,7 @@ from ..data.unseen import UnseenDomain
 from ..fingerprint import weights_fingerprint
 from .latency import compare_latency
 from .perplexity import mean_nll
+from .streamed_choice import use_streamed
 from .teacher import TeacherCache, kl_to_teacher
 from .unseen import unseen_metrics
 
@@ -74,18 +75,20 @@ def evaluate_models(models: dict[str, PreTrainedModel], eval_blocks: torch.Tenso
     """Rows of metrics, one per model name, all measured on the same blocks in one run.
 
     With `unseen` domains (see `evaluate.unseen.load_unseen`), every row also gets their perplexities.
+    Perplexities are computed layer by layer when `cfg.streamed` says so for the model (`use_streamed`).
 
     Latency is measured round-robin across the models (see `compare_latency`), so machine noise
     hits them alike; speedups are relative to the first model.
     """
     rows: dict[str, dict] = {}
     for name, model in models.items():
-        nll = mean_nll(model, eval_blocks, batch_size=batch_size, progress=progress)
+        streamed = use_streamed(cfg.streamed, model)
+        nll = mean_nll(model, eval_blocks, batch_size=batch_size, progress=progress, streamed=streamed)
         row = {"model": name, **size_row(model), "eval_nll": nll, "perplexity": float(torch.tensor(nll).exp())}
         if teacher is not None:
             row["kl_to_teacher"] = kl_to_teacher(model, eval_blocks, teacher, batch_size=batch_size, progress=progress)
         if unseen is not None:
-            row.update(unseen_metrics(model, unseen, batch_size, progress))
+            row.update(unseen_metrics(model, unseen, batch_size, progress, streamed=streamed))
         rows[name] = row
     if cfg.latency:
         results = compare_latency(models, batch_size=cfg.batch_size, prompt_len=cfg.prompt_len,

@@ -23,9 +23,10 @@ def load_unseen(cfg: RunConfig, tokenizer) -> list[UnseenDomain] | None:
 
 
 def unseen_perplexity(model: nn.Module, domains: list[UnseenDomain], batch_size: int,
-                      progress: bool = False) -> dict[str, float | None]:
-    """{domain: perplexity} over every domain (held-back included); None for a domain without text here."""
-    return {d.name: None if d.blocks is None else math.exp(mean_nll(model, d.blocks, batch_size, progress))
+                      progress: bool = False, streamed: bool = False) -> dict[str, float | None]:
+    """{domain: perplexity} over every domain (held-back included); None for a domain without text here.
+    With `streamed`, computed layer by layer (see `mean_nll`)."""
+    return {d.name: None if d.blocks is None else math.exp(mean_nll(model, d.blocks, batch_size, progress, streamed))
             for d in domains}
 
 
@@ -33,10 +34,11 @@ def geometric_mean(values: list[float]) -> float | None:
     return math.exp(sum(map(math.log, values)) / len(values)) if values else None
 
 
-def unseen_metrics(model: nn.Module, domains: list[UnseenDomain], batch_size: int, progress: bool = False) -> dict:
+def unseen_metrics(model: nn.Module, domains: list[UnseenDomain], batch_size: int, progress: bool = False,
+                   streamed: bool = False) -> dict:
     """A model's row fields: `unseen_perplexity` {domain: ppl} and their geometric mean `unseen_ppl_mean` over
     the domains that are not held back, and `heldback_perplexity` (None when that text is not here)."""
-    by_domain = unseen_perplexity(model, domains, batch_size, progress)
+    by_domain = unseen_perplexity(model, domains, batch_size, progress, streamed)
     heldback = [d.name for d in domains if d.heldback]
     unseen = {d.name: by_domain[d.name] for d in domains if not d.heldback}
     return {"unseen_perplexity": unseen,

@@ -35,6 +35,7 @@ from ..pipeline import data_blocks, load_source
 from ..prune.calibration import CalibrationStats, collect_stats
 from ..report import markdown_table, write_report
 from ..rundir import run_lock
+from ..serving.nemotron_format import check_space_fits
 from ..supernet.train import SupernetConfig, train_supernet
 from .arguments import (DEFAULT_PARAMS_RANGE, DEFAULT_SAMPLER, PickRule, check_arguments, quality_objective,
                         range_text)
@@ -48,12 +49,12 @@ from .study import open_study, run_study
 
 
 def sorted_space(dense: LoadedModel, stats: CalibrationStats, multiple: int = 1,
-                 per_layer: bool = False) -> SearchSpace:
+                 per_layer: bool = False, space: str = "full") -> SearchSpace:
     """Sort `dense.model` in place by importance (function-preserving) and return the search space over it."""
     imp = importance_from_stats(stats, dense.adapter, dense.model)
     permute_model(dense.model, dense.adapter, imp)
     return SearchSpace(dense.adapter.shape(dense.model), tuple(imp.layer_rank), per_layer=per_layer,
-                       multiple=multiple)
+                       multiple=multiple, space=space)
 
 
 def supernet_step(cfg: RunConfig, dense: LoadedModel, space: SearchSpace, steps: int, folder: Path,
@@ -106,9 +107,10 @@ def run(cfg: RunConfig, out: str | Path, objectives: list[str], budget: int, sam
             refuse_other_run(out, settings)
         with memory.stage("load model"):
             dense = load_source(cfg)
+        check_space_fits(cfg.search.space, dense.model.config)
         if params_range:  # refuse a range no sub-network meets (the shape alone decides)
             shape = dense.adapter.shape(dense.model)
-            SearchSpace(shape, tuple(range(len(shape.layers))), multiple=cfg.prune.multiple) \
+            SearchSpace(shape, tuple(range(len(shape.layers))), multiple=cfg.prune.multiple, space=cfg.search.space) \
                 .params_range_check(*params_range)
         with memory.stage("calibration data"):
             calib = _calibration_blocks(cfg, dense)
@@ -151,7 +153,7 @@ def _prepare_search(cfg: RunConfig, dense: LoadedModel, calib: torch.Tensor, obj
     search_blocks = calib[n_stats:]
     teacher = teacher_for(dense.model, str(dense.path), search_blocks, cfg.eval, cfg.data.batch_size, progress) \
         if "kl" in objectives else None
-    space = sorted_space(dense, stats, cfg.prune.multiple)
+    space = sorted_space(dense, stats, cfg.prune.multiple, space=cfg.search.space)
     evaluate = make_objectives(dense.model, dense.adapter, space, objectives, search_blocks, teacher,
                                out / "latency.json", cfg.data.batch_size,
                                {"prompt_len": cfg.eval.prompt_len, "new_tokens": cfg.eval.new_tokens,

@@ -33,6 +33,8 @@ def run_settings(cfg: RunConfig, objectives: list[str], sampler: str, supernet_s
                 "data": {"source": d.source, "text_field": d.text_field, "seq_len": d.seq_len,
                          "calibration_blocks": d.calibration_blocks, "eval_blocks": d.eval_blocks},
                 "prune": {"multiple": cfg.prune.multiple}, "eval": {}}
+    if cfg.search.space != "full":  # left out at its default, so that runs saved before it existed resume
+        settings["prune"]["space"] = cfg.search.space
     if "kl" in objectives:
         settings["eval"]["top_k"] = cfg.eval.top_k
     if "latency" in objectives:

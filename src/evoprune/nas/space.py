@@ -6,6 +6,9 @@ for all layers (`per_layer=False`) or one per layer. Widths can be held to hardw
 the full size is always a choice, so every value of every dimension is reachable, top included.
 Head size is not a dimension: cutting it would break RoPE, whose rotate-half pairs channel j with
 j + head_dim/2 at a frequency fixed by j.
+
+`space="nemotron-nas"` holds only what Nemotron-NAS engines serve: hidden size and heads fixed at
+full (attention goes with its layer), MLP widths at multiples of 256 (and the full width).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from ..arch.shape import ModelShape
 from ..arch.spec import LayerSpec, SubnetSpec
 from ..errors import UserError
+from ..serving import nemotron_format
 
 
 def _values(full: int, multiple: int, smallest: int = 1) -> list[int]:
@@ -32,8 +36,11 @@ class SearchSpace:
     per_layer: bool = False
     multiple: int = 1  # MLP widths and hidden size held to multiples of this
     min_layers: int = 1
+    space: str = "full"  # full | nemotron-nas (see the module docstring)
 
     def __post_init__(self) -> None:
+        if self.space not in nemotron_format.SPACES:
+            raise UserError(f"search space must be one of {', '.join(nemotron_format.SPACES)}, got {self.space!r}")
         if not self.shape.layers or not any(layer.num_kv_heads for layer in self.shape.layers):
             raise UserError("the search space is empty: the model has no layer with attention to choose from")
         if not 1 <= self.min_layers <= len(self.shape.layers):
@@ -42,15 +49,19 @@ class SearchSpace:
     def dimensions(self) -> dict[str, list[int]]:
         """Every dimension and its values, smallest first."""
         ref = self.shape.layers[0]
-        dims = {"hidden": _values(self.shape.hidden_size, self.multiple),
+        fixed = self.space == nemotron_format.SPACE
+        hidden = self.shape.hidden_size
+        dims = {"hidden": [hidden] if fixed else _values(hidden, self.multiple),
                 "layers": list(range(self.min_layers, len(self.shape.layers) + 1))}
         per = range(len(self.shape.layers)) if self.per_layer else [None]
         for i in per:
             layer = self.shape.layers[i] if i is not None else ref
             suffix = "" if i is None else f"_{i}"
-            dims[f"kv_groups{suffix}"] = list(range(1, layer.num_kv_heads + 1))
-            dims[f"heads_per_group{suffix}"] = list(range(1, layer.heads_per_group + 1))
-            dims[f"mlp{suffix}"] = _values(layer.intermediate_size, self.multiple)
+            dims[f"kv_groups{suffix}"] = list(range(1 if not fixed else layer.num_kv_heads, layer.num_kv_heads + 1))
+            dims[f"heads_per_group{suffix}"] = list(range(1 if not fixed else layer.heads_per_group,
+                                                          layer.heads_per_group + 1))
+            dims[f"mlp{suffix}"] = nemotron_format.search_widths(layer.intermediate_size, self.multiple) if fixed \
+                else _values(layer.intermediate_size, self.multiple)
         return dims
 
     def _pick(self, config: dict, name: str, i: int) -> int:

@@ -31,7 +31,8 @@ from ..atomic import staged_file, write_json
 from ..errors import UserError
 from ..fingerprint import tokens_fingerprint, weights_fingerprint
 from .layerwise import run_layer_by_layer
-from .levels import ATTENTION_UNITS, attention_cost, attention_ladder, check_levels, mlp_cost, mlp_ladder
+from .levels import (ATTENTION_UNITS, attention_cost, attention_ladder, check_levels, check_space, mlp_cost,
+                     mlp_ladder)
 from .module_levels import solve_attention_levels, solve_mlp_levels
 from .obs import HessianAccumulator
 
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 FORMAT = "evoprune.database/2"  # 2: keyed by all weights and the calibration tokens
 KINDS = ("attention", "mlp")
 STORAGE_DTYPES = {"model": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-ADDED_SETTINGS = {"attention_units": "groups", "storage_dtype": "model"}  # settings added later: at these values, older databases stay valid
+# settings added later: at these values, older databases stay valid
+ADDED_SETTINGS = {"attention_units": "groups", "storage_dtype": "model", "space": "full"}
 
 
 @dataclass
@@ -56,9 +58,11 @@ class DatabaseSettings:
     neuron_step: int = 0  # neurons removed per OBS step (0 = automatic by width)
     attention_units: str = "groups"  # groups: KV groups and query heads | query_heads: K/V always kept
     storage_dtype: str = "model"  # level weights stored in the model's dtype, or bfloat16 / float16 / float32
+    space: str = "full"  # full | nemotron-nas: attention whole or removed, MLP widths at multiples of 256
 
     def check(self) -> None:
         check_levels(self.num_levels, self.spacing)
+        check_space(self.space)
         if self.attention_units not in ATTENTION_UNITS:
             raise UserError(f"database attention_units must be groups or query_heads, got {self.attention_units!r}")
         if self.storage_dtype not in STORAGE_DTYPES:
@@ -251,7 +255,7 @@ def _solve(kind: str, i: int, layer, adapter: ModelAdapter, shape: ModelShape, s
         if adapter.attention(layer) is None:
             return [(Level(0, 0, 0.0), None)]
         ladder = attention_ladder(shape, layer_shape, settings.num_levels, settings.spacing,
-                                  settings.attention_units)
+                                  settings.attention_units, settings.space)
         solved = solve_attention_levels(adapter.attention_output(layer).weight, acc.hessian(settings.percdamp),
                                         layer_shape, shape.head_dim, ladder, settings.method)
         return [(Level(attention_cost(shape, layer_shape, s.shape, "params") if s.shape else 0,
@@ -259,7 +263,7 @@ def _solve(kind: str, i: int, layer, adapter: ModelAdapter, shape: ModelShape, s
                        s.error, s.kept, s.kv_heads), s.weight) for s in solved]
     if adapter.mlp(layer) is None:
         return [(Level(0, 0, 0.0, neurons=[]), None)]
-    widths = mlp_ladder(layer_shape, settings.num_levels, settings.multiple)
+    widths = mlp_ladder(layer_shape, settings.num_levels, settings.multiple, settings.space)
     solved = solve_mlp_levels(adapter.mlp_output(layer).weight, acc.hessian(settings.percdamp), widths,
                               settings.method, settings.neuron_step)
     return [(Level(mlp_cost(shape, n, "params"), mlp_cost(shape, n, "flops"), s.error,

@@ -6,18 +6,24 @@ neuron counts, optionally at hardware-friendly multiples. Attention levels are G
 g kept KV groups with s query heads each; shapes of equal cost (e.g. 1 group × 3 heads and
 3 groups × 1 head with MHA-sized projections) share a level and the database keeps the one
 that the layer's own second-order error prefers.
+
+The `nemotron-nas` space (`search.space`) keeps only what Nemotron-NAS engines serve: attention
+removed or whole (every query head), MLP widths at multiples of 256 (up to the full width).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..arch import params
 from ..arch.shape import LayerShape, ModelShape
 from ..errors import UserError
+from ..serving import nemotron_format
 
 METRICS = ("params", "flops")
 ATTENTION_UNITS = ("groups", "query_heads")
+SPACES = nemotron_format.SPACES
 
 
 @dataclass(frozen=True)
@@ -51,14 +57,17 @@ def _even_targets(full: float, num_levels: int) -> list[float]:
 
 
 def attention_ladder(shape: ModelShape, layer: LayerShape, num_levels: int, metric: str = "params",
-                     units: str = "groups") -> list[list[AttentionShape]]:
+                     units: str = "groups", space: str = "full") -> list[list[AttentionShape]]:
     """Per level, the GQA shapes of that level's cost (level 0 = removed = []).
 
     `units="query_heads"` keeps every KV group in every level but the removed one and prunes query
-    heads only (equally in each group), as DarwinLM's code does."""
+    heads only (equally in each group), as DarwinLM's code does. `space="nemotron-nas"` has two
+    levels only: removed and whole."""
     check_levels(num_levels, metric)
     if layer.num_kv_heads == 0:
         return [[]]
+    if space == nemotron_format.SPACE:
+        return [[], [AttentionShape(layer.num_kv_heads, layer.heads_per_group)]]
     by_cost: dict[int, list[AttentionShape]] = {}
     for g in range(1 if units == "groups" else layer.num_kv_heads, layer.num_kv_heads + 1):
         for s in range(1, layer.heads_per_group + 1):
@@ -75,10 +84,17 @@ def attention_ladder(shape: ModelShape, layer: LayerShape, num_levels: int, metr
     return [[]] + [by_cost[c] for c in sorted(set(chosen) - {0})]
 
 
-def mlp_ladder(layer: LayerShape, num_levels: int, multiple: int = 1) -> list[int]:
-    """Kept neuron counts per level: evenly spaced from 0 to all, snapped to `multiple`."""
+def mlp_ladder(layer: LayerShape, num_levels: int, multiple: int = 1, space: str = "full") -> list[int]:
+    """Kept neuron counts per level: evenly spaced from 0 to all, snapped to `multiple`.
+
+    In the `nemotron-nas` space, `multiple` becomes a multiple of 256 (lcm); an MLP narrower than
+    that has two levels, removed and whole."""
     check_levels(num_levels, "params")
     m = layer.intermediate_size
+    if space == nemotron_format.SPACE:
+        multiple = math.lcm(max(1, multiple), nemotron_format.MLP_MULTIPLE)
+        if multiple >= m:
+            return [0, m]
     if multiple < 1 or multiple > max(m, 1):
         raise UserError(f"--multiple {multiple} must be between 1 and the MLP width {m}")
     counts = [0]
@@ -94,3 +110,8 @@ def check_levels(num_levels: int, metric: str) -> None:
         raise UserError(f"need at least 2 levels (removed and full), got {num_levels}")
     if metric not in METRICS:
         raise UserError(f"level spacing must be one of {', '.join(METRICS)}, got {metric!r}")
+
+
+def check_space(space: str) -> None:
+    if space not in SPACES:
+        raise UserError(f"search space must be one of {', '.join(SPACES)}, got {space!r}")

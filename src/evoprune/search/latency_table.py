@@ -129,12 +129,7 @@ def measure_latency_table(dense: PreTrainedModel, adapter: ModelAdapter, db: Dat
         raise UserError(f"latency mode must be one of {', '.join(MODES)}, got {settings.mode!r}")
     if settings.tokens <= 0 or settings.repeats <= 0 or settings.warmup < 0:
         raise UserError("latency tokens and repeats must be positive and warm-up >= 0")
-    wanted: dict[tuple, tuple[str, int, int]] = {}
-    for kind in KINDS:
-        for i, levels in enumerate(db.levels[kind]):
-            for lv_index, lv in enumerate(levels):
-                if lv_index > 0:
-                    wanted.setdefault((kind,) + shape_key(kind, lv), (kind, i, lv_index))
+    wanted = distinct_shapes(db)
     timers = {}
     with eval_mode(dense):
         for key, (kind, i, lv) in tqdm(wanted.items(), desc="latency table", disable=not progress):
@@ -149,6 +144,28 @@ def measure_latency_table(dense: PreTrainedModel, adapter: ModelAdapter, db: Dat
                     samples[key].append(elapsed)
     ms = {key: 1000 * min(v) for key, v in samples.items()}
     median_ms = {key: 1000 * statistics.median(v) for key, v in samples.items()}
+    costs = monotone_costs(db, ms)
+    return {"settings": asdict(settings), "device": str(next(dense.parameters()).device),
+            "dtype": str(next(dense.parameters()).dtype), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "block_ms": {"/".join(map(str, k)): round(v, 4) for k, v in ms.items()},
+            "block_ms_median": {"/".join(map(str, k)): round(v, 4) for k, v in median_ms.items()},
+            "costs": costs}
+
+
+def distinct_shapes(db: Database) -> dict[tuple, tuple[str, int, int]]:
+    """(kind, *shape_key) -> (kind, layer, level) of the first level of that shape, for every non-removed level."""
+    wanted: dict[tuple, tuple[str, int, int]] = {}
+    for kind in KINDS:
+        for i, levels in enumerate(db.levels[kind]):
+            for lv_index, lv in enumerate(levels):
+                if lv_index > 0:
+                    wanted.setdefault((kind,) + shape_key(kind, lv), (kind, i, lv_index))
+    return wanted
+
+
+def monotone_costs(db: Database, ms: dict[tuple, float]) -> dict[str, list[list[float]]]:
+    """Per kind and layer, the ladder of level costs from per-shape milliseconds: 0 for the removed level,
+    then never decreasing (timing noise must not make a level look cheaper than a smaller one)."""
     costs = {}
     for kind in KINDS:
         costs[kind] = []
@@ -158,11 +175,7 @@ def measure_latency_table(dense: PreTrainedModel, adapter: ModelAdapter, db: Dat
                 running = max(running, ms[(kind,) + shape_key(kind, lv)]) if lv_index > 0 else 0.0
                 ladder.append(running)
             costs[kind].append(ladder)
-    return {"settings": asdict(settings), "device": str(next(dense.parameters()).device),
-            "dtype": str(next(dense.parameters()).dtype), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "block_ms": {"/".join(map(str, k)): round(v, 4) for k, v in ms.items()},
-            "block_ms_median": {"/".join(map(str, k)): round(v, 4) for k, v in median_ms.items()},
-            "costs": costs}
+    return costs
 
 
 def table_key(dense: PreTrainedModel, db: Database, settings: LatencySettings) -> dict:
@@ -196,7 +209,16 @@ def latency_cost_table(dense: PreTrainedModel, adapter: ModelAdapter, db: Databa
     A saved table measured with other settings is refused; one measured for other block shapes,
     dtype, device or another machine is measured again.
     """
-    key = table_key(dense, db, settings)
+    return cached_cost_table(path, settings, table_key(dense, db, settings),
+                             lambda: measure_latency_table(dense, adapter, db, settings, progress))
+
+
+def cached_cost_table(path: Path, settings: LatencySettings, key: dict, measure) -> CostTable:
+    """The CostTable saved at `path` when it was measured for `key`, else `measure()` (a table dict) saved there.
+
+    Raises:
+        UserError: the saved table is corrupt or was measured with other `settings`.
+    """
     if path.exists():
         try:
             saved = json.loads(path.read_text())
@@ -210,6 +232,6 @@ def latency_cost_table(dense: PreTrainedModel, adapter: ModelAdapter, db: Databa
             return costs
         differ = sorted(k for k in key if not isinstance(saved_key, dict) or saved_key.get(k) != key[k])
         log.warning("latency table %s was measured with another %s; measuring it again", path, ", ".join(differ))
-    table = measure_latency_table(dense, adapter, db, settings, progress)
+    table = measure()
     write_json(path, {**table, "key": key})
     return CostTable("latency", table["costs"])

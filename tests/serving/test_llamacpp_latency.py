@@ -1,0 +1,98 @@
+"""The latency table timed in llama.cpp: one entry per distinct shape, monotone ladders, reused from cache,
+and `search.latency_engine` / `--engine` wiring."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("llama_cpp")
+
+from evoprune import darwin  # noqa: E402
+from evoprune.cli import _overrides, parse_args  # noqa: E402
+from evoprune.config import ConfigError, RunConfig, load_config  # noqa: E402
+from evoprune.models import load_model  # noqa: E402
+from evoprune.prune.database import Database  # noqa: E402
+from evoprune.search.latency_table import LatencySettings, distinct_shapes, shape_key  # noqa: E402
+from evoprune.serving import engine_latency  # noqa: E402
+from evoprune.serving.engine_latency import COPIES, llamacpp_cost_table  # noqa: E402
+
+SETTINGS = {"prefill": LatencySettings("prefill", 16, repeats=2, warmup=1),
+            "decode": LatencySettings("decode", 16, repeats=2, warmup=1)}
+
+
+@pytest.fixture(scope="module")
+def dense_and_db(tiny_run_inputs, tmp_path_factory):
+    cfg = load_config(None, [f"model.source={tiny_run_inputs / 'dense'}", "database.num_levels=4"])
+    dense = load_model(cfg.model.source)
+    db = Database.build(dense.model, dense.adapter, torch.randint(0, 50, (4, 32)), darwin.database_settings(cfg),
+                        tmp_path_factory.mktemp("db"), batch_size=2, progress=False)
+    return dense, db
+
+
+@pytest.mark.parametrize("mode", ["prefill", "decode"])
+def test_one_entry_per_distinct_shape_and_monotone_ladders(dense_and_db, tmp_path, mode):
+    dense, db = dense_and_db
+    path = tmp_path / "latency_table.json"
+    costs = llamacpp_cost_table(dense.model, dense.adapter, db, path, SETTINGS[mode], threads=1, progress=False)
+    table = json.loads(path.read_text())
+    assert set(table["block_ms"]) == {"/".join(map(str, key)) for key in distinct_shapes(db)}
+    assert table["engine"] == "llamacpp" and table["key"]["engine"] == "llamacpp"
+    assert table["key"]["llama_cpp_python"] and table["copies"] == COPIES
+    for kind in ("attention", "mlp"):
+        for i, ladder in enumerate(table["costs"][kind]):
+            assert len(ladder) == db.num_levels(kind, i) and ladder[0] == 0.0
+            assert all(b >= a for a, b in zip(ladder, ladder[1:]))
+            raw = [table["block_ms"]["/".join(map(str, (kind,) + shape_key(kind, lv)))]
+                   for lv in db.levels[kind][i][1:]]
+            assert all(r > 0 for r in raw) and all(c >= r - 1e-4 for c, r in zip(ladder[1:], raw))
+    assert costs.metric == "latency"
+
+
+def test_a_saved_table_is_reused_and_measured_again_for_another_llama_cpp(dense_and_db, tmp_path, monkeypatch):
+    dense, db = dense_and_db
+    path = tmp_path / "latency_table.json"
+    llamacpp_cost_table(dense.model, dense.adapter, db, path, SETTINGS["prefill"], threads=1, progress=False)
+    first = json.loads(path.read_text())
+    measured = []
+    monkeypatch.setattr(engine_latency, "shape_files", lambda *a, **k: {})
+    monkeypatch.setattr(engine_latency, "measure_llamacpp_table",
+                        lambda *a, **k: measured.append(1) or {**first, "block_ms": {"remeasured": 1.0}})
+    llamacpp_cost_table(dense.model, dense.adapter, db, path, SETTINGS["prefill"], threads=1, progress=False)
+    assert measured == [] and json.loads(path.read_text()) == first  # same key: read back, nothing built
+    path.write_text(json.dumps({**first, "key": {**first["key"], "llama_cpp_python": "0.0.0"}}))
+    llamacpp_cost_table(dense.model, dense.adapter, db, path, SETTINGS["prefill"], threads=1, progress=False)
+    assert measured == [1] and json.loads(path.read_text())["block_ms"] == {"remeasured": 1.0}
+    assert json.loads(path.read_text())["key"] == first["key"]
+
+
+def test_engine_setting_and_flag(tmp_path):
+    assert RunConfig().search.latency_engine == "torch"
+    assert "latency_engine" not in darwin.search_config(RunConfig())["search"]  # old runs stay valid
+    cfg = load_config(None, ["search.latency_engine=llamacpp"])
+    assert darwin.search_config(cfg)["search"]["latency_engine"] == "llamacpp"
+    with pytest.raises(ConfigError, match="search.latency_engine must be torch or llamacpp"):
+        load_config(None, ["search.latency_engine=onnx"])
+    args = parse_args(["darwin", "--metric", "latency", "--engine", "llamacpp", "--out", str(tmp_path / "r")])
+    assert _overrides(args)["search.latency_engine"] == "llamacpp"
+    args = parse_args(["eval", "--engine", "llamacpp", "--threads", "3", "--out", str(tmp_path / "r")])
+    assert _overrides(args) == {"eval.engine": "llamacpp", "eval.threads": 3}
+
+
+def test_darwin_with_a_llamacpp_latency_budget_runs_end_to_end(tiny_run_inputs, tmp_path):
+    cfg = load_config(None, [f"model.source={tiny_run_inputs / 'dense'}",
+                             f"data.source={tiny_run_inputs / 'corpus.txt'}",
+                             "data.seq_len=32", "data.calibration_blocks=4", "data.eval_blocks=2", "data.batch_size=2",
+                             "eval.latency=false", "eval.unseen=false", "eval.threads=1", "database.num_levels=4",
+                             "search.offspring=2", "search.generations=1", "search.train_tokens=[0]",
+                             "search.fitness_tokens=[64]", "search.survivors=[1]", "prune.sparsity=0.4",
+                             "search.metric=latency", "search.latency_engine=llamacpp", "search.latency_tokens=8"])
+    darwin.run(cfg, tmp_path / "run", progress=False)
+    table = json.loads((tmp_path / "run" / "search" / "latency_table.json").read_text())
+    assert table["engine"] == "llamacpp" and table["threads"] == 1
+    state = json.loads((tmp_path / "run" / "search" / "state.json").read_text())
+    full = sum(ladder[-1] for kind in ("attention", "mlp") for ladder in table["costs"][kind])
+    assert state["history"][-1]["cost"] <= 0.6 * full + 1e-9
+    assert (tmp_path / "run" / "model" / "config.json").exists()
