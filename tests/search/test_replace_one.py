@@ -145,3 +145,34 @@ def test_mip_first_parent_search_is_in_budget_and_resumes_exactly(tiny_run_input
     budget = make_budget(table, metrics["target"]["target_block_params"])
     assert budget.admits(table.cost(Genotype.from_dict(a["parent"])))
     assert len(a["history"][0]["first_stage"]) == 2  # the MIP genotype competed with the uniform one
+
+
+def test_scores_are_exact_on_a_hybrid_sliding_window_model(tmp_path):
+    """Layers of another attention type than layer 0 get their own mask, as in the model's forward."""
+    from evoprune.models import load_model
+    from evoprune_tests import CASES_BY_ID
+
+    source = tmp_path / "hybrid"
+    CASES_BY_ID["qwen2-mha-hybrid-sw4"].build().save_pretrained(source)
+    dense = load_model(str(source), with_tokenizer=False)
+    settings = darwin.database_settings(darwin_config_for(source))
+    db = Database.build(dense.model, dense.adapter, torch.randint(0, 99, (4, 32), generator=torch.Generator().manual_seed(1)),
+                        settings, tmp_path / "db", batch_size=2, progress=False)
+    blocks = torch.randint(0, 99, (3, 32), generator=torch.Generator().manual_seed(2))
+    teacher = teacher_for(dense.model, str(source), blocks, darwin_config_for(source).eval, 2, False)
+    scores = replace_one_scores(dense.model, dense.adapter, db, blocks, teacher, batch_size=2, progress=False,
+                                all_levels=True).scores
+    full = _full(db, db.shape.num_layers)
+    for kind in ("attention", "mlp"):
+        genes = list(full.genes(kind))
+        genes[2] = 1  # a sliding-window layer after the full-attention layer 0
+        g = full.with_genes(kind, genes)
+        spec, replace = db.stitch(list(g.attention), list(g.mlp), dense.adapter)
+        sliced = dense.adapter.slice(dense.model, spec, replace)
+        assert scores[kind][2][1] == pytest.approx(kl_to_teacher(sliced, blocks, teacher, 2), rel=1e-4, abs=1e-6)
+
+
+def darwin_config_for(source):
+    from evoprune.config import load_config
+
+    return load_config(None, [f"model.source={source}"])

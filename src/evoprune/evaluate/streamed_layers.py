@@ -16,20 +16,17 @@ attention mask of its own attention type (full or sliding window) where the mode
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from ..arch.adapter import ModelAdapter
-from ..arch.hf.configuration_evoprune import NO_ATTENTION
-from ..arch.hf.modeling_evoprune import CACHE_ARG, layer_type
+from ..arch.hf.modeling_evoprune import layer_type
 from ..arch.spec import SubnetSpec
 from ..modes import eval_mode
-from ..prune.layerwise import capture_first_layer_inputs
+from ..prune.layerwise import LayerMasks, capture_first_layer_inputs
 from ..weights.compute_dtype import cast_floats, compute_dtype_of, weights_in
 
 LOGITS_CHUNK_BYTES = 128 * 2**20  # fp32 logits computed at once per chunk of positions
@@ -80,7 +77,7 @@ def stream_blocks(model: PreTrainedModel, adapter: ModelAdapter, blocks: torch.T
         inputs = capture_first_layer_inputs(model, adapter, blocks, batch_size)
         hidden = [h.to(dtype) for h in inputs.hidden]
         kwargs = [{name: cast_floats(v, dtype) for name, v in k.items()} for k in inputs.kwargs]
-        masks = _LayerMasks(model, hidden, kwargs, layer_type(model.config, 0), dtype)
+        masks = LayerMasks(model, hidden, kwargs, layer_type(model.config, 0), dtype)
         for layer, attention_type in tqdm(layers, desc="layers", disable=not progress):
             with weights_in(layer, dtype):
                 for j, h in enumerate(hidden):
@@ -115,29 +112,3 @@ def logprob_chunks(hidden: torch.Tensor, head: nn.Module, positions: int,
     for p in range(0, positions, chunk):
         q = min(positions, p + chunk)
         yield p, q, torch.log_softmax(head(hidden[:, p:q]).float(), dim=-1)
-
-
-class _LayerMasks:
-    """Per batch, the keyword arguments of a layer of a given attention type.
-
-    Layer 0's are captured from the model's forward; a layer of another type (a Qwen2 hybrid's sliding
-    layers after full ones, or any layer of a pruned model whose layer 0 lost its attention) gets the
-    mask its decoder stack would make for that type, made as the stack makes it.
-    """
-
-    def __init__(self, model: PreTrainedModel, hidden: list[torch.Tensor], kwargs: list[dict[str, Any]],
-                 first_type: str, dtype: torch.dtype):
-        self.config, self.hidden, self.captured, self.first_type, self.dtype = (model.config, hidden, kwargs,
-                                                                                 first_type, dtype)
-        self.made: dict[tuple[int, str], dict[str, Any]] = {}
-
-    def kwargs(self, batch: int, attention_type: str) -> dict[str, Any]:
-        if attention_type in (self.first_type, NO_ATTENTION):
-            return self.captured[batch]
-        if (batch, attention_type) not in self.made:
-            make = create_sliding_window_causal_mask if attention_type == "sliding_attention" else create_causal_mask
-            k = self.captured[batch]
-            mask = make(config=self.config, inputs_embeds=self.hidden[batch], attention_mask=None,
-                        position_ids=k.get("position_ids"), **{CACHE_ARG: None})
-            self.made[batch, attention_type] = {**k, "attention_mask": cast_floats(mask, self.dtype)}
-        return self.made[batch, attention_type]

@@ -38,7 +38,8 @@ from ..evaluate.teacher import TeacherCache, kl_to_teacher
 from ..fingerprint import tokens_fingerprint
 from ..modes import eval_mode
 from ..prune.database import Database, stamped_settings
-from ..prune.layerwise import capture_first_layer_inputs
+from ..arch.hf.modeling_evoprune import layer_type
+from ..prune.layerwise import LayerMasks, capture_first_layer_inputs
 from ..prune.module_levels import head_columns
 from .budget import KINDS
 
@@ -62,7 +63,7 @@ class _Tail(nn.Module):
     """
 
     def __init__(self, model: PreTrainedModel, adapter: ModelAdapter, first: int, rows: dict[bytes, int],
-                 hidden: torch.Tensor, kwargs: dict):
+                 hidden: torch.Tensor, kwargs: list[dict]):
         super().__init__()
         self.model, self.adapter, self.first = model, adapter, first
         self.rows, self.hidden, self.kwargs = rows, hidden, kwargs
@@ -73,9 +74,8 @@ class _Tail(nn.Module):
     def forward(self, input_ids: torch.Tensor, use_cache: bool = False):
         index = torch.tensor([self.rows[row.numpy().tobytes()] for row in input_ids.cpu()])
         h = self.hidden[index].to(input_ids.device)
-        kwargs = _batch_kwargs(self.kwargs, len(index))
-        for layer in self.adapter.layers(self.model)[self.first:]:
-            out = layer(h, **kwargs)
+        for layer, kwargs in zip(self.adapter.layers(self.model)[self.first:], self.kwargs[self.first:]):
+            out = layer(h, **_batch_kwargs(kwargs, len(index)))
             h = out[0] if isinstance(out, tuple) else out
         logits = self.model.get_output_embeddings()(self.adapter.final_norm(self.model)(h))
         return _Logits(logits)
@@ -220,15 +220,21 @@ def _score(tail: _Tail, model, adapter, db, kind: str, layer: int, level: int, b
 
 
 def _layer_inputs(model: PreTrainedModel, adapter: ModelAdapter, blocks: torch.Tensor, batch_size: int,
-                  last: int) -> tuple[list[torch.Tensor], dict]:
-    """The dense hidden states entering layers 0..`last`, each [n_blocks, seq_len, hidden], and the layer
-    keyword arguments of the first batch (masks and RoPE, which do not depend on the tokens)."""
+                  last: int) -> tuple[list[torch.Tensor], list[dict]]:
+    """The dense hidden states entering layers 0..`last`, each [n_blocks, seq_len, hidden], and, per layer,
+    its keyword arguments for the first batch (masks of its attention type and RoPE, which do not depend
+    on the tokens)."""
     captured = capture_first_layer_inputs(model, adapter, blocks, batch_size)
+    masks = LayerMasks(model, list(captured.hidden), captured.kwargs, layer_type(model.config, 0),
+                       captured.hidden[0].dtype)
+    layers = adapter.layers(model)
+    per_layer = [masks.kwargs(0, layer_type(model.config, i)) for i in range(len(layers))]
     current = captured.hidden
     out = []
-    for i, layer in enumerate(adapter.layers(model)[:last + 1]):
+    for i, layer in enumerate(layers[:last + 1]):
         out.append(torch.cat(current))
         if i < last:
+            kind = layer_type(model.config, i)
             current = [(o[0] if isinstance(o, tuple) else o) for o in
-                       (layer(h, **kw) for h, kw in zip(current, captured.kwargs))]
-    return out, captured.kwargs[0]
+                       (layer(h, **masks.kwargs(j, kind)) for j, h in enumerate(current))]
+    return out, per_layer
