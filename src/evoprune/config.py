@@ -151,6 +151,19 @@ class SearchConfig:
         return {k: getattr(self, k) if getattr(self, k) is not None else v for k, v in base.items()}
 
 
+SERVING_FORMATS = ("hf", "gguf", "nemotron-nas")  # export.format: the model folder alone, or also one of these
+GGUF_QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
+
+
+@dataclass
+class ExportConfig:
+    # What a prune / slice / darwin / search / nas run writes beside its HF `model/` folder (never part of a
+    # run's resume identity: it only changes the last step). hf: nothing more | gguf: `model-gguf/model.gguf`
+    # for llama.cpp | nemotron-nas: `model-nemotron-nas/`, a DeciLM folder vLLM, SGLang, TensorRT-LLM serve
+    format: str = "hf"
+    quant: str | None = None  # gguf weight type: f32 | f16 | q8_0 | q4_k_m; None = f16
+
+
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -159,6 +172,7 @@ class RunConfig:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     seed: int = 0  # for every random choice
     # Budget (GiB) of anonymous memory per stage of darwin / database / search, checked before work starts
     # against the estimate of docs/memory.md (`memory_estimate.py`); None = no check.
@@ -214,6 +228,11 @@ class RunConfig:
         if ev.threads is not None and ev.threads <= 0:
             p.append(f"eval.threads must be positive (or null for this process's cores), got {ev.threads}")
         check_choice(p, "search.space", se.space, ("full", "nemotron-nas"))
+        check_choice(p, "export.format", self.export.format, SERVING_FORMATS)
+        if self.export.quant is not None:
+            check_choice(p, "export.quant", self.export.quant, GGUF_QUANTS)
+            if self.export.format != "gguf":
+                p.append("export.quant (--quant) applies to export.format=gguf (--format gguf) only")
         if se.latency_mode not in ("prefill", "decode") or se.latency_tokens <= 0:
             p.append("search.latency_mode must be prefill or decode and search.latency_tokens positive")
         r = se.resolved()

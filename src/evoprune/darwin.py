@@ -49,6 +49,7 @@ from .search.fitness import CandidateEvaluator, FitnessPool, Stage
 from .search.genotype import Genotype
 from .search.latency_table import LatencySettings, latency_cost_table
 from .search.replace_one import replace_one_scores
+from .serving.deploy import check_format_before_work, export_for_serving, serving_record
 from .serving.nemotron_format import check_space_fits
 from .train import TrainConfig
 from .weights.compute_dtype import compute_dtype_of, inference_slice
@@ -254,6 +255,7 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
         stop_after: end the search after this many generations in this call (to test resuming).
     """
     out = Path(out)
+    check_format_before_work(cfg, searched=phase != "database")
     stages = stages_of(cfg)
     main = init_distributed()[0] == 0  # only the main process writes the run directory
     if phase == "search" and not (out / "database" / "index.json").exists():
@@ -326,6 +328,7 @@ def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: Load
         del pruned, uniform
         export_sliced(dense.model, dense.adapter, spec, replace, out / "model", tokenizer=dense.tokenizer, force=True)
         spec.save(out / "spec.json")
+        served = export_for_serving(out / "model", cfg.export.format, cfg.export.quant, force=True)
     with memory.stage("evaluation"):  # the parents' held-out curve
         parent_kl = parent_kl_curve(evaluator, result.state.history, eval_blocks, teacher, cfg.data.batch_size)
     metrics = {"dense": rows["dense"], "pruned": rows["darwin"],
@@ -339,6 +342,8 @@ def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: Load
                "wall_time_s": round(time.time() - started, 1), "memory": memory.summary()}
     if unseen is not None:
         metrics["unseen_text"] = describe_unseen(unseen)
+    if served is not None:
+        metrics["serving"] = serving_record(served, out, cfg.export.format, cfg.export.quant)
     write_json(out / "metrics.json", metrics)
     write_text(out / "config.yaml", dump_config(cfg))
     write_darwin_report(out, spec, rows, metrics, result.state.history, unseen)

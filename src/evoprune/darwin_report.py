@@ -21,6 +21,7 @@ from .pipeline import METRIC_COLUMNS
 from .report import markdown_table, plot_bars, plot_kept_per_layer, write_report
 from .search.fitness import CandidateEvaluator
 from .search.genotype import Genotype
+from .serving.deploy import serving_line
 
 PROGRESS_BLOCKS = 4  # held-out blocks every parent is scored on
 
@@ -64,6 +65,8 @@ def write_darwin_report(out: Path, spec, rows: dict, metrics: dict, history: lis
                      f"weights)."),
         ("Memory", memory_section(metrics["memory"])),
     ]
+    if "serving" in metrics:
+        sections.insert(-1, ("Serving", serving_line(metrics["serving"]) + "\n"))
     write_report(out / "report.md", f"evoprune darwin: {spec.meta.get('source')}", sections)
 
 

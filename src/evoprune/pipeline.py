@@ -35,6 +35,7 @@ from .prune.target import resolve_target
 from .prune.uniform import uniform_spec
 from .report import markdown_table, plot_bars, plot_kept_per_layer, write_report
 from .rundir import holding_run_lock
+from .serving.deploy import export_for_serving, serving_line, serving_record
 from .weights.compute_dtype import inference_slice
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,9 @@ def _finish(cfg: RunConfig, dense: LoadedModel, spec: SubnetSpec, out: Path, for
         with memory.stage("export"):
             export_sliced(dense.model, dense.adapter, spec, {}, tmp / "model", tokenizer=dense.tokenizer)
             spec.save(tmp / "spec.json")
+            served = export_for_serving(tmp / "model", cfg.export.format, cfg.export.quant)
+            if served is not None:
+                metrics["serving"] = serving_record(served, tmp, cfg.export.format, cfg.export.quant)
         metrics["memory"] = memory.summary()
         write_json(tmp / "metrics.json", metrics)
         write_text(tmp / "config.yaml", dump_config(cfg))
@@ -153,7 +157,8 @@ def _prune_report(folder: Path, cfg: RunConfig, spec: SubnetSpec, rows: dict, me
     sections.append(("Memory", memory_section(metrics["memory"])))
     sections.append(("Reproduce", "```\nevoprune prune --config config.yaml --out <dir>\n```\n"
                                   "Load the result with `AutoModelForCausalLM.from_pretrained('model', "
-                                  "trust_remote_code=True)` (plain stock loading when the result is uniform)."))
+                                  "trust_remote_code=True)` (plain stock loading when the result is uniform)."
+                                  + (f"\n\n{serving_line(metrics['serving'])}" if "serving" in metrics else "")))
     write_report(folder / "report.md", f"evoprune {spec.meta.get('method', 'prune')}: {spec.meta.get('source', '')}",
                  sections)
 

@@ -145,7 +145,10 @@ def test_bad_gguf_inputs_are_one_line_errors(files, tmp_path, capsys):
 
 
 def test_a_deci_gguf_without_tokenizer_files_asks_for_tokenizer(files, tmp_path, capsys):
-    err = _one_line_error(capsys, ["eval", "--engine", "llamacpp", "--model", str(files["dense"]), "--data",
+    bare = tmp_path / "bare" / "model.gguf"  # the GGUF alone, without the tokenizer files export_gguf copies
+    bare.parent.mkdir()
+    bare.write_bytes(files["dense"].read_bytes())
+    err = _one_line_error(capsys, ["eval", "--engine", "llamacpp", "--model", str(bare), "--data",
                                    str(files["corpus"]), "--out", str(tmp_path / "run"), "--quiet", *TINY])
     assert "--tokenizer" in err
 

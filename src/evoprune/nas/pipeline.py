@@ -35,6 +35,7 @@ from ..pipeline import data_blocks, load_source
 from ..prune.calibration import CalibrationStats, collect_stats
 from ..report import markdown_table, write_report
 from ..rundir import run_lock
+from ..serving.deploy import check_format_before_work, export_for_serving, serving_line, serving_record
 from ..serving.nemotron_format import check_space_fits
 from ..supernet.train import SupernetConfig, train_supernet
 from .arguments import (DEFAULT_PARAMS_RANGE, DEFAULT_SAMPLER, PickRule, check_arguments, quality_objective,
@@ -101,6 +102,7 @@ def run(cfg: RunConfig, out: str | Path, objectives: list[str], budget: int, sam
             default with params among the objectives is `arguments.DEFAULT_PARAMS_RANGE`).
     """
     rule = check_arguments(objectives, budget, sampler, pick, supernet_steps, params_range)
+    check_format_before_work(cfg, searched=True)
     with run_lock(out) as out:
         settings = run_settings(cfg, objectives, sampler, supernet_steps, params_range)
         if not force:
@@ -161,8 +163,12 @@ def _prepare_search(cfg: RunConfig, dense: LoadedModel, calib: torch.Tensor, obj
     return space, evaluate
 
 
-def _evaluate_pick(cfg: RunConfig, dense: LoadedModel, picked, full_label: str, out: Path) -> list[tuple[str, str]]:
-    """metrics.json: the full model and the pick on the held-out split and on unseen text; report sections."""
+def _evaluate_pick(cfg: RunConfig, dense: LoadedModel, picked, full_label: str, out: Path,
+                   serving: dict | None = None) -> list[tuple[str, str]]:
+    """metrics.json: the full model and the pick on the held-out split and on unseen text; report sections.
+
+    `serving` (the pick's serving-format export, see `serving.deploy.serving_record`) is recorded too.
+    """
     with memory.stage("evaluation"):
         eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
         unseen = load_unseen(cfg, dense.tokenizer)
@@ -173,6 +179,8 @@ def _evaluate_pick(cfg: RunConfig, dense: LoadedModel, picked, full_label: str, 
                "memory": memory.summary()}
     if unseen is not None:
         metrics["unseen_text"] = describe_unseen(unseen)
+    if serving is not None:
+        metrics["serving"] = serving
     write_json(out / "metrics.json", metrics)
     sections = [("Pick on held-out text", markdown_table(list(rows.values()),
                                                          ["model", "params", "block_params", "perplexity"]))]
@@ -228,18 +236,21 @@ def _write_results(cfg: RunConfig, dense: LoadedModel, space: SearchSpace, rows:
     with memory.stage("export"):
         picked = dense.adapter.slice(dense.model, spec)
         export_checkpoint(picked, out / "picks" / rule.folder, tokenizer=dense.tokenizer, spec=spec, force=True)
+        served = export_for_serving(out / "picks" / rule.folder, cfg.export.format, cfg.export.quant, force=True)
+    serving = None if served is None else serving_record(served, out, cfg.export.format, cfg.export.quant)
     _plot(rows, front, chosen, objectives, out / "front.png")
     full_label = "full (supernet-trained)" if supernet_trained else "dense"
     share = sizes[chosen] / full_params
     pick_text = (f"`{rule.form}`: {rule.describe(quality)}.\n\nTrial {rows[chosen]['trial']}: {reason}. It has "
                  f"{share:.3f} of the dense parameters (as many as removing {_block_share_removed(space, share):.0%} "
-                 f"of the block parameters), exported to `picks/{rule.folder}/`.\n")
+                 f"of the block parameters), exported to `picks/{rule.folder}/`.\n"
+                 + (f"\n{serving_line(serving)}\n" if serving is not None else ""))
     write_report(out / "report.md", f"evoprune nas: {cfg.model.source}", [
         ("Search", _search_section(space, sampler, params_range, len(rows))),
         ("Pareto front", markdown_table(front_rows) + f"\nHypervolume {hv:.4g} (reference {reference}).\n\n"
                                                        "![front](front.png)\n"),
         ("Pick", pick_text),
-        *_evaluate_pick(cfg, dense, picked, full_label, out)])
+        *_evaluate_pick(cfg, dense, picked, full_label, out, serving)])
 
 
 def _spec_of(space: SearchSpace, row: dict):

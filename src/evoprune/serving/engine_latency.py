@@ -180,8 +180,8 @@ def measure_llamacpp_table(files: dict[tuple, tuple[Path, Path]], db: Database, 
                  / COPIES for key in files}
     return {"settings": asdict(settings), "engine": "llamacpp", "quant": QUANT, "threads": threads,
             "copies": COPIES, "llama_cpp_python": llama_cpp_version(),
-            "block_ms": {"/".join(map(str, k)): round(v, 4) for k, v in ms.items()},
-            "block_ms_median": {"/".join(map(str, k)): round(v, 4) for k, v in median_ms.items()},
+            "block_ms": {"/".join(map(str, k)): float(f"{v:.4g}") for k, v in ms.items()},  # the floor stays > 0
+            "block_ms_median": {"/".join(map(str, k)): float(f"{v:.4g}") for k, v in median_ms.items()},
             "costs": monotone_costs(db, ms)}
 
 

@@ -8,6 +8,7 @@ one tensor at a time; q8_0 and q4_k_m are then made from the f16 file by llama.c
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from .gguf_tokenizer import GgufVocab, read_vocab
 log = logging.getLogger(__name__)
 
 GGUF_FILE = "model.gguf"
+# copied beside the GGUF, so that `evoprune eval --engine llamacpp` makes the same token ids as transformers
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.DECI]
 
 
@@ -45,6 +48,8 @@ class GgufExport:
 def export_gguf(model_dir: str | Path, out: str | Path, quant: str = "f16", force: bool = False,
                 tokenizer_pre: str | None = None) -> GgufExport:
     """Write the HF checkpoint in `model_dir` as `out/model.gguf`, atomically.
+
+    The folder's tokenizer files (`TOKENIZER_FILES`, those present) are copied beside it.
 
     Args:
         model_dir: HF folder (config.json, *.safetensors, tokenizer.json), dense or pruned by evoprune.
@@ -84,6 +89,9 @@ def export_gguf(model_dir: str | Path, out: str | Path, quant: str = "f16", forc
         else:
             write_gguf(target, layout, vocab, plan, q, name=model_dir.name)
         size = target.stat().st_size
+        for name in TOKENIZER_FILES:
+            if (model_dir / name).is_file():
+                shutil.copyfile(model_dir / name, tmp / name)
         fallback_layers = sorted({t.layer for t in plan if t.name in fallbacks})
     path = Path(out) / GGUF_FILE
     log.info("wrote %s (%s, %s, %d layers, %.1f MiB)", path, ARCH, q.name, len(layout.layers), size / 2**20)
