@@ -177,3 +177,17 @@ def tiny_run_inputs(tmp_path_factory):
     docs = [" ".join(rng.choice(CORPUS_WORDS) for _ in range(rng.randint(40, 80))) for _ in range(400)]
     (root / "corpus.txt").write_text("\n\n".join(docs))
     return root
+
+
+def tiny_dense_and_db(run_inputs, folder, num_levels: int):
+    """The tiny run's dense model and a database of `num_levels` levels built in `folder`."""
+    from evoprune import darwin
+    from evoprune.config import load_config
+    from evoprune.models import load_model
+    from evoprune.prune.database import Database
+
+    cfg = load_config(None, [f"model.source={run_inputs / 'dense'}", f"database.num_levels={num_levels}"])
+    dense = load_model(cfg.model.source)
+    db = Database.build(dense.model, dense.adapter, torch.randint(0, 50, (4, 32)), darwin.database_settings(cfg),
+                        folder, batch_size=2, progress=False)
+    return dense, db

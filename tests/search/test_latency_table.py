@@ -5,24 +5,17 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
-from evoprune import darwin
-from evoprune.config import load_config
 from evoprune.errors import UserError
-from evoprune.models import load_model
 from evoprune.prune.database import Database
 from evoprune.search import latency_table
 from evoprune.search.latency_table import LatencySettings, latency_cost_table, measure_latency_table, shape_key
+from evoprune_tests import tiny_dense_and_db
 
 
 @pytest.fixture(scope="module")
 def dense_and_db(tiny_run_inputs, tmp_path_factory):
-    cfg = load_config(None, [f"model.source={tiny_run_inputs / 'dense'}", "database.num_levels=4"])
-    dense = load_model(cfg.model.source)
-    db = Database.build(dense.model, dense.adapter, torch.randint(0, 50, (4, 32)), darwin.database_settings(cfg),
-                        tmp_path_factory.mktemp("db"), batch_size=2, progress=False)
-    return dense, db
+    return tiny_dense_and_db(tiny_run_inputs, tmp_path_factory.mktemp("db"), num_levels=4)
 
 
 def raw_ladder(table: dict, db: Database, kind: str, layer: int) -> list[float]:

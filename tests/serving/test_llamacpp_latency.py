@@ -6,18 +6,16 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 pytest.importorskip("llama_cpp")
 
 from evoprune import darwin  # noqa: E402
 from evoprune.cli import _overrides, parse_args  # noqa: E402
 from evoprune.config import ConfigError, RunConfig, load_config  # noqa: E402
-from evoprune.models import load_model  # noqa: E402
-from evoprune.prune.database import Database  # noqa: E402
 from evoprune.search.latency_table import LatencySettings, distinct_shapes, shape_key  # noqa: E402
 from evoprune.serving import engine_latency  # noqa: E402
 from evoprune.serving.engine_latency import COPIES, llamacpp_cost_table  # noqa: E402
+from evoprune_tests import tiny_dense_and_db
 
 SETTINGS = {"prefill": LatencySettings("prefill", 16, repeats=2, warmup=1),
             "decode": LatencySettings("decode", 16, repeats=2, warmup=1)}
@@ -25,11 +23,7 @@ SETTINGS = {"prefill": LatencySettings("prefill", 16, repeats=2, warmup=1),
 
 @pytest.fixture(scope="module")
 def dense_and_db(tiny_run_inputs, tmp_path_factory):
-    cfg = load_config(None, [f"model.source={tiny_run_inputs / 'dense'}", "database.num_levels=4"])
-    dense = load_model(cfg.model.source)
-    db = Database.build(dense.model, dense.adapter, torch.randint(0, 50, (4, 32)), darwin.database_settings(cfg),
-                        tmp_path_factory.mktemp("db"), batch_size=2, progress=False)
-    return dense, db
+    return tiny_dense_and_db(tiny_run_inputs, tmp_path_factory.mktemp("db"), num_levels=4)
 
 
 @pytest.mark.parametrize("mode", ["prefill", "decode"])
