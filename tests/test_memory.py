@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import sys
 import time
 
@@ -12,6 +13,15 @@ from evoprune import memory
 from evoprune.memory import MemoryWatch, current_memory, read_status
 
 MB = 2**20
+
+
+def fresh_anonymous(nbytes: int) -> mmap.mmap:
+    """`nbytes` of new anonymous memory, every page written: unlike a tensor, it cannot come from heap
+    memory an earlier test freed but the allocator kept (which would not raise the process's figures)."""
+    block = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    for offset in range(0, nbytes, mmap.PAGESIZE):
+        block[offset] = 1
+    return block
 INTERVAL = 0.01
 needs_proc = pytest.mark.skipif(read_status() is None, reason="no /proc/self/status on this system")
 
@@ -24,9 +34,9 @@ def by_stage(watch: MemoryWatch) -> dict[str, dict]:
 def test_a_large_tensor_raises_its_stages_anonymous_peak_and_not_the_next():
     with MemoryWatch(interval=INTERVAL) as watch:
         with memory.stage("allocate"):
-            big = torch.ones(200 * MB // 4)  # 200 MB of float32, every page written
+            big = fresh_anonymous(200 * MB)
             time.sleep(10 * INTERVAL)  # several sampling periods
-            del big
+            big.close()
         with memory.stage("after"):
             time.sleep(5 * INTERVAL)
     stages = by_stage(watch)
@@ -56,9 +66,9 @@ def test_a_repeated_stage_sums_its_time_and_keeps_the_highest_peak():
         with watch.stage("other"):
             pass
         with watch.stage("eval"):
-            big = torch.ones(100 * MB // 4)  # 100 MB
+            big = fresh_anonymous(100 * MB)
             time.sleep(5 * INTERVAL)
-            del big
+            big.close()
         with watch.stage("eval"), watch.stage("eval"):  # re-entered from inside itself: counted once
             time.sleep(0.05)
     stages = watch.to_dict()["stages"]

@@ -335,7 +335,8 @@ def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: Load
                "uniform_same_database": rows["uniform (same database)"], "target": spec.meta["target_report"],
                "search": {"generations": result.state.generation, "evaluations": result.state.evaluations,
                           "search_seconds": round(result.state.seconds + start_seconds, 1),
-                          "replace_one_seconds": round(start_seconds, 1),
+                          "first_parent": cfg.search.first_parent,
+                          "replace_one_seconds": round(start_seconds, 2),
                           "parent_heldout_kl": parent_kl},
                "database": {"bytes": db.size_bytes(), "dense_weight_bytes": sum(
                    p.numel() * p.element_size() for p in dense.model.parameters())},

@@ -71,7 +71,7 @@ def write_darwin_report(out: Path, spec, rows: dict, metrics: dict, history: lis
 
 
 def _first_parent(search: dict) -> str:
-    if not search.get("replace_one_seconds"):
+    if search.get("first_parent", "mip" if search.get("replace_one_seconds") else "uniform") != "mip":
         return ""
     return (f" The search started from the MIP assembly of replace-one KLs (every module scored alone at its levels, "
             f"the rest dense; {search['replace_one_seconds']:.0f} s of the search time), competing with the uniform "
