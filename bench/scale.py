@@ -13,8 +13,8 @@ the per-stage figures come from the run's own metrics.json (`evoprune.memory`). 
   fitness and evaluation sizes that fit here.
 * `8b-database`: Llama-3.1-8B shape, full depth (32 layers): `evoprune database` for the first
   `--database-layers` layers (per-layer time, to extrapolate), then stopped.
-* `embedded`: the README's main job (SmolLM2-135M, quick) at `--before` and at HEAD, one after the
-  other: the same genotype, and the search time side by side.
+* `embedded`: the README's main job (SmolLM2-135M, quick) at `--before` and at HEAD, side by side
+  (both at once, one core each): the same genotype, and the wall-time ratio.
 * `8b-wide4`: the 8B width with 4 layers (every memory term but depth is the 8B one): database,
   a tiny search, the streamed export, and reload of the export with stock transformers in a fresh
   process (layer count, shapes, one forward on a short prompt).
@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from evoprune.assets import embedded_model_dir
@@ -165,21 +166,33 @@ def run_8b_wide4(model: Path, work: Path, env: dict, rows: list[dict], args) -> 
 
 
 def run_embedded(model: Path, work: Path, env: dict, rows: list[dict], args) -> None:
-    """The main job before (`--before`, a commit; its src/ on PYTHONPATH) and after, one after the other."""
+    """The main job before (`--before`, a commit; its src/ on PYTHONPATH) and after, side by side: both at
+    once, each pinned to its own core with one thread, so drift in the machine's speed hits both alike."""
     tree = work / "before-tree"
     if not tree.exists():
         subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.before], check=True)
-    genotypes = {}
-    for label, path in (("before", str(tree / "src")), ("after", str(Path(__file__).resolve().parents[1] / "src"))):
+    sources = {"before": str(tree / "src"), "after": str(Path(__file__).resolve().parents[1] / "src")}
+
+    def run(core: int, label: str) -> Sampled:
         out = work / f"embedded-{label}"
-        cmd = evoprune("darwin", "--model", "smollm2-135m", "--sparsity", "0.5", "--profile", "quick",
-                       "--out", str(out), "--force")
-        step = Sampled(cmd, {**env, "PYTHONPATH": path}, work / f"embedded-{label}.log")
+        cmd = ["taskset", "-c", str(core), *evoprune("darwin", "--model", "smollm2-135m", "--sparsity", "0.5",
+                                                      "--profile", "quick", "--out", str(out), "--force")]
+        pinned = {**env, "PYTHONPATH": sources[label], "OMP_NUM_THREADS": "1"}
+        return Sampled(cmd, pinned, work / f"embedded-{label}.log")
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        steps = dict(zip(sources, pool.map(run, range(2), sources)))
+    genotypes, seconds = {}, {}
+    for label, step in steps.items():
+        out = work / f"embedded-{label}"
         metrics = json.loads((out / "metrics.json").read_text())
         genotypes[label] = json.loads((out / "spec.json").read_text())["meta"]["genotype"]
+        seconds[label] = step.seconds
         rows.append({**step.row("embedded", f"darwin quick, {label} ({args.before if label == 'before' else 'HEAD'})"),
-                     "stage": f"search {metrics['search']['search_seconds']} s, held-out KL "
+                     "stage": f"one core each, at once; search {metrics['search']['search_seconds']} s, held-out KL "
                               f"{metrics['pruned']['kl_to_teacher']:.4f}"})
+    rows.append({"case": "embedded", "step": "after / before", "stage": "wall time ratio",
+                 "seconds": round(seconds["after"] / seconds["before"], 3), "peak RSS GiB": "", "peak anon GiB": ""})
     rows.append({"case": "embedded", "step": "same genotype before and after",
                  "stage": str(genotypes["before"] == genotypes["after"]), "seconds": "", "peak RSS GiB": "",
                  "peak anon GiB": ""})

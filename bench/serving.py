@@ -11,7 +11,8 @@ Dense and pruned models are measured side by side in each engine and format: tra
 size, prefill and decode tokens/s at batch 1 (models interleaved repeat by repeat) and speedups
 against the dense model in the same engine and format. Two goals are checked: in llama.cpp the
 pruned model's decode speedup is at least 0.9x its ideal speedup (dense / pruned parameters), and
-llama.cpp f16 perplexity is within 0.5% of transformers'. Writes results/serving.md and .json.
+llama.cpp f16 perplexity is within 0.5% of transformers'. Writes results/serving.md and .json
+(`--name`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, help="for torch and llama.cpp alike (default: torch's threads)")
     ap.add_argument("--work", default="results/tmp/serving", help="GGUF files and eval runs (kept for inspection)")
     ap.add_argument("--out", default="results")
+    ap.add_argument("--name", default="serving", help="file names in --out: NAME.md and NAME.json")
     args = parse_with_overrides(ap, argv)
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -68,10 +70,10 @@ def main(argv: list[str] | None = None) -> None:
              f"{results['llama_cpp']}); {time.time() - started:.0f} s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "serving.json", {"setup": setup, "rows": rows, "checks": checks,
+    write_json(out / f"{args.name}.json", {"setup": setup, "rows": rows, "checks": checks,
                                       "fallbacks": results["fallbacks"]})
     page = render(rows, checks, setup, "python bench/serving.py " + " ".join(argv), results["fallbacks"])
-    write_text(out / "serving.md", page)
+    write_text(out / f"{args.name}.md", page)
     print(page)
 
 
