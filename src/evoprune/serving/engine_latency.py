@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 import math
 import statistics
 import tempfile
@@ -110,17 +111,38 @@ def shape_files(dense: PreTrainedModel, adapter: ModelAdapter, db: Database, fol
     proxy = proxy_model(dense, 2 * COPIES + 1, tokenizer)
     proxy_shape = adapter.shape(proxy)
     files = {}
-    for key, (kind, layer, level) in tqdm(distinct_shapes(db).items(), desc="latency table: GGUF files",
-                                          disable=not progress):
-        lv = db.levels[kind][layer][level]
-        name = "-".join(map(str, key))
-        pair = []
-        for n in (COPIES, 2 * COPIES):
-            spec = shape_spec(proxy_shape, kind, lv, n)
-            hf = export_checkpoint(adapter.slice(proxy, spec), folder / f"hf-{name}-{n}", tokenizer=tokenizer)
-            pair.append(export_gguf(hf, folder / f"gguf-{name}-{n}", quant=QUANT, tokenizer_pre="gpt-2").path)
-        files[key] = (pair[0], pair[1])
+    with quiet_writers():
+        for key, (kind, layer, level) in tqdm(distinct_shapes(db).items(), desc="latency table: GGUF files",
+                                              disable=not progress):
+            lv = db.levels[kind][layer][level]
+            name = "-".join(map(str, key))
+            pair = []
+            for n in (COPIES, 2 * COPIES):
+                spec = shape_spec(proxy_shape, kind, lv, n)
+                hf = export_checkpoint(adapter.slice(proxy, spec), folder / f"hf-{name}-{n}", tokenizer=tokenizer)
+                pair.append(export_gguf(hf, folder / f"gguf-{name}-{n}", quant=QUANT, tokenizer_pre="gpt-2").path)
+            files[key] = (pair[0], pair[1])
     return files
+
+
+@contextmanager
+def quiet_writers():
+    """The stand-in files are scaffolding: no per-file log lines or shard progress bars beside the table's own bar."""
+    from transformers.utils import logging as hf_logging
+
+    loggers = [logging.getLogger(name) for name in ("gguf", "evoprune.serving.gguf_export", "evoprune.arch.export")]
+    levels = [logger.level for logger in loggers]
+    bars = hf_logging.is_progress_bar_enabled()
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 class _GgufTimer:
