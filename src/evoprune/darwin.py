@@ -96,6 +96,15 @@ def search_cost_table(cfg: RunConfig, dense: LoadedModel, db: Database, run_dir:
     return latency_cost_table(dense.model, dense.adapter, db, run_dir / "latency_table.json", settings, progress)
 
 
+def budget_record(cfg: RunConfig, table: CostTable, budget: Budget, best: Genotype) -> dict:
+    """What a FLOPs or latency budget asked for and what the result costs, in the table's own unit."""
+    record = {"metric": table.metric, "dense_blocks": table.full(), "target": budget.target,
+              "achieved": table.cost(best), "achieved_fraction": table.cost(best) / table.full()}
+    if table.metric == "latency":
+        record.update(engine=cfg.search.latency_engine, mode=cfg.search.latency_mode, tokens=cfg.search.latency_tokens)
+    return record
+
+
 def evolution_settings(cfg: RunConfig, spent_seconds: float = 0.0) -> EvolutionSettings:
     """The search's settings; `spent_seconds` (the replace-one scoring) counts against `search.max_minutes`."""
     r = cfg.search.resolved()
@@ -335,12 +344,14 @@ def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: Load
                "uniform_same_database": rows["uniform (same database)"], "target": spec.meta["target_report"],
                "search": {"generations": result.state.generation, "evaluations": result.state.evaluations,
                           "search_seconds": round(result.state.seconds + start_seconds, 1),
-                          "first_parent": cfg.search.first_parent,
+                          "first_parent": r["first_parent"],
                           "replace_one_seconds": round(start_seconds, 2),
                           "parent_heldout_kl": parent_kl},
                "database": {"bytes": db.size_bytes(), "dense_weight_bytes": sum(
                    p.numel() * p.element_size() for p in dense.model.parameters())},
                "wall_time_s": round(time.time() - started, 1), "memory": memory.summary()}
+    if table.metric != "params":
+        metrics["budget"] = budget_record(cfg, table, budget, result.best)
     if unseen is not None:
         metrics["unseen_text"] = describe_unseen(unseen)
     if served is not None:

@@ -20,6 +20,7 @@ from .memory import memory_section
 from .pipeline import METRIC_COLUMNS
 from .report import markdown_table, plot_bars, plot_kept_per_layer, write_report
 from .search.fitness import CandidateEvaluator
+from .search.budget import format_cost
 from .search.genotype import Genotype
 from .serving.deploy import serving_line
 
@@ -56,7 +57,7 @@ def write_darwin_report(out: Path, spec, rows: dict, metrics: dict, history: lis
         ("Result", markdown_table(list(rows.values()), [c for c in METRIC_COLUMNS if c in rows["dense"]])
          + "\n![perplexity](perplexity.png)\n"),
         *([("Unseen text", unseen_section(rows, unseen, out / "unseen.png"))] if unseen is not None else []),
-        ("Target", markdown_table([metrics["target"]])),
+        ("Target", markdown_table([metrics["target"]]) + _budget_line(metrics.get("budget"))),
         ("Search", f"{search['generations']} generations, {search['evaluations']} candidate evaluations, "
                    f"{search['search_seconds']:.0f} s.{_first_parent(search)}{progress}\n\n"
                    "![search progress](fitness.png)\n"),
@@ -68,6 +69,19 @@ def write_darwin_report(out: Path, spec, rows: dict, metrics: dict, history: lis
     if "serving" in metrics:
         sections.insert(-1, ("Serving", serving_line(metrics["serving"]) + "\n"))
     write_report(out / "report.md", f"evoprune darwin: {spec.meta.get('source')}", sections)
+
+
+def _budget_line(budget: dict | None) -> str:
+    """A FLOPs or latency budget, in its own unit (the table above counts block parameters)."""
+    if not budget:
+        return ""
+    where = (f" ({budget['mode']} of {budget['tokens']} tokens, timed in {budget['engine']})"
+             if budget["metric"] == "latency" else "")
+    return (f"\nThe budget counts {budget['metric']}{where}: the dense blocks cost "
+            f"{format_cost(budget['dense_blocks'], budget['metric'])}, the target was "
+            f"{format_cost(budget['target'], budget['metric'])}, the result costs "
+            f"{format_cost(budget['achieved'], budget['metric'])} ({budget['achieved_fraction']:.3f} of dense) by the "
+            "table.\n")
 
 
 def _first_parent(search: dict) -> str:
