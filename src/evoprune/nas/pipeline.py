@@ -131,7 +131,7 @@ def run(cfg: RunConfig, out: str | Path, objectives: list[str], budget: int, sam
             with memory.stage("supernet training"):
                 supernet_step(cfg, dense, space, supernet_steps, out / "supernet", progress, feasible)
         with memory.stage("search"):
-            run_study(study, space, evaluate, budget, feasible=feasible)
+            run_study(study, space, evaluate, budget, feasible=feasible, progress=progress)
         _write_results(cfg, dense, space, trial_rows(study, objectives), objectives, rule, out, sampler, params_range,
                        supernet_steps > 0)
     return out

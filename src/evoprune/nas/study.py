@@ -24,6 +24,7 @@ import optuna
 import sqlalchemy.exc
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
+from tqdm.auto import tqdm
 
 from ..errors import UserError
 from .local_search import LocalSearchSampler
@@ -108,7 +109,7 @@ def _interrupted(study: optuna.Study, names: set[str]) -> list[FrozenTrial]:
 
 def run_study(study: optuna.Study, space: SearchSpace, evaluate: Callable[[dict], Sequence[float]], budget: int,
               stop_after: int | None = None, feasible: Callable[[dict], bool] | None = None,
-              max_rejected: int = 20_000) -> optuna.Study:
+              max_rejected: int = 20_000, progress: bool = False) -> optuna.Study:
     """Ask, evaluate and tell until `budget` trials are complete (`stop_after`: end after that many evaluations).
 
     The caller must be the study's only writer (`nas` holds the run directory's lock): a trial
@@ -124,7 +125,9 @@ def run_study(study: optuna.Study, space: SearchSpace, evaluate: Callable[[dict]
     interrupted = _interrupted(study, set(distributions))
     done = {_key(t.params): t.values for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     ran = rejected = 0
-    while len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < budget:
+    completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    bar = tqdm(total=budget, initial=min(completed, budget), desc="search trials", disable=not progress)
+    while completed < budget:
         if stop_after is not None and ran >= stop_after:
             break
         if interrupted:
@@ -148,4 +151,8 @@ def run_study(study: optuna.Study, space: SearchSpace, evaluate: Callable[[dict]
             done[_key(config)] = values
         study.tell(trial, values)
         ran += 1
+        completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        bar.update(completed - bar.n)
+        bar.set_postfix_str(", ".join(f"{v:.4g}" for v in values))
+    bar.close()
     return study
