@@ -98,8 +98,9 @@ def search_cost_table(cfg: RunConfig, dense: LoadedModel, db: Database, run_dir:
 
 def budget_record(cfg: RunConfig, table: CostTable, budget: Budget, best: Genotype) -> dict:
     """What a FLOPs or latency budget asked for and what the result costs, in the table's own unit."""
+    achieved = table.cost(best)
     record = {"metric": table.metric, "dense_blocks": table.full(), "target": budget.target,
-              "achieved": table.cost(best), "achieved_fraction": table.cost(best) / table.full()}
+              "achieved": achieved, "achieved_fraction": achieved / table.full()}
     if table.metric == "latency":
         record.update(engine=cfg.search.latency_engine, mode=cfg.search.latency_mode, tokens=cfg.search.latency_tokens)
     return record

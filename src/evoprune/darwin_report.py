@@ -19,8 +19,8 @@ from .evaluate.teacher_subset import TeacherSubset
 from .memory import memory_section
 from .pipeline import METRIC_COLUMNS
 from .report import markdown_table, plot_bars, plot_kept_per_layer, write_report
-from .search.fitness import CandidateEvaluator
 from .search.budget import format_cost
+from .search.fitness import CandidateEvaluator
 from .search.genotype import Genotype
 from .serving.deploy import serving_line
 

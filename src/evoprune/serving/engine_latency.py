@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import contextmanager
 import math
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
