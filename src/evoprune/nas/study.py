@@ -123,36 +123,36 @@ def run_study(study: optuna.Study, space: SearchSpace, evaluate: Callable[[dict]
     _check_dimensions(study, dimensions)
     distributions = {k: CategoricalDistribution(v) for k, v in dimensions.items()}
     interrupted = _interrupted(study, set(distributions))
-    done = {_key(t.params): t.values for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    done_trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    done = {_key(t.params): t.values for t in done_trials}
     ran = rejected = 0
-    completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    bar = tqdm(total=budget, initial=min(completed, budget), desc="search trials", disable=not progress)
-    while completed < budget:
-        if stop_after is not None and ran >= stop_after:
-            break
-        if interrupted:
-            stale = interrupted.pop(0)
-            trial, config = stale.number, dict(stale.params)
-            log.info("trial %d was interrupted; it is evaluated again", trial)
-        else:
-            asked = study.ask(distributions)
-            trial, config = asked, dict(asked.params)
-        if feasible is not None and not feasible(config):
-            study.tell(trial, state=TrialState.PRUNED)
-            rejected += 1
-            if rejected >= max_rejected:
-                raise UserError(f"{rejected} sampled configurations in a row were outside the constraint; "
-                                "widen it (e.g. --params-range)")
-            continue
-        rejected = 0
-        values = done.get(_key(config))
-        if values is None:
-            values = list(evaluate(config))
-            done[_key(config)] = values
-        study.tell(trial, values)
-        ran += 1
-        completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        bar.update(completed - bar.n)
-        bar.set_postfix_str(", ".join(f"{v:.4g}" for v in values))
-    bar.close()
+    completed = len(done_trials)
+    with tqdm(total=budget, initial=min(completed, budget), desc="search trials", disable=not progress) as bar:
+        while completed < budget:
+            if stop_after is not None and ran >= stop_after:
+                break
+            if interrupted:
+                stale = interrupted.pop(0)
+                trial, config = stale.number, dict(stale.params)
+                log.info("trial %d was interrupted; it is evaluated again", trial)
+            else:
+                asked = study.ask(distributions)
+                trial, config = asked, dict(asked.params)
+            if feasible is not None and not feasible(config):
+                study.tell(trial, state=TrialState.PRUNED)
+                rejected += 1
+                if rejected >= max_rejected:
+                    raise UserError(f"{rejected} sampled configurations in a row were outside the constraint; "
+                                    "widen it (e.g. --params-range)")
+                continue
+            rejected = 0
+            values = done.get(_key(config))
+            if values is None:
+                values = list(evaluate(config))
+                done[_key(config)] = values
+            study.tell(trial, values)
+            ran += 1
+            completed += 1
+            bar.update(1)
+            bar.set_postfix_str(", ".join(f"{v:.4g}" for v in values))
     return study
