@@ -11,8 +11,11 @@ Dense and pruned models are measured side by side in each engine and format: tra
 size, prefill and decode tokens/s at batch 1 (models interleaved repeat by repeat) and speedups
 against the dense model in the same engine and format. Two goals are checked: in llama.cpp the
 pruned model's decode speedup is at least 0.9x its ideal speedup (dense / pruned parameters), and
-llama.cpp f16 perplexity is within 0.5% of transformers'. Writes results/serving.md and .json
-(`--name`).
+llama.cpp f16 perplexity is within 0.5% of transformers'. For the quantized formats, the same files
+are also timed with llama.cpp's weight repacking on and off, four models interleaved in one engine
+process (`--repack-compare`, on by default): evoprune turns repacking off on CPUs with AMX, where it
+crashes (docs/serving.md), and this says what that costs where both work. Writes results/serving.md
+and .json (`--name`).
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", default="results/tmp/serving", help="GGUF files and eval runs (kept for inspection)")
     ap.add_argument("--out", default="results")
     ap.add_argument("--name", default="serving", help="file names in --out: NAME.md and NAME.json")
+    ap.add_argument("--no-repack-compare", dest="repack_compare", action="store_false",
+                    help="skip timing the quantized files with llama.cpp's weight repacking on and off")
     args = parse_with_overrides(ap, argv)
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -61,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     pruned = Path(args.pruned) if args.pruned else darwin_model(cfg, args.sparsity, work)
     results = measure(cfg, args.dense, pruned, args.quants, work)
+    repack = repack_rows(repack_speeds(cfg, results["files"], threads)) if args.repack_compare else []
     rows = serving_rows(results["transformers"], results["gguf"], results["sizes"])
     checks = goal_checks(rows)
     setup = (f"dense {args.dense}, pruned {pruned}; {cfg.data.eval_blocks} held-out blocks of {cfg.data.seq_len} "
@@ -71,8 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / f"{args.name}.json", {"setup": setup, "rows": rows, "checks": checks,
-                                      "fallbacks": results["fallbacks"]})
-    page = render(rows, checks, setup, "python bench/serving.py " + " ".join(argv), results["fallbacks"])
+                                      "fallbacks": results["fallbacks"], "repack": repack})
+    page = render(rows, checks, setup, "python bench/serving.py " + " ".join(argv), results["fallbacks"], repack)
     write_text(out / f"{args.name}.md", page)
     print(page)
 
@@ -102,7 +108,7 @@ def measure(cfg, dense: str, pruned: Path, quants: list[str], work: Path) -> dic
 
     dense_dir = resolve_model_path(dense)
     tf = evaluate(cfg, str(pruned), work / "eval-transformers", teacher=str(dense_dir), force=True)
-    results = {"transformers": json.loads((tf / "metrics.json").read_text()), "gguf": {}, "fallbacks": {},
+    results = {"transformers": json.loads((tf / "metrics.json").read_text()), "gguf": {}, "fallbacks": {}, "files": {},
                "sizes": {"dense": folder_bytes(dense_dir), "pruned": folder_bytes(pruned)},
                "llama_cpp": llama_cpp_version()}
     for quant in quants:
@@ -111,10 +117,54 @@ def measure(cfg, dense: str, pruned: Path, quants: list[str], work: Path) -> dic
             exported = export_gguf(folder, work / "gguf" / f"{name}-{quant}", quant=quant, force=True)
             results["fallbacks"][f"{name} {quant}"] = exported.fallback_layers
             files[name] = exported.path
+        results["files"][quant] = files
         run = evaluate_gguf(cfg, str(files["pruned"]), work / f"eval-{quant}", teacher=str(files["dense"]),
                             tokenizer=str(dense_dir), force=True)
         results["gguf"][quant] = json.loads((run / "metrics.json").read_text())
     return results
+
+
+def repack_speeds(cfg, files: dict[str, dict[str, Path]], threads: int) -> dict[str, dict]:
+    """Per quantized format: dense and pruned with repacking on and off, timed interleaved in one engine process.
+
+    Returns:
+        quant -> {"<model> repack on|off": EngineLatency as a dict}, or {"crashed": the one-line error} where
+        repacking on crashes llama.cpp (CPUs with AMX).
+    """
+    from evoprune.serving.engine_process import EngineCrashed
+    from evoprune.serving.engine_timing import measure_ggufs
+
+    ev = cfg.eval
+    speeds = {}
+    for quant, by_model in files.items():
+        if quant in ("f16", "f32"):
+            continue
+        paths = {f"{model} repack {state}": path for model, path in by_model.items() for state in ("on", "off")}
+        repack = {name: name.rsplit(" ", 1)[1] for name in paths}
+        try:
+            measured = measure_ggufs(paths, ev.prompt_len, ev.new_tokens, ev.warmup, ev.repeats, threads, repack,
+                                     seed=cfg.seed)
+            speeds[quant] = {name: m.to_dict() for name, m in measured.items()}
+        except EngineCrashed as crash:
+            speeds[quant] = {"crashed": str(crash)}
+    return speeds
+
+
+def repack_rows(speeds: dict[str, dict]) -> list[dict]:
+    """One row per format and model: prefill and decode tokens/s with repacking on and off, and off / on."""
+    rows = []
+    for quant, measured in speeds.items():
+        if "crashed" in measured:
+            rows.append({"format": quant, "model": "both", "note": "repacking on crashed: " + measured["crashed"]})
+            continue
+        for model in ("dense", "pruned"):
+            on, off = measured[f"{model} repack on"], measured[f"{model} repack off"]
+            rows.append({"format": quant, "model": model,
+                         "decode_on": on["decode_tokens_per_s"], "decode_off": off["decode_tokens_per_s"],
+                         "decode_off_over_on": off["decode_tokens_per_s"] / on["decode_tokens_per_s"],
+                         "prefill_on": on["prefill_tokens_per_s"], "prefill_off": off["prefill_tokens_per_s"],
+                         "prefill_off_over_on": off["prefill_tokens_per_s"] / on["prefill_tokens_per_s"]})
+    return rows
 
 
 def folder_bytes(folder: Path) -> int:
@@ -166,8 +216,9 @@ def goal_checks(rows: list[dict]) -> list[dict]:
     return checks
 
 
-def render(rows: list[dict], checks: list[dict], setup: str, command: str, fallbacks: dict | None = None) -> str:
-    """results/serving.md: setup, the table, the goals and what quantization could not cover."""
+def render(rows: list[dict], checks: list[dict], setup: str, command: str, fallbacks: dict | None = None,
+           repack: list[dict] | None = None) -> str:
+    """results/serving.md: setup, the table, the goals, what quantization could not cover, and repacking's cost."""
     goals = markdown_table([{**c, "met": "yes" if c["met"] else "**no**"} for c in checks],
                            ["goal", "measured", "bound", "met"])
     text = [f"# Serving: dense and pruned in transformers and llama.cpp\n\n{setup}\n\nCommand: `{command}`\n",
@@ -178,6 +229,16 @@ def render(rows: list[dict], checks: list[dict], setup: str, command: str, fallb
         text.append("## Quantization fallbacks\n\nLayers whose MLP width is not a multiple of the quantization "
                     "block keep some matrices in a larger type (`evoprune export` warns):\n\n"
                     + "\n".join(f"- {k}: layers {v}" for k, v in fell_back.items()) + "\n")
+    if repack:
+        columns = ["format", "model", "decode_on", "decode_off", "decode_off_over_on", "prefill_on", "prefill_off",
+                   "prefill_off_over_on"]
+        crashed, timed = [r for r in repack if "note" in r], [r for r in repack if "note" not in r]
+        text.append("## Weight repacking\n\nThe same quantized files in llama.cpp with its weight repacking (extra "
+                    "buffer types) on and off: tokens/s, four models interleaved repeat by repeat in one engine "
+                    "process. evoprune turns repacking off only on CPUs with AMX, where llama.cpp's AMX backend "
+                    "crashes on quantized GGUFs (`eval.repack`, docs/serving.md); elsewhere it stays on.\n\n"
+                    + (markdown_table(timed, columns) if timed else "")
+                    + "".join(f"\n- {r['format']}: {r['note']}" for r in crashed) + "\n")
     return "\n".join(text)
 
 

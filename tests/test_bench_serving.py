@@ -64,3 +64,19 @@ def test_perplexity_goal_fails_beyond_half_a_percent(serving):
     rows = serving.serving_rows(tf, {"f16": _metrics(30.0, 101.0, 50.0, 80.0, 1.0, 1.0)}, {"dense": 1, "pruned": 1})
     pruned = next(c for c in serving.goal_checks(rows) if c["goal"].startswith("pruned"))
     assert pruned["measured"] == pytest.approx(0.01) and pruned["met"] is False
+
+
+def test_repacking_rows_give_off_over_on_and_name_a_crash(serving):
+    def speed(prefill, decode):
+        return {"prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode}
+
+    speeds = {"q8_0": {"dense repack on": speed(200.0, 70.0), "dense repack off": speed(100.0, 63.0),
+                       "pruned repack on": speed(400.0, 100.0), "pruned repack off": speed(300.0, 100.0)},
+              "q4_k_m": {"crashed": "llama.cpp died of SIGSEGV in `time_ggufs` on a.gguf"}}
+    rows = serving.repack_rows(speeds)
+    assert [(r["format"], r["model"]) for r in rows] == [("q8_0", "dense"), ("q8_0", "pruned"), ("q4_k_m", "both")]
+    assert rows[0]["decode_off_over_on"] == pytest.approx(0.9) and rows[0]["prefill_off_over_on"] == 0.5
+    assert rows[1]["decode_off_over_on"] == 1.0
+    page = serving.render([], [], "setup", "cmd", None, rows)
+    assert "## Weight repacking" in page and "| q8_0 | dense | 70 | 63 | 0.9 |" in page
+    assert "q4_k_m: repacking on crashed: llama.cpp died of SIGSEGV" in page

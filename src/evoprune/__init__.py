@@ -1,30 +1,41 @@
-"""evoprune: structured pruning of causal LMs found by search, exported as real smaller checkpoints."""
+"""evoprune: structured pruning of causal LMs found by search, exported as real smaller checkpoints.
 
-from .arch.adapter import ModelAdapter, adapter_for, register_adapter, supported_model_types
-from .arch.export import export_checkpoint
-from .arch.shape import LayerShape, ModelShape
-from .arch.spec import LayerSpec, SubnetSpec
-from .config import RunConfig, load_config
-from .errors import UserError
-from .memory import MemoryWatch
-from .models import LoadedModel, load_model
+The public names below are imported on first use, so that a light module (the llama.cpp child
+process, `evoprune.errors`) does not pull in torch and transformers.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "LayerShape",
-    "LayerSpec",
-    "LoadedModel",
-    "MemoryWatch",
-    "ModelAdapter",
-    "ModelShape",
-    "RunConfig",
-    "SubnetSpec",
-    "UserError",
-    "adapter_for",
-    "export_checkpoint",
-    "load_config",
-    "load_model",
-    "register_adapter",
-    "supported_model_types",
-]
+_PUBLIC = {
+    "LayerShape": ".arch.shape",
+    "LayerSpec": ".arch.spec",
+    "LoadedModel": ".models",
+    "MemoryWatch": ".memory",
+    "ModelAdapter": ".arch.adapter",
+    "ModelShape": ".arch.shape",
+    "RunConfig": ".config",
+    "SubnetSpec": ".arch.spec",
+    "UserError": ".errors",
+    "adapter_for": ".arch.adapter",
+    "export_checkpoint": ".arch.export",
+    "load_config": ".config",
+    "load_model": ".models",
+    "register_adapter": ".arch.adapter",
+    "supported_model_types": ".arch.adapter",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'evoprune' has no attribute {name!r}")
+    value = getattr(import_module(_PUBLIC[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="llamacpp: HF folder whose tokenizer makes the eval token ids (default: the "
                                        "tokenizer files beside the GGUF, else the GGUF's own)")
     p.add_argument("--threads", type=int, help="llamacpp: CPU threads (default: this process's cores)")
+    p.add_argument("--repack", choices=["auto", "on", "off"],
+                   help="llamacpp: weight repacking (default auto: on, except on CPUs with AMX, where llama.cpp's "
+                        "AMX backend crashes on quantized GGUFs)")
 
     for name, text in (("darwin", "DarwinLM pipeline: second-order database, evolutionary search, export, evaluate"),
                        ("database", "build (or finish) only the second-order database of a darwin run"),
@@ -198,6 +201,8 @@ def _overrides(args: argparse.Namespace) -> dict:
         base["eval.engine" if args.command == "eval" else "search.latency_engine"] = args.engine
     if getattr(args, "threads", None) is not None:
         base["eval.threads"] = args.threads
+    if getattr(args, "repack", None) is not None:
+        base["eval.repack"] = args.repack
     if getattr(args, "no_trade", False):
         base["search.trade"] = False
     if getattr(args, "allow_pickle", False):

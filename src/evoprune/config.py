@@ -75,6 +75,9 @@ class EvalConfig:
     streamed: bool | str = "auto"
     engine: str = "transformers"  # `evoprune eval` runs the model in: transformers (HF folder) | llamacpp (GGUF file)
     threads: int | None = None  # llama.cpp CPU threads (eval and the llamacpp latency table); None = this process's cores
+    # llama.cpp weight repacking (its extra buffer types), for eval and the llamacpp latency table: auto = on, except
+    # on CPUs with AMX, where llama.cpp's AMX backend crashes on quantized GGUFs (docs/serving.md) | on | off
+    repack: str = "auto"
 
     def sweep_grid(self) -> tuple[list[int], list[int]] | None:
         """(batch sizes, prompt lengths) of the latency sweep, or None when no sweep is configured."""
@@ -225,6 +228,7 @@ class RunConfig:
         check_choice(p, "search.metric", se.metric, ("params", "flops", "latency"))
         check_choice(p, "search.latency_engine", se.latency_engine, ("torch", "llamacpp"))
         check_choice(p, "eval.engine", ev.engine, ("transformers", "llamacpp"))
+        check_choice(p, "eval.repack", ev.repack, ("auto", "on", "off"))
         if ev.threads is not None and ev.threads <= 0:
             p.append(f"eval.threads must be positive (or null for this process's cores), got {ev.threads}")
         check_choice(p, "search.space", se.space, ("full", "nemotron-nas"))

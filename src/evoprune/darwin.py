@@ -92,7 +92,7 @@ def search_cost_table(cfg: RunConfig, dense: LoadedModel, db: Database, run_dir:
         from .serving.engine_latency import llamacpp_cost_table
 
         return llamacpp_cost_table(dense.model, dense.adapter, db, run_dir / "latency_table.json", settings,
-                                   cfg.eval.threads, progress)
+                                   cfg.eval.threads, cfg.eval.repack, progress)
     return latency_cost_table(dense.model, dense.adapter, db, run_dir / "latency_table.json", settings, progress)
 
 

@@ -27,10 +27,9 @@ from ..data import check_seq_len
 from ..errors import UserError
 from ..pipeline import data_blocks
 from ..report import markdown_table, plot_bars, write_report
-from .engine_gguf import (check_tokenizer, default_threads, eval_tokenizer, gguf_facts, llama_cpp_version, open_gguf,
-                          resolve_gguf, route_llama_cpp_logs)
-from .engine_timing import compare_engine_latency
-from .llamacpp import LlamaCppModel, require_llama_cpp
+from .engine_gguf import check_tokenizer, default_threads, eval_tokenizer, llama_cpp_version, resolve_gguf
+from .engine_timing import measure_ggufs
+from .llamacpp import LlamaCppModel, repack_setting, require_llama_cpp
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +83,7 @@ def evaluate_gguf(cfg: RunConfig, model: str, out: str | Path, teacher: str | No
     Args:
         cfg: data.* choose the held-out blocks; eval.prompt_len / new_tokens / warmup / repeats the
             speed workload (batch 1), eval.threads the CPU threads (None: this process's cores),
-            eval.latency whether speed is measured at all.
+            eval.latency whether speed is measured at all, eval.repack llama.cpp's weight repacking.
         model: a .gguf file, a folder holding model.gguf, or `smollm2-135m` (the embedded GGUF).
         out: run directory to create.
         teacher: the dense GGUF to compare against (KL, speedups, parameter and size ratios).
@@ -94,46 +93,35 @@ def evaluate_gguf(cfg: RunConfig, model: str, out: str | Path, teacher: str | No
         `out`.
 
     Raises:
-        UserError: bad GGUF files, mismatched vocabularies, blocks longer than a model's context.
+        UserError: bad GGUF files, mismatched vocabularies, blocks longer than a model's context, or
+            llama.cpp crashed (`engine_process.EngineCrashed`; every model runs in a child process).
     """
     require_llama_cpp()
-    route_llama_cpp_logs()
     check_output_dir(out, force)
     started = time.time()
     paths = {"teacher": resolve_gguf(teacher)} if teacher else {}
     paths["model"] = resolve_gguf(model)
     threads = cfg.eval.threads or default_threads()
+    repack = repack_setting(cfg.eval.repack)
     seq = cfg.data.seq_len
-    scorers = {name: LlamaCppModel(path, n_ctx=seq, threads=threads) for name, path in paths.items()}
-    facts = {name: gguf_facts(m.llm, paths[name]) for name, m in scorers.items()}
-    for name, fact in facts.items():
-        check_seq_len(seq, fact.context_length)
-    if teacher and facts["teacher"].vocab_size != facts["model"].vocab_size:
-        raise UserError(f"teacher {teacher} and model {model} have different vocabularies "
-                        f"({facts['teacher'].vocab_size} vs {facts['model'].vocab_size}); KL needs the same tokenizer")
-    tok, tok_label = eval_tokenizer(paths["model"], tokenizer)
-    agrees = {name: check_tokenizer(m.llm, tok, tok_label, name) for name, m in scorers.items()}
-    blocks = data_blocks(cfg, tok, "eval", cfg.data.eval_blocks)
-    if int(blocks.max()) >= facts["model"].vocab_size:
-        raise UserError(f"token id {int(blocks.max())} is outside the GGUF vocabulary of {facts['model'].vocab_size}; "
-                        "pass --tokenizer with the HF folder the GGUF was exported from")
-    scores = engine_scores(scorers, blocks, "teacher" if teacher else None, progress)
-    for m in scorers.values():
-        m.close()
+    scorers = {}
+    try:
+        for name, path in paths.items():
+            scorers[name] = LlamaCppModel(path, n_ctx=seq, threads=threads, repack=repack)
+        scores, facts, agrees, tok_label, n_tokens = _score(cfg, scorers, model, teacher, tokenizer, progress)
+    finally:
+        for m in scorers.values():
+            m.close()
     speed = {}
     if cfg.eval.latency:
         ev = cfg.eval
-        llms = {name: open_gguf(path, n_ctx=ev.prompt_len + ev.new_tokens, threads=threads, n_batch=ev.prompt_len)
-                for name, path in paths.items()}
-        speed = compare_engine_latency(llms, ev.prompt_len, ev.new_tokens, ev.warmup, ev.repeats, threads,
-                                       seed=cfg.seed, progress=progress)
-        for llm in llms.values():
-            llm.close()
+        speed = measure_ggufs(paths, ev.prompt_len, ev.new_tokens, ev.warmup, ev.repeats, threads, repack,
+                              seed=cfg.seed, progress=progress)
     rows = engine_rows(facts, scores, speed)
-    engine = {"name": "llama.cpp", "llama_cpp_python": llama_cpp_version(), "threads": threads,
+    engine = {"name": "llama.cpp", "llama_cpp_python": llama_cpp_version(), "threads": threads, "repack": repack,
               "system": require_llama_cpp().llama_print_system_info().decode(errors="replace").strip(),
               "tokenizer": tok_label, "tokenizer_agrees": agrees}
-    metrics = {**rows, "engine": engine, "eval_tokens": int(blocks.numel()),
+    metrics = {**rows, "engine": engine, "eval_tokens": n_tokens,
                "latency": {name: s.to_dict() for name, s in speed.items()},
                "wall_time_s": round(time.time() - started, 1)}
     with staged_dir(out, force=force) as tmp:
@@ -142,6 +130,30 @@ def evaluate_gguf(cfg: RunConfig, model: str, out: str | Path, teacher: str | No
         _report(tmp, cfg, model, rows, metrics)
     log.info("wrote %s", out)
     return Path(out)
+
+
+def _score(cfg: RunConfig, scorers: dict[str, LlamaCppModel], model: str, teacher: str | None,
+           tokenizer: str | None, progress: bool) -> tuple:
+    """Check the loaded models against each other and the tokenizer, then score them on the held-out blocks.
+
+    Returns:
+        (scores, facts, tokenizer agreement, tokenizer label, tokens scored per model).
+    """
+    seq = cfg.data.seq_len
+    facts = {name: m.facts() for name, m in scorers.items()}
+    for name, fact in facts.items():
+        check_seq_len(seq, fact.context_length)
+    if teacher and facts["teacher"].vocab_size != facts["model"].vocab_size:
+        raise UserError(f"teacher {teacher} and model {model} have different vocabularies "
+                        f"({facts['teacher'].vocab_size} vs {facts['model'].vocab_size}); KL needs the same tokenizer")
+    tok, tok_label = eval_tokenizer(scorers["model"].path, tokenizer)
+    agrees = {name: check_tokenizer(m, tok, tok_label, name) for name, m in scorers.items()}
+    blocks = data_blocks(cfg, tok, "eval", cfg.data.eval_blocks)
+    if int(blocks.max()) >= facts["model"].vocab_size:
+        raise UserError(f"token id {int(blocks.max())} is outside the GGUF vocabulary of {facts['model'].vocab_size}; "
+                        "pass --tokenizer with the HF folder the GGUF was exported from")
+    scores = engine_scores(scorers, blocks, "teacher" if teacher else None, progress)
+    return scores, facts, agrees, tok_label, int(blocks.numel())
 
 
 def engine_rows(facts: dict, scores: dict[str, dict], speed: dict) -> dict[str, dict]:
@@ -174,7 +186,8 @@ def _report(folder: Path, cfg: RunConfig, model: str, rows: dict[str, dict], met
     agreement = ", ".join(f"{k}: {'same' if v else 'DIFFERENT'}" for k, v in engine["tokenizer_agrees"].items())
     sections = [("Result", table + "\n![perplexity](perplexity.png)\n"), ("Files", files),
                 ("Engine", f"llama.cpp (llama-cpp-python {engine['llama_cpp_python']}), CPU, {engine['threads']} "
-                           f"threads. {engine['system']}\n"),
+                           f"threads, weight repacking {'on' if engine['repack'] else 'off'} (eval.repack, "
+                           f"docs/serving.md). {engine['system']}\n"),
                 ("Data", f"{cfg.data.source}, held-out split, {metrics['eval_tokens']:,} tokens in blocks of "
                          f"{cfg.data.seq_len}, tokenized by {engine['tokenizer']} (the GGUF's own tokenizer splits "
                          f"a probe text the same way: {agreement}). KL is over the full vocabulary. Speed: batch 1, "

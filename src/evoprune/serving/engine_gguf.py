@@ -116,33 +116,9 @@ class GgufFacts:
     context_length: int | None  # positions the model was trained for (None when the file does not say)
 
 
-def open_gguf(path: Path, n_ctx: int, threads: int, logits_all: bool = False, n_batch: int | None = None):
-    """Load `path` into llama.cpp on the CPU with a context of `n_ctx` positions.
-
-    Args:
-        n_ctx: KV cache positions (the longest sequence this context will see).
-        threads: CPU threads for prefill and decode alike.
-        logits_all: keep the logits of every position (perplexity), not just the last (speed).
-        n_batch: tokens per llama_decode call; default `n_ctx`, so a block goes in at once.
-
-    Raises:
-        UserError: llama.cpp cannot load the file (corrupt, truncated or an unknown architecture).
-    """
-    llama_cpp = require_llama_cpp()
-    route_llama_cpp_logs()
-    n_batch = n_batch or n_ctx
-    try:
-        return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch,
-                               n_threads=threads, n_threads_batch=threads, logits_all=logits_all,
-                               n_gpu_layers=0, verbose=False)
-    except (ValueError, RuntimeError, OSError) as e:
-        reason = " ".join(str(e).split()) or type(e).__name__
-        raise UserError(f"llama.cpp cannot load {path} ({reason}); the file is corrupt, truncated or not a "
-                        "model llama.cpp runs; export it again") from None
-
-
 def gguf_facts(llm, path: Path) -> GgufFacts:
-    """Size, storage type, parameters and vocabulary of a loaded GGUF."""
+    """Size, storage type, parameters and vocabulary of a GGUF loaded as `llm` (a `llama_cpp.Llama`, in the
+    engine child process)."""
     import gguf
 
     llama_cpp = require_llama_cpp()
@@ -201,8 +177,11 @@ def _short(error: Exception, limit: int = 100) -> str:
     return first if len(first) <= limit else first[:limit] + "..."
 
 
-def check_tokenizer(llm, tokenizer, label: str, name: str) -> bool:
+def check_tokenizer(model, tokenizer, label: str, name: str) -> bool:
     """Refuse a tokenizer with more tokens than the GGUF's vocabulary; warn when the two split text differently.
+
+    Args:
+        model: a `llamacpp.LlamaCppModel`.
 
     Returns:
         whether the GGUF's own tokenizer turns `PROBE_TEXT` into the same ids as `tokenizer`.
@@ -210,11 +189,11 @@ def check_tokenizer(llm, tokenizer, label: str, name: str) -> bool:
     Raises:
         UserError: `tokenizer` has ids the GGUF's embedding has no row for.
     """
-    if len(tokenizer) > llm.n_vocab():
+    if len(tokenizer) > model.vocab_size:
         raise UserError(f"tokenizer {label} has {len(tokenizer)} tokens but {name} has a vocabulary of "
-                        f"{llm.n_vocab()}; pass --tokenizer with the HF folder the GGUF was exported from")
+                        f"{model.vocab_size}; pass --tokenizer with the HF folder the GGUF was exported from")
     ours = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
-    theirs = llm.tokenize(PROBE_TEXT.encode(), add_bos=False, special=False)
+    theirs = model.tokenize(PROBE_TEXT, add_bos=False, special=False)
     if list(ours) != list(theirs):
         log.warning("%s: its own tokenizer splits text differently from %s (%d vs %d ids on a probe sentence); "
                     "perplexity is measured on %s's ids", name, label, len(theirs), len(ours), label)

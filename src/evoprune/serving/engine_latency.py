@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import statistics
 import tempfile
 import time
@@ -45,9 +44,10 @@ from ..prune.database import Database
 from ..search.budget import CostTable
 from ..search.latency_table import (MODES, SAMPLE_SECONDS, LatencySettings, _machine, cached_cost_table,
                                     distinct_shapes, monotone_costs)
-from .engine_gguf import default_threads, llama_cpp_version, open_gguf
-from .engine_timing import prefill
-from .llamacpp import require_llama_cpp
+from .engine_gguf import default_threads, llama_cpp_version
+from .engine_process import run_isolated
+from .engine_timing import sample_gguf_calls
+from .llamacpp import repack_setting, require_llama_cpp
 
 log = logging.getLogger(__name__)
 
@@ -145,74 +145,39 @@ def quiet_writers():
             hf_logging.enable_progress_bar()
 
 
-class _GgufTimer:
-    """One GGUF file in llama.cpp with a fixed random input, able to time one prefill or decode call."""
-
-    def __init__(self, path: Path, settings: LatencySettings, threads: int):
-        self.mode, self.tokens = settings.mode, settings.tokens
-        self.llm = open_gguf(path, n_ctx=settings.tokens + 1, threads=threads, n_batch=settings.tokens)
-        self.ids = np.random.default_rng(0).integers(0, self.llm.n_vocab(), settings.tokens + 1).tolist()
-        if self.mode == "decode":
-            prefill(self.llm, self.ids[:-1])  # the context every decode call sees
-        self.calls = 1
-
-    def _once(self) -> None:
-        if self.mode == "prefill":
-            prefill(self.llm, self.ids[:-1])
-        else:
-            prefill(self.llm, self.ids[-1:], start=self.tokens)  # drops the token the last call added
-
-    def calibrate(self, sample_seconds: float) -> None:
-        """Choose how many calls one sample makes, so that it lasts about `sample_seconds`."""
-        self.calls = 1
-        self.calls = max(1, math.ceil(sample_seconds / max(self(), 1e-7)))
-
-    def __call__(self) -> float:
-        """Seconds per call, over one sample of `calls` calls."""
-        started = time.perf_counter()
-        for _ in range(self.calls):
-            self._once()
-        return (time.perf_counter() - started) / self.calls
-
-
 def measure_llamacpp_table(files: dict[tuple, tuple[Path, Path]], db: Database, settings: LatencySettings,
-                           threads: int, progress: bool = True) -> dict:
-    """Milliseconds per distinct block shape in llama.cpp, and the ladders of costs built from them."""
+                           threads: int, repack: bool = True, progress: bool = True) -> dict:
+    """Milliseconds per distinct block shape in llama.cpp, and the ladders of costs built from them.
+
+    The files are timed in an engine child process (`engine_timing.sample_gguf_calls`), so that a crash
+    in llama.cpp is a one-line error, not the end of the run.
+    """
     if settings.mode not in MODES:
         raise UserError(f"latency mode must be one of {', '.join(MODES)}, got {settings.mode!r}")
     if settings.tokens <= 0 or settings.repeats <= 0 or settings.warmup < 0:
         raise UserError("latency tokens and repeats must be positive and warm-up >= 0")
-    timers = {}
-    for key, pair in tqdm(files.items(), desc="latency table: loading", disable=not progress):
-        for n, path in zip((COPIES, 2 * COPIES), pair):
-            timers[key, n] = _GgufTimer(path, settings, threads)
-            timers[key, n].calibrate(SAMPLE_SECONDS)
-    samples: dict[tuple, list[float]] = {k: [] for k in timers}
-    for r in tqdm(range(settings.warmup + settings.repeats), desc="latency table: rounds", disable=not progress):
-        for k, timer in timers.items():
-            elapsed = timer()
-            if r >= settings.warmup:
-                samples[k].append(elapsed)
-    for timer in timers.values():
-        timer.llm.close()
+    by_file = {(key, n): path for key, pair in files.items() for n, path in zip((COPIES, 2 * COPIES), pair)}
+    label = f"the latency table's {len(by_file)} stand-in {QUANT} GGUF files"
+    samples = run_isolated(sample_gguf_calls, by_file, settings.mode, settings.tokens, settings.warmup,
+                           settings.repeats, SAMPLE_SECONDS, threads, repack, progress, label=label, repack=repack)
     floor = 1e-6  # ms: a block is never free, even when noise swallows its time
     ms = {key: max(floor, 1000 * (min(samples[key, 2 * COPIES]) - min(samples[key, COPIES])) / COPIES)
           for key in files}
     median_ms = {key: 1000 * (statistics.median(samples[key, 2 * COPIES]) - statistics.median(samples[key, COPIES]))
                  / COPIES for key in files}
     return {"settings": asdict(settings), "engine": "llamacpp", "quant": QUANT, "threads": threads,
-            "copies": COPIES, "llama_cpp_python": llama_cpp_version(),
+            "repack": repack, "copies": COPIES, "llama_cpp_python": llama_cpp_version(),
             "block_ms": {"/".join(map(str, k)): float(f"{v:.4g}") for k, v in ms.items()},  # the floor stays > 0
             "block_ms_median": {"/".join(map(str, k)): float(f"{v:.4g}") for k, v in median_ms.items()},
             "costs": monotone_costs(db, ms)}
 
 
-def llamacpp_table_key(db: Database, settings: LatencySettings, threads: int) -> dict:
+def llamacpp_table_key(db: Database, settings: LatencySettings, threads: int, repack: bool = True) -> dict:
     """Everything a table measured in llama.cpp depends on (JSON types)."""
     llama_cpp = require_llama_cpp()
     blocks = sorted("/".join(map(str, key)) for key in distinct_shapes(db))
     key = {"settings": asdict(settings), "shape": db.shape.to_dict(), "blocks": blocks, "engine": "llamacpp",
-           "quant": QUANT, "copies": COPIES, "proxy_vocab": PROXY_VOCAB, "threads": threads,
+           "quant": QUANT, "copies": COPIES, "proxy_vocab": PROXY_VOCAB, "threads": threads, "repack": repack,
            "llama_cpp_python": llama_cpp_version(),
            "system": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
            "machine": _machine(torch.device("cpu"))}
@@ -220,11 +185,13 @@ def llamacpp_table_key(db: Database, settings: LatencySettings, threads: int) ->
 
 
 def llamacpp_cost_table(dense: PreTrainedModel, adapter: ModelAdapter, db: Database, path: Path,
-                        settings: LatencySettings, threads: int | None = None, progress: bool = True) -> CostTable:
+                        settings: LatencySettings, threads: int | None = None, repack: str | bool = "auto",
+                        progress: bool = True) -> CostTable:
     """The latency CostTable timed in llama.cpp: measured once, then read back from `path` (resume).
 
     Args:
         threads: llama.cpp CPU threads (None: this process's cores).
+        repack: llama.cpp's weight repacking (`llamacpp.repack_setting`); the table is timed as served.
 
     Raises:
         UserError: llama.cpp is not installed, the model's layers differ in shape, or the saved
@@ -232,10 +199,11 @@ def llamacpp_cost_table(dense: PreTrainedModel, adapter: ModelAdapter, db: Datab
     """
     require_llama_cpp()
     threads = threads or default_threads()
+    repack = repack_setting(repack)
 
     def measure() -> dict:
         with tempfile.TemporaryDirectory(prefix="evoprune-latency-") as tmp:
             files = shape_files(dense, adapter, db, Path(tmp), progress)
-            return measure_llamacpp_table(files, db, settings, threads, progress)
+            return measure_llamacpp_table(files, db, settings, threads, repack, progress)
 
-    return cached_cost_table(path, settings, llamacpp_table_key(db, settings, threads), measure)
+    return cached_cost_table(path, settings, llamacpp_table_key(db, settings, threads, repack), measure)

@@ -1,6 +1,8 @@
-"""Prefill and decode speed of GGUF models in llama.cpp at batch 1, measured side by side.
+"""Prefill and decode speed of GGUF models in llama.cpp, measured side by side in an engine child process.
 
-One repeat = a prefill of `prompt_len` random token ids into an empty KV cache, then `new_tokens`
+`time_ggufs` (whole models at batch 1, `evoprune eval --engine llamacpp`) and `sample_gguf_calls`
+(single prefill or decode calls, the llama.cpp latency table) run inside an `EngineProcess`; their
+parents call them through `measure_ggufs` and `engine_latency`. One repeat = a prefill of `prompt_len` random token ids into an empty KV cache, then `new_tokens`
 greedy single-token decode steps (the argmax of the last logits is fed back), as
 `evaluate.latency` does for transformers. Several models are measured round-robin, repeat by
 repeat with the order rotated, so that a slow phase of a shared machine hits all of them alike,
@@ -11,14 +13,18 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import UserError
+from .engine_process import run_isolated
+from .llamacpp import open_llama, repack_setting
 
 log = logging.getLogger(__name__)
 
@@ -123,3 +129,96 @@ def compare_engine_latency(models: dict, prompt_len: int = 128, new_tokens: int 
         log.info("%s: prefill %.1f tok/s, decode %.1f tok/s (llama.cpp, %d threads)", name,
                  results[name].prefill_tokens_per_s, results[name].decode_tokens_per_s, threads)
     return results
+
+
+def measure_ggufs(paths: dict[str, Path], prompt_len: int = 128, new_tokens: int = 32, warmup: int = 2,
+                  repeats: int = 5, threads: int = 1, repack: str | bool | dict = "auto", seed: int = 0,
+                  progress: bool = False) -> dict[str, EngineLatency]:
+    """`compare_engine_latency` of GGUF files, loaded and timed in an engine child process.
+
+    Args:
+        paths: name -> .gguf file.
+        repack: weight repacking for all (`auto` | `on` | `off`), or name -> on / off per file, so that
+            one file can be timed both ways side by side (under two names).
+
+    Raises:
+        EngineCrashed: llama.cpp died in native code.
+    """
+    per_file = repack if isinstance(repack, dict) else {name: repack for name in paths}
+    per_file = {name: repack_setting(per_file[name]) for name in paths}
+    label = ", ".join(sorted({str(p) for p in paths.values()}))
+    return run_isolated(time_ggufs, paths, prompt_len, new_tokens, warmup, repeats, threads, per_file, seed,
+                        progress, label=label, repack=any(per_file.values()))
+
+
+def time_ggufs(paths: dict[str, Path], prompt_len: int, new_tokens: int, warmup: int, repeats: int, threads: int,
+               repack: dict[str, bool], seed: int, progress: bool) -> dict[str, EngineLatency]:
+    """In the child: open every file with room for the workload, time them interleaved, close them."""
+    models = {name: open_llama(path, n_ctx=prompt_len + new_tokens, threads=threads, n_batch=prompt_len,
+                               repack=repack[name]) for name, path in paths.items()}
+    try:
+        return compare_engine_latency(models, prompt_len, new_tokens, warmup, repeats, threads, seed, progress)
+    finally:
+        for llm in models.values():
+            llm.close()
+
+
+class CallTimer:
+    """One GGUF file in llama.cpp with a fixed random input, able to time one prefill or one decode call.
+
+    `prefill` runs `tokens` tokens at batch 1 into an empty cache; `decode` runs one token against a
+    cache of `tokens` positions.
+    """
+
+    def __init__(self, path: Path, mode: str, tokens: int, threads: int, repack: bool):
+        self.mode, self.tokens = mode, tokens
+        self.llm = open_llama(path, n_ctx=tokens + 1, threads=threads, n_batch=tokens, repack=repack)
+        self.ids = np.random.default_rng(0).integers(0, self.llm.n_vocab(), tokens + 1).tolist()
+        if self.mode == "decode":
+            prefill(self.llm, self.ids[:-1])  # the context every decode call sees
+        self.calls = 1
+
+    def _once(self) -> None:
+        if self.mode == "prefill":
+            prefill(self.llm, self.ids[:-1])
+        else:
+            prefill(self.llm, self.ids[-1:], start=self.tokens)  # drops the token the last call added
+
+    def calibrate(self, sample_seconds: float) -> None:
+        """Choose how many calls one sample makes, so that it lasts about `sample_seconds`."""
+        self.calls = 1
+        self.calls = max(1, math.ceil(sample_seconds / max(self(), 1e-7)))
+
+    def __call__(self) -> float:
+        """Seconds per call, over one sample of `calls` calls."""
+        started = time.perf_counter()
+        for _ in range(self.calls):
+            self._once()
+        return (time.perf_counter() - started) / self.calls
+
+
+def sample_gguf_calls(files: dict, mode: str, tokens: int, warmup: int, repeats: int, sample_seconds: float,
+                      threads: int, repack: bool, progress: bool) -> dict:
+    """In the child: seconds per call of every file, `repeats` samples each after `warmup` rounds, round-robin.
+
+    Args:
+        files: key -> .gguf file.
+
+    Returns:
+        key -> the list of `repeats` samples.
+    """
+    timers = {}
+    for key, path in tqdm(files.items(), desc="latency table: loading", disable=not progress):
+        timers[key] = CallTimer(path, mode, tokens, threads, repack)
+        timers[key].calibrate(sample_seconds)
+    samples: dict = {k: [] for k in timers}
+    try:
+        for r in tqdm(range(warmup + repeats), desc="latency table: rounds", disable=not progress):
+            for key, timer in timers.items():
+                elapsed = timer()
+                if r >= warmup:
+                    samples[key].append(elapsed)
+    finally:
+        for timer in timers.values():
+            timer.llm.close()
+    return samples

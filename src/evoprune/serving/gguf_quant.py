@@ -9,7 +9,6 @@ quantizing, and reported.
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import gguf
 
 from ..errors import UserError
 from .gguf_tensors import GgufTensor
-from .llamacpp import native_output, require_llama_cpp
+from .llamacpp import quantize_gguf
 
 
 @dataclass(frozen=True)
@@ -83,21 +82,14 @@ def fallback_advice(plan: list[GgufTensor], fallbacks: dict[str, str], quant: Qu
 
 
 def quantize(source: Path, target: Path, quant: Quant, threads: int = 0) -> None:
-    """Quantize the f16/f32 GGUF `source` into `target` with llama.cpp's quantizer (its default settings).
+    """Quantize the f16/f32 GGUF `source` into `target` with llama.cpp's quantizer (its default settings),
+    in a child process (`llamacpp.quantize_gguf`).
 
     Raises:
-        UserError: llama-cpp-python missing.
+        UserError: llama-cpp-python missing, or llama.cpp crashed.
         RuntimeError: the quantizer failed.
     """
-    llama_cpp = require_llama_cpp()
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = int(quant.file_type)
-    params.nthread = threads
-    with native_output() as output:  # llama.cpp prints a line per tensor; keep it for failures only
-        status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
-    if status != 0:
-        tail = " | ".join(output.text().strip().splitlines()[-3:])
-        raise RuntimeError(f"llama.cpp failed to quantize {source} to {quant.name} (status {status}): {tail}")
+    quantize_gguf(source, target, int(quant.file_type), threads)
 
 
 def tensor_types(path: Path) -> dict[str, str]:
