@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -84,3 +86,29 @@ def test_repacking_is_off_by_default_on_amx_cpus_and_as_asked_elsewhere(monkeypa
     assert repack_setting("auto") is True
     with pytest.raises(UserError, match="eval.repack must be one of auto, on, off"):
         repack_setting("maybe")
+
+
+CRASHING_TESTS = '''
+import ctypes
+
+from evoprune.serving.engine_process import EngineProcess
+
+
+def test_whose_engine_segfaults():
+    with EngineProcess("fake.gguf") as engine:
+        engine.call(ctypes.string_at, 0)
+
+
+def test_after_it():
+    assert True
+'''
+
+
+def test_a_test_whose_engine_segfaults_fails_and_the_session_goes_on(tmp_path):
+    (tmp_path / "test_crashing.py").write_text(CRASHING_TESTS)
+    session = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+                              str(tmp_path / "test_crashing.py")], capture_output=True, text=True, timeout=300,
+                             cwd=tmp_path)
+    assert session.returncode == 1, session.stdout + session.stderr
+    assert "1 failed, 1 passed" in session.stdout.splitlines()[-1]
+    assert "EngineCrashed: llama.cpp died of SIGSEGV in `string_at` on fake.gguf" in session.stdout
