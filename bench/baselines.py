@@ -21,7 +21,8 @@ from evoprune.arch import params
 from evoprune.atomic import write_json, write_text
 from evoprune.config import load_config
 from evoprune.evaluate.suite import evaluate_models, teacher_for
-from evoprune.pipeline import data_blocks, load_source
+from evoprune.data import data_blocks
+from evoprune.models import load_source
 from evoprune.prune.calibration import collect_stats
 from evoprune.prune.depth import depth_spec
 from evoprune.prune.target import resolve_target

@@ -48,7 +48,8 @@ from evoprune.evaluate.sweep_report import sweep_section
 from evoprune.evaluate.tasks import resolve_tasks, task_configs_dir
 from evoprune.evaluate.teacher import TeacherCache, kl_to_teacher
 from evoprune.evaluate.unseen import describe_unseen, load_unseen, unseen_metrics
-from evoprune.pipeline import data_blocks, load_source
+from evoprune.data import data_blocks
+from evoprune.models import load_source
 
 log = logging.getLogger("compare")
 

@@ -32,7 +32,8 @@ from evoprune.evaluate.perplexity import mean_nll
 from evoprune.evaluate.suite import teacher_for
 from evoprune.evaluate.teacher import kl_to_teacher
 from evoprune.evaluate.unseen import load_unseen, unseen_metrics
-from evoprune.pipeline import data_blocks, load_source
+from evoprune.data import data_blocks
+from evoprune.models import load_source
 from evoprune.prune.calibration import collect_stats
 from evoprune.prune.depth import depth_spec
 from evoprune.prune.target import resolve_target

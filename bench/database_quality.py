@@ -24,7 +24,7 @@ from evoprune import darwin
 from evoprune.atomic import write_json, write_text
 from evoprune.cli import parse_with_overrides
 from evoprune.config import load_config
-from evoprune.pipeline import load_source
+from evoprune.models import load_source
 from evoprune.prune.target import resolve_target
 from evoprune.report import markdown_table
 from evoprune.search.budget import make_budget, uniform_genotype

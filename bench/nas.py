@@ -49,7 +49,8 @@ from evoprune.nas.objectives import make_objectives
 from evoprune.nas.pareto import hypervolume, pareto_front
 from evoprune.nas.pipeline import sorted_space, supernet_step, trial_rows
 from evoprune.nas.study import open_study, run_study
-from evoprune.pipeline import data_blocks, load_source
+from evoprune.data import data_blocks
+from evoprune.models import load_source
 from evoprune.prune.calibration import collect_stats
 from evoprune.prune.database import model_fingerprint
 from evoprune.prune.depth import depth_spec

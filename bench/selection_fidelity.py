@@ -39,7 +39,8 @@ from evoprune.config import load_config  # noqa: E402
 from evoprune.evaluate.perplexity import mean_nll  # noqa: E402
 from evoprune.evaluate.suite import teacher_for  # noqa: E402
 from evoprune.evaluate.teacher import kl_to_teacher  # noqa: E402
-from evoprune.pipeline import data_blocks, load_source  # noqa: E402
+from evoprune.data import data_blocks  # noqa: E402
+from evoprune.models import load_source  # noqa: E402
 from evoprune.prune.target import resolve_target  # noqa: E402
 from evoprune.report import markdown_table  # noqa: E402
 from evoprune.search.budget import make_budget, uniform_genotype  # noqa: E402

@@ -6,7 +6,7 @@
     python bench/serving.py --quants f16 --eval-blocks 4 data.seq_len=256      # key=value words: config overrides
 
 Dense and pruned models are measured side by side in each engine and format: transformers (fp32,
-`pipeline.evaluate`), llama.cpp f16, q8_0 and q4_k_m (`evoprune export --format gguf`, then
+`evaluate.run.evaluate`), llama.cpp f16, q8_0 and q4_k_m (`evoprune export --format gguf`, then
 `evoprune eval --engine llamacpp`). Every row has held-out perplexity on the same token ids, file
 size, prefill and decode tokens/s at batch 1 (models interleaved repeat by repeat) and speedups
 against the dense model in the same engine and format. Two goals are checked: in llama.cpp the
@@ -101,7 +101,7 @@ def measure(cfg, dense: str, pruned: Path, quants: list[str], work: Path) -> dic
     import json
 
     from evoprune.models import resolve_model_path
-    from evoprune.pipeline import evaluate
+    from evoprune.evaluate.run import evaluate
     from evoprune.serving.engine_eval import evaluate_gguf
     from evoprune.serving.engine_gguf import llama_cpp_version
     from evoprune.serving.gguf_export import export_gguf

@@ -26,7 +26,8 @@ from evoprune.config import load_config
 from evoprune.evaluate.streamed_kl import streamed_kl
 from evoprune.evaluate.suite import teacher_for
 from evoprune.evaluate.teacher import kl_to_teacher
-from evoprune.pipeline import data_blocks, load_source
+from evoprune.data import data_blocks
+from evoprune.models import load_source
 from evoprune.prune.target import resolve_target
 from evoprune.report import markdown_table
 from evoprune.search.assemble import assemble

@@ -27,7 +27,8 @@ from evoprune.config import load_config
 from evoprune.evaluate.perplexity import mean_nll
 from evoprune.evaluate.streamed_perplexity import streamed_mean_nll
 from evoprune.memory import MemoryWatch
-from evoprune.pipeline import data_blocks, load_source
+from evoprune.data import data_blocks
+from evoprune.models import load_source
 from evoprune.report import markdown_table
 
 MIB = 2**20

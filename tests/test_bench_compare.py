@@ -100,7 +100,7 @@ def _darwin_bench_dir(compare, root: Path, bench: Path, sparsity: float, **ident
     """What bench/darwin.py leaves: a database and one winners file (here every winner is the uniform genotype)."""
     from evoprune import darwin
     from evoprune.config import load_config
-    from evoprune.pipeline import load_source
+    from evoprune.models import load_source
     from evoprune.prune.target import resolve_target
     from evoprune.search.budget import make_budget, uniform_genotype
 

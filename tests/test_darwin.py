@@ -15,7 +15,8 @@ from evoprune.evaluate.suite import teacher_for
 from evoprune.evaluate.teacher import kl_to_teacher
 from evoprune.evaluate.teacher_subset import TeacherSubset
 from evoprune.models import load_model
-from evoprune.pipeline import data_blocks, load_source
+from evoprune.data import data_blocks
+from evoprune.models import load_source
 from evoprune.prune.database import Database, DatabaseSettings
 from evoprune.search.budget import make_budget, uniform_genotype
 from evoprune.search.fitness import select

@@ -12,7 +12,7 @@ from test_darwin import TINY, config
 from evoprune import darwin
 from evoprune.cli import main
 from evoprune.errors import UserError
-from evoprune.pipeline import load_source
+from evoprune.models import load_source
 from evoprune.rundir import read_run_json, run_lock
 
 

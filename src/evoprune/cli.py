@@ -277,7 +277,9 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "slice":
         out = pipeline.slice_with_spec(cfg, args.spec, args.out, force=args.force, progress=progress)
     else:
-        out = pipeline.evaluate(cfg, cfg.model.source, args.out, teacher=args.teacher, force=args.force,
+        from .evaluate.run import evaluate
+
+        out = evaluate(cfg, cfg.model.source, args.out, teacher=args.teacher, force=args.force,
                                 progress=progress, tasks=args.tasks, limit=args.limit, num_fewshot=args.num_fewshot)
     print((out / "report.md").read_text())
 

@@ -34,7 +34,8 @@ from .evaluate.unseen import describe_unseen, load_unseen
 from .memory import watched
 from .memory_estimate import check_memory_budget
 from .models import LoadedModel
-from .pipeline import data_blocks, load_source
+from .data import data_blocks
+from .models import load_source
 from .prune.database import Database, DatabaseSettings
 from .prune.levels import attention_cost, attention_ladder, mlp_cost, mlp_ladder
 from .prune.target import Target, resolve_target

@@ -17,7 +17,7 @@ from .evaluate.unseen_report import unseen_section
 from .evaluate.teacher import TeacherCache
 from .evaluate.teacher_subset import TeacherSubset
 from .memory import memory_section
-from .pipeline import METRIC_COLUMNS
+from .evaluate.suite import METRIC_COLUMNS
 from .report import markdown_table, plot_bars, plot_kept_per_layer, write_report
 from .search.budget import format_cost
 from .search.fitness import CandidateEvaluator

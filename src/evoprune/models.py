@@ -14,14 +14,20 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from .arch.adapter import ModelAdapter, adapter_for
 from .arch.export import register_pruned_classes
+from .data import check_seq_len
 from .errors import UserError
 from .weights.compute_dtype import compute_in
 from .weights.shard_index import check_sharded_index
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -246,3 +252,14 @@ def _load_weights(path: Path, config: PretrainedConfig, dtype: torch.dtype, trus
     except Exception as e:
         raise UserError(f"cannot load weights from {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
+
+def load_source(cfg: RunConfig, source: str | None = None) -> LoadedModel:
+    """The model `source` (default `cfg.model.source`) loaded as `cfg.model` says, with a tokenizer and a context
+    long enough for `cfg.data.seq_len`."""
+    m = cfg.model
+    loaded = load_model(source or m.source, dtype=m.dtype, device=m.device, allow_pickle=m.allow_pickle,
+                        trust_remote_code=m.trust_remote_code, compute_dtype=m.compute_dtype)
+    if loaded.tokenizer is None:
+        raise UserError(f"{loaded.path} has no tokenizer; evoprune needs one to read calibration text")
+    check_seq_len(cfg.data.seq_len, getattr(loaded.model.config, "max_position_embeddings", None))
+    return loaded

@@ -1,4 +1,4 @@
-"""The `prune`, `slice` and `eval` commands as library functions: config in, run directory out.
+"""The `prune` (uniform, depth baselines) and `slice` commands as library functions: config in, run directory out.
 
 A run directory always has the same layout: `model/` (exported checkpoint), `spec.json`,
 `metrics.json`, `config.yaml` (resolved), `report.md` and its PNG plots. It is built under a
@@ -19,16 +19,12 @@ from .arch.streamed_export import export_sliced
 from .arch.spec import SubnetSpec
 from .atomic import check_output_dir, staged_dir, write_json, write_text
 from .config import RunConfig, dump_config
-from .data import check_seq_len, token_blocks
-from .errors import UserError
-from .evaluate.latency_sweep import check_sweep, sweep_latency, sweep_rows
-from .evaluate.sweep_report import sweep_section
-from .evaluate.task_report import task_section
-from .evaluate.suite import evaluate_models, teacher_for
+from .data import data_blocks
+from .evaluate.suite import METRIC_COLUMNS, evaluate_models, teacher_for
 from .evaluate.unseen import describe_unseen, load_unseen
 from .evaluate.unseen_report import unseen_section
 from .memory import memory_section, watched
-from .models import LoadedModel, load_model
+from .models import LoadedModel, load_source
 from .prune.calibration import collect_stats
 from .prune.depth import depth_spec
 from .prune.target import resolve_target
@@ -40,23 +36,6 @@ from .weights.compute_dtype import inference_slice
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["model", "params", "block_params", "perplexity", "kl_to_teacher", "prefill_tokens_per_s",
-                  "decode_tokens_per_s", "prefill_speedup", "decode_speedup", "ideal_speedup"]
-
-
-def load_source(cfg: RunConfig, source: str | None = None) -> LoadedModel:
-    m = cfg.model
-    loaded = load_model(source or m.source, dtype=m.dtype, device=m.device, allow_pickle=m.allow_pickle,
-                        trust_remote_code=m.trust_remote_code, compute_dtype=m.compute_dtype)
-    if loaded.tokenizer is None:
-        raise UserError(f"{loaded.path} has no tokenizer; evoprune needs one to read calibration text")
-    check_seq_len(cfg.data.seq_len, getattr(loaded.model.config, "max_position_embeddings", None))
-    return loaded
-
-
-def data_blocks(cfg: RunConfig, tokenizer, split: str, n: int) -> torch.Tensor:
-    return token_blocks(tokenizer, cfg.data.source, split, cfg.data.seq_len, max_blocks=n,
-                        text_field=cfg.data.text_field)
 
 
 def make_spec(cfg: RunConfig, dense: LoadedModel, progress: bool = True) -> SubnetSpec:
@@ -161,87 +140,3 @@ def _prune_report(folder: Path, cfg: RunConfig, spec: SubnetSpec, rows: dict, me
                                   + (f"\n\n{serving_line(metrics['serving'])}" if "serving" in metrics else "")))
     write_report(folder / "report.md", f"evoprune {spec.meta.get('method', 'prune')}: {spec.meta.get('source', '')}",
                  sections)
-
-
-@holding_run_lock
-@watched
-def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = None, force: bool = False,
-             progress: bool = True, tasks: str | None = None, limit: int | None = None,
-             num_fewshot: int | None = None) -> Path:
-    """Evaluate `model` (and, side by side, the dense `teacher` when given) and write a run directory.
-
-    With `tasks` (a preset or a comma list), every model is also scored on those lm-eval tasks.
-    """
-    from .evaluate.tasks import check_task_options
-
-    check_task_options(num_fewshot, limit)
-    check_output_dir(out, force)
-    if tasks is not None:
-        from .evaluate.tasks import resolve_tasks, task_configs_dir
-
-        resolve_tasks(tasks, num_fewshot)  # bad names fail before any model is loaded
-        task_configs_dir()
-    started = time.time()
-    with memory.stage("load model"):
-        student = load_source(cfg, model)
-    models = {"model": student.model}
-    teacher_loaded = None
-    if teacher:
-        with memory.stage("load model"):
-            teacher_loaded = load_source(cfg, teacher)
-        if len(teacher_loaded.tokenizer) != len(student.tokenizer) or \
-                teacher_loaded.model.config.vocab_size != student.model.config.vocab_size:
-            raise UserError(f"teacher {teacher} and model {model} have different vocabularies; KL needs the same tokenizer")
-        models = {"teacher": teacher_loaded.model, "model": student.model}
-    grid = cfg.eval.sweep_grid() if cfg.eval.latency else None
-    if grid is not None:  # a workload too long for the model fails now, not after the evaluation
-        check_sweep(models, *grid, cfg.eval.new_tokens, cfg.eval.warmup, cfg.eval.repeats)
-    eval_blocks = data_blocks(cfg, student.tokenizer, "eval", cfg.data.eval_blocks)
-    cache = None
-    if teacher_loaded is not None:
-        with memory.stage("teacher cache"):
-            cache = teacher_for(teacher_loaded.model, str(teacher_loaded.path), eval_blocks, cfg.eval,
-                                cfg.data.batch_size, progress)
-    with memory.stage("evaluation"):
-        unseen = load_unseen(cfg, student.tokenizer)
-        rows = evaluate_models(models, eval_blocks, cache, cfg.eval, cfg.data.batch_size, progress, unseen=unseen)
-    metrics = {**rows, "eval_tokens": int(eval_blocks.numel())}
-    if unseen is not None:
-        metrics["unseen_text"] = describe_unseen(unseen)
-    loaded = {"model": student} if teacher_loaded is None else {"teacher": teacher_loaded, "model": student}
-    task_scores = {}
-    if tasks is not None:
-        from .evaluate.harness import run_tasks
-
-        with memory.stage("tasks"):
-            task_scores = {name: run_tasks(m.model, m.tokenizer, tasks, limit, num_fewshot, seed=cfg.seed)
-                           for name, m in loaded.items()}
-        metrics.update(task_scores["model"])
-        if "teacher" in task_scores:
-            metrics["teacher_tasks"] = task_scores["teacher"]
-    if grid is not None:
-        with memory.stage("latency sweep"):
-            sweep = sweep_latency(models, *grid, new_tokens=cfg.eval.new_tokens, warmup=cfg.eval.warmup,
-                                  repeats=cfg.eval.repeats, seed=cfg.seed, progress=progress)
-        metrics["latency_sweep"] = sweep_rows(sweep)
-    metrics["wall_time_s"] = round(time.time() - started, 1)
-    metrics["memory"] = memory.summary()
-    with staged_dir(out, force=force) as tmp:
-        write_json(tmp / "metrics.json", metrics)
-        write_text(tmp / "config.yaml", dump_config(cfg))
-        plot_bars({k: r["perplexity"] for k, r in rows.items()}, "held-out perplexity", "perplexity (log scale)",
-                  tmp / "perplexity.png", log=True)
-        table = markdown_table(list(rows.values()), [c for c in METRIC_COLUMNS if c in next(iter(rows.values()))])
-        sections = [("Result", table + "\n![perplexity](perplexity.png)\n")]
-        if unseen is not None:
-            sections.append(("Unseen text", unseen_section(rows, unseen, tmp / "unseen.png")))
-        if task_scores:
-            sections.append(("Tasks (lm-evaluation-harness, offline)", task_section(task_scores, tmp / "tasks.png")))
-        if grid is not None:
-            ideal = {name: row["ideal_speedup"] for name, row in rows.items()}
-            sections.append(("Latency sweep", sweep_section(metrics["latency_sweep"], ideal, tmp / "latency_sweep.png",
-                                                            cfg.eval.new_tokens, cfg.eval.repeats, cfg.eval.warmup)))
-        sections.append(("Data", f"{cfg.data.source}, held-out split, {metrics['eval_tokens']:,} tokens."))
-        sections.append(("Memory", memory_section(metrics["memory"])))
-        write_report(tmp / "report.md", f"evoprune eval: {model}", sections)
-    return Path(out)

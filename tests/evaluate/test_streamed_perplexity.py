@@ -141,7 +141,7 @@ def test_evaluate_models_measures_the_same_perplexity_either_way(streamed, monke
 
 
 def test_evoprune_eval_reports_the_same_perplexities_layer_by_layer(tiny_run_inputs, tmp_path):
-    from evoprune.pipeline import evaluate
+    from evoprune.evaluate.run import evaluate
 
     metrics = {}
     for streamed in ("true", "false"):

@@ -8,7 +8,8 @@ import pytest
 
 from evoprune.errors import UserError
 from evoprune.search.genotype import Genotype
-from evoprune.search.state import SearchState, rng_state
+from evoprune.search.state import SearchState
+from evoprune.train.rng import rng_state
 
 
 def test_state_round_trip_restores_rng(tmp_path):

@@ -22,7 +22,7 @@ from evoprune.cli import main  # noqa: E402
 from evoprune.config import load_config  # noqa: E402
 from evoprune.errors import UserError  # noqa: E402
 from evoprune.evaluate.perplexity import mean_nll  # noqa: E402
-from evoprune.pipeline import data_blocks  # noqa: E402
+from evoprune.data import data_blocks  # noqa: E402
 from evoprune.serving.engine_eval import engine_scores, evaluate_gguf  # noqa: E402
 from evoprune.serving.gguf_export import export_gguf  # noqa: E402
 from evoprune.serving.llamacpp import LlamaCppModel  # noqa: E402
@@ -165,7 +165,7 @@ def test_teacher_with_another_vocabulary_is_refused(files, tmp_path):
 @pytest.mark.slow  # about a minute: the embedded 135M model in llama.cpp (Q4_1) and in transformers (f32)
 def test_embedded_gguf_perplexity_is_close_to_its_transformers_conversion(tmp_path):
     from evoprune.assets import embedded_gguf
-    from evoprune.pipeline import load_source
+    from evoprune.models import load_source
 
     cfg = load_config(None, ["data.seq_len=256", "data.eval_blocks=4", "eval.latency=false", "eval.unseen=false"])
     out = evaluate_gguf(cfg, "smollm2-135m", tmp_path / "run", progress=False)

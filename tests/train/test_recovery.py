@@ -18,7 +18,7 @@ from evoprune.cli import main
 from evoprune.config import load_config
 from evoprune.evaluate.perplexity import mean_nll
 from evoprune.models import load_model
-from evoprune.pipeline import data_blocks
+from evoprune.data import data_blocks
 from evoprune.train.recovery import RecoveryRunConfig, recover
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")

@@ -6,7 +6,7 @@ of the `calibration` / `train` / `eval` splits by a hash of its text, and `token
 one split tokenized and packed into `[n, seq_len]` blocks, cached on disk.
 """
 
-from .blocks import check_seq_len, pack_split, token_blocks
+from .blocks import check_seq_len, data_blocks, pack_split, token_blocks
 from .embedded import EMBEDDED_CORPORA, EMBEDDED_SOURCE
 from .packing import PackedSplit
 from .sources import load_documents
@@ -20,6 +20,7 @@ __all__ = [
     "PackedSplit",
     "SplitFractions",
     "check_seq_len",
+    "data_blocks",
     "document_digest",
     "load_documents",
     "pack_split",

@@ -80,3 +80,9 @@ def token_blocks(tokenizer, source: str, split: str, seq_len: int, max_blocks: i
         log.warning("the %s split of %s has only %d blocks of %d tokens (%d asked); using all of them",
                     split, source, available, seq_len, max_blocks)
     return packed.blocks[:max_blocks]
+
+
+def data_blocks(cfg, tokenizer, split: str, n: int) -> torch.Tensor:
+    """`n` blocks of `cfg.data.seq_len` tokens of `cfg.data.source`'s `split` (a RunConfig's data section)."""
+    return token_blocks(tokenizer, cfg.data.source, split, cfg.data.seq_len, max_blocks=n,
+                        text_field=cfg.data.text_field)

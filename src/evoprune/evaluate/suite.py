@@ -21,6 +21,10 @@ from .streamed_choice import use_streamed
 from .teacher import TeacherCache, kl_to_teacher
 from .unseen import unseen_metrics
 
+# the columns of the result table of every run report (dense, baselines, pruned)
+METRIC_COLUMNS = ["model", "params", "block_params", "perplexity", "kl_to_teacher", "prefill_tokens_per_s",
+                  "decode_tokens_per_s", "prefill_speedup", "decode_speedup", "ideal_speedup"]
+
 log = logging.getLogger(__name__)
 
 

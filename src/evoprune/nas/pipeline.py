@@ -31,7 +31,8 @@ from ..evaluate.unseen import describe_unseen, load_unseen
 from ..evaluate.unseen_report import unseen_section
 from ..memory import memory_section, watched
 from ..models import LoadedModel
-from ..pipeline import data_blocks, load_source
+from ..data import data_blocks
+from ..models import load_source
 from ..prune.calibration import CalibrationStats, collect_stats
 from ..report import markdown_table, write_report
 from ..rundir import run_lock

@@ -27,7 +27,8 @@ from .distributed_fitness import agreed
 from .fitness import CandidateEvaluator, Stage, select
 from .genotype import Genotype
 from .mutation import mutate, random_genotype
-from .state import SearchState, rng_state
+from ..train.rng import rng_state
+from .state import SearchState
 
 log = logging.getLogger(__name__)
 

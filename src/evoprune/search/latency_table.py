@@ -185,11 +185,11 @@ def table_key(dense: PreTrainedModel, db: Database, settings: LatencySettings) -
                      for kind in KINDS for levels in db.levels[kind] for lv in levels[1:]})
     key = {"settings": asdict(settings), "shape": db.shape.to_dict(), "blocks": blocks, "dtype": str(param.dtype),
            "device": param.device.type, "attention": getattr(dense.config, "_attn_implementation", None),
-           "machine": _machine(param.device), "threads": torch.get_num_threads(), "torch": torch.__version__}
+           "machine": machine_description(param.device), "threads": torch.get_num_threads(), "torch": torch.__version__}
     return json.loads(json.dumps(key))
 
 
-def _machine(device: torch.device) -> dict:
+def machine_description(device: torch.device) -> dict:
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..atomic import write_json
 from ..errors import UserError
 from ..rundir import refuse_changed
+from ..train.rng import restore_rng
 from .genotype import Genotype
 
 FORMAT = "evoprune.search_state/1"
@@ -46,16 +47,3 @@ class SearchState:
                             "the search again (or rerun with --force)") from None
         refuse_changed(path.parent, state.config, json.loads(json.dumps(config)), "search")  # JSON: tuples as lists
         return state
-
-
-def restore_rng(state: list) -> random.Random:
-    """The random.Random whose state `rng_state` saved as JSON."""
-    rng = random.Random()
-    version, internal, gauss = state
-    rng.setstate((version, tuple(internal), gauss))
-    return rng
-
-
-def rng_state(rng: random.Random) -> list:
-    version, internal, gauss = rng.getstate()
-    return [version, list(internal), gauss]

@@ -25,7 +25,7 @@ from ..atomic import check_output_dir, staged_dir, write_json, write_text
 from ..config import RunConfig, dump_config
 from ..data import check_seq_len
 from ..errors import UserError
-from ..pipeline import data_blocks
+from ..data import data_blocks
 from ..report import markdown_table, plot_bars, write_report
 from .engine_gguf import check_tokenizer, default_threads, eval_tokenizer, llama_cpp_version, resolve_gguf
 from .engine_timing import measure_ggufs

@@ -6,7 +6,7 @@ a one-line UserError before any work starts: a missing file, a file that is not 
 its magic bytes), or one llama.cpp cannot load.
 
 Token ids come from a Hugging Face tokenizer, so that the held-out blocks are the very ids
-evoprune's transformers evaluation scores (`pipeline.data_blocks`): `--tokenizer`, else the
+evoprune's transformers evaluation scores (`data.data_blocks`): `--tokenizer`, else the
 tokenizer files beside the GGUF, else the GGUF's own vocabulary read by transformers.
 """
 

@@ -26,12 +26,10 @@ import json
 import logging
 import statistics
 import tempfile
-import time
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
@@ -42,8 +40,8 @@ from ..arch.spec import LayerSpec, SubnetSpec
 from ..errors import UserError
 from ..prune.database import Database
 from ..search.budget import CostTable
-from ..search.latency_table import (MODES, SAMPLE_SECONDS, LatencySettings, _machine, cached_cost_table,
-                                    distinct_shapes, monotone_costs)
+from ..search.latency_table import (MODES, SAMPLE_SECONDS, LatencySettings, cached_cost_table, distinct_shapes,
+                                    machine_description, monotone_costs)
 from .engine_gguf import default_threads, llama_cpp_version
 from .engine_process import run_isolated
 from .engine_timing import sample_gguf_calls
@@ -180,7 +178,7 @@ def llamacpp_table_key(db: Database, settings: LatencySettings, threads: int, re
            "quant": QUANT, "copies": COPIES, "proxy_vocab": PROXY_VOCAB, "threads": threads, "repack": repack,
            "llama_cpp_python": llama_cpp_version(),
            "system": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
-           "machine": _machine(torch.device("cpu"))}
+           "machine": machine_description(torch.device("cpu"))}
     return json.loads(json.dumps(key))
 
 

@@ -34,7 +34,7 @@ from ..atomic import staged_dir, write_text
 from ..errors import UserError
 from ..evaluate._blocks import check_blocks, next_token_logits
 from ..modes import train_mode
-from ..search.state import restore_rng, rng_state
+from ..train.rng import restore_rng, rng_state
 from ..train import TrainConfig, build_optimizer, build_scheduler, lm_loss
 from .distill import DIVERGENCES, divergence
 from .masked import MaskedSubnet

@@ -35,7 +35,8 @@ from ...evaluate.unseen import load_unseen
 from ...memory import watched
 from ...modes import eval_mode, train_mode
 from ...models import LoadedModel
-from ...pipeline import data_blocks, load_source
+from ...data import data_blocks
+from ...models import load_source
 from ...rundir import check_writable_out, read_run_json, refuse_changed, run_lock
 from ..cached_teacher import CachedTeacher
 from ..loop import plan_tokens

@@ -1,0 +1,289 @@
+"""One Python call per command: `evoprune.darwin(...)`, `evoprune.prune(...)`, ... `evoprune.export(...)`.
+
+Each call does what the command of the same name does, with the same checks, run directory and
+report, and returns a `Result`. The CLI (`cli.py`) is a thin wrapper over these functions.
+
+    import evoprune
+
+    result = evoprune.darwin("smollm2-135m", "runs/darwin-50", sparsity=0.5, profile="quick")
+    result.metrics["pruned"]["perplexity"], result.spec.params(), result.model_dir
+    model = result.load()                      # the pruned model, a transformers PreTrainedModel
+
+Arguments common to every call:
+    model: a model folder, a cached hub id, `smollm2-135m` (the embedded model), or a loaded
+        `PreTrainedModel` (saved to a temporary folder for the run; pass `tokenizer=` when its
+        `name_or_path` folder has none).
+    out: the run directory (never overwritten without `force=True`; an interrupted run resumes).
+    config: a YAML file of config fields (`configs/*.yaml`, docs/config.md).
+    overrides: config fields as a dict, e.g. `{"data.seq_len": 256, "search.generations": 6}`;
+        they win over `config` and lose to the named arguments.
+    progress: progress bars.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+__all__ = ["Result", "darwin", "database", "evaluate", "export", "nas", "prune", "search", "slice", "train"]
+
+
+@dataclass
+class Result:
+    """What a run wrote: its folder, metrics, the SubnetSpec of the result and the exported model folder.
+
+    Attributes:
+        out: the run directory (or, for `export`, the written folder).
+        metrics: `metrics.json` of the run ({} when the command writes none).
+        spec: the result's SubnetSpec (`spec.json`), when the run chose one.
+        model_dir: the exported Hugging Face folder of the result, when there is one.
+        extra: command-specific paths (e.g. nas: the picks; export: the GGUF file).
+    """
+
+    out: Path
+    metrics: dict = field(default_factory=dict)
+    spec: Any = None
+    model_dir: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+    def load(self, **kwargs):
+        """The result as a `PreTrainedModel` (evoprune's loader: no remote code needed for pruned models)."""
+        if self.model_dir is None:
+            raise UserError(f"{self.out} holds no exported model")
+        from .models import load_model
+
+        return load_model(str(self.model_dir), **kwargs).model
+
+    @classmethod
+    def read(cls, out: str | Path, model_dir: str | Path | None = "model", **extra) -> "Result":
+        """The Result of the run directory `out` (metrics.json, spec.json and `model_dir` where present)."""
+        from .arch.spec import SubnetSpec
+
+        out = Path(out)
+        metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
+        spec = SubnetSpec.load(out / "spec.json") if (out / "spec.json").is_file() else None
+        folder = out / model_dir if model_dir is not None and (out / model_dir / "config.json").is_file() else None
+        return cls(out, metrics, spec, folder, extra)
+
+
+def run_config(model: str | None, config: str | Path | None, overrides: dict | None, named: dict, cls=None):
+    """The validated config of a call: YAML `config`, then `overrides`, then the named arguments that were given."""
+    from .config import RunConfig, load_config
+
+    base = {**(overrides or {}), **{key: value for key, value in named.items() if value is not None}}
+    if model is not None:
+        base["model.source"] = model
+    return load_config(config, [], cls=cls or RunConfig, base=base)
+
+
+class _ModelSource:
+    """A model argument as a source string; a loaded model is saved to a temporary folder while the call runs."""
+
+    def __init__(self, stack: ExitStack, model, tokenizer=None):
+        self.path = model
+        if model is None or isinstance(model, (str, Path)):
+            self.path = None if model is None else str(model)
+            return
+        from transformers import AutoTokenizer, PreTrainedModel
+
+        if not isinstance(model, PreTrainedModel):
+            raise UserError(f"model must be a folder, a hub id, smollm2-135m or a PreTrainedModel, got "
+                            f"{type(model).__name__}")
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="evoprune-model-")))
+        model.save_pretrained(folder, safe_serialization=True)
+        if tokenizer is None:
+            origin = Path(str(getattr(model, "name_or_path", "") or ""))
+            if not origin.is_dir():
+                raise UserError("a loaded model needs its tokenizer: pass tokenizer=, or load the model from a folder "
+                                "that has one")
+            tokenizer = AutoTokenizer.from_pretrained(origin)
+        tokenizer.save_pretrained(folder)
+        self.path = str(folder)
+
+
+def _checked(out, cfg, teacher: str | None = None) -> None:
+    from .models import check_device, check_model_source
+    from .rundir import check_writable_out
+
+    check_writable_out(out)
+    check_device(cfg.model.device)
+    for source in (cfg.model.source, teacher):
+        if source:
+            check_model_source(source, cfg.model.allow_pickle, cfg.model.trust_remote_code)
+
+
+def darwin(model, out: str | Path, *, sparsity: float | None = None, target_params: int | None = None,
+           profile: str | None = None, data: str | None = None, config: str | Path | None = None,
+           overrides: dict | None = None, force: bool = False, progress: bool = True, tokenizer=None,
+           phase: str = "darwin") -> Result:
+    """DarwinLM: second-order database, search (`profile`), export and evaluation (`evoprune darwin`).
+
+    Args:
+        sparsity: fraction of the blocks' parameters to remove (`prune.sparsity`).
+        target_params: total parameters to keep instead (`prune.target_params`).
+        profile: `quick` (the MIP assembly of replace-one KLs) or `paper` (`search.profile`).
+        data: calibration / evaluation text (`data.source`).
+        phase: `darwin` (everything), `database` (stop after the database) or `search` (database built).
+    """
+    from . import darwin as workflow
+
+    with ExitStack() as stack:
+        source = _ModelSource(stack, model, tokenizer).path
+        named = {"prune.sparsity": sparsity, "prune.target_params": target_params, "search.profile": profile,
+                 "data.source": data}
+        cfg = run_config(source, config, overrides, named)
+        _checked(out, cfg)
+        done = workflow.run(cfg, out, phase=phase, force=force, progress=progress)
+    return Result.read(done, database=done / "database")
+
+
+def database(model, out: str | Path, **kwargs) -> Result:
+    """Only the second-order database of a darwin run (`evoprune database`); see `darwin`."""
+    return darwin(model, out, phase="database", **kwargs)
+
+
+def search(model, out: str | Path, **kwargs) -> Result:
+    """Search, export and evaluate with the database already in `out` (`evoprune search`); see `darwin`."""
+    return darwin(model, out, phase="search", **kwargs)
+
+
+def prune(model, out: str | Path, *, method: str = "uniform", sparsity: float | None = None,
+          target_params: int | None = None, data: str | None = None, config: str | Path | None = None,
+          overrides: dict | None = None, force: bool = False, progress: bool = True, tokenizer=None) -> Result:
+    """A baseline: the same keep-ratio in every layer (`uniform`) or ShortGPT layer removal (`depth`)."""
+    from . import pipeline
+
+    with ExitStack() as stack:
+        source = _ModelSource(stack, model, tokenizer).path
+        named = {"prune.method": method, "prune.sparsity": sparsity, "prune.target_params": target_params,
+                 "data.source": data}
+        cfg = run_config(source, config, overrides, named)
+        _checked(out, cfg)
+        done = pipeline.prune(cfg, out, force=force, progress=progress)
+    return Result.read(done)
+
+
+def slice(model, spec: str | Path, out: str | Path, *, data: str | None = None,  # noqa: A001 - the command's name
+          config: str | Path | None = None, overrides: dict | None = None, force: bool = False,
+          progress: bool = True, tokenizer=None) -> Result:
+    """Cut `model` down to the SubnetSpec saved at `spec` (a run's spec.json), export and evaluate it."""
+    from . import pipeline
+
+    with ExitStack() as stack:
+        source = _ModelSource(stack, model, tokenizer).path
+        cfg = run_config(source, config, overrides, {"data.source": data})
+        _checked(out, cfg)
+        done = pipeline.slice_with_spec(cfg, spec, out, force=force, progress=progress)
+    return Result.read(done)
+
+
+def evaluate(model, out: str | Path, *, teacher: str | None = None, tasks: str | None = None,
+             limit: int | None = None, num_fewshot: int | None = None, engine: str | None = None,
+             tokenizer_dir: str | None = None, data: str | None = None, config: str | Path | None = None,
+             overrides: dict | None = None, force: bool = False, progress: bool = True, tokenizer=None) -> Result:
+    """Perplexity, KL to `teacher`, size and speed, and lm-eval `tasks` (`evoprune eval`).
+
+    Args:
+        engine: `transformers` (an HF folder) or `llamacpp` (`model` and `teacher` are GGUF files).
+        tokenizer_dir: llamacpp only: the HF folder whose tokenizer makes the token ids.
+    """
+    from .evaluate.run import evaluate as run_evaluation
+
+    with ExitStack() as stack:
+        source = _ModelSource(stack, model, tokenizer).path
+        cfg = run_config(source, config, overrides, {"eval.engine": engine, "data.source": data})
+        if cfg.eval.engine == "llamacpp":
+            from .rundir import check_writable_out
+            from .serving.engine_eval import evaluate_gguf
+
+            if tasks is not None:
+                raise UserError("--tasks runs in transformers only; drop --tasks or use --engine transformers")
+            check_writable_out(out)
+            done = evaluate_gguf(cfg, cfg.model.source, out, teacher=teacher, tokenizer=tokenizer_dir, force=force,
+                                 progress=progress)
+            return Result.read(done, model_dir=None)
+        if tokenizer_dir is not None:
+            raise UserError("--tokenizer applies to --engine llamacpp only (transformers uses the model's own)")
+        _checked(out, cfg, teacher)
+        done = run_evaluation(cfg, cfg.model.source, out, teacher=teacher, force=force, progress=progress,
+                                 tasks=tasks, limit=limit, num_fewshot=num_fewshot)
+    return Result.read(done, model_dir=None)
+
+
+def nas(model, out: str | Path, *, objectives: str | list[str] = "kl,params", trials: int = 40,
+        sampler: str | None = None, pick: str | None = None, supernet_steps: int = 0,
+        params_range: tuple[float, float] | str | None = None, data: str | None = None,
+        config: str | Path | None = None, overrides: dict | None = None, force: bool = False,
+        progress: bool = True, tokenizer=None) -> Result:
+    """whittle: importance-sorted sub-networks, optional supernet training, a multi-objective search (`evoprune nas`).
+
+    Args:
+        objectives: two or three of kl, params, flops, latency (a list or a comma string).
+        trials: sub-networks the sampler evaluates (the command's `--budget`).
+        params_range: (low, high) fractions of the dense parameters to search, `"LOW,HIGH"`, `"full"` for the
+            whole space, or None for the command's default (0.4-0.9 when params is an objective).
+    """
+    from .nas.arguments import DEFAULT_SAMPLER, params_range_arg
+    from .nas.pipeline import run as run_nas
+
+    if isinstance(objectives, str):
+        objectives = [o.strip() for o in objectives.split(",") if o.strip()]
+    if params_range is None or isinstance(params_range, str):
+        params_range = params_range_arg(params_range, objectives)
+    with ExitStack() as stack:
+        source = _ModelSource(stack, model, tokenizer).path
+        cfg = run_config(source, config, overrides, {"data.source": data})
+        _checked(out, cfg)
+        done = run_nas(cfg, out, list(objectives), trials, sampler or DEFAULT_SAMPLER, pick, supernet_steps,
+                       force=force, progress=progress, params_range=params_range)
+    picks = sorted(p for p in (done / "picks").glob("*") if (p / "config.json").is_file()) \
+        if (done / "picks").is_dir() else []
+    return Result.read(done, model_dir=f"picks/{picks[0].name}" if picks else None, picks=picks)
+
+
+def train(model, out: str | Path, *, teacher: str | None = None, tokens: int | None = None,
+          loss: str | None = None, lora: bool = False, data: str | None = None, config: str | Path | None = None,
+          overrides: dict | None = None, force: bool = False, progress: bool = True, tokenizer=None,
+          resume_from: str | Path | None = None) -> Result:
+    """Recovery training of a pruned model: distillation from `teacher` and / or language modelling (`evoprune train`)."""
+    from .train.recovery import RecoveryRunConfig, recover
+
+    with ExitStack() as stack:
+        source = _ModelSource(stack, model, tokenizer).path
+        named = {"train.teacher": teacher, "train.tokens": tokens, "train.loss": loss, "data.source": data}
+        if lora:
+            named["train.lora"] = True
+        cfg = run_config(source, config, overrides, named, cls=RecoveryRunConfig)
+        _checked(out, cfg, cfg.train.teacher)
+        done = recover(cfg, out, force=force, progress=progress, resume_from=resume_from)
+    return Result.read(done)
+
+
+def export(model, out: str | Path, *, format: str = "gguf", quant: str | None = None,  # noqa: A002 - the flag
+           tokenizer_pre: str | None = None, force: bool = False) -> Result:
+    """Write an HF model folder in a serving format: `gguf` (llama.cpp) or `nemotron-nas` (`evoprune export`).
+
+    Returns:
+        A Result whose `out` is the written folder; `extra` holds the GGUF export's facts (`gguf`).
+    """
+    from .models import resolve_model_path
+
+    if format != "gguf" and (quant or tokenizer_pre):
+        raise UserError("--quant and --tokenizer-pre apply to --format gguf only")
+    folder = resolve_model_path(str(model))
+    if format == "gguf":
+        from .serving.gguf_export import export_gguf
+
+        written = export_gguf(folder, out, quant=quant or "f16", force=force, tokenizer_pre=tokenizer_pre)
+        return Result(Path(out), extra={"gguf": written})
+    if format == "nemotron-nas":
+        from .serving.nemotron_nas import export_nemotron_nas
+
+        return Result(Path(export_nemotron_nas(folder, out, force)), model_dir=Path(out))
+    raise UserError(f"unknown export format {format!r}; choose gguf or nemotron-nas")
