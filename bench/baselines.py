@@ -20,13 +20,13 @@ import torch
 from evoprune.arch import params
 from evoprune.atomic import write_json, write_text
 from evoprune.config import load_config
-from evoprune.evaluate.suite import evaluate_models, teacher_for
+from evoprune.evaluation.suite import evaluate_models, teacher_for
 from evoprune.data import data_blocks
 from evoprune.models import load_source
-from evoprune.prune.calibration import collect_stats
-from evoprune.prune.depth import depth_spec
-from evoprune.prune.target import resolve_target
-from evoprune.prune.uniform import uniform_spec
+from evoprune.obs.calibration import collect_stats
+from evoprune.baselines.depth import depth_spec
+from evoprune.arch.target import resolve_target
+from evoprune.baselines.uniform import uniform_spec
 from evoprune.report import markdown_table, plot_bars
 
 COLUMNS = ["model", "params", "block_params", "block_sparsity", "perplexity", "kl_to_teacher",

@@ -39,15 +39,15 @@ from evoprune.atomic import write_json, write_text
 from evoprune.cli import fraction_range, parse_with_overrides
 from evoprune.config import RunConfig, load_config
 from evoprune.errors import UserError
-from evoprune.evaluate.harness import run_tasks
-from evoprune.evaluate.latency import compare_latency
-from evoprune.evaluate.latency_sweep import sweep_latency, sweep_rows
-from evoprune.evaluate.perplexity import mean_nll
-from evoprune.evaluate.suite import size_row, teacher_for
-from evoprune.evaluate.sweep_report import sweep_section
-from evoprune.evaluate.tasks import resolve_tasks, task_configs_dir
-from evoprune.evaluate.teacher import TeacherCache, kl_to_teacher
-from evoprune.evaluate.unseen import describe_unseen, load_unseen, unseen_metrics
+from evoprune.evaluation.harness import run_tasks
+from evoprune.evaluation.latency import compare_latency
+from evoprune.evaluation.latency_sweep import sweep_latency, sweep_rows
+from evoprune.evaluation.perplexity import mean_nll
+from evoprune.evaluation.suite import size_row, teacher_for
+from evoprune.evaluation.sweep_report import sweep_section
+from evoprune.evaluation.tasks import resolve_tasks, task_configs_dir
+from evoprune.evaluation.teacher import TeacherCache, kl_to_teacher
+from evoprune.evaluation.unseen import describe_unseen, load_unseen, unseen_metrics
 from evoprune.data import data_blocks
 from evoprune.models import load_source
 

@@ -18,18 +18,19 @@ from pathlib import Path
 
 import yaml
 
-from evoprune import darwin, pipeline
+from evoprune.baselines import pipeline
+from evoprune.darwinlm import pipeline as darwin
 from evoprune.arch import params
 from evoprune.arch.export import export_checkpoint
 from evoprune.atomic import staged_dir, write_json
 from evoprune.config import RunConfig, load_config, to_dict
 from evoprune.errors import UserError
 from evoprune.models import LoadedModel
-from evoprune.nas.pipeline import run as run_nas
-from evoprune.prune.database import Database
-from evoprune.prune.target import resolve_target
-from evoprune.search.budget import make_budget
-from evoprune.search.random_search import random_search, selection_evaluations
+from evoprune.whittle.pipeline import run as run_nas
+from evoprune.obs.database import Database
+from evoprune.arch.target import resolve_target
+from evoprune.darwinlm.budget import make_budget
+from evoprune.darwinlm.random_search import random_search, selection_evaluations
 
 log = logging.getLogger(__name__)
 

@@ -29,27 +29,27 @@ from pathlib import Path
 import torch
 
 from darwin_unseen import OLD_QUICK
-from evoprune import darwin
+from evoprune.darwinlm import pipeline as darwin
 from evoprune.arch.params import block_params
 from evoprune.atomic import write_json, write_text
 from evoprune.cli import parse_with_overrides
 from evoprune.config import load_config
-from evoprune.evaluate.perplexity import mean_nll
-from evoprune.evaluate.suite import teacher_for
-from evoprune.evaluate.teacher import kl_to_teacher
-from evoprune.evaluate.unseen import describe_unseen, load_unseen, unseen_metrics
+from evoprune.evaluation.perplexity import mean_nll
+from evoprune.evaluation.suite import teacher_for
+from evoprune.evaluation.teacher import kl_to_teacher
+from evoprune.evaluation.unseen import describe_unseen, load_unseen, unseen_metrics
 from evoprune.data import data_blocks
 from evoprune.models import load_source
-from evoprune.prune.calibration import collect_stats
-from evoprune.prune.depth import depth_spec
-from evoprune.prune.target import resolve_target
-from evoprune.prune.uniform import uniform_spec
+from evoprune.obs.calibration import collect_stats
+from evoprune.baselines.depth import depth_spec
+from evoprune.arch.target import resolve_target
+from evoprune.baselines.uniform import uniform_spec
 from evoprune.report import markdown_table
-from evoprune.search.budget import make_budget, uniform_genotype
-from evoprune.search.evolution import evolve
-from evoprune.search.fitness import Stage
-from evoprune.search.random_search import random_search
-from evoprune.train import TrainConfig, train_on_blocks
+from evoprune.darwinlm.budget import make_budget, uniform_genotype
+from evoprune.darwinlm.evolution import evolve
+from evoprune.darwinlm.fitness import Stage
+from evoprune.darwinlm.random_search import random_search
+from evoprune.training import TrainConfig, train_on_blocks
 
 
 PARTS = ("baselines", "kl", "ta", "random")

@@ -23,25 +23,25 @@ from pathlib import Path
 
 import torch
 
-from evoprune import darwin
+from evoprune.darwinlm import pipeline as darwin
 from evoprune.arch.params import block_params
 from evoprune.atomic import write_json, write_text
 from evoprune.cli import parse_with_overrides
 from evoprune.config import load_config
-from evoprune.evaluate.perplexity import mean_nll
-from evoprune.evaluate.suite import teacher_for
-from evoprune.evaluate.teacher import kl_to_teacher
-from evoprune.evaluate.unseen import load_unseen, unseen_metrics
+from evoprune.evaluation.perplexity import mean_nll
+from evoprune.evaluation.suite import teacher_for
+from evoprune.evaluation.teacher import kl_to_teacher
+from evoprune.evaluation.unseen import load_unseen, unseen_metrics
 from evoprune.data import data_blocks
 from evoprune.models import load_source
-from evoprune.prune.calibration import collect_stats
-from evoprune.prune.depth import depth_spec
-from evoprune.prune.target import resolve_target
-from evoprune.prune.uniform import uniform_spec
+from evoprune.obs.calibration import collect_stats
+from evoprune.baselines.depth import depth_spec
+from evoprune.arch.target import resolve_target
+from evoprune.baselines.uniform import uniform_spec
 from evoprune.report import markdown_table, plot_bars
-from evoprune.search.budget import make_budget, uniform_genotype
-from evoprune.search.evolution import evolve
-from evoprune.search.genotype import Genotype
+from evoprune.darwinlm.budget import make_budget, uniform_genotype
+from evoprune.darwinlm.evolution import evolve
+from evoprune.darwinlm.genotype import Genotype
 
 # the quick profile until issue 17 (bench/darwin.py's tables were made with it)
 OLD_QUICK = ["search.offspring=8", "search.generations=8", "search.train_tokens=[0,2048,4096]",

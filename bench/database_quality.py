@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 
 from darwin_unseen import Judge, database_key
-from evoprune import darwin
+from evoprune.darwinlm import pipeline as darwin
 from evoprune.atomic import write_json, write_text
 from evoprune.cli import parse_with_overrides
 from evoprune.config import load_config
 from evoprune.models import load_source
-from evoprune.prune.target import resolve_target
+from evoprune.arch.target import resolve_target
 from evoprune.report import markdown_table
-from evoprune.search.budget import make_budget, uniform_genotype
+from evoprune.darwinlm.budget import make_budget, uniform_genotype
 
 SETTINGS = {
     "default": [],

@@ -42,20 +42,20 @@ from evoprune.arch.spec import SubnetSpec
 from evoprune.atomic import staged_file, write_json, write_text
 from evoprune.config import load_config
 from evoprune.errors import UserError
-from evoprune.evaluate.latency import compare_latency
-from evoprune.evaluate.suite import teacher_for
-from evoprune.evaluate.teacher import kl_to_teacher
-from evoprune.nas.objectives import make_objectives
-from evoprune.nas.pareto import hypervolume, pareto_front
-from evoprune.nas.pipeline import sorted_space, supernet_step, trial_rows
-from evoprune.nas.study import open_study, run_study
+from evoprune.evaluation.latency import compare_latency
+from evoprune.evaluation.suite import teacher_for
+from evoprune.evaluation.teacher import kl_to_teacher
+from evoprune.whittle.objectives import make_objectives
+from evoprune.whittle.pareto import hypervolume, pareto_front
+from evoprune.whittle.pipeline import sorted_space, supernet_step, trial_rows
+from evoprune.whittle.study import open_study, run_study
 from evoprune.data import data_blocks
 from evoprune.models import load_source
-from evoprune.prune.calibration import collect_stats
-from evoprune.prune.database import model_fingerprint
-from evoprune.prune.depth import depth_spec
-from evoprune.prune.target import resolve_target
-from evoprune.prune.uniform import uniform_spec
+from evoprune.obs.calibration import collect_stats
+from evoprune.obs.database import model_fingerprint
+from evoprune.baselines.depth import depth_spec
+from evoprune.arch.target import resolve_target
+from evoprune.baselines.uniform import uniform_spec
 from evoprune.report import markdown_table
 
 OBJECTIVES = ["kl", "params"]

@@ -33,12 +33,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from evoprune import pipeline  # noqa: E402
+from evoprune.baselines import pipeline  # noqa: E402
 from evoprune.atomic import staged_file, write_json, write_text  # noqa: E402
 from evoprune.config import load_config  # noqa: E402
 from evoprune.models import resolve_model_path  # noqa: E402
 from evoprune.report import markdown_table  # noqa: E402
-from evoprune.train.recovery import RecoveryRunConfig, recover  # noqa: E402
+from evoprune.recovery import RecoveryRunConfig, recover  # noqa: E402
 
 VARIANTS = {"distill+lm": ["train.loss=lm+kd"], "lm": ["train.loss=lm", "train.teacher=null"],
             "lora distill+lm": ["train.loss=lm+kd", "train.lora=true", "train.lr=0.001"]}

@@ -32,21 +32,21 @@ import torch  # noqa: E402
 from scipy.stats import kendalltau, spearmanr  # noqa: E402
 
 from darwin import RECOVERY_FIRST_BLOCK  # noqa: E402  (bench/darwin.py: the recovery's train blocks)
-from evoprune import darwin  # noqa: E402
+from evoprune.darwinlm import pipeline as darwin  # noqa: E402
 from evoprune.atomic import staged_file, write_json, write_text  # noqa: E402
 from evoprune.cli import parse_with_overrides  # noqa: E402
 from evoprune.config import load_config  # noqa: E402
-from evoprune.evaluate.perplexity import mean_nll  # noqa: E402
-from evoprune.evaluate.suite import teacher_for  # noqa: E402
-from evoprune.evaluate.teacher import kl_to_teacher  # noqa: E402
+from evoprune.evaluation.perplexity import mean_nll  # noqa: E402
+from evoprune.evaluation.suite import teacher_for  # noqa: E402
+from evoprune.evaluation.teacher import kl_to_teacher  # noqa: E402
 from evoprune.data import data_blocks  # noqa: E402
 from evoprune.models import load_source  # noqa: E402
-from evoprune.prune.target import resolve_target  # noqa: E402
+from evoprune.arch.target import resolve_target  # noqa: E402
 from evoprune.report import markdown_table  # noqa: E402
-from evoprune.search.budget import make_budget, uniform_genotype  # noqa: E402
-from evoprune.search.genotype import Genotype  # noqa: E402
-from evoprune.search.mutation import mutate, random_genotype  # noqa: E402
-from evoprune.train import TrainConfig, train_on_blocks  # noqa: E402
+from evoprune.darwinlm.budget import make_budget, uniform_genotype  # noqa: E402
+from evoprune.darwinlm.genotype import Genotype  # noqa: E402
+from evoprune.darwinlm.mutation import mutate, random_genotype  # noqa: E402
+from evoprune.training import TrainConfig, train_on_blocks  # noqa: E402
 
 LOSSES = ("lm", "kd", "lm+kd")
 TARGET = "KL recovered (held-out)"

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def darwin_model(cfg, sparsity: float, work: Path) -> Path:
     """The model of a `darwin --profile quick` run at `sparsity` in `work`, run (or resumed) here."""
-    from evoprune import darwin
+    from evoprune.darwinlm import pipeline as darwin
 
     run_cfg = load_config(None, [], base={"model.source": cfg.model.source, "prune.sparsity": sparsity,
                                           "prune.target_params": None, "search.profile": "quick"})
@@ -101,7 +101,7 @@ def measure(cfg, dense: str, pruned: Path, quants: list[str], work: Path) -> dic
     import json
 
     from evoprune.models import resolve_model_path
-    from evoprune.evaluate.run import evaluate
+    from evoprune.evaluation.run import evaluate
     from evoprune.serving.engine_eval import evaluate_gguf
     from evoprune.serving.engine_gguf import llama_cpp_version
     from evoprune.serving.gguf_export import export_gguf

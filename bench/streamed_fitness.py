@@ -20,19 +20,19 @@ from pathlib import Path
 import torch
 
 from darwin_unseen import database_key
-from evoprune import darwin
+from evoprune.darwinlm import pipeline as darwin
 from evoprune.atomic import write_text
 from evoprune.config import load_config
-from evoprune.evaluate.streamed_kl import streamed_kl
-from evoprune.evaluate.suite import teacher_for
-from evoprune.evaluate.teacher import kl_to_teacher
+from evoprune.evaluation.streamed_kl import streamed_kl
+from evoprune.evaluation.suite import teacher_for
+from evoprune.evaluation.teacher import kl_to_teacher
 from evoprune.data import data_blocks
 from evoprune.models import load_source
-from evoprune.prune.target import resolve_target
+from evoprune.arch.target import resolve_target
 from evoprune.report import markdown_table
-from evoprune.search.assemble import assemble
-from evoprune.search.budget import make_budget, uniform_genotype
-from evoprune.search.genotype import Genotype
+from evoprune.darwinlm.assemble import assemble
+from evoprune.darwinlm.budget import make_budget, uniform_genotype
+from evoprune.darwinlm.genotype import Genotype
 
 
 def best_of(repeats: int, fn) -> tuple[float, float]:

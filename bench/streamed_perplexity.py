@@ -24,8 +24,8 @@ from transformers import AutoModelForCausalLM
 from evoprune.assets import embedded_model_dir
 from evoprune.atomic import write_text
 from evoprune.config import load_config
-from evoprune.evaluate.perplexity import mean_nll
-from evoprune.evaluate.streamed_perplexity import streamed_mean_nll
+from evoprune.evaluation.perplexity import mean_nll
+from evoprune.evaluation.streamed_perplexity import streamed_mean_nll
 from evoprune.memory import MemoryWatch
 from evoprune.data import data_blocks
 from evoprune.models import load_source

@@ -181,10 +181,10 @@ def tiny_run_inputs(tmp_path_factory):
 
 def tiny_dense_and_db(run_inputs, folder, num_levels: int):
     """The tiny run's dense model and a database of `num_levels` levels built in `folder`."""
-    from evoprune import darwin
+    from evoprune.darwinlm import pipeline as darwin
     from evoprune.config import load_config
     from evoprune.models import load_model
-    from evoprune.prune.database import Database
+    from evoprune.obs.database import Database
 
     cfg = load_config(None, [f"model.source={run_inputs / 'dense'}", f"database.num_levels={num_levels}"])
     dense = load_model(cfg.model.source)

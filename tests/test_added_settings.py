@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from evoprune import darwin
+from evoprune.darwinlm import pipeline as darwin
 from evoprune.config import RunConfig
-from evoprune.prune.database import stamped_settings
+from evoprune.obs.database import stamped_settings
 
 
 def test_run_settings_leave_out_added_fields_at_their_default():

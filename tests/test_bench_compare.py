@@ -98,11 +98,11 @@ def test_a_method_that_cannot_be_built_is_listed_as_missing(compare, tiny_run_in
 
 def _darwin_bench_dir(compare, root: Path, bench: Path, sparsity: float, **identity_changes) -> dict:
     """What bench/darwin.py leaves: a database and one winners file (here every winner is the uniform genotype)."""
-    from evoprune import darwin
+    from evoprune.darwinlm import pipeline as darwin
     from evoprune.config import load_config
     from evoprune.models import load_source
-    from evoprune.prune.target import resolve_target
-    from evoprune.search.budget import make_budget, uniform_genotype
+    from evoprune.arch.target import resolve_target
+    from evoprune.darwinlm.budget import make_budget, uniform_genotype
 
     import compare_methods
 

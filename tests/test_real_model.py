@@ -13,9 +13,9 @@ from evoprune.arch import params
 from evoprune.arch.export import export_checkpoint
 from evoprune.arch.spec import SubnetSpec
 from evoprune.models import load_model
-from evoprune.prune.calibration import collect_stats
-from evoprune.prune.target import resolve_target
-from evoprune.prune.uniform import uniform_spec
+from evoprune.obs.calibration import collect_stats
+from evoprune.arch.target import resolve_target
+from evoprune.baselines.uniform import uniform_spec
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,13 @@
 """evoprune: structured pruning of causal LMs found by search, exported as real smaller checkpoints.
 
-The public names below are imported on first use, so that a light module (the llama.cpp child
-process, `evoprune.errors`) does not pull in torch and transformers.
+One call per command (`api.py`): `darwin`, `database`, `search`, `prune`, `slice`, `evaluate`, `nas`,
+`train`, `export`, each returning a `Result`; and the pieces they share (`SubnetSpec`, `load_model`,
+`export_checkpoint`, ...). The public names are imported on first use, so that a light module (the
+llama.cpp child process, `evoprune.errors`) does not pull in torch and transformers.
+
+The layout: components that never import a workflow (`arch`, `weights`, `data`, `evaluation`, `obs`,
+`training`, `serving`, and the shared modules at the top) and one package per workflow
+(`darwinlm`, `whittle`, `baselines`, `recovery`); `cli.py` and `api.py` sit on top.
 """
 
 from importlib import import_module
@@ -9,6 +15,16 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _PUBLIC = {
+    "Result": ".api",
+    "darwin": ".api",
+    "database": ".api",
+    "evaluate": ".api",
+    "export": ".api",
+    "nas": ".api",
+    "prune": ".api",
+    "search": ".api",
+    "slice": ".api",
+    "train": ".api",
     "LayerShape": ".arch.shape",
     "LayerSpec": ".arch.spec",
     "LoadedModel": ".models",

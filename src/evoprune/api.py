@@ -6,7 +6,7 @@ report, and returns a `Result`. The CLI (`cli.py`) is a thin wrapper over these 
     import evoprune
 
     result = evoprune.darwin("smollm2-135m", "runs/darwin-50", sparsity=0.5, profile="quick")
-    result.metrics["pruned"]["perplexity"], result.spec.params(), result.model_dir
+    result.metrics["pruned"]["perplexity"], result.spec.num_params(), result.model_dir
     model = result.load()                      # the pruned model, a transformers PreTrainedModel
 
 Arguments common to every call:
@@ -73,10 +73,18 @@ class Result:
 
 
 def run_config(model: str | None, config: str | Path | None, overrides: dict | None, named: dict, cls=None):
-    """The validated config of a call: YAML `config`, then `overrides`, then the named arguments that were given."""
+    """The validated config of a call: YAML `config`, then `overrides`, then the named arguments that were given.
+
+    A size given by name replaces the other way of giving it (`sparsity` clears `target_params` and back).
+    """
     from .config import RunConfig, load_config
 
-    base = {**(overrides or {}), **{key: value for key, value in named.items() if value is not None}}
+    given = {key: value for key, value in named.items() if value is not None}
+    if "prune.sparsity" in given:
+        given.setdefault("prune.target_params", None)
+    elif "prune.target_params" in given:
+        given["prune.sparsity"] = None
+    base = {**(overrides or {}), **given}
     if model is not None:
         base["model.source"] = model
     return load_config(config, [], cls=cls or RunConfig, base=base)
@@ -131,7 +139,7 @@ def darwin(model, out: str | Path, *, sparsity: float | None = None, target_para
         data: calibration / evaluation text (`data.source`).
         phase: `darwin` (everything), `database` (stop after the database) or `search` (database built).
     """
-    from . import darwin as workflow
+    from .darwinlm import pipeline as workflow
 
     with ExitStack() as stack:
         source = _ModelSource(stack, model, tokenizer).path
@@ -153,11 +161,11 @@ def search(model, out: str | Path, **kwargs) -> Result:
     return darwin(model, out, phase="search", **kwargs)
 
 
-def prune(model, out: str | Path, *, method: str = "uniform", sparsity: float | None = None,
+def prune(model, out: str | Path, *, method: str | None = None, sparsity: float | None = None,
           target_params: int | None = None, data: str | None = None, config: str | Path | None = None,
           overrides: dict | None = None, force: bool = False, progress: bool = True, tokenizer=None) -> Result:
-    """A baseline: the same keep-ratio in every layer (`uniform`) or ShortGPT layer removal (`depth`)."""
-    from . import pipeline
+    """A baseline: the same keep-ratio in every layer (`uniform`, the default) or ShortGPT layer removal (`depth`)."""
+    from .baselines import pipeline
 
     with ExitStack() as stack:
         source = _ModelSource(stack, model, tokenizer).path
@@ -173,7 +181,7 @@ def slice(model, spec: str | Path, out: str | Path, *, data: str | None = None, 
           config: str | Path | None = None, overrides: dict | None = None, force: bool = False,
           progress: bool = True, tokenizer=None) -> Result:
     """Cut `model` down to the SubnetSpec saved at `spec` (a run's spec.json), export and evaluate it."""
-    from . import pipeline
+    from .baselines import pipeline
 
     with ExitStack() as stack:
         source = _ModelSource(stack, model, tokenizer).path
@@ -193,7 +201,7 @@ def evaluate(model, out: str | Path, *, teacher: str | None = None, tasks: str |
         engine: `transformers` (an HF folder) or `llamacpp` (`model` and `teacher` are GGUF files).
         tokenizer_dir: llamacpp only: the HF folder whose tokenizer makes the token ids.
     """
-    from .evaluate.run import evaluate as run_evaluation
+    from .evaluation.run import evaluate as run_evaluation
 
     with ExitStack() as stack:
         source = _ModelSource(stack, model, tokenizer).path
@@ -229,8 +237,8 @@ def nas(model, out: str | Path, *, objectives: str | list[str] = "kl,params", tr
         params_range: (low, high) fractions of the dense parameters to search, `"LOW,HIGH"`, `"full"` for the
             whole space, or None for the command's default (0.4-0.9 when params is an objective).
     """
-    from .nas.arguments import DEFAULT_SAMPLER, params_range_arg
-    from .nas.pipeline import run as run_nas
+    from .whittle.arguments import DEFAULT_SAMPLER, params_range_arg
+    from .whittle.pipeline import run as run_nas
 
     if isinstance(objectives, str):
         objectives = [o.strip() for o in objectives.split(",") if o.strip()]
@@ -250,9 +258,14 @@ def nas(model, out: str | Path, *, objectives: str | list[str] = "kl,params", tr
 def train(model, out: str | Path, *, teacher: str | None = None, tokens: int | None = None,
           loss: str | None = None, lora: bool = False, data: str | None = None, config: str | Path | None = None,
           overrides: dict | None = None, force: bool = False, progress: bool = True, tokenizer=None,
-          resume_from: str | Path | None = None) -> Result:
-    """Recovery training of a pruned model: distillation from `teacher` and / or language modelling (`evoprune train`)."""
-    from .train.recovery import RecoveryRunConfig, recover
+          resume_from: str | Path | None = None, command: str = "evoprune train") -> Result:
+    """Recovery training of a pruned model: distillation from `teacher` and / or language modelling (`evoprune train`).
+
+    Args:
+        resume_from: a checkpoint folder to resume from (default: the run's latest, when `out` holds one).
+        command: how the run is described in its report.
+    """
+    from .recovery import RecoveryRunConfig, recover
 
     with ExitStack() as stack:
         source = _ModelSource(stack, model, tokenizer).path
@@ -261,7 +274,7 @@ def train(model, out: str | Path, *, teacher: str | None = None, tokens: int | N
             named["train.lora"] = True
         cfg = run_config(source, config, overrides, named, cls=RecoveryRunConfig)
         _checked(out, cfg, cfg.train.teacher)
-        done = recover(cfg, out, force=force, progress=progress, resume_from=resume_from)
+        done = recover(cfg, out, force=force, progress=progress, resume_from=resume_from, command=command)
     return Result.read(done)
 
 

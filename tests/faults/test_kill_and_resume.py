@@ -60,7 +60,7 @@ COMMANDS = {  # argv, the file written last, the artifacts compared
 def startup_seconds() -> float:
     """How long a process takes to import the CLI's libraries: kills before that test nothing."""
     started = time.monotonic()
-    subprocess.run([sys.executable, "-c", "import evoprune.darwin, evoprune.nas.pipeline, evoprune.train.recovery"],
+    subprocess.run([sys.executable, "-c", "import evoprune.darwinlm.pipeline, evoprune.whittle.pipeline, evoprune.recovery"],
                    env=ENV, check=True)
     return time.monotonic() - started
 

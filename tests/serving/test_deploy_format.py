@@ -104,9 +104,9 @@ def test_export_gguf_copies_the_tokenizer_files(bpe_run_inputs, tmp_path):
 
 
 def test_format_is_not_part_of_a_runs_resume_identity():
-    from evoprune import darwin
+    from evoprune.darwinlm import pipeline as darwin
     from evoprune.config import RunConfig
-    from evoprune.nas.run_settings import run_settings
+    from evoprune.whittle.run_settings import run_settings
 
     plain, served = RunConfig(), RunConfig()
     served.export.format, served.export.quant = "gguf", "q8_0"

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python (the llama.cpp engine) is not installed")
 
-from evoprune import darwin  # noqa: E402
+from evoprune.darwinlm import pipeline as darwin  # noqa: E402
 from evoprune.cli import main  # noqa: E402
 from evoprune.config import load_config  # noqa: E402
 from evoprune.serving import engine_process, llamacpp  # noqa: E402

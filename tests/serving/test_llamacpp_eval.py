@@ -21,7 +21,7 @@ from evoprune.arch.spec import LayerSpec, SubnetSpec  # noqa: E402
 from evoprune.cli import main  # noqa: E402
 from evoprune.config import load_config  # noqa: E402
 from evoprune.errors import UserError  # noqa: E402
-from evoprune.evaluate.perplexity import mean_nll  # noqa: E402
+from evoprune.evaluation.perplexity import mean_nll  # noqa: E402
 from evoprune.data import data_blocks  # noqa: E402
 from evoprune.serving.engine_eval import engine_scores, evaluate_gguf  # noqa: E402
 from evoprune.serving.gguf_export import export_gguf  # noqa: E402

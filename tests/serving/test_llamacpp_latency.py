@@ -9,12 +9,12 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from evoprune import darwin  # noqa: E402
+from evoprune.darwinlm import pipeline as darwin  # noqa: E402
 from evoprune.cli import _overrides, parse_args  # noqa: E402
 from evoprune.config import ConfigError, RunConfig, load_config  # noqa: E402
-from evoprune.search.latency_table import LatencySettings, distinct_shapes, shape_key  # noqa: E402
-from evoprune.serving import engine_latency  # noqa: E402
-from evoprune.serving.engine_latency import COPIES, llamacpp_cost_table  # noqa: E402
+from evoprune.darwinlm.latency_table import LatencySettings, distinct_shapes, shape_key  # noqa: E402
+from evoprune.darwinlm import llamacpp_latency as engine_latency  # noqa: E402
+from evoprune.darwinlm.llamacpp_latency import COPIES, llamacpp_cost_table  # noqa: E402
 from evoprune_tests import tiny_dense_and_db
 
 SETTINGS = {"prefill": LatencySettings("prefill", 16, repeats=2, warmup=1),

@@ -13,11 +13,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from evoprune import darwin
+from evoprune.darwinlm import pipeline as darwin
 from evoprune.cli import main
 from evoprune.config import load_config
 from evoprune.models import load_model
-from evoprune.prune.database import Database
+from evoprune.obs.database import Database
 from evoprune.serving.nemotron_nas import export_nemotron_nas
 from .test_nemotron_nas import assert_same_logits, mlx_logits
 

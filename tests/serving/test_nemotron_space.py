@@ -7,16 +7,16 @@ from dataclasses import asdict
 
 import pytest
 
-from evoprune import darwin
+from evoprune.darwinlm import pipeline as darwin
 from evoprune.arch.shape import LayerShape, ModelShape
 from evoprune.cli import _overrides, main, parse_args
 from evoprune.config import ConfigError, RunConfig, load_config
 from evoprune.errors import UserError
-from evoprune.nas.run_settings import run_settings
-from evoprune.nas.space import SearchSpace
-from evoprune.prune.database import DatabaseSettings, _settings_stamp, stamped_settings
-from evoprune.prune.levels import attention_ladder, mlp_ladder
-from evoprune.serving import nemotron_format as fmt
+from evoprune.whittle.run_settings import run_settings
+from evoprune.whittle.space import SearchSpace
+from evoprune.obs.database import DatabaseSettings, _settings_stamp, stamped_settings
+from evoprune.obs.levels import attention_ladder, mlp_ladder
+from evoprune.arch import nemotron_format as fmt
 from evoprune_tests import CASES_BY_ID
 
 SMOL_LAYER = LayerShape(9, 3, 1536)  # SmolLM2-135M: 9 query heads over 3 KV groups, 1536 = 6 x 256 neurons

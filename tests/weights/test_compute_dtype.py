@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from evoprune.arch.adapter import adapter_for
 from evoprune.models import load_model
-from evoprune.prune.layerwise import capture_first_layer_inputs
+from evoprune.weights.layerwise import capture_first_layer_inputs
 from evoprune.weights.compute_dtype import compute_dtype_of, weights_in
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..errors import UserError
-from .nemotron_format import SPACE
+from ..arch.nemotron_format import SPACE
 
 
 def check_format_before_work(cfg: RunConfig, searched: bool) -> None:

@@ -29,12 +29,12 @@ from transformers import PretrainedConfig
 from ..arch.streamed_export import DEFAULT_SHARD_BYTES
 from ..atomic import staged_dir, staged_file, write_json
 from ..errors import UserError
-from ..evaluate.safetensors_stream import SafetensorsStreamWriter
+from ..evaluation.safetensors_stream import SafetensorsStreamWriter
 from ..models import read_config, resolve_model_path
 from ..weights.mapped import STORED_DTYPES, read_header
 from ..weights.random_checkpoint import plan_shards, shard_file_name
 from ..weights.shard_index import INDEX_FILE, check_sharded_index, read_weight_map
-from . import nemotron_format as fmt
+from ..arch import nemotron_format as fmt
 
 REMOTE_CONFIG = "configuration_decilm.py"
 COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",

@@ -1,0 +1,372 @@
+"""The DarwinLM pipeline: database -> evolutionary search -> export -> evaluate, in one run directory.
+
+Run directory: `database/` (resumable layer by layer), `search/` (state.json + history.jsonl,
+resumable per generation), then `model/`, `spec.json`, `metrics.json`, `config.yaml`,
+`report.md` and plots. Rerunning the same command on the same directory resumes; a changed
+configuration is refused, naming the keys that differ; `--force` starts over. One process at a
+time writes a run (`rundir.run_lock`), and nothing is written before every check has passed.
+
+Under `torchrun --nproc_per_node N` the candidate evaluations are shared out over the processes
+(`DistributedCandidateEvaluator`, same result as one process) and only rank 0 writes: it builds
+the database, latency table and teacher caches first and the others then read them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from .. import memory
+from ..arch.streamed_export import export_sliced
+from ..arch.shape import ModelShape
+from ..atomic import write_json, write_text
+from ..config import RunConfig, dump_config, to_dict
+from .report import parent_kl_curve, write_darwin_report
+from ..errors import UserError
+from ..evaluation.suite import evaluate_models, teacher_for
+from ..evaluation.unseen import describe_unseen, load_unseen
+from ..memory import watched
+from ..memory_estimate import check_memory_budget
+from ..models import LoadedModel
+from ..data import data_blocks
+from ..models import load_source
+from ..obs.database import Database, DatabaseSettings
+from ..obs.levels import attention_cost, attention_ladder, mlp_cost, mlp_ladder
+from ..arch.target import Target, resolve_target
+from ..rundir import read_run_json, refuse_changed, run_lock
+from ..evaluation.teacher_subset import TeacherSubset
+from .assemble import assemble
+from .budget import Budget, CostTable, make_budget, uniform_genotype
+from .distributed_fitness import (DistributedCandidateEvaluator, barrier, init_distributed,
+                                         main_process_first)
+from .evolution import EvolutionSettings, evolve
+from .fitness import CandidateEvaluator, FitnessPool, Stage
+from .genotype import Genotype
+from .latency_table import LatencySettings, latency_cost_table
+from .replace_one import replace_one_scores
+from ..serving.deploy import check_format_before_work, export_for_serving, serving_record
+from ..arch.nemotron_format import check_space_fits
+from ..training import TrainConfig
+from ..weights.compute_dtype import compute_dtype_of, inference_slice
+
+log = logging.getLogger(__name__)
+RUN_MARKER = "darwin_run.json"
+
+
+def database_settings(cfg: RunConfig) -> DatabaseSettings:
+    d = cfg.data
+    return DatabaseSettings(**asdict(cfg.database), calibration=f"{d.source}|{d.text_field}|calibration|"
+                                                                 f"{d.calibration_blocks}x{d.seq_len}",
+                            space=cfg.search.space)
+
+
+def build_database(cfg: RunConfig, dense: LoadedModel, path: Path, progress: bool = True) -> Database:
+    settings = database_settings(cfg)
+    blocks = data_blocks(cfg, dense.tokenizer, "calibration", cfg.data.calibration_blocks)
+    if (path / "index.json").exists():  # resumed: built from these very weights and calibration tokens?
+        return Database.load(path, dense.model, dense.adapter, settings, blocks)
+    started = time.time()
+    db = Database.build(dense.model, dense.adapter, blocks, settings, path, cfg.data.batch_size, progress)
+    log.info("database built in %.0f s, %.1f MB", time.time() - started, db.size_bytes() / 2**20)
+    return db
+
+
+def cost_table(db: Database, metric: str) -> CostTable:
+    """Exact parameter or FLOP costs of every level (latency: see `search_cost_table`)."""
+    return CostTable(metric, {kind: [[getattr(lv, metric) for lv in levels] for levels in db.levels[kind]]
+                              for kind in ("attention", "mlp")})
+
+
+def search_cost_table(cfg: RunConfig, dense: LoadedModel, db: Database, run_dir: Path,
+                      progress: bool = True) -> CostTable:
+    """The cost table the budget is counted in; a latency table is measured once and kept in the run."""
+    if cfg.search.metric != "latency":
+        return cost_table(db, cfg.search.metric)
+    settings = LatencySettings(cfg.search.latency_mode, cfg.search.latency_tokens)
+    if cfg.search.latency_engine == "llamacpp":
+        from .llamacpp_latency import llamacpp_cost_table
+
+        return llamacpp_cost_table(dense.model, dense.adapter, db, run_dir / "latency_table.json", settings,
+                                   cfg.eval.threads, cfg.eval.repack, progress)
+    return latency_cost_table(dense.model, dense.adapter, db, run_dir / "latency_table.json", settings, progress)
+
+
+def budget_record(cfg: RunConfig, table: CostTable, budget: Budget, best: Genotype) -> dict:
+    """What a FLOPs or latency budget asked for and what the result costs, in the table's own unit."""
+    achieved = table.cost(best)
+    record = {"metric": table.metric, "dense_blocks": table.full(), "target": budget.target,
+              "achieved": achieved, "achieved_fraction": achieved / table.full()}
+    if table.metric == "latency":
+        record.update(engine=cfg.search.latency_engine, mode=cfg.search.latency_mode, tokens=cfg.search.latency_tokens)
+    return record
+
+
+def evolution_settings(cfg: RunConfig, spent_seconds: float = 0.0) -> EvolutionSettings:
+    """The search's settings; `spent_seconds` (the replace-one scoring) counts against `search.max_minutes`."""
+    r = cfg.search.resolved()
+    minutes = cfg.search.max_minutes
+    return EvolutionSettings(r["offspring"], r["generations"], cfg.seed, cfg.search.trade, r["init_samples"],
+                             mutation_scales=tuple(cfg.search.mutation_scales),
+                             max_seconds=None if minutes is None else 60 * minutes - spent_seconds)
+
+
+# settings added after runs were saved: left out at their default value, so that those runs still resume
+ADDED_RUN_SETTINGS = {"database": {"storage_dtype": "model"},
+                      "search": {"train_embeddings": False, "space": "full", "latency_engine": "torch"}}
+
+
+def search_config(cfg: RunConfig) -> dict:
+    """The settings a resumed search must share with the run that started it."""
+    config = {"model": {"source": cfg.model.source, "dtype": cfg.model.dtype}, "data": to_dict(cfg.data),
+              "database": to_dict(cfg.database), "search": {**to_dict(cfg.search), **cfg.search.resolved()},
+              "target": [cfg.prune.sparsity, cfg.prune.target_params], "seed": cfg.seed}
+    for section, added in ADDED_RUN_SETTINGS.items():
+        config[section] = {k: v for k, v in config[section].items() if added.get(k, object()) != v}
+    return config
+
+
+def search_identity(cfg: RunConfig) -> dict:
+    """`search_config` without the target and the held-out blocks: what two searches at any budget share."""
+    identity = search_config(cfg)
+    del identity["target"]
+    identity["data"] = {k: v for k, v in identity["data"].items() if k != "eval_blocks"}
+    return identity
+
+
+def make_evaluator(cfg: RunConfig, dense: LoadedModel, db: Database, stages: list[Stage],
+                   progress: bool) -> CandidateEvaluator:
+    seq = cfg.data.seq_len
+    counts = [math.ceil(s.fitness_tokens / seq) for s in stages]
+    pool = None
+    if cfg.search.fitness_pool:
+        pool = fitness_pool(cfg, dense, counts, progress)
+        stage_blocks, teachers = pool.draw(cfg.seed)
+    else:  # the first calibration blocks, the same in every selection
+        calib = data_blocks(cfg, dense.tokenizer, "calibration", max(max(counts), cfg.data.calibration_blocks))
+        stage_blocks = [calib[:n] for n in counts]
+        teachers = [teacher_for(dense.model, str(dense.path), b, cfg.eval, cfg.data.batch_size, progress)
+                    for b in stage_blocks]
+    train_tokens = sum(s.train_tokens for s in stages)
+    train_blocks = max(1, math.ceil(train_tokens / seq), cfg.search.train_pool)
+    train = data_blocks(cfg, dense.tokenizer, "train", train_blocks) if train_tokens else stage_blocks[0]
+    evaluator = CandidateEvaluator(dense.model, dense.adapter, db, stage_blocks, teachers, train,
+                                   TrainConfig(lr=cfg.search.resolved()["lr"], seed=cfg.seed,
+                                               loss=cfg.search.train_loss), cfg.data.batch_size, pool,
+                                   rotate_training=cfg.search.train_pool > 0,
+                                   train_embeddings=cfg.search.train_embeddings)
+    if init_distributed()[1] > 1:  # launched by torchrun: each process evaluates a share of every selection
+        return DistributedCandidateEvaluator.from_evaluator(evaluator)
+    return evaluator
+
+
+def fitness_pool(cfg: RunConfig, dense: LoadedModel, stage_blocks: list[int], progress: bool = True) -> FitnessPool:
+    """The `search.fitness_pool` calibration blocks that follow the database's, with their teacher."""
+    first, n = cfg.data.calibration_blocks, cfg.search.fitness_pool
+    calib = data_blocks(cfg, dense.tokenizer, "calibration", first + n)
+    if len(calib) < first + max(stage_blocks):
+        raise UserError(f"the calibration split has {len(calib)} blocks of {cfg.data.seq_len} tokens: the database "
+                        f"takes {first} and the search needs {max(stage_blocks)} more for its fitness; give more "
+                        "text, or lower data.calibration_blocks or search.fitness_tokens")
+    blocks = calib[first:]
+    if len(blocks) < n:
+        log.warning("fitness pool: only %d of the %d requested calibration blocks exist", len(blocks), n)
+    teacher = teacher_for(dense.model, str(dense.path), blocks, cfg.eval, cfg.data.batch_size, progress)
+    return FitnessPool(blocks, teacher, stage_blocks)
+
+
+def mip_parent(cfg: RunConfig, dense: LoadedModel, db: Database, table: CostTable, budget: Budget,
+               evaluator: CandidateEvaluator, search_dir: Path, progress: bool = True) -> tuple[Genotype, float]:
+    """The MIP assembly of replace-one KLs measured on the first `search.replace_one_tokens` of the fitness
+    pool (or of the calibration blocks after the database's), and the seconds the scoring took; the scores
+    are kept in `search_dir`."""
+    n = math.ceil(cfg.search.replace_one_tokens / cfg.data.seq_len)
+    if evaluator.pool is not None and len(evaluator.pool.blocks) >= n:
+        teacher = TeacherSubset(evaluator.pool.teacher, evaluator.pool.blocks, list(range(n)))
+        blocks = teacher.blocks
+    else:
+        first = cfg.data.calibration_blocks
+        blocks = data_blocks(cfg, dense.tokenizer, "calibration", first + n)[first:]
+        teacher = teacher_for(dense.model, str(dense.path), blocks, cfg.eval, cfg.data.batch_size, progress)
+    search_dir.mkdir(parents=True, exist_ok=True)
+    scores = replace_one_scores(dense.model, dense.adapter, db, blocks, teacher, cfg.data.batch_size,
+                                search_dir / "replace_one.json", progress, cfg.search.replace_one_all_levels)
+    return assemble(scores.scores, table, budget), scores.seconds
+
+
+def stages_of(cfg: RunConfig) -> list[Stage]:
+    """The selection stages; a fitness pool too small for the largest stage is refused here, before any work."""
+    r = cfg.search.resolved()
+    stages = [Stage(t, f, s) for t, f, s in zip(r["train_tokens"], r["fitness_tokens"], r["survivors"])]
+    needed = max(math.ceil(s.fitness_tokens / cfg.data.seq_len) for s in stages)
+    if 0 < cfg.search.fitness_pool < needed:
+        raise UserError(f"search.fitness_pool={cfg.search.fitness_pool} blocks cannot hold the largest stage's "
+                        f"{needed} blocks of {cfg.data.seq_len} tokens; raise it to {needed} or more")
+    return stages
+
+
+def planned_cost_table(shape: ModelShape, settings: DatabaseSettings, metric: str) -> CostTable:
+    """The costs the database's levels will have, from the model's shape alone (params or flops)."""
+    costs: dict[str, list[list[float]]] = {"attention": [], "mlp": []}
+    for layer in shape.layers:
+        ladder = attention_ladder(shape, layer, settings.num_levels, settings.spacing, settings.attention_units,
+                                  settings.space)
+        costs["attention"].append([attention_cost(shape, layer, shapes[0], metric) if shapes else 0
+                                   for shapes in ladder])
+        widths = mlp_ladder(layer, settings.num_levels, settings.multiple, settings.space) \
+            if layer.intermediate_size else [0]
+        costs["mlp"].append([mlp_cost(shape, n, metric) for n in widths])
+    return CostTable(metric, costs)
+
+
+def check_reachable(cfg: RunConfig, shape: ModelShape, target: Target) -> None:
+    """Refuse a budget the database cannot reach before anything is built (a latency budget is
+    checked once its table is measured)."""
+    if cfg.search.metric == "latency":
+        return
+    settings = database_settings(cfg)
+    table = planned_cost_table(shape, settings, cfg.search.metric)
+    make_budget(table, table.full() * target.block_params / planned_cost_table(shape, settings, "params").full())
+
+
+def check_run_dir(out: Path, settings: dict, force: bool) -> None:
+    """Refuse an `--out` that holds something other than this darwin run (unless --force)."""
+    if force or not out.exists() or not any(out.iterdir()):
+        return
+    marker = out / RUN_MARKER
+    if not marker.exists():
+        raise UserError(f"output directory {out} exists and is not an evoprune darwin run; pass --force to replace it")
+    refuse_changed(out, read_run_json(marker), settings, "darwin run")
+
+
+def start_run_dir(out: Path, settings: dict, force: bool) -> None:
+    """Replace (--force) or create `out` and write its marker; called once every check has passed."""
+    if force and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / RUN_MARKER, settings)
+
+
+@watched
+def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = False, progress: bool = True,
+        stop_after: int | None = None) -> Path:
+    """Database, search, export and evaluation for `cfg`; resumes an interrupted run in `out`.
+
+    Every check runs before `out` is created or changed, under the run's lock (held by the process
+    that writes, for the whole run).
+
+    Args:
+        phase: "darwin" (everything), "database" (stop after the database) or "search" (requires
+            the database to be built already).
+        stop_after: end the search after this many generations in this call (to test resuming).
+    """
+    out = Path(out)
+    check_format_before_work(cfg, searched=phase != "database")
+    stages = stages_of(cfg)
+    main = init_distributed()[0] == 0  # only the main process writes the run directory
+    if phase == "search" and not (out / "database" / "index.json").exists():
+        raise UserError(f"no database in {out / 'database'}; run `evoprune database --out {out}` first")
+    settings = search_config(cfg)
+    with run_lock(out) if main else contextlib.nullcontext():
+        if main:
+            check_run_dir(out, settings, force)
+        started = time.time()
+        with memory.stage("load model"):
+            dense = load_source(cfg)
+        shape = dense.adapter.shape(dense.model)
+        target = resolve_target(shape, cfg.prune.sparsity, cfg.prune.target_params)
+        check_reachable(cfg, shape, target)
+        check_space_fits(cfg.search.space, dense.model.config)
+        if cfg.max_memory_gib is not None:
+            check_memory_budget(shape, cfg, cfg.model.device, next(dense.model.parameters()).element_size(),
+                                compute_dtype_of(dense.model).itemsize, int(cfg.max_memory_gib * 2**30), phase)
+        if main:
+            start_run_dir(out, settings, force)
+        return _database_search_export(out, cfg, settings, dense, target, stages, phase, progress and main, main,
+                                       stop_after, started)
+
+
+def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: LoadedModel, target: Target,
+                            stages: list[Stage], phase: str, progress: bool, main: bool, stop_after: int | None,
+                            started: float) -> Path:
+    with main_process_first(), memory.stage("database"):
+        db = build_database(cfg, dense, out / "database", progress)
+    if phase == "database":
+        return out
+    with main_process_first(), memory.stage("cost table"):
+        table = search_cost_table(cfg, dense, db, out / "search", progress)
+    dense_blocks = cost_table(db, "params").full()
+    budget = make_budget(table, table.full() * target.block_params / dense_blocks)
+    with main_process_first(), memory.stage("teacher and fitness caches"):
+        evaluator = make_evaluator(cfg, dense, db, stages, progress)
+    r = cfg.search.resolved()
+    start, start_seconds = None, 0.0
+    if r["first_parent"] == "mip":
+        with main_process_first(), memory.stage("replace-one"):
+            start, start_seconds = mip_parent(cfg, dense, db, table, budget, evaluator, out / "search", progress)
+    search_dir = out / "search" if main else _private_copy(out / "search")
+    barrier()  # every process has read the saved search state before the main one writes it again
+    settings = evolution_settings(cfg, start_seconds)
+    try:
+        with memory.stage("search"):
+            result = evolve(evaluator, table, budget, stages, settings, search_dir, config, progress, stop_after,
+                            start)
+    finally:
+        if not main:
+            shutil.rmtree(search_dir, ignore_errors=True)
+    if not result.finished(settings) or not main:
+        return out  # stopped early on request (tests; rerun to resume), or not the process that writes
+    with memory.stage("stitch"):
+        spec, replace = db.stitch(list(result.best.attention), list(result.best.mlp), dense.adapter,
+                                  meta={"method": "darwin", "source": dense.name, "target": target.description,
+                                        "profile": cfg.search.profile, "generations": result.state.generation,
+                                        "genotype": result.best.to_dict()})
+        spec.meta["target_report"] = target.report(spec.block_params(), dense_blocks)
+        pruned = inference_slice(dense.model, dense.adapter, spec, replace)
+    with memory.stage("evaluation"):
+        eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
+        teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size, progress)
+        uniform = evaluator.view(uniform_genotype(table, budget))  # the search's starting point, for comparison
+        unseen = load_unseen(cfg, dense.tokenizer)
+        rows = evaluate_models({"dense": dense.model, "uniform (same database)": uniform, "darwin": pruned},
+                               eval_blocks, teacher, cfg.eval, cfg.data.batch_size, progress, unseen=unseen)
+    with memory.stage("export"):
+        del pruned, uniform
+        export_sliced(dense.model, dense.adapter, spec, replace, out / "model", tokenizer=dense.tokenizer, force=True)
+        spec.save(out / "spec.json")
+        served = export_for_serving(out / "model", cfg.export.format, cfg.export.quant, force=True)
+    with memory.stage("evaluation"):  # the parents' held-out curve
+        parent_kl = parent_kl_curve(evaluator, result.state.history, eval_blocks, teacher, cfg.data.batch_size)
+    metrics = {"dense": rows["dense"], "pruned": rows["darwin"],
+               "uniform_same_database": rows["uniform (same database)"], "target": spec.meta["target_report"],
+               "search": {"generations": result.state.generation, "evaluations": result.state.evaluations,
+                          "search_seconds": round(result.state.seconds + start_seconds, 1),
+                          "first_parent": r["first_parent"],
+                          "replace_one_seconds": round(start_seconds, 2),
+                          "parent_heldout_kl": parent_kl},
+               "database": {"bytes": db.size_bytes(), "dense_weight_bytes": sum(
+                   p.numel() * p.element_size() for p in dense.model.parameters())},
+               "wall_time_s": round(time.time() - started, 1), "memory": memory.summary()}
+    if table.metric != "params":
+        metrics["budget"] = budget_record(cfg, table, budget, result.best)
+    if unseen is not None:
+        metrics["unseen_text"] = describe_unseen(unseen)
+    if served is not None:
+        metrics["serving"] = serving_record(served, out, cfg.export.format, cfg.export.quant)
+    write_json(out / "metrics.json", metrics)
+    write_text(out / "config.yaml", dump_config(cfg))
+    write_darwin_report(out, spec, rows, metrics, result.state.history, unseen)
+    return out
+
+
+def _private_copy(search_dir: Path) -> Path:
+    """A temporary copy of the search state for a process that must not write the run directory."""
+    copy = Path(tempfile.mkdtemp(prefix="evoprune-search-"))
+    if search_dir.is_dir():
+        shutil.copytree(search_dir, copy, dirs_exist_ok=True)
+    return copy

@@ -1,0 +1,275 @@
+"""`evoprune nas`: importance sorting -> (supernet training) -> multi-objective search -> Pareto front -> picks.
+
+Run directory: `nas_run.json` (the settings, `run_settings`), `study.db` (optuna, resumable),
+`latency.json`, `pareto.csv` / `pareto.json`, `front.png`, `report.md`, and `picks/<name>/` exported
+checkpoints. One process writes it at a time (`rundir.run_lock`). Rerunning the same command resumes
+the study (with a larger --budget, extends it); a changed setting is refused; `--force` starts over.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import random
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from .. import memory
+from ..arch.export import export_checkpoint
+from ..arch.params import block_params, total_params
+from ..atomic import staged_file, write_json, write_text
+from ..config import RunConfig
+from ..errors import UserError
+from ..evaluation.suite import evaluate_models, teacher_for
+from ..evaluation.unseen import describe_unseen, load_unseen
+from ..evaluation.unseen_report import unseen_section
+from ..memory import memory_section, watched
+from ..models import LoadedModel
+from ..data import data_blocks
+from ..models import load_source
+from ..obs.calibration import CalibrationStats, collect_stats
+from ..report import markdown_table, write_report
+from ..rundir import run_lock
+from ..serving.deploy import check_format_before_work, export_for_serving, serving_line, serving_record
+from ..arch.nemotron_format import check_space_fits
+from .supernet.train import SupernetConfig, train_supernet
+from .arguments import (DEFAULT_PARAMS_RANGE, DEFAULT_SAMPLER, PickRule, check_arguments, quality_objective,
+                        range_text)
+from .importance import importance_from_stats, permute_model
+from .objectives import make_objectives
+from .pareto import hypervolume, pareto_front
+from .pick import choose_pick
+from .run_settings import MARKER, fingerprints, refuse_other_run, run_settings, saved_form
+from .space import SearchSpace
+from .study import open_study, run_study
+
+
+def sorted_space(dense: LoadedModel, stats: CalibrationStats, multiple: int = 1,
+                 per_layer: bool = False, space: str = "full") -> SearchSpace:
+    """Sort `dense.model` in place by importance (function-preserving) and return the search space over it."""
+    imp = importance_from_stats(stats, dense.adapter, dense.model)
+    permute_model(dense.model, dense.adapter, imp)
+    return SearchSpace(dense.adapter.shape(dense.model), tuple(imp.layer_rank), per_layer=per_layer,
+                       multiple=multiple, space=space)
+
+
+def supernet_step(cfg: RunConfig, dense: LoadedModel, space: SearchSpace, steps: int, folder: Path,
+                  progress: bool = True, feasible=None) -> None:
+    """Weight-sharing training of `dense.model` (sorted) on `steps` training blocks; resumes from `folder`.
+
+    With `feasible`, the random sub-networks are drawn among the configurations it accepts (the
+    ones the search will visit); the sandwich's smallest is then the smallest of those found.
+    """
+    train = data_blocks(cfg, dense.tokenizer, "train", max(1, steps))
+    smallest = space.to_spec(space.smallest())
+    if feasible is not None and not feasible(space.smallest()):
+        rng = random.Random(cfg.seed)
+        smallest = min((space.sample_spec(rng, feasible) for _ in range(200)), key=lambda spec: spec.num_params())
+    train_supernet(dense.model, dense.adapter, train, lambda rng: space.sample_spec(rng, feasible), smallest,
+                   SupernetConfig(steps=steps, seed=cfg.seed), folder, progress)
+
+
+def trial_rows(study: optuna.Study, objectives: list[str]) -> list[dict]:
+    """One row per completed trial, in order: its index among them, objective values and configuration.
+
+    The index, not optuna's trial number: a draw cut short by a kill stays in the study as a failed
+    trial with a number of its own, so a resumed study numbers the same evaluations differently.
+    """
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [{"trial": i, **dict(zip(objectives, t.values)), **t.params}
+            for i, t in enumerate(sorted(completed, key=lambda t: t.number))]
+
+
+@watched
+def run(cfg: RunConfig, out: str | Path, objectives: list[str], budget: int, sampler: str = DEFAULT_SAMPLER,
+        pick: str | None = None, supernet_steps: int = 0, force: bool = False, progress: bool = True,
+        params_range: tuple[float, float] | None = None) -> Path:
+    """Search, or resume the search in `out`, and write the front and the pick.
+
+    Every argument is checked before `out` is touched or the model loaded; a changed setting of
+    a run in `out` is refused before the model loads (its weights and text once they are read).
+    With `force`, an old run is removed only once everything is checked, under `out`'s lock.
+
+    Args:
+        pick: `knee`, `params<=FRACTION`, or None for the default rule (`arguments.default_pick`).
+        params_range: search only sub-networks with this fraction of the dense parameters (low, high);
+            the others are skipped unevaluated. None searches the whole space (the command line's
+            default with params among the objectives is `arguments.DEFAULT_PARAMS_RANGE`).
+    """
+    rule = check_arguments(objectives, budget, sampler, pick, supernet_steps, params_range)
+    check_format_before_work(cfg, searched=True)
+    with run_lock(out) as out:
+        settings = run_settings(cfg, objectives, sampler, supernet_steps, params_range)
+        if not force:
+            refuse_other_run(out, settings)
+        with memory.stage("load model"):
+            dense = load_source(cfg)
+        check_space_fits(cfg.search.space, dense.model.config)
+        if params_range:  # refuse a range no sub-network meets (the shape alone decides)
+            shape = dense.adapter.shape(dense.model)
+            SearchSpace(shape, tuple(range(len(shape.layers))), multiple=cfg.prune.multiple, space=cfg.search.space) \
+                .params_range_check(*params_range)
+        with memory.stage("calibration data"):
+            calib = _calibration_blocks(cfg, dense)
+            settings["fingerprints"] = fingerprints(dense, calib)
+        if not force:
+            refuse_other_run(out, settings)  # again, now with the fingerprints
+        elif out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / MARKER, saved_form(settings))
+        study = open_study(out / "study.db", objectives, sampler, cfg.seed, settings["fingerprints"]["weights"])
+        with memory.stage("importance and objectives"):
+            space, evaluate = _prepare_search(cfg, dense, calib, objectives, out, progress)
+        feasible = space.params_range_check(*params_range) if params_range else None
+        if supernet_steps:
+            with memory.stage("supernet training"):
+                supernet_step(cfg, dense, space, supernet_steps, out / "supernet", progress, feasible)
+        with memory.stage("search"):
+            run_study(study, space, evaluate, budget, feasible=feasible, progress=progress)
+        _write_results(cfg, dense, space, trial_rows(study, objectives), objectives, rule, out, sampler, params_range,
+                       supernet_steps > 0)
+    return out
+
+
+def _calibration_blocks(cfg: RunConfig, dense: LoadedModel) -> torch.Tensor:
+    """The importance statistics' blocks followed by the search's scoring blocks."""
+    n_stats = cfg.data.calibration_blocks
+    calib = data_blocks(cfg, dense.tokenizer, "calibration", n_stats + cfg.data.eval_blocks)
+    if len(calib) <= n_stats:
+        raise UserError(f"the calibration split has only {len(calib)} blocks of {cfg.data.seq_len} tokens, all taken "
+                        "by the importance statistics; give more text or lower data.calibration_blocks")
+    return calib
+
+
+def _prepare_search(cfg: RunConfig, dense: LoadedModel, calib: torch.Tensor, objectives: list[str], out: Path,
+                    progress: bool) -> tuple[SearchSpace, Callable[[dict], list[float]]]:
+    """Sort the model by importance and build the objectives, scored on blocks the importance did not see."""
+    n_stats = cfg.data.calibration_blocks
+    stats = collect_stats(dense.model, dense.adapter, calib[:n_stats], cfg.data.batch_size, progress)
+    search_blocks = calib[n_stats:]
+    teacher = teacher_for(dense.model, str(dense.path), search_blocks, cfg.eval, cfg.data.batch_size, progress) \
+        if "kl" in objectives else None
+    space = sorted_space(dense, stats, cfg.prune.multiple, space=cfg.search.space)
+    evaluate = make_objectives(dense.model, dense.adapter, space, objectives, search_blocks, teacher,
+                               out / "latency.json", cfg.data.batch_size,
+                               {"prompt_len": cfg.eval.prompt_len, "new_tokens": cfg.eval.new_tokens,
+                                "repeats": cfg.eval.repeats})
+    return space, evaluate
+
+
+def _evaluate_pick(cfg: RunConfig, dense: LoadedModel, picked, full_label: str, out: Path,
+                   serving: dict | None = None) -> list[tuple[str, str]]:
+    """metrics.json: the full model and the pick on the held-out split and on unseen text; report sections.
+
+    `serving` (the pick's serving-format export, see `serving.deploy.serving_record`) is recorded too.
+    """
+    with memory.stage("evaluation"):
+        eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
+        unseen = load_unseen(cfg, dense.tokenizer)
+        rows = evaluate_models({full_label: dense.model, "pick": picked}, eval_blocks, None,
+                               dataclasses.replace(cfg.eval, latency=False), cfg.data.batch_size, progress=False,
+                               unseen=unseen)
+    metrics = {"full": rows[full_label], "pick": rows["pick"], "eval_tokens": int(eval_blocks.numel()),
+               "memory": memory.summary()}
+    if unseen is not None:
+        metrics["unseen_text"] = describe_unseen(unseen)
+    if serving is not None:
+        metrics["serving"] = serving
+    write_json(out / "metrics.json", metrics)
+    sections = [("Pick on held-out text", markdown_table(list(rows.values()),
+                                                         ["model", "params", "block_params", "perplexity"]))]
+    if unseen is not None:
+        sections.append(("Unseen text", unseen_section(rows, unseen, out / "unseen.png")))
+    sections.append(("Memory", memory_section(metrics["memory"])))
+    return sections
+
+
+def _search_section(space: SearchSpace, sampler: str, params_range: tuple[float, float] | None, budget: int) -> str:
+    """What was searched, and which of it is a default, for report.md."""
+    sampler_note = " (the default)" if sampler == DEFAULT_SAMPLER else ""
+    if params_range is None:
+        searched = "the whole space (`--params-range full`)"
+    else:
+        low, high = (_block_share_removed(space, f) for f in params_range)
+        searched = (f"sub-networks with {range_text(params_range)} of the dense parameters (as many as removing "
+                    f"{low:.0%} to {max(high, 0):.0%} of the block parameters)")
+        if tuple(params_range) == DEFAULT_PARAMS_RANGE:
+            searched += (", the default with params among the objectives (`--params-range full` searches the whole "
+                         "space)")
+    return (f"Sampler `{sampler}`{sampler_note}, {budget} completed trials over {searched}; "
+            "others are skipped unevaluated.\n")
+
+
+def _block_share_removed(space: SearchSpace, fraction: float) -> float:
+    """The share of the block parameters whose removal leaves `fraction` of the dense parameters."""
+    return (1 - fraction) * total_params(space.shape) / block_params(space.shape)
+
+
+def _write_results(cfg: RunConfig, dense: LoadedModel, space: SearchSpace, rows: list[dict], objectives: list[str],
+                   rule: PickRule, out: Path, sampler: str, params_range: tuple[float, float] | None,
+                   supernet_trained: bool = False) -> None:
+    """pareto.csv / pareto.json, the picked sub-network as a checkpoint, metrics.json, the plots and report.md."""
+    front = pareto_front([[r[o] for o in objectives] for r in rows])
+    full_params = float(space.to_spec(space.largest()).num_params())
+    sizes = {i: _spec_of(space, rows[i]).num_params() for i in front}
+    quality = quality_objective(objectives)
+    chosen, reason = choose_pick(rows, front, rule, quality, objectives, sizes, full_params, params_range)
+    reference = [max(r[o] for r in rows) * 1.1 for o in objectives]
+    hv = hypervolume([[rows[i][o] for o in objectives] for i in front], reference) if len(objectives) <= 3 else None
+    front_rows = [rows[i] for i in front]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(front_rows[0]))
+    writer.writeheader()
+    writer.writerows(front_rows)
+    write_text(out / "pareto.csv", buffer.getvalue())
+    write_json(out / "pareto.json", {"objectives": objectives, "front": front_rows, "hypervolume": hv,
+                                     "reference": reference, "params_range": list(params_range or (0, 1)),
+                                     "pick": rule.form, "pick_rule": rule.describe(quality), "pick_reason": reason,
+                                     "picked_trial": rows[chosen]["trial"]})
+    spec = _spec_of(space, rows[chosen])
+    with memory.stage("export"):
+        picked = dense.adapter.slice(dense.model, spec)
+        export_checkpoint(picked, out / "picks" / rule.folder, tokenizer=dense.tokenizer, spec=spec, force=True)
+        served = export_for_serving(out / "picks" / rule.folder, cfg.export.format, cfg.export.quant, force=True)
+    serving = None if served is None else serving_record(served, out, cfg.export.format, cfg.export.quant)
+    _plot(rows, front, chosen, objectives, out / "front.png")
+    full_label = "full (supernet-trained)" if supernet_trained else "dense"
+    share = sizes[chosen] / full_params
+    pick_text = (f"`{rule.form}`: {rule.describe(quality)}.\n\nTrial {rows[chosen]['trial']}: {reason}. It has "
+                 f"{share:.3f} of the dense parameters (as many as removing {_block_share_removed(space, share):.0%} "
+                 f"of the block parameters), exported to `picks/{rule.folder}/`.\n"
+                 + (f"\n{serving_line(serving)}\n" if serving is not None else ""))
+    write_report(out / "report.md", f"evoprune nas: {cfg.model.source}", [
+        ("Search", _search_section(space, sampler, params_range, len(rows))),
+        ("Pareto front", markdown_table(front_rows) + f"\nHypervolume {hv:.4g} (reference {reference}).\n\n"
+                                                       "![front](front.png)\n"),
+        ("Pick", pick_text),
+        *_evaluate_pick(cfg, dense, picked, full_label, out, serving)])
+
+
+def _spec_of(space: SearchSpace, row: dict):
+    """The SubnetSpec of a trial row (its configuration is the row's search-space keys)."""
+    return space.to_spec({k: row[k] for k in space.dimensions()})
+
+
+def _plot(rows: list[dict], front: list[int], chosen: int, objectives: list[str], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    x, y = objectives[1], objectives[0]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), constrained_layout=True)
+    ax.scatter([r[x] for r in rows], [r[y] for r in rows], s=12, alpha=0.4, label="trials")
+    ax.plot(*zip(*sorted((rows[i][x], rows[i][y]) for i in front)), "o-", color="C3", label="Pareto front")
+    ax.scatter([rows[chosen][x]], [rows[chosen][y]], s=90, marker="*", color="k", label="pick", zorder=3)
+    ax.set(xlabel=x, ylabel=y, title="sub-network search")
+    ax.legend(fontsize=8)
+    with staged_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+

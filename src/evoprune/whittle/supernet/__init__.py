@@ -1,0 +1,1 @@
+"""Weight-sharing supernet training for whittle: masked sub-networks sampled per step, distilled from the dense model."""
