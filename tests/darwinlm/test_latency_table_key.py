@@ -67,8 +67,8 @@ def test_table_is_remeasured_for_another_dtype_or_machine(dense_and_db, tmp_path
     latency_cost_table(bf16, dense.adapter, db, path, SETTINGS, progress=False)
     assert len(measurements) == 2
     assert json.loads(path.read_text())["key"]["dtype"] == "torch.bfloat16"
-    machine = latency_table._machine
-    monkeypatch.setattr(latency_table, "_machine", lambda device: {**machine(device), "cpu": "another CPU"})
+    machine = latency_table.machine_description
+    monkeypatch.setattr(latency_table, "machine_description", lambda device: {**machine(device), "cpu": "another CPU"})
     latency_cost_table(bf16, dense.adapter, db, path, SETTINGS, progress=False)
     assert len(measurements) == 3
 
