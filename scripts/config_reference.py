@@ -1,0 +1,126 @@
+"""Write docs/config.md from the config dataclasses: every field with its type, default and comment.
+
+    python scripts/config_reference.py            # writes docs/config.md
+    python scripts/config_reference.py --check    # exit 1 if docs/config.md is out of date
+
+tests/test_config_reference.py fails when the page and the dataclasses differ, so the reference
+cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import io
+import textwrap
+import sys
+import tokenize
+from pathlib import Path
+
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+
+HEADER = """# Configuration reference
+
+Every run is configured by one YAML file (`--config FILE`, e.g. `configs/*.yaml`) whose sections map
+one to one to the dataclasses below; any field can also be set on the command line as
+`section.field=value` (e.g. `search.generations=6 data.seq_len=256`) or from Python as
+`overrides={"section.field": value}`. Flags such as `--sparsity` set the fields they name. Unknown
+fields and bad values are refused together, in one line, before anything runs.
+
+Generated from `src/evoprune/config.py` and `src/evoprune/recovery/config.py` by
+`python scripts/config_reference.py`; do not edit by hand.
+"""
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Field name -> the comment on its line, after the comment lines just above it."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    comments: dict[int, str] = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string.lstrip("#").strip()
+    lines = source.splitlines()
+    out = {}
+    for node in ast.parse(source).body[0].body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            above = []
+            row = node.lineno - 1
+            while row >= 1 and lines[row - 1].strip().startswith("#"):
+                above.insert(0, comments.get(row, ""))
+                row -= 1
+            own = comments.get(node.lineno, "") if "#" in lines[node.lineno - 1] else ""
+            out[node.target.id] = " ".join(part for part in above + [own] if part)
+    return out
+
+
+def _type_name(annotation) -> str:
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    return text.replace("typing.", "")
+
+
+def _default(field: dataclasses.Field) -> str:
+    if field.default is not dataclasses.MISSING:
+        return f"`{field.default!r}`" if field.default is not None else "`null`"
+    if field.default_factory is not dataclasses.MISSING:
+        return f"`{field.default_factory()!r}`"
+    return "(required)"
+
+
+def section_table(cls: type) -> str:
+    """One Markdown table row per plain field of `cls`."""
+    comments = field_comments(cls)
+    rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            continue
+        meaning = comments.get(f.name, "").replace("|", "\\|")
+        kind, default = _type_name(f.type).replace("|", "\\|"), _default(f).replace("|", "\\|")
+        rows.append(f"| `{f.name}` | `{kind}` | {default} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+def command_reference(title: str, cls: type) -> str:
+    """A heading per section of the run config `cls` (its nested dataclasses), then its own top-level fields."""
+    parts = [f"## {title}\n"]
+    for f in dataclasses.fields(cls):
+        factory = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if factory is not None and dataclasses.is_dataclass(factory):
+            doc = (factory.__doc__ or "").strip()
+            doc = "" if doc.startswith(factory.__name__ + "(") else inspect.cleandoc(doc).split("\n\n")[0]
+            parts.append(f"### `{f.name}` ({factory.__name__})\n\n" + (f"{doc}\n\n" if doc else "")
+                         + section_table(factory))
+    top = [f for f in dataclasses.fields(cls) if not (f.default_factory is not dataclasses.MISSING
+                                                       and dataclasses.is_dataclass(f.default_factory))]
+    if top:
+        parts.append("### top level\n\n" + section_table(cls))
+    return "\n".join(parts)
+
+
+def render_reference() -> str:
+    """The whole page."""
+    from evoprune.config import RunConfig
+    from evoprune.recovery.config import RecoveryRunConfig
+
+    return "\n".join([HEADER, command_reference("darwin, database, search, prune, slice, eval, nas", RunConfig),
+                      command_reference("train (recovery training)", RecoveryRunConfig)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="only check that docs/config.md is up to date")
+    args = ap.parse_args(argv)
+    page = render_reference()
+    if args.check:
+        if not PAGE.is_file() or PAGE.read_text() != page:
+            print(f"{PAGE} is out of date: run python scripts/config_reference.py", file=sys.stderr)
+            return 1
+        return 0
+    PAGE.write_text(page)
+    print(f"wrote {PAGE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
