@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -55,17 +56,42 @@ def staged_file(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{_unique()}.tmp{path.suffix}")
     try:
         yield tmp
+        follow_umask(tmp)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
 
 
+def check_creatable(out: str | os.PathLike) -> Path:
+    """Refuse an output path whose nearest existing ancestor is a file or cannot be written into.
+
+    Writability is tried, not inferred from permission bits (root passes `os.access` on read-only
+    mounts and on /proc): a temporary file is created in that ancestor and removed at once.
+    """
+    out = Path(out)
+    existing = out.absolute().parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot create {out}: {existing} is a file, not a directory; choose another output path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".evoprune-probe-", dir=existing)
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {existing} is not writable ({e.strerror}); choose another output "
+                        "path") from None
+    os.close(fd)
+    os.unlink(probe)
+    return out
+
+
 def check_output_dir(out: str | os.PathLike, force: bool) -> Path:
-    """Refuse to reuse an existing, non-empty output directory unless `force` is set."""
+    """Refuse to reuse an existing, non-empty output directory unless `force` is set, or a path that cannot be made."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} exists and is not a directory")
+    if not out.exists():
+        check_creatable(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError(f"output directory {out} already exists; pass --force to overwrite it")
     return out
@@ -84,6 +110,7 @@ def staged_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        follow_umask(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old.{_unique()}")
             os.replace(out, old)
@@ -94,6 +121,31 @@ def staged_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def umask() -> int:
+    """The process's umask (read without changing it where Linux reports it)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def follow_umask(path: Path) -> None:
+    """Give `path` (and, for a folder, everything in it) the modes `open` / `mkdir` would under the umask.
+
+    Some writers create private files whatever the umask (safetensors' save_file: 0600).
+    """
+    mask = umask()
+    paths = [path] + (sorted(path.rglob("*")) if path.is_dir() else [])
+    for p in paths:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def _unique() -> str:

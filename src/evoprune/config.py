@@ -8,6 +8,7 @@ validates everything at once, reporting every problem in one ConfigError.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -196,8 +197,8 @@ class RunConfig:
                             ("eval.unseen_blocks", ev.unseen_blocks)):
             if value <= 0:
                 p.append(f"{name} must be positive, got {value}")
-        if self.max_memory_gib is not None and not self.max_memory_gib > 0:
-            p.append(f"max_memory_gib must be positive, got {self.max_memory_gib}")
+        if self.max_memory_gib is not None and not 0 < self.max_memory_gib < math.inf:
+            p.append(f"max_memory_gib (--max-memory) must be a positive, finite number of GiB, got {self.max_memory_gib}")
         if ev.streamed not in (True, False, "auto"):
             p.append(f"eval.streamed must be true, false or auto, got {ev.streamed!r}")
         if ev.warmup < 0:

@@ -68,6 +68,9 @@ def resolve_model_path(source: str) -> Path:
     raise UserError(f"model folder not found: {path} (or use '{EMBEDDED_MODEL}')")
 
 
+EVOPRUNE_CODE = ("configuration_evoprune", "modeling_evoprune")  # the files an evoprune export ships (arch/hf/)
+
+
 def read_config(path: Path, trust_remote_code: bool = False) -> PretrainedConfig:
     """Read and check `config.json` of a model folder before any weight is loaded."""
     register_pruned_classes()
@@ -79,8 +82,15 @@ def read_config(path: Path, trust_remote_code: bool = False) -> PretrainedConfig
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"corrupt config.json in {path}: {e}") from None
     model_type = raw.get("model_type", "")
-    if raw.get("auto_map") and not model_type.startswith("evoprune_") and not trust_remote_code:
-        raise UserError(f"{path} needs its own remote code ({model_type!r}); pass --trust-remote-code if you trust it")
+    auto_map = raw.get("auto_map") or {}
+    if auto_map and not trust_remote_code:
+        if not model_type.startswith("evoprune_"):
+            raise UserError(f"{path} needs its own remote code ({model_type!r}); pass --trust-remote-code if you "
+                            "trust it")
+        foreign = sorted(str(v) for v in auto_map.values() if str(v).split(".")[0] not in EVOPRUNE_CODE)
+        if foreign:
+            raise UserError(f"{path} says it is an evoprune model ({model_type!r}) but its auto_map points to other "
+                            f"code ({', '.join(foreign)}); pass --trust-remote-code if you trust it")
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers raises many types for bad configs
@@ -180,7 +190,7 @@ def check_weight_files(path: Path, allow_pickle: bool) -> None:
 
 def load_model(source: str, dtype: str = "float32", device: str = "cpu", allow_pickle: bool = False,
                trust_remote_code: bool = False, with_tokenizer: bool = True, mapped: bool = True,
-               compute_dtype: str = "auto") -> LoadedModel:
+               compute_dtype: str = "auto", require_tokenizer: bool = False) -> LoadedModel:
     """Load a causal LM and its tokenizer from a local source.
 
     Args:
@@ -189,7 +199,8 @@ def load_model(source: str, dtype: str = "float32", device: str = "cpu", allow_p
         device: where to put the model.
         allow_pickle: accept *.bin checkpoints (unsafe: pickle can run code).
         trust_remote_code: accept folders that ship their own modeling code (other than evoprune's).
-        with_tokenizer: also load the tokenizer (None with a warning if the folder has none).
+        with_tokenizer: also load the tokenizer (None if the folder has none, unless `require_tokenizer`).
+        require_tokenizer: refuse a source without a usable tokenizer, before its weights are read.
         mapped: keep safetensors weights memory-mapped (`weights.mapped`) instead of copying them into
             RAM, whenever their stored dtype is `dtype` and the checkpoint needs no conversion.
         compute_dtype: dtype the layers run in, converted one module at a time (`weights.compute_dtype`):
@@ -205,18 +216,21 @@ def load_model(source: str, dtype: str = "float32", device: str = "cpu", allow_p
         raise UserError(f"unknown compute dtype {compute_dtype!r}; choose auto or one of {', '.join(DTYPES)}")
     check_device(str(device))
     path, config = check_model_source(source, allow_pickle, trust_remote_code, with_tokenizer)
+    tokenizer = None
+    if with_tokenizer or require_tokenizer:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except Exception as e:  # transformers raises many types for a missing or unreadable tokenizer
+            if require_tokenizer:
+                raise UserError(f"{path} has no usable tokenizer; evoprune needs one to read calibration text (add "
+                                "the tokenizer files of the model it came from)") from None
+            log.debug("no usable tokenizer in %s: %s", path, e)
     model = _load_weights(path, config, DTYPES[dtype], trust_remote_code, allow_pickle, mapped)
     model.to(device).eval()
     computed = resolve_compute_dtype(compute_dtype, DTYPES[dtype], str(device))
     check_compute_dtype(computed, str(device))
     if computed != DTYPES[dtype]:
         compute_in(model, adapter_for(config), computed)
-    tokenizer = None
-    if with_tokenizer:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        except Exception:
-            log.warning("no usable tokenizer in %s", path)
     return LoadedModel(model, tokenizer, adapter_for(config), path, source)
 
 
@@ -258,8 +272,6 @@ def load_source(cfg: RunConfig, source: str | None = None) -> LoadedModel:
     long enough for `cfg.data.seq_len`."""
     m = cfg.model
     loaded = load_model(source or m.source, dtype=m.dtype, device=m.device, allow_pickle=m.allow_pickle,
-                        trust_remote_code=m.trust_remote_code, compute_dtype=m.compute_dtype)
-    if loaded.tokenizer is None:
-        raise UserError(f"{loaded.path} has no tokenizer; evoprune needs one to read calibration text")
+                        trust_remote_code=m.trust_remote_code, compute_dtype=m.compute_dtype, require_tokenizer=True)
     check_seq_len(cfg.data.seq_len, getattr(loaded.model.config, "max_position_embeddings", None))
     return loaded

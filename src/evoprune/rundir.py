@@ -19,11 +19,13 @@ import inspect
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .atomic import check_creatable
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -41,15 +43,7 @@ def check_writable_out(out: str | os.PathLike, directory: bool = True) -> Path:
         raise UserError(f"--out {str(out)!r} must name a directory, e.g. runs/my-run")
     if directory and out.exists() and not out.is_dir():
         raise UserError(f"output path {out} exists and is not a directory; choose another --out")
-    parent = out.absolute().parent
-    existing = parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"cannot create {out}: {existing} is a file, not a directory; choose another --out")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write {out}: {existing} is not writable; choose another --out")
-    return out
+    return check_creatable(out)
 
 
 @contextlib.contextmanager
@@ -102,10 +96,20 @@ def _read_holder(fd: int) -> str:
         return "pid unknown"
 
 
+STAGED = re.compile(r"^\..+\.(old\.)?\d+-[0-9a-f]{8}(\.partial|\.tmp.*)?$")  # atomic.py's temporary names
+
+
 def remove_stale_partials(out: Path) -> list[Path]:
-    """Remove `.NAME.*.partial` and `.NAME.old.*` beside `out`; call only while holding its lock."""
+    """Remove what killed writers left: `.NAME.*.partial` and `.NAME.old.*` beside `out`, and inside it every
+    temporary file or folder of `atomic.py` (`.x.<pid>-<id>.tmp.png`, `.model.<pid>-<id>.partial/` ...).
+
+    Call only while holding the run's lock: no living writer can own them then.
+    """
     stale = [p for p in out.absolute().parent.glob(f".{out.name}.*")
              if p.name.endswith(".partial") or p.name.startswith(f".{out.name}.old.")]
+    if out.is_dir():
+        stale += [p for p in sorted(out.rglob(".*")) if STAGED.match(p.name) and not any(
+            parent in stale for parent in p.parents)]
     for p in stale:
         log.warning("removing %s, left by a run that was killed", p)
         if p.is_dir():

@@ -118,16 +118,20 @@ def evolution_settings(cfg: RunConfig, spent_seconds: float = 0.0) -> EvolutionS
 
 # settings added after runs were saved: left out at their default value, so that those runs still resume
 ADDED_RUN_SETTINGS = {"database": {"storage_dtype": "model"},
-                      "search": {"train_embeddings": False, "space": "full", "latency_engine": "torch"}}
+                      "search": {"train_embeddings": False, "space": "full", "latency_engine": "torch"},
+                      "eval": {"top_k": 1024}}
 
 
 def search_config(cfg: RunConfig) -> dict:
     """The settings a resumed search must share with the run that started it."""
     config = {"model": {"source": cfg.model.source, "dtype": cfg.model.dtype}, "data": to_dict(cfg.data),
               "database": to_dict(cfg.database), "search": {**to_dict(cfg.search), **cfg.search.resolved()},
-              "target": [cfg.prune.sparsity, cfg.prune.target_params], "seed": cfg.seed}
+              "target": [cfg.prune.sparsity, cfg.prune.target_params], "seed": cfg.seed,
+              "eval": {"top_k": cfg.eval.top_k}}  # the fitness teachers keep top_k log-probs
     for section, added in ADDED_RUN_SETTINGS.items():
         config[section] = {k: v for k, v in config[section].items() if added.get(k, object()) != v}
+        if not config[section] and section == "eval":  # a section added whole: absent while at its defaults
+            del config[section]
     return config
 
 
