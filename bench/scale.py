@@ -9,7 +9,7 @@ user cache; `evoprune.weights.random_checkpoint`) go through the real CLI, one s
 Each step's peak RSS and peak anonymous memory are sampled from outside (/proc/PID/status), and
 the per-stage figures come from the run's own metrics.json (`evoprune.memory`). Cases:
 
-* `1b`: Llama-3.2-1B shape, the whole `evoprune darwin --profile quick` pipeline with calibration,
+* `1b`: Llama-3.2-1B shape, the whole `evoprune darwin --profile mip` pipeline with calibration,
   fitness and evaluation sizes that fit here.
 * `8b-database`: Llama-3.1-8B shape, full depth (32 layers): `evoprune database` for the first
   `--database-layers` layers (per-layer time, to extrapolate), then stopped.
@@ -44,7 +44,7 @@ GIB = 2**30
 COLUMNS = ["case", "step", "stage", "seconds", "peak RSS GiB", "peak anon GiB"]
 SMALL = ["model.dtype=bfloat16", "data.seq_len=256", "data.batch_size=2", "eval.latency=false"]
 CASES = {
-    "1b": ("Llama-3.2-1B shape, darwin --profile quick", LLAMA_3_2_1B),
+    "1b": ("Llama-3.2-1B shape, darwin --profile mip", LLAMA_3_2_1B),
     "8b-database": ("Llama-3.1-8B shape (32 layers), first database layers", LLAMA_3_1_8B),
     "8b-wide4": ("Llama-3.1-8B width, 4 layers: database, search, export, reload", with_layers(LLAMA_3_1_8B, 4)),
     "embedded": ("SmolLM2-135M, the main job before and after the memory-bounded chain", None),
@@ -115,7 +115,7 @@ def checkpoint(case: str, config: dict, work: Path, env: dict, rows: list[dict])
 
 def run_1b(model: Path, work: Path, env: dict, rows: list[dict], args) -> None:
     out = work / "1b-darwin"
-    cmd = evoprune("darwin", "--model", str(model), "--sparsity", "0.5", "--profile", "quick", "--out", str(out),
+    cmd = evoprune("darwin", "--model", str(model), "--sparsity", "0.5", "--profile", "mip", "--out", str(out),
                    "--force", *SMALL, "data.calibration_blocks=16", "data.eval_blocks=4", "eval.unseen_blocks=1",
                    "search.fitness_pool=8", "search.fitness_tokens=[256,512,1024]",
                    f"search.replace_one_tokens={args.replace_one_tokens}")
@@ -176,7 +176,7 @@ def run_embedded(model: Path, work: Path, env: dict, rows: list[dict], args) -> 
     def run(core: int, label: str) -> Sampled:
         out = work / f"embedded-{label}"
         cmd = ["taskset", "-c", str(core), *evoprune("darwin", "--model", "smollm2-135m", "--sparsity", "0.5",
-                                                      "--profile", "quick", "--out", str(out), "--force")]
+                                                      "--profile", "mip", "--out", str(out), "--force")]
         pinned = {**env, "PYTHONPATH": sources[label], "OMP_NUM_THREADS": "1"}
         return Sampled(cmd, pinned, work / f"embedded-{label}.log")
 

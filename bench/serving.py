@@ -1,7 +1,7 @@
 """The 50% DarwinLM model against the dense one where it would be served: transformers and llama.cpp.
 
     python bench/serving.py --pruned results/tmp/scale/embedded-before/model   # an existing 50% darwin run
-    python bench/serving.py          # runs `evoprune darwin --profile quick --sparsity 0.5` first (about 17 min),
+    python bench/serving.py          # runs `evoprune darwin --profile mip --sparsity 0.5` first (about 17 min),
                                      # into --work, resumed if it is there
     python bench/serving.py --quants f16 --eval-blocks 4 data.seq_len=256      # key=value words: config overrides
 
@@ -84,11 +84,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def darwin_model(cfg, sparsity: float, work: Path) -> Path:
-    """The model of a `darwin --profile quick` run at `sparsity` in `work`, run (or resumed) here."""
+    """The model of a `darwin --profile mip` run at `sparsity` in `work`, run (or resumed) here."""
     from evoprune.darwinlm import pipeline as darwin
 
     run_cfg = load_config(None, [], base={"model.source": cfg.model.source, "prune.sparsity": sparsity,
-                                          "prune.target_params": None, "search.profile": "quick"})
+                                          "prune.target_params": None, "search.profile": "mip"})
     run_cfg.data = cfg.data
     out = work / f"darwin-{sparsity:g}"
     if not (out / "model" / "config.json").is_file():

@@ -5,7 +5,7 @@ report, and returns a `Result`. The CLI (`cli.py`) is a thin wrapper over these 
 
     import evoprune
 
-    result = evoprune.darwin("smollm2-135m", "runs/darwin-50", sparsity=0.5, profile="quick")
+    result = evoprune.darwin("smollm2-135m", "runs/darwin-50", sparsity=0.5, profile="mip")
     result.metrics["pruned"]["perplexity"], result.spec.num_params(), result.model_dir
     model = result.load()                      # the pruned model, a transformers PreTrainedModel
 
@@ -135,7 +135,8 @@ def darwin(model, out: str | Path, *, sparsity: float | None = None, target_para
     Args:
         sparsity: fraction of the blocks' parameters to remove (`prune.sparsity`).
         target_params: total parameters to keep instead (`prune.target_params`).
-        profile: `quick` (the MIP assembly of replace-one KLs) or `paper` (`search.profile`).
+        profile: `mip` (the MIP assembly of replace-one KLs, no evolution), `evolve` (the MIP start, then 6
+            generations of KL-only evolution) or `paper` (DarwinLM's training-aware evolution) (`search.profile`).
         data: calibration / evaluation text (`data.source`).
         phase: `darwin` (everything), `database` (stop after the database) or `search` (database built).
     """

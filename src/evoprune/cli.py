@@ -95,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         p.add_argument("--sparsity", type=float, help="fraction of transformer-block parameters to remove, in (0, 1)")
         p.add_argument("--target-params", type=int, help="total parameters to keep (instead of --sparsity)")
-        p.add_argument("--profile", choices=["quick", "paper"], help="search size: quick (CPU minutes) or paper")
+        p.add_argument("--profile", choices=["mip", "evolve", "paper", "quick"],
+                       help="mip (default: the MIP assembly of replace-one KLs, no evolution; CPU minutes), evolve (the "
+                            "MIP start + 6 generations of KL-only evolution) or paper (DarwinLM's training-aware "
+                            "evolution); quick is the former name of mip")
         p.add_argument("--metric", choices=["params", "flops", "latency"],
                        help="what the budget counts (latency: a per-block table measured once on this machine)")
         p.add_argument("--no-trade", action="store_true",

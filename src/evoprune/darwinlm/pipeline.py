@@ -203,6 +203,22 @@ def mip_parent(cfg: RunConfig, dense: LoadedModel, db: Database, table: CostTabl
     return assemble(scores.scores, table, budget), scores.seconds
 
 
+def first_parent_check(history: list[dict], start: Genotype | None, uniform: Genotype,
+                       stages: list[Stage]) -> dict | None:
+    """Which genotype won the first selection, the MIP assembly or the uniform one, and their first-stage KLs.
+
+    None when the search started from the uniform genotype alone (nothing to check).
+    """
+    if start is None or start == uniform or not history or "first_stage" not in history[0]:
+        return None
+    first = history[0]
+    winner = Genotype.from_dict(first["parent"])
+    kls = first["first_stage"]  # in pool order: the MIP start, the uniform genotype, then random ones
+    return {"winner": "mip" if winner == start else "uniform" if winner == uniform else "random",
+            "mip_kl": kls[0], "uniform_kl": kls[1] if len(kls) > 1 else None,
+            "first_stage_tokens": stages[0].fitness_tokens, "stages": len(stages)}
+
+
 def stages_of(cfg: RunConfig) -> list[Stage]:
     """The selection stages; a fitness pool too small for the largest stage is refused here, before any work."""
     r = cfg.search.resolved()
@@ -350,7 +366,9 @@ def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: Load
                "uniform_same_database": rows["uniform (same database)"], "target": spec.meta["target_report"],
                "search": {"generations": result.state.generation, "evaluations": result.state.evaluations,
                           "search_seconds": round(result.state.seconds + start_seconds, 1),
-                          "first_parent": r["first_parent"],
+                          "first_parent": r["first_parent"], "profile": cfg.search.profile,
+                          "first_parent_check": first_parent_check(result.state.history, start,
+                                                                   uniform_genotype(table, budget), stages),
                           "replace_one_seconds": round(start_seconds, 2),
                           "parent_heldout_kl": parent_kl},
                "database": {"bytes": db.size_bytes(), "dense_weight_bytes": sum(

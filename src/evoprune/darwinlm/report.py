@@ -87,9 +87,24 @@ def _budget_line(budget: dict | None) -> str:
 def _first_parent(search: dict) -> str:
     if search.get("first_parent", "mip" if search.get("replace_one_seconds") else "uniform") != "mip":
         return ""
-    return (f" The search started from the MIP assembly of replace-one KLs (every module scored alone at its levels, "
-            f"the rest dense; {search['replace_one_seconds']:.0f} s of the search time), competing with the uniform "
-            "genotype for the first parent.")
+    mip = (f"the MIP assembly of replace-one KLs (every module scored alone at its levels, the rest dense; "
+           f"{search['replace_one_seconds']:.0f} s of the search time)")
+    check = search.get("first_parent_check")
+    if not check:
+        return f" The search started from {mip}, competing with the uniform genotype for the first parent."
+    kls = (f"KL {check['mip_kl']:.4f} against {check['uniform_kl']:.4f} on the first stage's "
+           f"{check['first_stage_tokens']:,} fitness tokens; {check['stages']} stages decide") \
+        if check.get("uniform_kl") is not None else "the selection stages decide"
+    if check["winner"] == "mip":
+        text = f" The search started from {mip}, which won the check against the uniform genotype ({kls})."
+    elif check["winner"] == "uniform":
+        text = (f" {mip[0].upper() + mip[1:]} lost the check against the uniform genotype ({kls}), so the search "
+                "started from the uniform genotype.")
+    else:
+        text = f" A random genotype near {mip} won the first selection ({kls})."
+    if search.get("generations") == 0:
+        text += f" No evolution followed (profile {search.get('profile', 'mip')}): the result is that genotype."
+    return text
 
 
 def _plot_progress(history: list[dict], parent_kl: list[float] | None, path: Path) -> None:
