@@ -1,4 +1,4 @@
-"""whittle (multi-objective sub-network search, Wistuba et al. 2025) as one workflow.
+"""whittle (automated sub-network search, Sukthanker et al. 2024, arXiv:2410.06479) as one workflow.
 
 Importance-sorted sub-networks (`importance`, `space`), optional weight-sharing supernet training
 (`supernet/`), samplers over two or three objectives (`study`, `local_search`,
