@@ -36,7 +36,8 @@ import torch
 from compare_methods import METHODS, MethodBuilder, NasSettings
 from compare_report import headline_table, plot_against_params, plot_speedups
 from evoprune.atomic import write_json, write_text
-from evoprune.cli import fraction_range, parse_with_overrides
+from evoprune.cli import parse_with_overrides
+from evoprune.whittle.arguments import fraction_range
 from evoprune.config import RunConfig, load_config
 from evoprune.errors import UserError
 from evoprune.evaluation.harness import run_tasks

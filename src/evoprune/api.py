@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,18 @@ class _ModelSource:
         self.path = str(folder)
 
 
+@contextmanager
+def _prepared(model, out, tokenizer, config, overrides, named: dict, cls=None, check: bool = True,
+              teacher: str | None = None):
+    """The call's validated config, with `model` as a source path (a loaded model saved while the call runs),
+    after the checks every command makes before work (`--out`, device, model folder)."""
+    with ExitStack() as stack:
+        cfg = run_config(_ModelSource(stack, model, tokenizer).path, config, overrides, named, cls)
+        if check:
+            _checked(out, cfg, teacher if teacher is not None else getattr(getattr(cfg, "train", None), "teacher", None))
+        yield cfg
+
+
 def _checked(out, cfg, teacher: str | None = None) -> None:
     from .models import check_device, check_model_source
     from .rundir import check_writable_out
@@ -142,12 +154,9 @@ def darwin(model, out: str | Path, *, sparsity: float | None = None, target_para
     """
     from .darwinlm import pipeline as workflow
 
-    with ExitStack() as stack:
-        source = _ModelSource(stack, model, tokenizer).path
-        named = {"prune.sparsity": sparsity, "prune.target_params": target_params, "search.profile": profile,
-                 "data.source": data}
-        cfg = run_config(source, config, overrides, named)
-        _checked(out, cfg)
+    named = {"prune.sparsity": sparsity, "prune.target_params": target_params, "search.profile": profile,
+             "data.source": data}
+    with _prepared(model, out, tokenizer, config, overrides, named) as cfg:
         done = workflow.run(cfg, out, phase=phase, force=force, progress=progress)
     return Result.read(done, database=done / "database")
 
@@ -168,12 +177,9 @@ def prune(model, out: str | Path, *, method: str | None = None, sparsity: float 
     """A baseline: the same keep-ratio in every layer (`uniform`, the default) or ShortGPT layer removal (`depth`)."""
     from .baselines import pipeline
 
-    with ExitStack() as stack:
-        source = _ModelSource(stack, model, tokenizer).path
-        named = {"prune.method": method, "prune.sparsity": sparsity, "prune.target_params": target_params,
-                 "data.source": data}
-        cfg = run_config(source, config, overrides, named)
-        _checked(out, cfg)
+    named = {"prune.method": method, "prune.sparsity": sparsity, "prune.target_params": target_params,
+             "data.source": data}
+    with _prepared(model, out, tokenizer, config, overrides, named) as cfg:
         done = pipeline.prune(cfg, out, force=force, progress=progress)
     return Result.read(done)
 
@@ -184,10 +190,7 @@ def slice(model, spec: str | Path, out: str | Path, *, data: str | None = None, 
     """Cut `model` down to the SubnetSpec saved at `spec` (a run's spec.json), export and evaluate it."""
     from .baselines import pipeline
 
-    with ExitStack() as stack:
-        source = _ModelSource(stack, model, tokenizer).path
-        cfg = run_config(source, config, overrides, {"data.source": data})
-        _checked(out, cfg)
+    with _prepared(model, out, tokenizer, config, overrides, {"data.source": data}) as cfg:
         done = pipeline.slice_with_spec(cfg, spec, out, force=force, progress=progress)
     return Result.read(done)
 
@@ -204,9 +207,8 @@ def evaluate(model, out: str | Path, *, teacher: str | None = None, tasks: str |
     """
     from .evaluation.run import evaluate as run_evaluation
 
-    with ExitStack() as stack:
-        source = _ModelSource(stack, model, tokenizer).path
-        cfg = run_config(source, config, overrides, {"eval.engine": engine, "data.source": data})
+    named = {"eval.engine": engine, "data.source": data}
+    with _prepared(model, out, tokenizer, config, overrides, named, check=False) as cfg:
         if cfg.eval.engine == "llamacpp":
             from .rundir import check_writable_out
             from .serving.engine_eval import evaluate_gguf
@@ -245,10 +247,7 @@ def nas(model, out: str | Path, *, objectives: str | list[str] = "kl,params", tr
         objectives = [o.strip() for o in objectives.split(",") if o.strip()]
     if params_range is None or isinstance(params_range, str):
         params_range = params_range_arg(params_range, objectives)
-    with ExitStack() as stack:
-        source = _ModelSource(stack, model, tokenizer).path
-        cfg = run_config(source, config, overrides, {"data.source": data})
-        _checked(out, cfg)
+    with _prepared(model, out, tokenizer, config, overrides, {"data.source": data}) as cfg:
         done = run_nas(cfg, out, list(objectives), trials, sampler or DEFAULT_SAMPLER, pick, supernet_steps,
                        force=force, progress=progress, params_range=params_range)
     picks = sorted(p for p in (done / "picks").glob("*") if (p / "config.json").is_file()) \
@@ -268,13 +267,9 @@ def train(model, out: str | Path, *, teacher: str | None = None, tokens: int | N
     """
     from .recovery import RecoveryRunConfig, recover
 
-    with ExitStack() as stack:
-        source = _ModelSource(stack, model, tokenizer).path
-        named = {"train.teacher": teacher, "train.tokens": tokens, "train.loss": loss, "data.source": data}
-        if lora:
-            named["train.lora"] = True
-        cfg = run_config(source, config, overrides, named, cls=RecoveryRunConfig)
-        _checked(out, cfg, cfg.train.teacher)
+    named = {"train.teacher": teacher, "train.tokens": tokens, "train.loss": loss, "data.source": data,
+             "train.lora": True if lora else None}
+    with _prepared(model, out, tokenizer, config, overrides, named, cls=RecoveryRunConfig) as cfg:
         done = recover(cfg, out, force=force, progress=progress, resume_from=resume_from, command=command)
     return Result.read(done)
 

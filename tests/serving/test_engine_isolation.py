@@ -15,13 +15,13 @@ pytest.importorskip("llama_cpp", reason="llama-cpp-python (the llama.cpp engine)
 
 from evoprune.darwinlm import pipeline as darwin  # noqa: E402
 from evoprune.cli import main  # noqa: E402
-from evoprune.config import load_config  # noqa: E402
 from evoprune.serving import engine_process, llamacpp  # noqa: E402
 from evoprune.serving.engine_process import FAULT_ENV, EngineCrashed  # noqa: E402
 from evoprune.serving.gguf_export import export_gguf  # noqa: E402
 from evoprune.serving.llamacpp import LlamaCppModel  # noqa: E402
 
 from .conftest import eval_ids  # noqa: E402
+from .test_llamacpp_latency import llamacpp_darwin_config  # noqa: E402
 
 AMX_HERE = engine_process.cpu_has_amx()
 
@@ -81,13 +81,7 @@ def test_eval_whose_engine_crashes_exits_2_in_one_line_and_writes_nothing(q8_fil
 
 def test_darwin_keeps_its_database_when_the_llamacpp_table_crashes_and_resumes(tiny_run_inputs, tmp_path,
                                                                                monkeypatch):
-    cfg = load_config(None, [f"model.source={tiny_run_inputs / 'dense'}",
-                             f"data.source={tiny_run_inputs / 'corpus.txt'}",
-                             "data.seq_len=32", "data.calibration_blocks=4", "data.eval_blocks=2", "data.batch_size=2",
-                             "eval.latency=false", "eval.unseen=false", "eval.threads=1", "database.num_levels=4",
-                             "search.offspring=2", "search.generations=1", "search.train_tokens=[0]",
-                             "search.fitness_tokens=[64]", "search.survivors=[1]", "prune.sparsity=0.4",
-                             "search.metric=latency", "search.latency_engine=llamacpp", "search.latency_tokens=8"])
+    cfg = llamacpp_darwin_config(tiny_run_inputs)
     run = tmp_path / "run"
     monkeypatch.setenv(FAULT_ENV, "sample_gguf_calls:SIGSEGV")
     with pytest.raises(EngineCrashed, match="SIGSEGV.*latency table"):

@@ -17,6 +17,17 @@ from evoprune.darwinlm import llamacpp_latency as engine_latency  # noqa: E402
 from evoprune.darwinlm.llamacpp_latency import COPIES, llamacpp_cost_table  # noqa: E402
 from evoprune_tests import tiny_dense_and_db
 
+def llamacpp_darwin_config(run_inputs):
+    """A tiny darwin run whose budget is latency timed in llama.cpp."""
+    return load_config(None, [f"model.source={run_inputs / 'dense'}", f"data.source={run_inputs / 'corpus.txt'}",
+                              "data.seq_len=32", "data.calibration_blocks=4", "data.eval_blocks=2",
+                              "data.batch_size=2", "eval.latency=false", "eval.unseen=false", "eval.threads=1",
+                              "database.num_levels=4", "search.offspring=2", "search.generations=1",
+                              "search.train_tokens=[0]", "search.fitness_tokens=[64]", "search.survivors=[1]",
+                              "prune.sparsity=0.4", "search.metric=latency", "search.latency_engine=llamacpp",
+                              "search.latency_tokens=8"])
+
+
 SETTINGS = {"prefill": LatencySettings("prefill", 16, repeats=2, warmup=1),
             "decode": LatencySettings("decode", 16, repeats=2, warmup=1)}
 
@@ -76,13 +87,7 @@ def test_engine_setting_and_flag(tmp_path):
 
 
 def test_darwin_with_a_llamacpp_latency_budget_runs_end_to_end(tiny_run_inputs, tmp_path):
-    cfg = load_config(None, [f"model.source={tiny_run_inputs / 'dense'}",
-                             f"data.source={tiny_run_inputs / 'corpus.txt'}",
-                             "data.seq_len=32", "data.calibration_blocks=4", "data.eval_blocks=2", "data.batch_size=2",
-                             "eval.latency=false", "eval.unseen=false", "eval.threads=1", "database.num_levels=4",
-                             "search.offspring=2", "search.generations=1", "search.train_tokens=[0]",
-                             "search.fitness_tokens=[64]", "search.survivors=[1]", "prune.sparsity=0.4",
-                             "search.metric=latency", "search.latency_engine=llamacpp", "search.latency_tokens=8"])
+    cfg = llamacpp_darwin_config(tiny_run_inputs)
     darwin.run(cfg, tmp_path / "run", progress=False)
     table = json.loads((tmp_path / "run" / "search" / "latency_table.json").read_text())
     assert table["engine"] == "llamacpp" and table["threads"] == 1

@@ -131,3 +131,14 @@ def check_arguments(objectives: list[str], budget: int, sampler: str, pick: str 
     if params_range is not None and not 0 <= params_range[0] < params_range[1]:
         raise UserError(f"--params-range needs 0 <= low < high, got {params_range[0]:g},{params_range[1]:g}")
     return pick_rule(pick, objectives, params_range)
+
+
+def fraction_range(text: str | None, flag: str) -> tuple[float, float] | None:
+    """`LOW,HIGH` as two floats (None stays None); a UserError naming `flag` when malformed."""
+    if text is None:
+        return None
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"{flag} takes two fractions LOW,HIGH, e.g. 0.5,0.8; got {text!r}") from None
+    return low, high
