@@ -110,7 +110,7 @@ class _ModelSource:
             if not origin.is_dir():
                 raise UserError("a loaded model needs its tokenizer: pass tokenizer=, or load the model from a folder "
                                 "that has one")
-            tokenizer = AutoTokenizer.from_pretrained(origin)
+            tokenizer = AutoTokenizer.from_pretrained(origin, trust_remote_code=False)
         tokenizer.save_pretrained(folder)
         self.path = str(folder)
 

@@ -174,3 +174,11 @@ def test_embedded_gguf_perplexity_is_close_to_its_transformers_conversion(tmp_pa
     blocks = data_blocks(cfg, dense.tokenizer, "eval", 4)
     theirs = math.exp(mean_nll(dense.model, blocks))
     assert embedded_gguf().name.endswith(".gguf") and ours == pytest.approx(theirs, rel=0.03)
+
+
+def test_a_pruned_model_folder_gives_the_tokenizer_without_remote_code(files):
+    from evoprune.serving.engine_gguf import eval_tokenizer
+
+    assert "auto_map" in json.loads((files["pruned_hf"] / "config.json").read_text())  # an evoprune folder
+    tokenizer, label = eval_tokenizer(files["pruned"], str(files["pruned_hf"]))
+    assert label == str(files["pruned_hf"]) and len(tokenizer) == VOCAB

@@ -146,8 +146,10 @@ def eval_tokenizer(gguf_path: Path, tokenizer: str | None = None):
     """
     from transformers import AutoTokenizer
 
+    from ..arch.export import register_pruned_classes
     from ..assets import EMBEDDED_MODEL, GGUF_FILE, embedded_model_dir
 
+    register_pruned_classes()  # a pruned model's folder names evoprune's config class: read it without remote code
     if tokenizer is None and gguf_path.name == GGUF_FILE:  # the embedded model, whose HF copy was converted from it
         tokenizer = EMBEDDED_MODEL
     try:
@@ -155,9 +157,9 @@ def eval_tokenizer(gguf_path: Path, tokenizer: str | None = None):
             folder = embedded_model_dir() if tokenizer == EMBEDDED_MODEL else Path(tokenizer).expanduser()
             if not folder.is_dir():
                 raise UserError(f"--tokenizer {tokenizer}: not a folder with tokenizer files")
-            return AutoTokenizer.from_pretrained(folder), str(folder)
+            return AutoTokenizer.from_pretrained(folder, trust_remote_code=False), str(folder)
         if (gguf_path.parent / "tokenizer.json").is_file() or (gguf_path.parent / "tokenizer_config.json").is_file():
-            return AutoTokenizer.from_pretrained(gguf_path.parent), str(gguf_path.parent)
+            return AutoTokenizer.from_pretrained(gguf_path.parent, trust_remote_code=False), str(gguf_path.parent)
     except UserError:
         raise
     except Exception as e:  # transformers raises many types for unreadable tokenizers
@@ -165,7 +167,8 @@ def eval_tokenizer(gguf_path: Path, tokenizer: str | None = None):
                         "folder the GGUF was exported from") from None
     log.info("no tokenizer files beside %s: reading the GGUF's own vocabulary with transformers", gguf_path)
     try:
-        return AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name), f"{gguf_path} (its own)"
+        return (AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, trust_remote_code=False),
+                f"{gguf_path} (its own)")
     except Exception as e:  # e.g. an architecture transformers does not read from GGUF (deci)
         log.debug("transformers cannot read the tokenizer of %s: %s", gguf_path, _short(e, 400))
         raise UserError(f"{gguf_path} has no tokenizer files beside it and transformers cannot read the GGUF's own "

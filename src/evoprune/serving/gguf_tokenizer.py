@@ -116,7 +116,7 @@ def hf_tokenizer(folder: Path):
 
     register_pruned_classes()
     try:
-        return AutoTokenizer.from_pretrained(folder)
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except Exception as e:  # transformers raises many types for unreadable tokenizer files
         raise UserError(f"cannot load the tokenizer in {folder}: {str(e).splitlines()[0] if str(e) else e!r}") from None
 
