@@ -34,3 +34,13 @@ def test_the_former_profile_name_still_works_with_a_note(caplog):
     assert cfg.search.profile == "mip" and cfg.search.resolved()["generations"] == 0
     assert "search.profile quick is now called mip" in caplog.text
     assert load_config(None, ["search.profile=evolve"]).search.resolved()["generations"] == 6
+
+
+def test_runs_saved_under_the_former_name_resume_under_the_new_one():
+    from evoprune.config import load_config
+
+    def identity(profile):
+        return darwin.search_config(load_config(None, [f"search.profile={profile}"]))
+
+    assert identity("mip") == identity("quick") and identity("mip")["search"]["profile"] == "quick"
+    assert identity("evolve") != identity("mip")

@@ -26,7 +26,7 @@ from .. import memory
 from ..arch.streamed_export import export_sliced
 from ..arch.shape import ModelShape
 from ..atomic import write_json, write_text
-from ..config import RunConfig, dump_config, to_dict
+from ..config import RENAMED_PROFILES, RunConfig, dump_config, to_dict
 from .report import parent_kl_curve, write_darwin_report
 from ..errors import UserError
 from ..evaluation.suite import evaluate_models, teacher_for
@@ -128,6 +128,9 @@ def search_config(cfg: RunConfig) -> dict:
               "database": to_dict(cfg.database), "search": {**to_dict(cfg.search), **cfg.search.resolved()},
               "target": [cfg.prune.sparsity, cfg.prune.target_params], "seed": cfg.seed,
               "eval": {"top_k": cfg.eval.top_k}}  # the fitness teachers keep top_k log-probs
+    former = {new: old for old, new in RENAMED_PROFILES.items()}
+    # a profile keeps the name it had when runs were first saved, so those runs (and their caches) still resume
+    config["search"]["profile"] = former.get(cfg.search.profile, cfg.search.profile)
     for section, added in ADDED_RUN_SETTINGS.items():
         config[section] = {k: v for k, v in config[section].items() if added.get(k, object()) != v}
         if not config[section] and section == "eval":  # a section added whole: absent while at its defaults
