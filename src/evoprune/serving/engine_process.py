@@ -185,7 +185,7 @@ def _portable(error: BaseException) -> BaseException:
 
 def _main(argv: list[str]) -> None:
     level = int(argv[2]) if len(argv) > 2 else logging.WARNING
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")  # as the CLI logs
     logging.getLogger("evoprune").setLevel(level)
     _serve(Connection(int(argv[0])), Connection(int(argv[1])))
 
