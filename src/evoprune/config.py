@@ -154,7 +154,7 @@ class SearchConfig:
     latency_mode: str = "prefill"  # latency budget: prefill (latency_tokens at once) or decode (1 token, that context)
     latency_tokens: int = 128
     latency_engine: str = "torch"  # the latency table is timed in: torch (each block alone) | llamacpp (GGUF
-    # files of each block shape, prefill / decode in llama.cpp; see serving/engine_latency.py)
+    # files of each block shape, prefill / decode in llama.cpp; see darwinlm/llamacpp_latency.py)
     space: str = "full"  # darwin and nas: full (every shape evoprune prunes to) | nemotron-nas: only shapes that
     # vLLM, SGLang, TensorRT-LLM and mlx-lm serve as Nemotron-NAS checkpoints (attention whole or removed, MLP
     # widths at multiples of 256, hidden size kept), so that every result exports with --format nemotron-nas

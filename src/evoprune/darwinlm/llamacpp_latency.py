@@ -1,6 +1,6 @@
 """The latency table of `search.metric=latency`, timed in llama.cpp instead of torch.
 
-The torch table (`search/latency_table.py`) times each distinct block shape of the database alone.
+The torch table (`latency_table.py`) times each distinct block shape of the database alone.
 llama.cpp runs whole GGUF files, so each shape becomes two small GGUF files, one with `COPIES`
 layers of that shape and one with twice as many, and its cost is the difference of their times
 divided by `COPIES`: the embedding, output head, graph set-up, a last layer of one attention head

@@ -1,6 +1,6 @@
 """Next-token NLL and perplexity computed layer by layer, for models whose weights do not fit in RAM.
 
-`evaluate.perplexity.mean_nll` runs the whole model per batch, which reads every layer's weights
+`evaluation.perplexity.mean_nll` runs the whole model per batch, which reads every layer's weights
 once per batch. Here every batch goes through layer i before layer i + 1 (`streamed_layers`), so each
 layer is read once, and the LM head's log-softmax is taken over chunks of positions, so full
 [batch, seq_len, vocab] logits never exist. The result equals `mean_nll` to float rounding (tested).

@@ -47,7 +47,7 @@ def teacher_for(teacher: PreTrainedModel, label: str, blocks: torch.Tensor, cfg:
 
     The cache is keyed by the teacher's weights, config and dtype (`weights_fingerprint`), the
     blocks, top_k and `temperature` (1 for KL; distillation at another temperature, see
-    `train.cached_teacher`), and used only if its header says it holds exactly that.
+    `training.cached_teacher`), and used only if its header says it holds exactly that.
 
     Args:
         label: names the teacher in log messages (a path or name; not part of the key).
@@ -78,7 +78,7 @@ def evaluate_models(models: dict[str, PreTrainedModel], eval_blocks: torch.Tenso
                     unseen: list[UnseenDomain] | None = None) -> dict[str, dict]:
     """Rows of metrics, one per model name, all measured on the same blocks in one run.
 
-    With `unseen` domains (see `evaluate.unseen.load_unseen`), every row also gets their perplexities.
+    With `unseen` domains (see `evaluation.unseen.load_unseen`), every row also gets their perplexities.
     Perplexities are computed layer by layer when `cfg.streamed` says so for the model (`use_streamed`).
 
     Latency is measured round-robin across the models (see `compare_latency`), so machine noise

@@ -8,7 +8,7 @@ gloo on CPU, NCCL on GPUs, FSDP on GPUs). The run directory holds `checkpoints/`
 The main process holds the run's lock (`rundir.run_lock`) throughout, and nothing is written to
 `--out` before every check has passed and the checkpoint to resume from is loaded.
 With train.teacher_source=cached the teacher runs once over the train blocks the budget reaches
-(into the user cache, see `train.cached_teacher`) and is then dropped from memory.
+(into the user cache, see `training.cached_teacher`) and is then dropped from memory.
 """
 
 from __future__ import annotations

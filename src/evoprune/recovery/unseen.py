@@ -71,7 +71,7 @@ class UnseenFigures:
                 "final_heldback_ppl": self.final["heldback_perplexity"]}
 
     def table_rows(self, start_eval_ppl: float, final_eval_ppl: float) -> dict[str, dict]:
-        """Rows of the report's unseen-text table (see `evaluate.unseen_report`), each beside its held-out figure."""
+        """Rows of the report's unseen-text table (see `evaluation.unseen_report`), each beside its held-out figure."""
         rows = {"start": {"perplexity": start_eval_ppl, **self.start}} if self.start is not None else {}
         return {**rows, "final": {"perplexity": final_eval_ppl, **self.final}}
 

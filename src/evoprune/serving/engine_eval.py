@@ -41,7 +41,7 @@ def engine_scores(models: dict, blocks: torch.Tensor, teacher: str | None = None
                   progress: bool = False) -> dict[str, dict]:
     """Mean next-token NLL, perplexity and (with a teacher) KL of llama.cpp models on `blocks`.
 
-    Every block of length L contributes its L - 1 next-token predictions, as `evaluate.perplexity`.
+    Every block of length L contributes its L - 1 next-token predictions, as `evaluation.perplexity`.
 
     Args:
         models: name -> a model with `logits(ids) -> array [len(ids), vocab]` (`LlamaCppModel` with

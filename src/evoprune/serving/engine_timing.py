@@ -2,9 +2,11 @@
 
 `time_ggufs` (whole models at batch 1, `evoprune eval --engine llamacpp`) and `sample_gguf_calls`
 (single prefill or decode calls, the llama.cpp latency table) run inside an `EngineProcess`; their
-parents call them through `measure_ggufs` and `engine_latency`. One repeat = a prefill of `prompt_len` random token ids into an empty KV cache, then `new_tokens`
+parents call them through `measure_ggufs` and `darwinlm.llamacpp_latency`.
+
+One repeat = a prefill of `prompt_len` random token ids into an empty KV cache, then `new_tokens`
 greedy single-token decode steps (the argmax of the last logits is fed back), as
-`evaluate.latency` does for transformers. Several models are measured round-robin, repeat by
+`evaluation.latency` does for transformers. Several models are measured round-robin, repeat by
 repeat with the order rotated, so that a slow phase of a shared machine hits all of them alike,
 and the medians of their repeats are compared within the same run.
 """

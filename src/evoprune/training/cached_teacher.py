@@ -3,7 +3,7 @@
 A `CachedTeacher` stands in for the teacher model wherever the trainer core takes one
 (`compute_loss`, `train_step`, `train_on_blocks`; `evoprune train` with train.teacher_source=cached):
 the teacher runs once over the training blocks, streamed batch by batch into an
-`evaluate.teacher.TeacherCache` in the user cache, and never during training. A micro-batch finds
+`evaluation.teacher.TeacherCache` in the user cache, and never during training. A micro-batch finds
 its blocks in the cache by their tokens, so any order, share or process works, and a block the
 cache was not built for is an error, never a silent mismatch.
 
@@ -15,9 +15,9 @@ rest" of p_T and of the student's q_T = softmax(z_s / T), whose rest bucket is i
 the teacher's top-k, times T² as in `losses.kd_loss`. A cache made at T = 1 cannot be re-tempered
 (p_T's rest mass depends on how the T = 1 rest is spread over the tail, which is not stored), so
 the temperature is part of a cache's identity: a cache made at another temperature, for another
-teacher or for other blocks is rebuilt (`evaluate.suite.teacher_for`) or refused, never used.
+teacher or for other blocks is rebuilt (`evaluation.suite.teacher_for`) or refused, never used.
 
-As for the KL of `evaluate.teacher`, merging the tail into one bucket can only lose information:
+As for the KL of `evaluation.teacher`, merging the tail into one bucket can only lose information:
 the cached loss is at most the full-vocabulary one and equals it, with its gradient, when
 k = vocab (or when the cache holds full log-probs). Its gradient pulls the student's top-k
 probabilities towards the teacher's and its tail mass, as a whole, towards the teacher's.

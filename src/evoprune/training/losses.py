@@ -1,7 +1,7 @@
 """Training losses on token blocks: next-token cross-entropy and distillation from a teacher.
 
 Both are token means over the seq_len - 1 next-token positions of every block, computed in float32
-from the logits, the same positions and definition as `evaluate.perplexity.mean_nll` (so the LM
+from the logits, the same positions and definition as `evaluation.perplexity.mean_nll` (so the LM
 loss of a block equals its mean NLL, up to train/eval mode differences such as dropout).
 """
 
@@ -43,7 +43,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     """Mean over positions of KL(teacher ‖ student) between softmax(logits / T), times T².
 
     The T² factor keeps gradient magnitudes comparable across temperatures (Hinton et al.). At T = 1
-    this is the same per-position KL that `evaluate.teacher` reports (full-vocabulary mode).
+    this is the same per-position KL that `evaluation.teacher` reports (full-vocabulary mode).
     """
     if student_logits.shape != teacher_logits.shape:
         raise UserError(f"teacher logits have shape {list(teacher_logits.shape)} but the student's have "

@@ -1,6 +1,6 @@
 """Importance sorting (whittle): reorder a model so that the first k units of every dimension are the best k.
 
-Orders come from calibration statistics (`prune.calibration`): KV groups by the summed energy of
+Orders come from calibration statistics (`obs.calibration`): KV groups by the summed energy of
 their query heads, query-head slots within a group by their energy summed over groups (the same
 slot order in every group keeps GQA's head-to-group mapping), MLP neurons by their output
 energy, hidden channels by their mean square at the layer inputs. The permutation changes no

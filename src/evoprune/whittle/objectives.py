@@ -1,7 +1,7 @@
 """Objectives of the sub-network search, all minimised: quality (KL to the dense teacher, held-out
 loss) and cost (exact parameters, FLOPs per token, measured decode latency per token).
 
-Latency is measured by really running the sliced sub-network (`evaluate.latency`), and cached per
+Latency is measured by really running the sliced sub-network (`evaluation.latency`), and cached per
 configuration in a JSON file, so a resumed search does not time the same sub-network twice.
 """
 
