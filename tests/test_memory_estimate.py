@@ -109,7 +109,7 @@ def test_format_and_table():
 
 
 def test_max_memory_must_be_positive():
-    with pytest.raises(UserError, match="max_memory_gib must be positive, got 0.0"):
+    with pytest.raises(UserError, match="max_memory_gib .* must be a positive, finite number of GiB, got 0.0"):
         load_config(overrides=["max_memory_gib=0"])
 
 
@@ -125,5 +125,5 @@ def test_darwin_over_the_budget_is_refused_before_anything_is_written(refused, s
 
 def test_max_memory_flag_sets_the_config(refused, source, tmp_path):  # noqa: F811
     line = refused("database", *source, "--max-memory", "-2", "--out", tmp_path / "run", *FAST)
-    assert "max_memory_gib must be positive, got -2.0" in line
+    assert "max_memory_gib (--max-memory) must be a positive, finite number of GiB, got -2.0" in line
     assert_nothing_written(tmp_path / "run")
