@@ -236,7 +236,7 @@ def nas(model, out: str | Path, *, objectives: str | list[str] = "kl,params", tr
 
     Args:
         objectives: two or three of kl, params, flops, latency (a list or a comma string).
-        trials: sub-networks the sampler evaluates (the command's `--budget`).
+        trials: sub-networks the sampler evaluates (`--trials`).
         params_range: (low, high) fractions of the dense parameters to search, `"LOW,HIGH"`, `"full"` for the
             whole space, or None for the command's default (0.4-0.9 when params is an objective).
     """

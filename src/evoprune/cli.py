@@ -17,6 +17,8 @@ import typing
 from .config import GGUF_QUANTS, SERVING_FORMATS
 from .errors import UserError
 
+log = logging.getLogger(__name__)
+
 EPILOG = "Any config field can be set as key.sub=value, e.g. data.seq_len=256 eval.latency=false seed=3."
 SPACE_HELP = ("shapes searched: full (default) or nemotron-nas (attention whole or removed, MLP widths at multiples "
               "of 256: every result exports to the Nemotron-NAS format vLLM, SGLang, TensorRT-LLM and mlx-lm serve)")
@@ -130,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG + " A rerun on the same --out resumes the study.")
     _common(p)
     p.add_argument("--objectives", default="kl,params", help="2 or 3 of kl, loss, params, flops, latency")
-    p.add_argument("--budget", type=int, default=40, help="completed search trials")
+    p.add_argument("--trials", type=int, help="completed search trials (default 40)")
+    p.add_argument("--budget", type=int, dest="budget_trials", help=argparse.SUPPRESS)  # the former --trials
     p.add_argument("--sampler", choices=["local", "nsga2", "random"], default="local",
                    help="multi-objective local search (default: the best front of the three in results/nas.md), "
                         "NSGA-II (random search for its first 50 trials), or random search")
@@ -250,7 +253,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "prune":
         result = api.prune(None, args.out, **command)
     elif args.command == "nas":
-        result = api.nas(None, args.out, objectives=args.objectives, trials=args.budget, sampler=args.sampler,
+        result = api.nas(None, args.out, objectives=args.objectives, trials=_trials(args), sampler=args.sampler,
                          pick=args.pick, supernet_steps=args.supernet_steps, params_range=args.params_range, **command)
     elif args.command == "slice":
         result = api.slice(None, args.spec, args.out, **command)
@@ -259,6 +262,17 @@ def run(args: argparse.Namespace) -> None:
                               num_fewshot=args.num_fewshot, tokenizer_dir=args.tokenizer, **command)
     if (result.out / "report.md").exists() and _is_main_process():  # under torchrun only rank 0 reports
         print((result.out / "report.md").read_text())
+
+
+def _trials(args: argparse.Namespace) -> int:
+    """nas `--trials`, or the former spelling `--budget` with a one-line note (it is a trial count, not a size)."""
+    if args.budget_trials is not None:
+        if args.trials is not None:
+            raise UserError("--budget is the former name of --trials; give only --trials")
+        log.warning("nas --budget is now --trials (a count of search trials, not a size); the old spelling works "
+                    "for one release")
+        return args.budget_trials
+    return 40 if args.trials is None else args.trials
 
 
 def cli_overrides(args: argparse.Namespace) -> dict:

@@ -39,7 +39,7 @@ def train_argv(root: Path, out: Path) -> list[str]:
 
 def nas_argv(root: Path, out: Path) -> list[str]:
     return ["nas", "--model", str(root / "dense"), "--data", str(root / "corpus.txt"), "--out", str(out),
-            "--budget", "24", "--sampler", "nsga2", "--seq-len", "16", *QUIET, "eval.latency=false", "data.calibration_blocks=2",
+            "--trials", "24", "--sampler", "nsga2", "--seq-len", "16", *QUIET, "eval.latency=false", "data.calibration_blocks=2",
             "data.eval_blocks=2"]
 
 

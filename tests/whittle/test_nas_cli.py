@@ -26,7 +26,7 @@ TINY = ["data.seq_len=16", "data.calibration_blocks=2", "data.eval_blocks=2", "d
 
 def argv(root, out, *extra, model=None):
     return ["nas", "--model", str(model or root / "dense"), "--data", str(root / "corpus.txt"), "--out", str(out),
-            "--quiet", "--budget", "6", "--sampler", "random", *TINY, *extra]
+            "--quiet", "--trials", "6", "--sampler", "random", *TINY, *extra]
 
 
 def trials(out) -> list[tuple]:
@@ -79,7 +79,7 @@ def test_nas_writes_the_front_and_exports_the_pick(tiny_run_inputs, tmp_path, ca
     assert trials(out) == first
     assert json.loads((out / "pareto.json").read_text()) == front
 
-    assert main(argv(tiny_run_inputs, out, "--pick", "params<=0.9", "--budget", "8")) == 0  # a larger budget
+    assert main(argv(tiny_run_inputs, out, "--pick", "params<=0.9", "--trials", "8")) == 0  # a larger budget
     extended = trials(out)
     assert extended[:len(first)] == first and states(extended)["COMPLETE"] == 8
     front_rows = json.loads((out / "pareto.json").read_text())["front"]
@@ -90,7 +90,7 @@ def test_nas_writes_the_front_and_exports_the_pick(tiny_run_inputs, tmp_path, ca
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--budget", "0"], "--budget must be a positive number"),
+    (["--trials", "0"], "--trials must be a positive number"),
     (["--supernet-steps", "-5"], "--supernet-steps must be 0"),
     (["--pick", "bogus"], "--pick must be knee or params<=FRACTION"),
     (["--pick", "params<=abc"], "FRACTION must be a number"),
@@ -145,7 +145,7 @@ def test_params_range_bounds_the_front_and_bad_ranges_are_one_line(tiny_run_inpu
 def finished_run(tiny_run_inputs, tmp_path_factory):
     """A finished three-trial run in a directory whose name holds URL characters."""
     out = tmp_path_factory.mktemp("finished") / "run?a=1#b%20c"
-    assert main(argv(tiny_run_inputs, out, "--budget", "3")) == 0
+    assert main(argv(tiny_run_inputs, out, "--trials", "3")) == 0
     return out
 
 
@@ -160,7 +160,7 @@ def test_a_resume_with_changed_settings_is_refused_naming_each(tiny_run_inputs, 
     out = tmp_path / "run"
     shutil.copytree(finished_run, out)
     before = trials(out)
-    changed = argv(tiny_run_inputs, out, "--budget", "3", "--multiple", "8", "data.calibration_blocks=3",
+    changed = argv(tiny_run_inputs, out, "--trials", "3", "--multiple", "8", "data.calibration_blocks=3",
                    "eval.top_k=64")
     assert main(changed) == 2
     err = one_line_error(capsys)
@@ -174,13 +174,13 @@ def test_changed_weights_under_the_same_model_path_are_refused(tiny_run_inputs, 
     model = tmp_path / "model"
     shutil.copytree(tiny_run_inputs / "dense", model)
     out = tmp_path / "n"
-    assert main(argv(tiny_run_inputs, out, "--budget", "1", model=model)) == 0
+    assert main(argv(tiny_run_inputs, out, "--trials", "1", model=model)) == 0
     dense = AutoModelForCausalLM.from_pretrained(model)
     with torch.no_grad():
         dense.model.embed_tokens.weight.add_(0.01)
     dense.save_pretrained(model)
     capsys.readouterr()
-    assert main(argv(tiny_run_inputs, out, "--budget", "1", model=model)) == 2
+    assert main(argv(tiny_run_inputs, out, "--trials", "1", model=model)) == 2
     err = one_line_error(capsys)
     assert "fingerprints.weights" in err and "data." not in err
 
@@ -194,11 +194,18 @@ def test_a_corrupt_run_is_refused_in_one_line_and_force_starts_over(tiny_run_inp
     out = tmp_path / "run"
     shutil.copytree(finished_run, out)
     damage(out)
-    assert main(argv(tiny_run_inputs, out, "--budget", "3")) == 2
+    assert main(argv(tiny_run_inputs, out, "--trials", "3")) == 2
     err = one_line_error(capsys)
     assert f"{out / named}" in err and "--force" in err
-    assert main(argv(tiny_run_inputs, out, "--budget", "3", "--force", "--pick", "bogus")) == 2
+    assert main(argv(tiny_run_inputs, out, "--trials", "3", "--force", "--pick", "bogus")) == 2
     assert (out / "pareto.json").exists()  # a refused --force run leaves the old run alone
     capsys.readouterr()
-    assert main(argv(tiny_run_inputs, out, "--budget", "2", "--force")) == 0
+    assert main(argv(tiny_run_inputs, out, "--trials", "2", "--force")) == 0
     assert states(trials(out))["COMPLETE"] == 2
+
+
+def test_the_former_budget_spelling_still_runs_with_a_note(tiny_run_inputs, tmp_path, caplog):
+    out = tmp_path / "run"
+    assert main([a if a != "--trials" else "--budget" for a in argv(tiny_run_inputs, out, "--trials", "2")]) == 0
+    assert "nas --budget is now --trials" in caplog.text
+    assert states(trials(out)).get("COMPLETE") == 2

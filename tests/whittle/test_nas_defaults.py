@@ -1,4 +1,4 @@
-"""`evoprune nas --objectives kl,params --budget N` with nothing else: local search inside 0.4-0.9 of the dense
+"""`evoprune nas --objectives kl,params --trials N` with nothing else: local search inside 0.4-0.9 of the dense
 parameters, the pick the lowest-KL front point with at most 0.6 of them; `--params-range full` the whole space."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ OBJECTIVES = ["kl", "params"]
 def default_argv(root, out, *extra):
     """The issue's command, on the tiny model: no --sampler, --params-range or --pick."""
     return ["nas", "--model", str(root / "dense"), "--data", str(root / "corpus.txt"), "--out", str(out), "--quiet",
-            "--objectives", "kl,params", "--budget", "6", *TINY, "eval.latency=false", *extra]
+            "--objectives", "kl,params", "--trials", "6", *TINY, "eval.latency=false", *extra]
 
 
 def dense_params(out) -> float:
@@ -100,14 +100,14 @@ def test_the_same_settings_given_explicitly_resume_the_default_run(tiny_run_inpu
 
 def test_params_range_full_searches_the_whole_space(tiny_run_inputs, tmp_path):
     out = tmp_path / "n"
-    assert main(default_argv(tiny_run_inputs, out, "--params-range", "full", "--budget", "3")) == 0
+    assert main(default_argv(tiny_run_inputs, out, "--params-range", "full", "--trials", "3")) == 0
     settings = json.loads((out / "nas_run.json").read_text())
     assert settings["params_range"] is None and settings["notes"]["params_range"] == "the whole space"
     total = dense_params(out)
     assert completed_params(out)[:2] == [total, min(completed_params(out))]  # the largest, then the smallest
     assert completed_params(out)[1] < 0.4 * total
     assert "over the whole space" in (out / "report.md").read_text()
-    assert main(default_argv(tiny_run_inputs, out, "--params-range", "0,1", "--budget", "3")) == 0  # the same
+    assert main(default_argv(tiny_run_inputs, out, "--params-range", "0,1", "--trials", "3")) == 0  # the same
 
 
 @pytest.mark.parametrize("text, objectives, expected", [

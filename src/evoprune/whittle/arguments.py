@@ -1,6 +1,6 @@
 """The arguments of `evoprune nas` and their defaults, checked before the run directory is touched or the model loaded.
 
-The defaults aim a short search (`--budget 24`) at the sizes users ask for (results/nas.md):
+The defaults aim a short search (`--trials 24`) at the sizes users ask for (results/nas.md):
 - sampler `local`: at 100 trials it had the best hypervolume and the lowest KL at <= 75% and <= 50%
   of the block parameters; NSGA-II's first generation (50 trials) is random search, so below that
   budget `nsga2` is `random`.
@@ -123,7 +123,7 @@ def check_arguments(objectives: list[str], budget: int, sampler: str, pick: str 
     if repeated:
         raise UserError(f"--objectives names {', '.join(repeated)} twice; give each objective once")
     if budget <= 0:
-        raise UserError(f"--budget must be a positive number of trials, got {budget}")
+        raise UserError(f"--trials must be a positive number, got {budget}")
     if supernet_steps < 0:
         raise UserError(f"--supernet-steps must be 0 (no supernet training) or more, got {supernet_steps}")
     if sampler not in SAMPLERS:

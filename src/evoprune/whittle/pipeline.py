@@ -3,7 +3,7 @@
 Run directory: `nas_run.json` (the settings, `run_settings`), `study.db` (optuna, resumable),
 `latency.json`, `pareto.csv` / `pareto.json`, `front.png`, `report.md`, and `picks/<name>/` exported
 checkpoints. One process writes it at a time (`rundir.run_lock`). Rerunning the same command resumes
-the study (with a larger --budget, extends it); a changed setting is refused; `--force` starts over.
+the study (with larger --trials, extends it); a changed setting is refused; `--force` starts over.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What the trials of a nas run depend on, saved in its `nas_run.json`: a rerun resumes only with the same.
 
-Not settings: `--budget` (raising it extends the study), `--pick` (chosen from the front after the
+Not settings: `--trials` (raising it extends the study), `--pick` (chosen from the front after the
 search), `data.batch_size` (the scores are per block). The defaults of `--sampler` and `--params-range`
 are saved as the values they stand for, so a rerun of the same command resumes only while the
 defaults stay the same; the saved file notes which values were defaults (`notes`, not compared).
