@@ -116,14 +116,13 @@ class _ModelSource:
 
 
 @contextmanager
-def _prepared(model, out, tokenizer, config, overrides, named: dict, cls=None, check: bool = True,
-              teacher: str | None = None):
+def _prepared(model, out, tokenizer, config, overrides, named: dict, cls=None, check: bool = True):
     """The call's validated config, with `model` as a source path (a loaded model saved while the call runs),
-    after the checks every command makes before work (`--out`, device, model folder)."""
+    after the checks every command makes before work (`--out`, device, model folder) unless `check` is off."""
     with ExitStack() as stack:
         cfg = run_config(_ModelSource(stack, model, tokenizer).path, config, overrides, named, cls)
         if check:
-            _checked(out, cfg, teacher if teacher is not None else getattr(getattr(cfg, "train", None), "teacher", None))
+            _checked(out, cfg)
         yield cfg
 
 
@@ -269,7 +268,8 @@ def train(model, out: str | Path, *, teacher: str | None = None, tokens: int | N
 
     named = {"train.teacher": teacher, "train.tokens": tokens, "train.loss": loss, "data.source": data,
              "train.lora": True if lora else None}
-    with _prepared(model, out, tokenizer, config, overrides, named, cls=RecoveryRunConfig) as cfg:
+    with _prepared(model, out, tokenizer, config, overrides, named, cls=RecoveryRunConfig, check=False) as cfg:
+        _checked(out, cfg, cfg.train.teacher)  # the teacher may come from the config file, not only the argument
         done = recover(cfg, out, force=force, progress=progress, resume_from=resume_from, command=command)
     return Result.read(done)
 
