@@ -132,3 +132,51 @@ def test_out_that_is_a_file_or_under_a_file_is_refused(tmp_path):
         with run_lock(tmp_path / "file" / "run"):
             pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+class TestResumableRun:
+    """The one check / start of every resumable command's run directory."""
+
+    def run_dir(self, tmp_path):
+        from evoprune.rundir import ResumableRun
+
+        return ResumableRun(tmp_path / "run", "demo", "demo_run.json")
+
+    def test_absent_or_empty_holds_no_run(self, tmp_path):
+        run = self.run_dir(tmp_path)
+        assert run.holds_run({"a": 1}) is False
+        run.out.mkdir()
+        assert run.holds_run({"a": 1}) is False
+
+    def test_started_run_resumes_with_the_same_settings_only(self, tmp_path):
+        run = self.run_dir(tmp_path)
+        run.start({"a": 1, "b": {"c": [1, 2]}})
+        assert run.holds_run({"a": 1, "b": {"c": (1, 2)}}) is True
+        with pytest.raises(UserError, match=r"other settings \(b\.c: \[1, 2\] -> \[1, 3\]\)"):
+            run.holds_run({"a": 1, "b": {"c": [1, 3]}})
+        with pytest.raises(UserError, match="a: "):
+            run.holds_run({"b": {"c": [1, 2]}})  # a setting that was dropped counts as changed
+        assert run.holds_run({"b": {"c": [1, 2]}}, only_given=True) is True
+
+    def test_foreign_folder_and_corrupt_marker_are_refused(self, tmp_path):
+        run = self.run_dir(tmp_path)
+        run.out.mkdir()
+        (run.out / "notes.txt").write_text("mine")
+        with pytest.raises(UserError, match="is not an evoprune demo run; pass --force"):
+            run.holds_run({"a": 1})
+        run.marker_path.write_text("[1, 2]")
+        with pytest.raises(UserError, match="corrupt"):
+            run.holds_run({"a": 1})
+        run.marker_path.write_text("{not json")
+        with pytest.raises(UserError, match="corrupt"):
+            run.holds_run({"a": 1})
+
+    def test_force_replaces_only_at_start(self, tmp_path):
+        run = self.run_dir(tmp_path)
+        run.out.mkdir()
+        (run.out / "notes.txt").write_text("mine")
+        assert run.holds_run({"a": 1}, force=True) is False
+        assert (run.out / "notes.txt").exists()  # checking never removes anything
+        run.start({"a": 1}, force=True)
+        assert sorted(p.name for p in run.out.iterdir()) == ["demo_run.json"]
+        assert run.holds_run({"a": 1}) is True

@@ -5,6 +5,7 @@ Two designs share this module:
   and rename it onto `--out` when complete (`atomic.staged_dir`);
 - `darwin`, `database`, `search`, `nas` and `train` are resumable: they write into `--out` as they
   go, every file atomically, and a rerun continues from what is there.
+  `ResumableRun` is the one place their directory is checked, started and replaced (--force).
 Both hold `run_lock(out)` for the whole command, so a second process on the same `--out` is
 refused with the first one's pid and command. While holding it, leftovers of a killed run
 (`.NAME.*.partial`, `.NAME.old.*`) are removed, since no living writer can own them.
@@ -22,10 +23,11 @@ import os
 import re
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .atomic import check_creatable
+from .atomic import check_creatable, write_json
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -191,3 +193,51 @@ def holding_run_lock(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
 
     return locked
+
+
+@dataclass(frozen=True)
+class ResumableRun:
+    """A run directory that a rerun continues, marked by a JSON file of the settings its results depend on.
+
+    Every resumable command (darwin / database / search, nas, train) goes through this class: `holds_run`
+    before the model loads (refusing another kind of folder or other settings), `start` once every check
+    has passed (replacing the old run only then, with --force). Call both under `run_lock(out)`.
+    """
+
+    out: Path
+    kind: str  # named in messages: "darwin", "nas", "train"
+    marker: str  # the file inside `out` holding the settings, e.g. "darwin_run.json"
+
+    @property
+    def marker_path(self) -> Path:
+        return Path(self.out) / self.marker
+
+    def holds_run(self, settings: dict, force: bool = False, only_given: bool = False) -> bool:
+        """True when `out` holds this kind of run with these settings (it resumes); False when `out` is
+        empty, absent or `force` replaces it.
+
+        Raises UserError when `out` holds something else, or this kind of run with other settings.
+        With `only_given`, only the keys of `settings` are compared (a first check before all are known).
+        """
+        out = Path(self.out)
+        if force or not out.is_dir() or not any(out.iterdir()):
+            return False
+        if not self.marker_path.is_file():
+            raise UserError(f"output directory {out} exists and is not an evoprune {self.kind} run; pass --force "
+                            "to replace it, or choose another --out")
+        saved = read_run_json(self.marker_path)
+        if not isinstance(saved, dict):
+            raise UserError(f"{self.marker_path} is corrupt (not a JSON object); pass --force to start the run over")
+        if only_given:
+            saved = {k: saved.get(k) for k in settings}
+        refuse_changed(out, saved, settings, f"{self.kind} run")
+        return True
+
+    def start(self, settings: dict, force: bool = False) -> Path:
+        """Create `out` (with `force`, replace what is there) and write the marker; call after every check."""
+        out = Path(self.out)
+        if force and out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(self.marker_path, settings)
+        return out

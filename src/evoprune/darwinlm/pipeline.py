@@ -39,7 +39,7 @@ from ..models import load_source
 from ..obs.database import Database, DatabaseSettings
 from ..obs.levels import attention_cost, attention_ladder, mlp_cost, mlp_ladder
 from ..arch.target import Target, resolve_target
-from ..rundir import read_run_json, refuse_changed, run_lock
+from ..rundir import ResumableRun, run_lock
 from ..evaluation.teacher_subset import TeacherSubset
 from .assemble import assemble
 from .budget import Budget, CostTable, make_budget, uniform_genotype
@@ -257,24 +257,6 @@ def check_reachable(cfg: RunConfig, shape: ModelShape, target: Target) -> None:
     make_budget(table, table.full() * target.block_params / planned_cost_table(shape, settings, "params").full())
 
 
-def check_run_dir(out: Path, settings: dict, force: bool) -> None:
-    """Refuse an `--out` that holds something other than this darwin run (unless --force)."""
-    if force or not out.exists() or not any(out.iterdir()):
-        return
-    marker = out / RUN_MARKER
-    if not marker.exists():
-        raise UserError(f"output directory {out} exists and is not an evoprune darwin run; pass --force to replace it")
-    refuse_changed(out, read_run_json(marker), settings, "darwin run")
-
-
-def start_run_dir(out: Path, settings: dict, force: bool) -> None:
-    """Replace (--force) or create `out` and write its marker; called once every check has passed."""
-    if force and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / RUN_MARKER, settings)
-
-
 @watched
 def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = False, progress: bool = True,
         stop_after: int | None = None) -> Path:
@@ -296,8 +278,9 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
         raise UserError(f"no database in {out / 'database'}; run `evoprune database --out {out}` first")
     settings = search_config(cfg)
     with run_lock(out) if main else contextlib.nullcontext():
+        run_dir = ResumableRun(out, "darwin", RUN_MARKER)
         if main:
-            check_run_dir(out, settings, force)
+            run_dir.holds_run(settings, force)
         started = time.time()
         with memory.stage("load model"):
             dense = load_source(cfg)
@@ -309,7 +292,7 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
             check_memory_budget(shape, cfg, cfg.model.device, next(dense.model.parameters()).element_size(),
                                 compute_dtype_of(dense.model).itemsize, int(cfg.max_memory_gib * 2**30), phase)
         if main:
-            start_run_dir(out, settings, force)
+            run_dir.start(settings, force)
         return _database_search_export(out, cfg, settings, dense, target, stages, phase, progress and main, main,
                                        stop_after, started)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import shutil
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -37,7 +36,7 @@ from ..modes import eval_mode, train_mode
 from ..models import LoadedModel
 from ..data import data_blocks
 from ..models import load_source
-from ..rundir import check_writable_out, read_run_json, refuse_changed, run_lock
+from ..rundir import ResumableRun, check_writable_out, run_lock
 from ..training.cached_teacher import CachedTeacher
 from ..training.loop import plan_tokens
 from ..training.optim import build_optimizer, build_scheduler
@@ -68,24 +67,12 @@ def check_same_vocabulary(student: LoadedModel, teacher: LoadedModel) -> None:
                         "distillation needs the same tokenizer and vocabulary")
 
 
-def _check_run_dir(out: Path, identity: dict, force: bool) -> bool:
-    """Refuse an output directory this run may not use; True when it holds this run (unfinished)."""
-    if not out.exists() or not any(out.iterdir()) or force:
-        return False
-    run_file = out / RUN_FILE
-    if not run_file.is_file():
-        raise UserError(f"output directory {out} exists and is not an evoprune train run; pass --force to replace it")
-    refuse_changed(out, read_run_json(run_file), identity, "training run")
-    if (out / DONE_FILE).exists():
-        raise UserError(f"{out} holds a finished training run; pass --force to train again")
-    return True
-
-
-def _set_up_run_dir(out: Path, identity: dict, force: bool) -> None:
-    if force and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / RUN_FILE, identity)
+def _resumes(run_dir: ResumableRun, identity: dict, force: bool) -> bool:
+    """True when `out` holds this run, unfinished; a finished one is refused (training it again needs --force)."""
+    holds = run_dir.holds_run(identity, force)
+    if holds and (run_dir.out / DONE_FILE).exists():
+        raise UserError(f"{run_dir.out} holds a finished training run; pass --force to train again")
+    return holds
 
 
 def _check_resume_point(checkpoint: Path, identity: dict, steps: int) -> None:
@@ -135,7 +122,8 @@ def _train(cfg: RecoveryRunConfig, out: Path, accelerator, force: bool, progress
     identity = run_identity(cfg)
     rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     tcfg = t.train_config(cfg.seed)
-    holds_this_run = _check_run_dir(out, identity, force)
+    run_dir = ResumableRun(out, "train", RUN_FILE)
+    holds_this_run = _resumes(run_dir, identity, force)
     with memory.stage("load model"):
         student = load_source(cfg)
         teacher = load_source(cfg, t.teacher) if t.teacher else None
@@ -195,7 +183,7 @@ def _train(cfg: RecoveryRunConfig, out: Path, accelerator, force: bool, progress
         log.info("resumed from %s at step %d (%d tokens)", source, position.step, position.tokens_seen)
     accelerator.wait_for_everyone()  # every process has read `out` (and its checkpoint) before the main one changes it
     if is_main:
-        _set_up_run_dir(out, identity, force)
+        run_dir.start(identity, force)
     accelerator.wait_for_everyone()
     metrics = MetricsLog(out / "metrics.jsonl", is_main)
     metrics.truncate_after(position.step if source is not None else -1)

@@ -8,16 +8,12 @@ defaults stay the same; the saved file notes which values were defaults (`notes`
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from ..config import RunConfig
-from ..errors import UserError
 from ..fingerprint import tokens_fingerprint
 from ..models import LoadedModel
 from ..obs.database import model_fingerprint
-from ..rundir import read_run_json, refuse_changed
 from .arguments import DEFAULT_PARAMS_RANGE, DEFAULT_SAMPLER, FULL_SPACE
 
 MARKER = "nas_run.json"
@@ -60,21 +56,3 @@ def saved_form(settings: dict) -> dict:
 def fingerprints(dense: LoadedModel, calibration: torch.Tensor) -> dict:
     """Hashes of the weights and of the calibration token blocks: another model or text under the same name."""
     return {"weights": model_fingerprint(dense.model, dense.adapter), "calibration_text": tokens_fingerprint(calibration)}
-
-
-def refuse_other_run(out: Path, settings: dict) -> None:
-    """Refuse to resume `out` unless it is empty, absent, or a nas run saved with these settings.
-
-    Only the keys of `settings` are compared, so this can be called before the fingerprints are
-    known and again after.
-    """
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    marker = out / MARKER
-    if not marker.exists():
-        raise UserError(f"{out} exists and is not an evoprune nas run; pass --force to replace it, "
-                        "or choose another --out")
-    saved = read_run_json(marker)
-    if not isinstance(saved, dict):
-        raise UserError(f"{marker} is corrupt (not a JSON object); pass --force to start the run over")
-    refuse_changed(out, {k: saved.get(k) for k in settings}, settings, "nas run")
