@@ -12,7 +12,6 @@ import csv
 import dataclasses
 import io
 import random
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +34,7 @@ from ..data import data_blocks
 from ..models import load_source
 from ..obs.calibration import CalibrationStats, collect_stats
 from ..report import markdown_table, write_report
-from ..rundir import run_lock
+from ..rundir import ResumableRun, run_lock
 from ..serving.deploy import check_format_before_work, export_for_serving, serving_line, serving_record
 from ..arch.nemotron_format import check_space_fits
 from .supernet.train import SupernetConfig, train_supernet
@@ -45,7 +44,7 @@ from .importance import importance_from_stats, permute_model
 from .objectives import make_objectives
 from .pareto import hypervolume, pareto_front
 from .pick import choose_pick
-from .run_settings import MARKER, fingerprints, refuse_other_run, run_settings, saved_form
+from .run_settings import MARKER, fingerprints, run_settings, saved_form
 from .space import SearchSpace
 from .study import open_study, run_study
 
@@ -106,8 +105,8 @@ def run(cfg: RunConfig, out: str | Path, objectives: list[str], budget: int, sam
     check_format_before_work(cfg, searched=True)
     with run_lock(out) as out:
         settings = run_settings(cfg, objectives, sampler, supernet_steps, params_range)
-        if not force:
-            refuse_other_run(out, settings)
+        run_dir = ResumableRun(out, "nas", MARKER)
+        run_dir.holds_run(settings, force, only_given=True)
         with memory.stage("load model"):
             dense = load_source(cfg)
         check_space_fits(cfg.search.space, dense.model.config)
@@ -118,12 +117,8 @@ def run(cfg: RunConfig, out: str | Path, objectives: list[str], budget: int, sam
         with memory.stage("calibration data"):
             calib = _calibration_blocks(cfg, dense)
             settings["fingerprints"] = fingerprints(dense, calib)
-        if not force:
-            refuse_other_run(out, settings)  # again, now with the fingerprints
-        elif out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / MARKER, saved_form(settings))
+        run_dir.holds_run(settings, force, only_given=True)  # again, now with the fingerprints
+        run_dir.start(saved_form(settings), force)
         study = open_study(out / "study.db", objectives, sampler, cfg.seed, settings["fingerprints"]["weights"])
         with memory.stage("importance and objectives"):
             space, evaluate = _prepare_search(cfg, dense, calib, objectives, out, progress)
