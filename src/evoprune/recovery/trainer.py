@@ -37,12 +37,12 @@ from ..models import LoadedModel
 from ..data import data_blocks
 from ..models import load_source
 from ..rundir import ResumableRun, check_writable_out, run_lock
+from ..training.batches import micro_batches, per_process_batch
 from ..training.cached_teacher import CachedTeacher
 from ..training.loop import plan_tokens
 from ..training.optim import build_optimizer, build_scheduler
 from ..training.step import train_step
 from .accelerator import make_accelerator
-from .batches import per_process_batch, rank_micro_batches
 from .checkpoint import Position, latest_checkpoint, load_checkpoint, read_trainer_state, save_checkpoint
 from .config import RecoveryRunConfig, run_identity
 from .lora import add_lora, check_lora_targets, merge_lora
@@ -208,7 +208,7 @@ def _train(cfg: RecoveryRunConfig, out: Path, accelerator, force: bool, progress
                                        desc="train", disable=not (progress and is_main)))
         while position.step < plan.steps:
             count = plan.micro_batches_in_step(position.step)
-            micro, cursor = rank_micro_batches(train_blocks, position.cursor, t.batch_size, count, rank, world)
+            micro, cursor = micro_batches(train_blocks, position.cursor, t.batch_size, count, rank, world)
             tick = time.perf_counter()
             result = train_step(model, micro, optimizer, tcfg, scheduler, teacher_model, accelerator=accelerator)
             loss, lm, kd, hidden = _reduce_mean(accelerator, [result.loss, result.lm, result.kd, result.hidden])

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..evaluation.blocks import check_blocks, check_vocab, eval_mode
+from .batches import micro_batches
 from .cached_teacher import CachedTeacher
 from .config import TrainConfig
 from .masks import ParamMasks
@@ -142,7 +143,6 @@ def train_on_blocks(model: nn.Module, blocks: torch.Tensor, tokens: int, cfg: Tr
         param_masks.apply_()
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, plan.steps)
-    offsets = torch.arange(cfg.batch_size)
     cursor = start_block
     losses: list[float] = []
     start = time.perf_counter()
@@ -152,10 +152,7 @@ def train_on_blocks(model: nn.Module, blocks: torch.Tensor, tokens: int, cfg: Tr
             stack.enter_context(eval_mode(teacher))
         bar = stack.enter_context(tqdm(total=plan.steps, desc="train", unit="step", disable=not progress))
         for step in range(plan.steps):
-            micro = []
-            for _ in range(plan.micro_batches_in_step(step)):
-                micro.append(blocks[(cursor + offsets) % n_blocks])
-                cursor = (cursor + cfg.batch_size) % n_blocks
+            micro, cursor = micro_batches(blocks, cursor, cfg.batch_size, plan.micro_batches_in_step(step))
             result = train_step(model, micro, optimizer, cfg, scheduler, teacher, param_masks)
             losses.append(result.loss)
             log.debug("step %d/%d loss %.5f lr %.3g grad_norm %s", step + 1, plan.steps, result.loss, result.lr,

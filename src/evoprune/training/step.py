@@ -1,4 +1,5 @@
-"""One optimizer step: forward / backward over the micro-batches, mask, clip, step, schedule."""
+"""One optimizer step: forward / backward over the micro-batches, then `apply_step` (mask, clip, step, schedule),
+which every training loop of evoprune ends its steps with."""
 
 from __future__ import annotations
 
@@ -74,13 +75,25 @@ def train_step(model: nn.Module, micro_batches: Sequence[torch.Tensor], optimize
             kds.append(float(parts.kd))
         if parts.hidden is not None:
             hiddens.append(float(parts.hidden))
+    grad_norm, lr = apply_step(optimizer, cfg.grad_clip, scheduler, masks, accelerator)
+    return StepResult(_mean(totals), _mean(lms), _mean(kds), grad_norm, lr, n, _mean(hiddens))
+
+
+def apply_step(optimizer: torch.optim.Optimizer, grad_clip: float | None,
+               scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, masks: ParamMasks | None = None,
+               accelerator: Any | None = None) -> tuple[float | None, float]:
+    """The end of every optimizer step in evoprune, once the gradients are accumulated: zero masked grads ->
+    clip to `grad_clip` -> optimizer.step() -> re-zero masked weights -> scheduler.step() -> clear grads.
+
+    Returns (global grad norm before clipping, or None without clipping; the learning rate used).
+    """
     if masks is not None:
         masks.mask_grads_()
     grad_norm = None
-    if cfg.grad_clip is not None:
+    if grad_clip is not None:
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
-        grad_norm = float(clip(params, cfg.grad_clip))
+        grad_norm = float(clip(params, grad_clip))
     lr = float(optimizer.param_groups[0]["lr"])
     optimizer.step()
     if masks is not None:
@@ -88,4 +101,4 @@ def train_step(model: nn.Module, micro_batches: Sequence[torch.Tensor], optimize
     if scheduler is not None:
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(_mean(totals), _mean(lms), _mean(kds), grad_norm, lr, n, _mean(hiddens))
+    return grad_norm, lr

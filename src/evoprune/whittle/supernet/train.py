@@ -36,6 +36,8 @@ from ...evaluation.blocks import check_blocks, next_token_logits
 from ...modes import train_mode
 from ...training.rng import restore_rng, rng_state
 from ...training import TrainConfig, build_optimizer, build_scheduler, lm_loss
+from ...training.batches import micro_batches
+from ...training.step import apply_step
 from .distill import DIVERGENCES, divergence
 from .masked import MaskedSubnet
 
@@ -151,8 +153,7 @@ def train_supernet(model: PreTrainedModel, adapter: ModelAdapter, blocks: torch.
     try:
         with train_mode(model):
             while step < cfg.steps and (stop_after is None or done_here < stop_after):
-                first = (step * cfg.batch_size) % blocks.shape[0]
-                batch = blocks[[(first + j) % blocks.shape[0] for j in range(cfg.batch_size)]].to(device)
+                batch = micro_batches(blocks, step * cfg.batch_size % blocks.shape[0], cfg.batch_size)[0][0].to(device)
                 optimizer.zero_grad(set_to_none=True)
                 record, teacher = {"step": step + 1}, None
                 for name, spec in _subnets(cfg, rng, sample, smallest):
@@ -166,10 +167,7 @@ def train_supernet(model: PreTrainedModel, adapter: ModelAdapter, blocks: torch.
                         teacher = logits.detach()
                     loss.backward()
                     record.setdefault(name, []).append(round(float(loss.detach()), 5))
-                if cfg.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
+                apply_step(optimizer, cfg.grad_clip, scheduler)
                 step += 1
                 done_here += 1
                 history.append(record)

@@ -1,7 +1,8 @@
-"""Which token blocks each process trains on, so that any number of processes walks the same data.
+"""Which token blocks a training step takes: the one data walk of every training loop in evoprune.
 
-A global micro-batch is `global_batch` consecutive blocks of the train split, taken cyclically from
-a cursor (as in `train_on_blocks`); process r of W takes the r-th of W equal, contiguous shares.
+A global micro-batch is `global_batch` consecutive blocks, taken cyclically from a cursor (the blocks
+are a cycle, so a run continues through its data without repeats until it wraps); process r of W
+takes the r-th of W equal, contiguous shares (one process: all of it).
 With DDP averaging gradients over processes, a step then minimises the same mean loss over the
 same blocks whatever W is.
 """
@@ -20,8 +21,8 @@ def per_process_batch(global_batch: int, world_size: int) -> int:
     return global_batch // world_size
 
 
-def rank_micro_batches(blocks: torch.Tensor, cursor: int, global_batch: int, count: int, rank: int,
-                       world_size: int) -> tuple[list[torch.Tensor], int]:
+def micro_batches(blocks: torch.Tensor, cursor: int, global_batch: int, count: int = 1, rank: int = 0,
+                  world_size: int = 1) -> tuple[list[torch.Tensor], int]:
     """This process's share of `count` global micro-batches from block `cursor`, and the next cursor."""
     n_blocks = blocks.shape[0]
     share = per_process_batch(global_batch, world_size)
