@@ -32,6 +32,7 @@ from ...arch.adapter import ModelAdapter
 from ...arch.spec import SubnetSpec
 from ...atomic import staged_dir, write_text
 from ...errors import UserError
+from ...rundir import refuse_changed
 from ...evaluation.blocks import check_blocks, next_token_logits
 from ...modes import train_mode
 from ...training.rng import restore_rng, rng_state
@@ -110,10 +111,7 @@ def _load(folder: Path, model, optimizer, scheduler, config: dict) -> tuple[int,
         saved = state["config"]
     except (OSError, ValueError, KeyError):
         raise UserError(f"supernet checkpoint {folder} is corrupt; delete it to train from the start") from None
-    differ = sorted(k for k in set(config) | set(saved) if config.get(k) != saved.get(k))
-    if differ:
-        raise UserError(f"supernet checkpoint {folder} was made with other settings ({', '.join(differ)}); "
-                        "use the same settings or start over with --force")
+    refuse_changed(folder, saved, config, "supernet checkpoint")
     load_model(model, str(weights))
     bundle = torch.load(opt, weights_only=True)
     optimizer.load_state_dict(bundle["optimizer"])
