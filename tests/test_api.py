@@ -95,3 +95,53 @@ def test_bad_arguments_are_one_line_errors(tiny_run_inputs, tmp_path):
     with pytest.raises(UserError, match="unknown export format"):
         evoprune.export(str(tiny_run_inputs / "dense"), tmp_path / "x", format="onnx")
     assert not (tmp_path / "x").exists()
+
+
+def same_weights(a, b) -> None:
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_slice_and_evaluate_from_python_are_the_commands(tiny_run_inputs, tmp_path):
+    dense, corpus = str(tiny_run_inputs / "dense"), str(tiny_run_inputs / "corpus.txt")
+    pruned = evoprune.prune(dense, tmp_path / "u", sparsity=0.4, data=corpus, overrides=TINY, progress=False)
+    spec = str(pruned.out / "spec.json")
+    evoprune.slice(dense, spec, tmp_path / "api", data=corpus, overrides=TINY, progress=False)
+    assert main(["slice", "--model", dense, "--spec", spec, "--data", corpus, "--out", str(tmp_path / "cli"),
+                 "--quiet", *words(TINY)]) == 0
+    same_run(tmp_path / "api", tmp_path / "cli")
+    same_weights(tmp_path / "api" / "model", tmp_path / "cli" / "model")
+    model = str(tmp_path / "api" / "model")
+    evoprune.evaluate(model, tmp_path / "eval-api", teacher=dense, data=corpus, overrides=TINY, progress=False)
+    assert main(["eval", "--model", model, "--teacher", dense, "--data", corpus, "--out", str(tmp_path / "eval-cli"),
+                 "--quiet", *words(TINY)]) == 0
+    assert untimed(json.loads((tmp_path / "eval-api" / "metrics.json").read_text())) == \
+        untimed(json.loads((tmp_path / "eval-cli" / "metrics.json").read_text()))
+
+
+def test_train_from_python_is_the_command(tiny_run_inputs, tmp_path):
+    dense, corpus = str(tiny_run_inputs / "dense"), str(tiny_run_inputs / "corpus.txt")
+    pruned = evoprune.prune(dense, tmp_path / "u", sparsity=0.4, data=corpus, overrides=TINY, progress=False)
+    student = str(pruned.model_dir)
+    fields = {**{k: v for k, v in TINY.items() if k != "eval.latency"}, "train.batch_size": 2, "train.eval_every": 2,
+              "train.checkpoint_every": 2}
+    result = evoprune.train(student, tmp_path / "api", teacher=dense, tokens=256, data=corpus, overrides=fields,
+                            progress=False)
+    assert main(["train", "--model", student, "--teacher", dense, "--tokens", "256", "--data", corpus, "--out",
+                 str(tmp_path / "cli"), "--quiet", *words(fields)]) == 0
+    api, cli = (untimed(json.loads((tmp_path / run / "metrics.json").read_text())) for run in ("api", "cli"))
+    assert api == cli and api["steps"] == 4
+    same_weights(tmp_path / "api" / "model", tmp_path / "cli" / "model")
+    assert result.model_dir == tmp_path / "api" / "model" and result.metrics["tokens"] == 256
+
+
+def test_export_from_python_is_the_command(tiny_run_inputs, tmp_path):
+    dense = str(tiny_run_inputs / "dense")
+    evoprune.export(dense, tmp_path / "api", format="nemotron-nas")
+    assert main(["export", "--model", dense, "--format", "nemotron-nas", "--out", str(tmp_path / "cli"),
+                 "--quiet"]) == 0
+    assert json.loads((tmp_path / "api" / "config.json").read_text()) == \
+        json.loads((tmp_path / "cli" / "config.json").read_text())
+    same_weights(tmp_path / "api", tmp_path / "cli")
