@@ -20,12 +20,12 @@ import yaml
 
 from evoprune.baselines import pipeline
 from evoprune.darwinlm import pipeline as darwin
-from evoprune.arch import params
 from evoprune.arch.export import export_checkpoint
 from evoprune.atomic import staged_dir, write_json
 from evoprune.config import RunConfig, load_config, to_dict
 from evoprune.errors import UserError
 from evoprune.models import LoadedModel
+from evoprune.whittle.arguments import sparsity_range_of_params
 from evoprune.whittle.pipeline import run as run_nas
 from evoprune.obs.database import Database
 from evoprune.arch.target import resolve_target
@@ -239,17 +239,18 @@ class MethodBuilder:
     def _nas(self, sparsity: float) -> Built:
         """The NAS pick with the least KL among front members within the parameters of `sparsity`."""
         nas = self.nas
-        cfg = self.config(**{"data.eval_blocks": nas.blocks})
         shape = self.dense.adapter.shape(self.dense.model)
-        total = params.total_params(shape)
-        fraction = (total - sparsity * params.block_params(shape)) / total
-        pick = f"params<={fraction:.4f}"
+        searched = "full" if nas.params_range is None else \
+            sparsity_range_of_params(shape, *nas.params_range)  # the study's range, as nas takes it
+        cfg = self.config(**{"data.eval_blocks": nas.blocks, "prune.sparsity": sparsity, "prune.target_params": None,
+                             "nas.objectives": list(NAS_OBJECTIVES), "nas.trials": nas.trials,
+                             "nas.sampler": nas.sampler, "nas.pick": "target", "nas.sparsity_range": searched})
+        pick = f"sparsity>={sparsity:g}"
         out = self.work / nas.run_name()
-        pick_dir = out / "picks" / pick.replace("<=", "-le-")
+        pick_dir = out / "picks" / pick.replace(">=", "-ge-")
         record = out / "compare_picks.json"
         picks = json.loads(record.read_text()) if record.exists() else {}
         if not pick_dir.exists() or picks.get(pick) != nas.trials:
-            run_nas(cfg, out, NAS_OBJECTIVES, nas.trials, nas.sampler, pick, 0, progress=self.progress,
-                    params_range=nas.params_range)
+            run_nas(cfg, out, progress=self.progress)
             write_json(record, {**picks, pick: nas.trials})
         return Built(pick_dir, {"trials": nas.trials, "sampler": nas.sampler, "pick": pick})

@@ -98,13 +98,25 @@ def command_reference(title: str, cls: type) -> str:
     return "\n".join(parts)
 
 
+def former_names() -> str:
+    """The renamed fields and values still accepted (for one release, with a one-line note)."""
+    from evoprune.config import RENAMED_FIELDS, RENAMED_PROFILES, RENAMED_VALUES
+
+    rows = [f"- `{old}`: now `{new}` ({why})" for old, (new, why) in RENAMED_FIELDS.items()]
+    values = {**RENAMED_VALUES, "search.profile": RENAMED_PROFILES}
+    rows += [f"- `{name}: {old}`: now `{name}: {new}`" for name, renamed in values.items()
+             for old, new in renamed.items()]
+    return ("## Former names\n\nStill accepted for one release, with a one-line note, in YAML files, `key=value` "
+            "words and `overrides`:\n\n" + "\n".join(rows) + "\n")
+
+
 def render_reference() -> str:
     """The whole page."""
     from evoprune.config import RunConfig
     from evoprune.recovery.config import RecoveryRunConfig
 
     return "\n".join([HEADER, command_reference("darwin, database, search, prune, slice, eval, nas", RunConfig),
-                      command_reference("train (recovery training)", RecoveryRunConfig)])
+                      command_reference("train (recovery training)", RecoveryRunConfig), former_names()])
 
 
 def main(argv: list[str] | None = None) -> int:

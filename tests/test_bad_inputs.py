@@ -114,9 +114,11 @@ def test_cuda_without_cuda(refused, source, tmp_path):
     assert_nothing_written(tmp_path / "run")
 
 
-def test_unknown_device(refused, source, tmp_path):
-    line = refused("prune", *source, "--device", "tpu", "--out", tmp_path / "run", *FAST)
-    assert "unknown device 'tpu'" in line and "cuda:N" in line
+@pytest.mark.parametrize("command", ["prune", "darwin", "nas", "eval", "train"])
+def test_unknown_device(refused, source, tmp_path, command):
+    fast = [a for a in FAST if command != "train" or not a.startswith("eval.")]  # train has no eval.latency
+    line = refused(command, *source, "--device", "tpu", "--out", tmp_path / "run", *fast)
+    assert "model.device (--device) must be cpu, cuda, cuda:N or mps, got 'tpu'" in line
     assert_nothing_written(tmp_path / "run")
 
 
@@ -152,7 +154,7 @@ def test_out_that_is_an_existing_file(refused, source, tmp_path, command):
 
 def test_negative_num_fewshot(refused, source, tmp_path):
     line = refused("eval", *source, "--num-fewshot", "-1", "--out", tmp_path / "run", *FAST)
-    assert "--num-fewshot must be 0 or more, got -1" in line
+    assert "eval.num_fewshot (--num-fewshot) must be 0 or more, got -1" in line
     assert_nothing_written(tmp_path / "run")
 
 

@@ -45,9 +45,9 @@ def test_an_infinite_memory_budget_is_refused_before_the_model_loads(refused, so
 
 
 def test_a_params_range_no_random_subnetwork_meets_is_refused_at_once(refused, source, tmp_path):
-    line = refused("nas", *source, "--params-range", "0.999,1", "--out", tmp_path / "run", *FAST,
+    line = refused("nas", *source, "--sparsity-range", "0.9995,1", "--pick", "knee", "--out", tmp_path / "run", *FAST,
                    "data.calibration_blocks=2")
-    assert "--params-range 0.999,1 admits none of 1,000 random sub-networks" in line
+    assert "--sparsity-range 0.9995,1 admits none of 1,000 random sub-networks" in line
 
 
 def test_a_darwin_rerun_with_another_teacher_top_k_is_refused(refused, source, tmp_path, capsys):

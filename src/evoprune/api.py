@@ -200,58 +200,108 @@ def evaluate(model, out: str | Path, *, teacher: str | None = None, tasks: str |
              overrides: dict | None = None, force: bool = False, progress: bool = True, tokenizer=None) -> Result:
     """Perplexity, KL to `teacher`, size and speed, and lm-eval `tasks` (`evoprune eval`).
 
+    The keyword arguments set the `eval` fields of the same names (docs/config.md), as the flags do.
+
     Args:
-        engine: `transformers` (an HF folder) or `llamacpp` (`model` and `teacher` are GGUF files).
-        tokenizer_dir: llamacpp only: the HF folder whose tokenizer makes the token ids.
+        teacher: the dense model to compare against (`eval.teacher`, `--teacher`).
+        tasks: lm-eval tasks, a preset (quick | darwinlm | all) or a comma list (`eval.tasks`, `--tasks`).
+        limit: at most this many examples per task (`eval.limit`, `--limit`).
+        num_fewshot: few-shot examples for every task (`eval.num_fewshot`, `--num-fewshot`).
+        engine: `transformers` (an HF folder) or `llamacpp` (`model` and `teacher` are GGUF files) (`eval.engine`).
+        tokenizer_dir: llamacpp only: the HF folder whose tokenizer makes the token ids (`eval.tokenizer`).
     """
     from .evaluation.run import evaluate as run_evaluation
 
-    named = {"eval.engine": engine, "data.source": data}
+    named = {"eval.teacher": teacher, "eval.tasks": tasks, "eval.limit": limit, "eval.num_fewshot": num_fewshot,
+             "eval.engine": engine, "eval.tokenizer": tokenizer_dir, "data.source": data}
     with _prepared(model, out, tokenizer, config, overrides, named, check=False) as cfg:
-        if cfg.eval.engine == "llamacpp":
+        ev = cfg.eval
+        if ev.engine == "llamacpp":
             from .rundir import check_writable_out
             from .serving.engine_eval import evaluate_gguf
 
-            if tasks is not None:
-                raise UserError("--tasks runs in transformers only; drop --tasks or use --engine transformers")
             check_writable_out(out)
-            done = evaluate_gguf(cfg, cfg.model.source, out, teacher=teacher, tokenizer=tokenizer_dir, force=force,
+            done = evaluate_gguf(cfg, cfg.model.source, out, teacher=ev.teacher, tokenizer=ev.tokenizer, force=force,
                                  progress=progress)
             return Result.read(done, model_dir=None)
-        if tokenizer_dir is not None:
-            raise UserError("--tokenizer applies to --engine llamacpp only (transformers uses the model's own)")
-        _checked(out, cfg, teacher)
-        done = run_evaluation(cfg, cfg.model.source, out, teacher=teacher, force=force, progress=progress,
-                                 tasks=tasks, limit=limit, num_fewshot=num_fewshot)
+        _checked(out, cfg, ev.teacher)
+        done = run_evaluation(cfg, cfg.model.source, out, teacher=ev.teacher, force=force, progress=progress,
+                              tasks=ev.tasks, limit=ev.limit, num_fewshot=ev.num_fewshot)
     return Result.read(done, model_dir=None)
 
 
-def nas(model, out: str | Path, *, objectives: str | list[str] = "kl,params", trials: int = 40,
-        sampler: str | None = None, pick: str | None = None, supernet_steps: int = 0,
+def nas(model, out: str | Path, *, objectives: str | list[str] | None = None, trials: int | None = None,
+        sampler: str | None = None, pick: str | None = None, supernet_steps: int | None = None,
+        sparsity: float | None = None, target_params: int | None = None,
+        sparsity_range: tuple[float, float] | list[float] | str | None = None,
         params_range: tuple[float, float] | str | None = None, data: str | None = None,
         config: str | Path | None = None, overrides: dict | None = None, force: bool = False,
         progress: bool = True, tokenizer=None) -> Result:
     """whittle: importance-sorted sub-networks, optional supernet training, a multi-objective search (`evoprune nas`).
 
+    The keyword arguments set the config fields named below (docs/config.md), as the flags do; None
+    leaves a field to the config.
+
     Args:
-        objectives: two or three of kl, params, flops, latency (a list or a comma string).
-        trials: sub-networks the sampler evaluates (`--trials`).
-        params_range: (low, high) fractions of the dense parameters to search, `"LOW,HIGH"`, `"full"` for the
-            whole space, or None for the command's default (0.4-0.9 when params is an objective).
+        objectives: two or three of kl, loss, params, flops, latency, a list or a comma string (`nas.objectives`).
+        trials: completed search trials (`nas.trials`, `--trials`).
+        sampler: local, nsga2 or random (`nas.sampler`).
+        pick: the exported front point, `target` (the lowest-KL one within the size target) or `knee`
+            (`nas.pick`); None: target with params among the objectives, else knee. The former
+            `params<=F` (F of the dense parameters) works for one release, as `target_params`.
+        supernet_steps: weight-sharing training steps before the search (`nas.supernet_steps`).
+        sparsity: the size target, the fraction of the block parameters removed (`prune.sparsity`).
+        target_params: or total parameters kept (`prune.target_params`).
+        sparsity_range: (low, high) sparsities to search, `"LOW,HIGH"`, or `"full"` for the whole space
+            (`nas.sparsity_range`); None: the config's (default 0.1-0.75 when params is an objective).
+        params_range: the former spelling of `sparsity_range`, in fractions of the dense parameters;
+            works for one release, with a one-line note.
     """
-    from .whittle.arguments import DEFAULT_SAMPLER, params_range_arg
+    from .whittle.arguments import former_spellings
     from .whittle.pipeline import run as run_nas
 
     if isinstance(objectives, str):
         objectives = [o.strip() for o in objectives.split(",") if o.strip()]
-    if params_range is None or isinstance(params_range, str):
-        params_range = params_range_arg(params_range, objectives)
-    with _prepared(model, out, tokenizer, config, overrides, {"data.source": data}) as cfg:
-        done = run_nas(cfg, out, list(objectives), trials, sampler or DEFAULT_SAMPLER, pick, supernet_steps,
-                       force=force, progress=progress, params_range=params_range)
+    former_pick = isinstance(pick, str) and pick.startswith("params<=")
+    by_name = {"prune.sparsity": sparsity, "prune.target_params": target_params, "nas.sparsity_range": sparsity_range}
+    given = {**(overrides or {}), **{k: v for k, v in by_name.items() if v is not None}}
+    if former_pick and (given.get("prune.sparsity") is not None or given.get("prune.target_params") is not None):
+        raise UserError(f"--pick {pick} is the former spelling of a size target; give only --target-params or "
+                        "--sparsity (with --pick target)")
+    if params_range is not None and given.get("nas.sparsity_range") is not None:
+        raise UserError("--params-range is the former spelling of --sparsity-range; give only --sparsity-range")
+    named = {"nas.objectives": None if objectives is None else list(objectives), "nas.trials": trials,
+             "nas.sampler": sampler, "nas.pick": None if former_pick else pick, "nas.supernet_steps": supernet_steps,
+             "nas.sparsity_range": list(sparsity_range) if isinstance(sparsity_range, (tuple, list)) else sparsity_range,
+             "prune.sparsity": sparsity, "prune.target_params": target_params, "data.source": data}
+    with _prepared(model, out, tokenizer, config, overrides, named) as cfg:
+        former = former_spellings(pick if former_pick else None, params_range, lambda: _dense_shape(cfg))
+        if former:
+            from .config import with_fields
+
+            cfg = with_fields(cfg, former)
+        done = run_nas(cfg, out, force=force, progress=progress)
     picks = sorted(p for p in (done / "picks").glob("*") if (p / "config.json").is_file()) \
         if (done / "picks").is_dir() else []
-    return Result.read(done, model_dir=f"picks/{picks[0].name}" if picks else None, picks=picks)
+    chosen = _picked_folder(done)
+    return Result.read(done, model_dir=f"picks/{chosen}" if chosen else f"picks/{picks[0].name}" if picks else None,
+                       picks=picks)
+
+
+def _dense_shape(cfg):
+    """The shape of the config's model, from its config.json (no weights read)."""
+    from .models import source_shape
+
+    return source_shape(cfg.model.source, cfg.model.trust_remote_code)
+
+
+def _picked_folder(out: Path) -> str | None:
+    """The folder under `picks/` of the run's latest pick (pareto.json), when it holds a model."""
+    try:
+        folder = json.loads((out / "pareto.json").read_text()).get("pick_folder")
+    except (OSError, ValueError):
+        return None
+    return folder if folder and (out / "picks" / folder / "config.json").is_file() else None
 
 
 def train(model, out: str | Path, *, teacher: str | None = None, tokens: int | None = None,

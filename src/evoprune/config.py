@@ -7,9 +7,11 @@ validates everything at once, reporting every problem in one ConfigError.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +25,9 @@ from .errors import UserError
 
 log = logging.getLogger(__name__)
 
+DEVICES = "cpu, cuda, cuda:N or mps"  # model.device (--device), the same for every command
+DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
+
 class ConfigError(UserError):
     """One or more configuration problems, all listed in the message."""
 
@@ -32,7 +37,7 @@ class ModelConfig:
     source: str = "smollm2-135m"  # embedded default, a local HF folder, or a model id in the local HF cache
     dtype: str = "float32"  # float32 | bfloat16 | float16: the dtype weights are loaded (and kept) in
     compute_dtype: str = "auto"  # dtype layers run in, converted a module at a time; auto: float32 on CPU, else dtype
-    device: str = "cpu"  # cpu | cuda | cuda:N
+    device: str = "cpu"  # cpu | cuda | cuda:N | mps
     allow_pickle: bool = False  # accept *.bin checkpoints (pickle can run code)
     trust_remote_code: bool = False  # accept folders that ship their own modeling code
 
@@ -52,12 +57,21 @@ class PruneConfig:
     method: str = "uniform"  # uniform | depth
     sparsity: float | None = 0.5  # fraction of transformer-block parameters removed, in (0, 1)
     target_params: int | None = None  # or: total parameters to keep (embeddings included)
-    multiple: int = 1  # keep MLP widths at multiples of this (8, 64, 128 run faster on GPUs)
+    # keep MLP widths at multiples of this (8, 64, 128 run faster on GPUs): prune's widths, the levels of
+    # darwin's database, and nas's search space (its hidden size too)
+    multiple: int = 1
 
 
 @dataclass
 class EvalConfig:
-    teacher: str | None = None  # dense model for KL; None = the model that was pruned
+    # `evoprune eval`: the dense model to compare against (KL, speedups); null = none. The pruning commands
+    # always compare with the model they prune.
+    teacher: str | None = None
+    # `evoprune eval`: lm-eval tasks, offline: a preset (quick | darwinlm | all) or a comma list (arc_easy,
+    # arc_challenge, piqa, hellaswag, winogrande, boolq, sciq, openbookqa, mmlu, lambada_openai); null = none
+    tasks: str | None = None
+    limit: int | None = None  # at most this many examples per task; null = the preset's (quick: 100) or all
+    num_fewshot: int | None = None  # few-shot examples for every task; null = the preset's
     top_k: int = 1024  # teacher log-probs kept per position on disk (top-64 under-reports KL by 15-23%, 1024 by ~3%)
     latency: bool = True  # measure prefill / decode speed of dense and pruned side by side
     prompt_len: int = 128  # prefill length for latency
@@ -82,6 +96,9 @@ class EvalConfig:
     # llama.cpp weight repacking (its extra buffer types), for eval and the llamacpp latency table: auto = on, except
     # on CPUs with AMX, where llama.cpp's AMX backend crashes on quantized GGUFs (docs/serving.md) | on | off
     repack: str = "auto"
+    # eval.engine llamacpp: HF folder whose tokenizer makes the eval token ids; null = the tokenizer files
+    # beside the GGUF, else the GGUF's own
+    tokenizer: str | None = None
 
     def sweep_grid(self) -> tuple[list[int], list[int]] | None:
         """(batch sizes, prompt lengths) of the latency sweep, or None when no sweep is configured."""
@@ -95,7 +112,6 @@ class EvalConfig:
 class DatabaseConfig:
     num_levels: int = 11  # compression levels per module, removed to full (DarwinLM: 11)
     spacing: str = "params"  # levels evenly spaced in params or flops
-    multiple: int = 1  # MLP widths at multiples of this
     method: str = "obs"  # obs (second-order with weight update) | activation (ranking only)
     percdamp: float = 0.01  # Hessian dampening as a fraction of mean(diag H)
     neuron_step: int = 0  # neurons removed per OBS step; 0 = automatic (width // 96)
@@ -122,6 +138,11 @@ PROFILES = {
 }
 # Former profile names: still accepted for one release, with a one-line note.
 RENAMED_PROFILES = {"quick": "mip"}
+# Former field names (dotted) -> the field that took their place: accepted for one release with a one-line
+# note, in YAML files, overrides and the Python API alike (`load_config`).
+RENAMED_FIELDS = {"database.multiple": ("prune.multiple", "one multiple for prune, darwin and nas")}
+# Former values of a field -> the value that took their place, accepted the same way.
+RENAMED_VALUES = {"search.latency_engine": {"torch": "transformers"}}
 
 
 @dataclass
@@ -153,8 +174,9 @@ class SearchConfig:
     trade: bool = True  # let attention and MLP (and depth, via level 0) trade budget with each other
     latency_mode: str = "prefill"  # latency budget: prefill (latency_tokens at once) or decode (1 token, that context)
     latency_tokens: int = 128
-    latency_engine: str = "torch"  # the latency table is timed in: torch (each block alone) | llamacpp (GGUF
-    # files of each block shape, prefill / decode in llama.cpp; see darwinlm/llamacpp_latency.py)
+    # --metric latency: the latency table is timed in transformers (each block alone, in PyTorch) | llamacpp
+    # (GGUF files of each block shape, prefill / decode in llama.cpp; see darwinlm/llamacpp_latency.py)
+    latency_engine: str = "transformers"
     space: str = "full"  # darwin and nas: full (every shape evoprune prunes to) | nemotron-nas: only shapes that
     # vLLM, SGLang, TensorRT-LLM and mlx-lm serve as Nemotron-NAS checkpoints (attention whole or removed, MLP
     # widths at multiples of 256, hidden size kept), so that every result exports with --format nemotron-nas
@@ -174,6 +196,105 @@ SERVING_FORMATS = ("hf", "gguf", "nemotron-nas")  # export.format: the model fol
 GGUF_QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
 
 
+NAS_QUALITY = ("kl", "loss")  # nas objectives: quality (minimised; the pick's `lowest`)
+NAS_COST = ("params", "flops", "latency")  # and cost
+NAS_SAMPLERS = ("local", "nsga2", "random")
+NAS_PICKS = ("target", "knee")
+FULL_SPACE = "full"
+
+
+@dataclass
+class NasConfig:
+    """`evoprune nas`: the sub-network search. Its size target is prune.sparsity / prune.target_params."""
+
+    # 2 or 3 of kl, loss (quality: KL to the dense model, held-out loss) and params, flops, latency (cost), all
+    # minimised
+    objectives: list[str] = field(default_factory=lambda: ["kl", "params"])
+    trials: int = 40  # completed search trials (a rerun with more extends the study)
+    # local (multi-objective local search; the best front of the three in results/nas.md) | nsga2 (NSGA-II; random
+    # search for its first 50 trials) | random
+    sampler: str = "local"
+    # the exported front point: target (the lowest-KL one with at most the parameters of prune.sparsity /
+    # prune.target_params) | knee; null = target with params among the objectives, else knee
+    pick: str | None = None
+    supernet_steps: int = 0  # weight-sharing training steps before the search (0 = none)
+    # search only sub-networks of these sparsities [LOW, HIGH] (fractions of the block parameters removed, the
+    # unit of prune.sparsity; converted to total parameters through the dense model's shape), the others skipped
+    # unevaluated; full = the whole space; null = [0.1, 0.75] with params among the objectives, else full
+    sparsity_range: list[float] | str | None = None
+
+    def __post_init__(self):
+        text = self.sparsity_range
+        if isinstance(text, str) and text.strip() != FULL_SPACE and "," in text:  # LOW,HIGH as the flag takes it
+            try:
+                self.sparsity_range = [float(v) for v in text.split(",")]
+            except ValueError:
+                pass  # reported by `problems`
+        elif isinstance(text, str):
+            self.sparsity_range = text.strip()
+
+    def problems(self) -> list[str]:
+        p = []
+        names = self.objectives
+        unknown = [n for n in names if n not in NAS_QUALITY + NAS_COST]
+        if unknown or not 2 <= len(names) <= 3:
+            p.append(f"nas.objectives (--objectives) must be 2 or 3 of {', '.join(NAS_QUALITY + NAS_COST)}, got "
+                     f"{','.join(names) or 'none'}" + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+        repeated = sorted({o for o in names if names.count(o) > 1})
+        if repeated:
+            p.append(f"nas.objectives (--objectives) names {', '.join(repeated)} twice; give each objective once")
+        if self.trials <= 0:
+            p.append(f"nas.trials (--trials) must be a positive number, got {self.trials}")
+        if self.supernet_steps < 0:
+            p.append(f"nas.supernet_steps (--supernet-steps) must be 0 (no supernet training) or more, "
+                     f"got {self.supernet_steps}")
+        check_choice(p, "nas.sampler (--sampler)", self.sampler, NAS_SAMPLERS)
+        if isinstance(self.pick, str) and self.pick.startswith("params<="):
+            p.append(f"nas.pick {self.pick} is the former --pick spelling; set the size as prune.target_params "
+                     "(--target-params) or prune.sparsity (--sparsity) and nas.pick to target")
+        elif self.pick is not None:
+            check_choice(p, "nas.pick (--pick)", self.pick, NAS_PICKS)
+        if self.pick == "target" and "params" not in names:
+            p.append("nas.pick target needs params among the objectives (e.g. --objectives kl,params)")
+        p += sparsity_range_problems(self.sparsity_range)
+        return p
+
+    def searched_range(self) -> tuple[float, float] | None:
+        """The sparsities searched (low, high); None for the whole space. Only valid once `problems` is empty."""
+        r = self.sparsity_range
+        if r is None:
+            return DEFAULT_SPARSITY_RANGE if "params" in self.objectives else None
+        if r == FULL_SPACE:
+            return None
+        low, high = r
+        return None if low <= 0 and high >= 1 else (float(low), float(high))
+
+    def pick_rule(self) -> str:
+        """The pick asked for: target or knee (null resolved)."""
+        if self.pick is not None:
+            return self.pick
+        return "target" if "params" in self.objectives else "knee"
+
+
+# nas.sparsity_range with params among the objectives: about what 0.4-0.9 of the total parameters covered
+# on SmolLM2-135M (0.41-0.92), holding the default target prune.sparsity=0.5 (0.61 of its parameters)
+DEFAULT_SPARSITY_RANGE = (0.1, 0.75)
+
+
+def sparsity_range_problems(value: Any, name: str = "nas.sparsity_range (--sparsity-range)") -> list[str]:
+    """What is wrong with a sparsity range: `full`, or [LOW, HIGH] with 0 <= LOW < HIGH <= 1."""
+    if value is None or value == FULL_SPACE:
+        return []
+    if isinstance(value, str) or len(value) != 2:
+        return [f"{name} takes two sparsities LOW,HIGH (fractions of the block parameters removed), e.g. "
+                f"0.3,0.7, or `{FULL_SPACE}` for the whole space; got {value!r}"]
+    low, high = value
+    if not 0 <= low < high <= 1:
+        return [f"{name} needs 0 <= LOW < HIGH <= 1 (fractions of the block parameters removed), "
+                f"got {low:g},{high:g}"]
+    return []
+
+
 @dataclass
 class ExportConfig:
     # What a prune / slice / darwin / search / nas run writes beside its HF `model/` folder (never part of a
@@ -190,6 +311,7 @@ class RunConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    nas: NasConfig = field(default_factory=NasConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     seed: int = 0  # for every random choice
@@ -204,6 +326,7 @@ class RunConfig:
             p.append(f"model.dtype must be float32, bfloat16 or float16, got {self.model.dtype!r}")
         if self.model.compute_dtype not in ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"):
             p.append(f"model.compute_dtype must be auto, float32, bfloat16 or float16, got {self.model.compute_dtype!r}")
+        p += device_problems(self.model.device)
         for name, value in (("data.seq_len", d.seq_len), ("data.calibration_blocks", d.calibration_blocks),
                             ("data.eval_blocks", d.eval_blocks), ("data.batch_size", d.batch_size),
                             ("prune.multiple", pr.multiple), ("eval.top_k", ev.top_k),
@@ -242,8 +365,18 @@ class RunConfig:
         if se.profile not in PROFILES:
             p.append(f"search.profile must be one of {', '.join(PROFILES)}, got {se.profile!r}")
         check_choice(p, "search.metric", se.metric, ("params", "flops", "latency"))
-        check_choice(p, "search.latency_engine", se.latency_engine, ("torch", "llamacpp"))
-        check_choice(p, "eval.engine", ev.engine, ("transformers", "llamacpp"))
+        check_choice(p, "search.latency_engine (--latency-engine)", se.latency_engine, ENGINES)
+        check_choice(p, "eval.engine (--engine)", ev.engine, ENGINES)
+        if ev.limit is not None and ev.limit <= 0:
+            p.append(f"eval.limit (--limit) must be positive, got {ev.limit}")
+        if ev.num_fewshot is not None and ev.num_fewshot < 0:
+            p.append(f"eval.num_fewshot (--num-fewshot) must be 0 or more, got {ev.num_fewshot}")
+        if ev.engine == "llamacpp" and ev.tasks is not None:
+            p.append("eval.tasks (--tasks) runs in transformers only; drop it or use eval.engine transformers "
+                     "(--engine transformers)")
+        if ev.engine != "llamacpp" and ev.tokenizer is not None:
+            p.append("eval.tokenizer (--tokenizer) applies to eval.engine llamacpp (--engine llamacpp) only; "
+                     "transformers uses the model's own")
         check_choice(p, "eval.repack", ev.repack, ("auto", "on", "off"))
         if ev.threads is not None and ev.threads <= 0:
             p.append(f"eval.threads must be positive (or null for this process's cores), got {ev.threads}")
@@ -277,7 +410,19 @@ class RunConfig:
             p.append(f"search.train_pool must be >= 0 blocks, got {se.train_pool}")
         if se.fitness_pool < 0:
             p.append(f"search.fitness_pool must be >= 0 blocks, got {se.fitness_pool}")
+        p += self.nas.problems()
         return p
+
+
+ENGINES = ("transformers", "llamacpp")  # eval.engine and search.latency_engine
+
+
+def device_problems(device: Any, name: str = "model.device (--device)") -> list[str]:
+    """A device name torch knows, written as every command takes it (whether this machine has it is checked
+    before work, `models.check_device`)."""
+    if isinstance(device, str) and DEVICE.fullmatch(device):
+        return []
+    return [f"{name} must be {DEVICES}, got {device!r}"]
 
 
 def check_choice(problems: list[str], name: str, value: Any, options: tuple | list) -> None:
@@ -314,8 +459,50 @@ def from_dict(cls: type, data: dict, prefix: str = "", problems: list[str] | Non
             if not ok:
                 problems.append(f"{prefix}{f.name} must be {_type_name(hint)}, got {value!r}")
                 continue
-            kwargs[f.name] = converted
+            kwargs[f.name] = _current_value(f"{prefix}{f.name}", converted)
     return cls(**kwargs)
+
+
+def _current_value(name: str, value: Any) -> Any:
+    """`value` of field `name`, or the value that took its place (`RENAMED_VALUES`), with a one-line note."""
+    renamed = RENAMED_VALUES.get(name, {})
+    if isinstance(value, str) and value in renamed:
+        log.warning("%s %s is now called %s; the old name works for one release", name, value, renamed[value])
+        return renamed[value]
+    return value
+
+
+def _renamed_key(key_path: list[str]) -> list[str]:
+    """The current name of a dotted field (`RENAMED_FIELDS`), with a one-line note when it is a former one."""
+    former = ".".join(key_path)
+    if former not in RENAMED_FIELDS:
+        return key_path
+    current, why = RENAMED_FIELDS[former]
+    log.warning("%s is now %s (%s); the old name works for one release", former, current, why)
+    return current.split(".")
+
+
+def _rename_former_fields(data: dict, problems: list[str]) -> None:
+    """Move the former fields of a YAML mapping to their current names, in place."""
+    for former in RENAMED_FIELDS:
+        *section, key = former.split(".")
+        node = data
+        for k in section:
+            node = node.get(k) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or key not in node:
+            continue
+        value = node.pop(key)
+        path = _renamed_key(former.split("."))
+        target = data
+        for k in path[:-1]:
+            target = target.setdefault(k, {})
+            if not isinstance(target, dict):
+                break
+        else:
+            if path[-1] in target:
+                problems.append(f"{former} is the former name of {'.'.join(path)}; give only {'.'.join(path)}")
+            else:
+                target[path[-1]] = value
 
 
 def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
@@ -402,8 +589,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 base: dict | None = None) -> Any:
     """Read YAML `path` (or defaults), apply `overrides` then `base`-level edits, validate, and return `cls`."""
     data = read_yaml_file(Path(path)) if path is not None else {}
+    problems: list[str] = []
+    _rename_former_fields(data, problems)
     for key_path, value in [parse_override(o) for o in overrides or []] + list((base or {}).items()):
-        key_path = key_path if isinstance(key_path, list) else key_path.split(".")
+        key_path = _renamed_key(key_path if isinstance(key_path, list) else key_path.split("."))
         node = data
         for depth, k in enumerate(key_path[:-1]):
             node = node.setdefault(k, {})
@@ -413,10 +602,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                     _not_a_value(name, node) if _is_section(cls, key_path[:depth + 1])
                     else f"{name} is a value, not a section, so {'.'.join(key_path)} does not exist"))
         node[key_path[-1]] = value
-    problems: list[str] = []
     cfg = from_dict(cls, data, "", problems)
     if not problems and hasattr(cfg, "problems"):
         problems += cfg.problems()
+    if problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems))
+    return cfg
+
+
+def with_fields(cfg: Any, fields: dict) -> Any:
+    """A copy of the validated config `cfg` with dotted `fields` set (values of the fields' own types), validated."""
+    cfg = copy.deepcopy(cfg)
+    for key, value in fields.items():
+        *sections, name = key.split(".")
+        node = cfg
+        for section in sections:
+            node = getattr(node, section)
+        if not hasattr(node, name):
+            raise ConfigError(f"invalid configuration: unknown key {key}")
+        setattr(node, name, value)
+    problems = cfg.problems() if hasattr(cfg, "problems") else []
     if problems:
         raise ConfigError("invalid configuration: " + "; ".join(problems))
     return cfg

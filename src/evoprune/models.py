@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +21,14 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 
 from .arch.adapter import ModelAdapter, adapter_for
 from .arch.export import register_pruned_classes
+from .config import device_problems
 from .data import check_seq_len
 from .errors import UserError
 from .weights.compute_dtype import compute_in
 from .weights.shard_index import check_sharded_index
 
 if TYPE_CHECKING:
+    from .arch.shape import ModelShape
     from .config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,19 @@ def read_config(path: Path, trust_remote_code: bool = False) -> PretrainedConfig
     return config
 
 
+def source_shape(source: str, trust_remote_code: bool = False) -> "ModelShape":
+    """The ModelShape of model `source` from its config.json alone: a skeleton on the meta device, no weights read."""
+    path = resolve_model_path(source)
+    config = read_config(path, trust_remote_code)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    shape = adapter_for(config).shape(skeleton)
+    # meta tensors share no storage, so tied embeddings are told by the parameter itself and the config
+    tied = skeleton.get_input_embeddings().weight is skeleton.get_output_embeddings().weight \
+        or bool(getattr(config.get_text_config(), "tie_word_embeddings", False))
+    return dataclasses.replace(shape, tied_embeddings=tied)
+
+
 def check_weight_shapes(path: Path, config: PretrainedConfig) -> None:
     """Refuse safetensors weights whose shapes differ from what `config.json` builds (read from the file headers)."""
     from safetensors import safe_open
@@ -143,13 +158,11 @@ def check_tokenizer_code(path: Path, trust_remote_code: bool) -> None:
                         "pass --trust-remote-code if you trust it")
 
 
-DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
-
-
 def check_device(device: str) -> None:
-    """Refuse a device name torch does not know or this machine does not have."""
-    if not DEVICE.fullmatch(device):
-        raise UserError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps")
+    """Refuse a device name torch does not know (as the config's validation does) or this machine does not have."""
+    problems = device_problems(device)
+    if problems:
+        raise UserError(problems[0])
     if device.startswith("cuda"):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = int(device.partition(":")[2] or 0)

@@ -77,7 +77,7 @@ def test_presets_and_unknown_names():
 
 
 @pytest.mark.parametrize("extra, message", [(["--tasks", "nope"], "unknown task nope"),
-                                            (["--tasks", "piqa", "--limit", "0"], "--limit must be positive")])
+                                            (["--tasks", "piqa", "--limit", "0"], "eval.limit (--limit) must be positive, got 0")])
 def test_cli_bad_task_input_is_one_line(tiny_run_inputs, tmp_path, capsys, extra, message):
     argv = ["eval", "--model", str(tiny_run_inputs / "dense"), "--data", str(tiny_run_inputs / "corpus.txt"),
             "--out", str(tmp_path / "e"), "--quiet", *extra]

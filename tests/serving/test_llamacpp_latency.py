@@ -1,5 +1,5 @@
 """The latency table timed in llama.cpp: one entry per distinct shape, monotone ladders, reused from cache,
-and `search.latency_engine` / `--engine` wiring."""
+and `search.latency_engine` / `--latency-engine` wiring."""
 
 from __future__ import annotations
 
@@ -74,13 +74,14 @@ def test_a_saved_table_is_reused_and_measured_again_for_another_llama_cpp(dense_
 
 
 def test_engine_setting_and_flag(tmp_path):
-    assert RunConfig().search.latency_engine == "torch"
+    assert RunConfig().search.latency_engine == "transformers"
     assert "latency_engine" not in darwin.search_config(RunConfig())["search"]  # old runs stay valid
     cfg = load_config(None, ["search.latency_engine=llamacpp"])
     assert darwin.search_config(cfg)["search"]["latency_engine"] == "llamacpp"
-    with pytest.raises(ConfigError, match="search.latency_engine must be torch or llamacpp"):
+    with pytest.raises(ConfigError, match=r"search.latency_engine \(--latency-engine\) must be transformers or "
+                                          "llamacpp"):
         load_config(None, ["search.latency_engine=onnx"])
-    args = parse_args(["darwin", "--metric", "latency", "--engine", "llamacpp", "--out", str(tmp_path / "r")])
+    args = parse_args(["darwin", "--metric", "latency", "--latency-engine", "llamacpp", "--out", str(tmp_path / "r")])
     assert _overrides(args)["search.latency_engine"] == "llamacpp"
     args = parse_args(["eval", "--engine", "llamacpp", "--threads", "3", "--out", str(tmp_path / "r")])
     assert _overrides(args) == {"eval.engine": "llamacpp", "eval.threads": 3}

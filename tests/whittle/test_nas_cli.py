@@ -15,6 +15,8 @@ from transformers import AutoModelForCausalLM
 
 import evoprune.whittle.pipeline as nas_pipeline
 from evoprune.cli import main
+from evoprune.arch.llama import LlamaFamilyAdapter
+from evoprune.arch.target import total_at_sparsity
 from evoprune.config import RunConfig
 from evoprune.errors import UserError
 from evoprune.whittle.study import STUDY_NAME, storage_url
@@ -57,11 +59,12 @@ def no_model_load(monkeypatch):
 
 def test_nas_writes_the_front_and_exports_the_pick(tiny_run_inputs, tmp_path, capsys):
     out = tmp_path / "n"
-    assert main(argv(tiny_run_inputs, out, "--pick", "params<=0.9")) == 0
+    assert main(argv(tiny_run_inputs, out, "--sparsity", "0.2")) == 0
     front = json.loads((out / "pareto.json").read_text())
     assert front["front"] and (out / "pareto.csv").read_text().startswith("trial,kl,params")
     picked = next(r for r in front["front"] if r["trial"] == front["picked_trial"])
-    model = AutoModelForCausalLM.from_pretrained(out / "picks" / "params-le-0.9", trust_remote_code=True)
+    assert front["pick"] == "sparsity>=0.2" and front["pick_folder"] == "sparsity-ge-0.2"
+    model = AutoModelForCausalLM.from_pretrained(out / "picks" / "sparsity-ge-0.2", trust_remote_code=True)
     assert sum(p.numel() for p in model.parameters()) == picked["params"]  # the HF checkpoint is the pick, exactly
     assert len(model.model.layers) == picked["layers"]
     assert torch.isfinite(model(input_ids=torch.tensor([[3, 4, 5]])).logits).all()
@@ -75,34 +78,52 @@ def test_nas_writes_the_front_and_exports_the_pick(tiny_run_inputs, tmp_path, ca
     assert {"load model", "search", "export", "evaluation"} <= {s["stage"] for s in metrics["memory"]["stages"]}
     assert metrics["memory"]["peak_anon_bytes"] > 0 and "## Memory" in (out / "report.md").read_text()
 
-    assert main(argv(tiny_run_inputs, out, "--pick", "params<=0.9")) == 0  # resumes: nothing left to do
+    assert main(argv(tiny_run_inputs, out, "--sparsity", "0.2")) == 0  # resumes: nothing left to do
     assert trials(out) == first
     assert json.loads((out / "pareto.json").read_text()) == front
 
-    assert main(argv(tiny_run_inputs, out, "--pick", "params<=0.9", "--trials", "8")) == 0  # a larger budget
+    assert main(argv(tiny_run_inputs, out, "--sparsity", "0.2", "--trials", "8")) == 0  # a larger budget
     extended = trials(out)
     assert extended[:len(first)] == first and states(extended)["COMPLETE"] == 8
     front_rows = json.loads((out / "pareto.json").read_text())["front"]
     assert {r["trial"] for r in front_rows} <= set(range(8)) and front_rows != []
     capsys.readouterr()
-    assert main(argv(tiny_run_inputs, tmp_path / "n2", "--pick", "params<=0.01", "--params-range", "full")) == 2
-    assert "no configuration on the front meets params<=0.01" in one_line_error(capsys)
+    # a named pick no front point meets (at the edge of the range: only a point of exactly that size would)
+    assert main(argv(tiny_run_inputs, tmp_path / "n2", "--sparsity", "0.75", "--pick", "target")) == 2
+    assert "no configuration on the front meets sparsity>=0.75" in one_line_error(capsys)
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--trials", "0"], "--trials must be a positive number"),
-    (["--supernet-steps", "-5"], "--supernet-steps must be 0"),
-    (["--pick", "bogus"], "--pick must be knee or params<=FRACTION"),
+    (["--trials", "0"], "nas.trials (--trials) must be a positive number"),
+    (["--supernet-steps", "-5"], "nas.supernet_steps (--supernet-steps) must be 0"),
+    (["--pick", "bogus"], "nas.pick (--pick) must be target or knee, got 'bogus'"),
+    (["--pick", "target", "--objectives", "kl,loss"], "nas.pick target needs params among the objectives"),
+    (["--objectives", "kl,speed"], "unknown: speed"),
+    (["--objectives", "kl,params,kl"], "names kl twice"),
+    (["--sampler", "grid"], "invalid choice: 'grid'"),
+    (["--sparsity-range", "0.75,0.1"], "nas.sparsity_range (--sparsity-range) needs 0 <= LOW < HIGH <= 1"),
+    (["--sparsity-range", "0.2,1.5"], "needs 0 <= LOW < HIGH <= 1"),
+    (["--sparsity-range=-0.2,0.5"], "needs 0 <= LOW < HIGH <= 1"),
+    (["--sparsity-range", "half"], "takes two sparsities LOW,HIGH"),
+    (["--sparsity-range", "0.5"], "takes two sparsities LOW,HIGH"),
+    (["--sparsity", "1.5"], "prune.sparsity must be strictly between 0 and 1"),
+    (["--sparsity", "0"], "prune.sparsity must be strictly between 0 and 1"),
+    (["--sparsity", "0.9"], "the size target --sparsity 0.9 lies outside the searched sparsities 0.1-0.75 (the default)"),
+    (["--sparsity", "0.3", "--sparsity-range", "0.4,0.6"], "--sparsity 0.3 lies outside the searched sparsities 0.4-0.6"),
+    (["--target-params", "999999999"], "not smaller than the model"),  # above the dense size
+    (["--target-params", "100"], "below the embeddings and LM head alone"),
+    (["--target-params", "36000"], "--target-params 36,000 (sparsity 0.008) lies outside the searched sparsities"),
+    # the former spellings, converted with the model's shape, are checked the same way
     (["--pick", "params<=abc"], "FRACTION must be a number"),
     (["--pick", "params<=1.5"], "FRACTION must be in (0, 1]"),
     (["--pick", "params<=0.5", "--objectives", "kl,loss"], "needs params among the objectives"),
-    (["--objectives", "kl,speed"], "unknown: speed"),
-    (["--objectives", "kl,params,kl"], "names kl twice"),
+    (["--pick", "params<=0.5", "--sparsity", "0.5"], "give only --target-params or --sparsity"),
     (["--params-range", "0.9,0.5"], "needs 0 <= low < high"),
     (["--params-range", "0.5"], "takes two fractions LOW,HIGH"),
     (["--params-range", "all"], "or `full` for the whole space"),
-    (["--pick", "params<=0.3"], "below the searched range 0.4-0.9"),  # the default range
-    (["--pick", "params<=0.3", "--params-range", "0.35,1"], "below the searched range 0.35-1"),
+    (["--params-range", "0.4,0.9", "--sparsity-range", "0.1,0.5"], "give only --sparsity-range"),
+    (["--pick", "params<=0.3"], "lies outside the searched sparsities 0.1-0.75 (the default)"),
+    (["--pick", "params<=0.3", "--params-range", "0.35,1"], "lies outside the searched sparsities 0-0.7608"),
 ])
 def test_bad_arguments_are_refused_before_anything_is_written(tiny_run_inputs, tmp_path, capsys, no_model_load,
                                                               extra, message):
@@ -113,8 +134,10 @@ def test_bad_arguments_are_refused_before_anything_is_written(tiny_run_inputs, t
 
 
 def test_an_unknown_sampler_is_refused_before_anything_is_written(tmp_path, no_model_load):
-    with pytest.raises(UserError, match="unknown sampler 'grid'"):
-        nas_pipeline.run(RunConfig(), tmp_path / "n", ["kl", "params"], 4, sampler="grid")
+    cfg = RunConfig()
+    cfg.nas.sampler = "grid"
+    with pytest.raises(UserError, match="nas.sampler \\(--sampler\\) must be local, nsga2 or random, got 'grid'"):
+        nas_pipeline.run(cfg, tmp_path / "n")
     assert not (tmp_path / "n").exists()
 
 
@@ -128,15 +151,18 @@ def test_a_second_process_on_the_same_out_is_refused_naming_the_first(tiny_run_i
     assert not out.exists()
 
 
-def test_params_range_bounds_the_front_and_bad_ranges_are_one_line(tiny_run_inputs, tmp_path, capsys):
-    assert main(argv(tiny_run_inputs, tmp_path / "n", "--params-range", "0.4,1")) == 0
-    front = json.loads((tmp_path / "n" / "pareto.json").read_text())["front"]
+def test_the_sparsity_range_bounds_the_front_and_bad_ranges_are_one_line(tiny_run_inputs, tmp_path, capsys):
+    assert main(argv(tiny_run_inputs, tmp_path / "n", "--sparsity-range", "0,0.7", "--sparsity", "0.3")) == 0
+    front = json.loads((tmp_path / "n" / "pareto.json").read_text())
     dense = AutoModelForCausalLM.from_pretrained(tiny_run_inputs / "dense")
+    shape = LlamaFamilyAdapter().shape(dense)
     total = sum(p.numel() for p in dense.parameters())
-    assert front and all(0.4 * total <= r["params"] <= total for r in front)
+    assert front["sparsity_range"] == [0, 0.7] and front["params_range"] == [total_at_sparsity(shape, 0.7) / total, 1]
+    assert front["front"] and all(total_at_sparsity(shape, 0.7) <= r["params"] <= total for r in front["front"])
     capsys.readouterr()
-    for bad, message in (("half", "two fractions"), ("0,0.0001", "no configuration has between")):
-        assert main(argv(tiny_run_inputs, tmp_path / bad.replace(",", "_"), "--params-range", bad)) == 2
+    for bad, message in (("half", "two sparsities"), ("0.9999,1", "--sparsity-range 0.9999,1 admits none of 1,000")):
+        assert main(argv(tiny_run_inputs, tmp_path / bad.replace(",", "_"), "--sparsity-range", bad,
+                         "--pick", "knee")) == 2
         assert message in one_line_error(capsys)
         assert not (tmp_path / bad.replace(",", "_")).exists()
 

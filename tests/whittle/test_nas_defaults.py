@@ -1,5 +1,6 @@
-"""`evoprune nas --objectives kl,params --trials N` with nothing else: local search inside 0.4-0.9 of the dense
-parameters, the pick the lowest-KL front point with at most 0.6 of them; `--params-range full` the whole space."""
+"""`evoprune nas --objectives kl,params --trials N` with nothing else: local search over sparsities 0.1-0.75 (fractions
+of the block parameters removed), the pick the lowest-KL front point within the default size target prune.sparsity 0.5;
+`--sparsity-range full` the whole space; `--sparsity` / `--target-params` choose the pick."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import shutil
 
 import pytest
 
+from evoprune.arch.llama import LlamaFamilyAdapter
+from evoprune.arch.target import total_at_sparsity
 from evoprune.cli import main
+from evoprune.config import DEFAULT_SPARSITY_RANGE, load_config
 from evoprune.errors import UserError
-from evoprune.whittle.arguments import (DEFAULT_PARAMS_RANGE, DEFAULT_TARGET, PickRule, default_pick, params_range_arg,
-                                    pick_rule)
+from evoprune.whittle.arguments import PickRule
 from evoprune.whittle.pick import choose_pick
 
 from .test_nas_cli import TINY, no_model_load, one_line_error, trials  # noqa: F401 (a fixture)
@@ -20,9 +23,16 @@ OBJECTIVES = ["kl", "params"]
 
 
 def default_argv(root, out, *extra):
-    """The issue's command, on the tiny model: no --sampler, --params-range or --pick."""
+    """The issue's command, on the tiny model: no --sampler, --sparsity-range, --sparsity or --pick."""
     return ["nas", "--model", str(root / "dense"), "--data", str(root / "corpus.txt"), "--out", str(out), "--quiet",
             "--objectives", "kl,params", "--trials", "6", *TINY, "eval.latency=false", *extra]
+
+
+@pytest.fixture(scope="module")
+def shape(tiny_run_inputs):
+    from transformers import AutoModelForCausalLM
+
+    return LlamaFamilyAdapter().shape(AutoModelForCausalLM.from_pretrained(tiny_run_inputs / "dense"))
 
 
 def dense_params(out) -> float:
@@ -34,10 +44,16 @@ def completed_params(out) -> list[float]:
     return [values[1] for _, state, _, values in trials(out) if state == "COMPLETE"]
 
 
-def expected_default_pick(front: list[dict], total: float) -> dict:
-    """The default rule, written out: the lowest KL with at most 0.6 of the parameters, else the smallest."""
-    fits = [r for r in front if r["params"] <= 0.6 * total]
+def expected_pick(front: list[dict], most: int, default: bool = True) -> dict:
+    """The target rule, written out: the lowest KL with at most `most` parameters, else (the default) the smallest."""
+    fits = [r for r in front if r["params"] <= most]
+    assert fits or default
     return min(fits, key=lambda r: r["kl"]) if fits else min(front, key=lambda r: r["params"])
+
+
+def picked_row(out) -> dict:
+    front = json.loads((out / "pareto.json").read_text())
+    return next(r for r in front["front"] if r["trial"] == front["picked_trial"])
 
 
 @pytest.fixture(scope="module")
@@ -47,30 +63,52 @@ def default_run(tiny_run_inputs, tmp_path_factory):
     return out
 
 
-def test_the_default_run_searches_only_inside_the_default_range(default_run):
+def test_the_default_run_searches_only_inside_the_default_range(default_run, shape):
     settings = json.loads((default_run / "nas_run.json").read_text())
-    assert settings["params_range"] == [0.4, 0.9] and settings["sampler"] == "local"
-    assert "default" in settings["notes"]["params_range"] and settings["notes"]["sampler"] == "the default"
-    total = dense_params(default_run)
+    assert settings["sparsity_range"] == [0.1, 0.75] and settings["sampler"] == "local"
+    assert "default" in settings["notes"]["sparsity_range"] and settings["notes"]["sampler"] == "the default"
     sizes = completed_params(default_run)
-    assert len(sizes) == 6 and all(0.4 * total <= p <= 0.9 * total for p in sizes)
+    low, high = total_at_sparsity(shape, 0.75), total_at_sparsity(shape, 0.1)
+    assert len(sizes) == 6 and all(low <= p <= high for p in sizes)
     # the local search starts at the largest and the smallest configuration: both lie outside, unevaluated
     assert [state for _, state, _, _ in trials(default_run)][:2] == ["PRUNED", "PRUNED"]
 
 
-def test_the_default_pick_is_the_rules_choice_inside_the_range(default_run):
+def test_the_default_pick_is_the_lowest_kl_within_the_default_target(default_run, shape):
     front = json.loads((default_run / "pareto.json").read_text())
-    total = dense_params(default_run)
-    picked = next(r for r in front["front"] if r["trial"] == front["picked_trial"])
-    assert front["pick"] == "params<=0.6" and front["params_range"] == [0.4, 0.9]
-    assert picked == expected_default_pick(front["front"], total)
-    assert 0.4 * total <= picked["params"] <= 0.9 * total
+    most = total_at_sparsity(shape, 0.5)  # prune.sparsity's default
+    picked = picked_row(default_run)
+    assert front["pick"] == "sparsity>=0.5" and front["pick_max_params"] == most
+    assert front["sparsity_range"] == [0.1, 0.75]
+    assert picked == expected_pick(front["front"], most)
+    assert total_at_sparsity(shape, 0.75) <= picked["params"] <= total_at_sparsity(shape, 0.1)
     assert json.loads((default_run / "metrics.json").read_text())["pick"]["params"] == picked["params"]
-    assert (default_run / "picks" / "params-le-0.6" / "config.json").exists()
+    assert (default_run / "picks" / "sparsity-ge-0.5" / "config.json").exists()
     report = (default_run / "report.md").read_text()
-    assert "Sampler `local` (the default)" in report and "0.4-0.9 of the dense parameters" in report
-    assert "`--params-range full` searches the whole space" in report
+    assert "Sampler `local` (the default)" in report and "sub-networks of sparsity 0.1-0.75" in report
+    assert "`--sparsity-range full` searches the whole space" in report
     assert f"Trial {picked['trial']}: " in report and front["pick_rule"] in report and front["pick_reason"] in report
+
+
+@pytest.mark.parametrize("size, form, most", [
+    (["--sparsity", "0.3"], "sparsity>=0.3", lambda shape: total_at_sparsity(shape, 0.3)),
+    (["--sparsity", "0.6"], "sparsity>=0.6", lambda shape: total_at_sparsity(shape, 0.6)),
+    (["--target-params", "24000"], "params<=24000", lambda shape: 24000),
+])
+def test_sparsity_and_target_params_choose_the_pick_of_a_finished_search(tiny_run_inputs, default_run, shape,
+                                                                         tmp_path, size, form, most):
+    """The size is not a setting of the study: a rerun with another one resumes it and picks again."""
+    out = tmp_path / "run"
+    shutil.copytree(default_run, out)
+    before = trials(out)
+    assert main(default_argv(tiny_run_inputs, out, *size)) == 0
+    assert trials(out) == before
+    front = json.loads((out / "pareto.json").read_text())
+    assert front["pick"] == form and front["pick_max_params"] == most(shape)
+    fits = [r for r in front["front"] if r["params"] <= most(shape)]
+    assert fits, "the tiny study has a front point within every target tested here"
+    assert picked_row(out) == min(fits, key=lambda r: r["kl"])
+    assert (out / "picks" / form.replace(">=", "-ge-").replace("<=", "-le-") / "config.json").exists()
 
 
 @pytest.mark.usefixtures("no_model_load")
@@ -79,8 +117,8 @@ def test_a_default_run_resumes_under_its_explicit_settings_and_refuses_other_one
     out = tmp_path / "run"
     shutil.copytree(default_run, out)
     before = trials(out)
-    for changed, named in ((["--params-range", "full"], "params_range: [0.4, 0.9] -> None"),
-                           (["--params-range", "0.5,0.9"], "params_range: [0.4, 0.9] -> [0.5, 0.9]"),
+    for changed, named in ((["--sparsity-range", "full"], "sparsity_range: [0.1, 0.75] -> None"),
+                           (["--sparsity-range", "0.2,0.75"], "sparsity_range: [0.1, 0.75] -> [0.2, 0.75]"),
                            (["--sampler", "nsga2"], "sampler: 'local' -> 'nsga2'")):
         assert main(default_argv(tiny_run_inputs, out, *changed)) == 2
         assert named in one_line_error(capsys)
@@ -91,48 +129,48 @@ def test_the_same_settings_given_explicitly_resume_the_default_run(tiny_run_inpu
     out = tmp_path / "run"
     shutil.copytree(default_run, out)
     before = trials(out)
-    assert main(default_argv(tiny_run_inputs, out, "--sampler", "local", "--params-range", "0.4,0.9",
+    assert main(default_argv(tiny_run_inputs, out, "--sampler", "local", "--sparsity-range", "0.1,0.75",
                              "--pick", "knee")) == 0
     assert trials(out) == before
     front = json.loads((out / "pareto.json").read_text())
-    assert front["pick"] == "knee" and (out / "picks" / "knee").is_dir()
+    assert front["pick"] == "knee" and front["pick_max_params"] is None and (out / "picks" / "knee").is_dir()
 
 
-def test_params_range_full_searches_the_whole_space(tiny_run_inputs, tmp_path):
+def test_sparsity_range_full_searches_the_whole_space(tiny_run_inputs, tmp_path):
     out = tmp_path / "n"
-    assert main(default_argv(tiny_run_inputs, out, "--params-range", "full", "--trials", "3")) == 0
+    assert main(default_argv(tiny_run_inputs, out, "--sparsity-range", "full", "--trials", "3")) == 0
     settings = json.loads((out / "nas_run.json").read_text())
-    assert settings["params_range"] is None and settings["notes"]["params_range"] == "the whole space"
+    assert settings["sparsity_range"] is None and settings["notes"]["sparsity_range"] == "the whole space"
     total = dense_params(out)
     assert completed_params(out)[:2] == [total, min(completed_params(out))]  # the largest, then the smallest
     assert completed_params(out)[1] < 0.4 * total
     assert "over the whole space" in (out / "report.md").read_text()
-    assert main(default_argv(tiny_run_inputs, out, "--params-range", "0,1", "--trials", "3")) == 0  # the same
+    assert main(default_argv(tiny_run_inputs, out, "--sparsity-range", "0,1", "--trials", "3")) == 0  # the same
 
 
-@pytest.mark.parametrize("text, objectives, expected", [
-    (None, OBJECTIVES, DEFAULT_PARAMS_RANGE),
-    (None, ["kl", "latency"], None),  # the default range is one of parameters only
-    ("full", OBJECTIVES, None),
-    (" full", OBJECTIVES, None),
-    ("0,1", OBJECTIVES, None),
-    ("0.5,0.8", OBJECTIVES, (0.5, 0.8)),
-    ("0.5,0.8", ["kl", "flops"], (0.5, 0.8)),
+@pytest.mark.parametrize("fields, expected", [
+    ([], DEFAULT_SPARSITY_RANGE),
+    (["nas.objectives=[kl,latency]"], None),  # the default range is one of parameters only
+    (["nas.sparsity_range=full"], None),
+    (["nas.sparsity_range=' full'"], None),
+    (["nas.sparsity_range=[0,1]"], None),
+    (["nas.sparsity_range=0,1"], None),
+    (["nas.sparsity_range=0.2,0.6"], (0.2, 0.6)),
+    (["nas.sparsity_range=[0.2,0.6]"], (0.2, 0.6)),
+    (["nas.sparsity_range=[0.2,0.6]", "nas.objectives=[kl,flops]"], (0.2, 0.6)),
 ])
-def test_params_range_argument(text, objectives, expected):
-    assert params_range_arg(text, objectives) == expected
+def test_the_searched_range(fields, expected):
+    assert load_config(None, fields).nas.searched_range() == expected
 
 
-@pytest.mark.parametrize("params_range, objectives, expected", [
-    (DEFAULT_PARAMS_RANGE, OBJECTIVES, PickRule("params<=0.6", 0.6, default=True)),
-    (None, OBJECTIVES, PickRule("params<=0.6", 0.6, default=True)),
-    ((0.7, 1.0), OBJECTIVES, PickRule("params<=0.85", 0.85, default=True)),  # the middle of a range without 0.6
-    ((0.2, 0.5), OBJECTIVES, PickRule("params<=0.35", 0.35, default=True)),
-    (None, ["kl", "latency"], PickRule("knee", default=True)),
+@pytest.mark.parametrize("fields, expected", [
+    ([], "target"),
+    (["nas.objectives=[kl,latency]"], "knee"),  # without params, the knee (as before)
+    (["nas.pick=knee"], "knee"),
+    (["nas.pick=target", "nas.objectives=[loss,params,latency]"], "target"),
 ])
-def test_the_default_pick_rule(params_range, objectives, expected):
-    assert default_pick(objectives, params_range) == expected
-    assert pick_rule(None, objectives, params_range) == expected
+def test_the_pick_rule(fields, expected):
+    assert load_config(None, fields).nas.pick_rule() == expected
 
 
 # choose_pick on a hand-made front: rows (kl, params) of a model of 100 parameters
@@ -141,34 +179,36 @@ ROWS = [{"trial": 0, "kl": 0.1, "params": 95}, {"trial": 1, "kl": 1.0, "params":
         {"trial": 4, "kl": 9.0, "params": 5}]
 
 
-def choose(rule: PickRule, params_range, rows=ROWS) -> int:
+def choose(rule: PickRule, bounds, rows=ROWS) -> int:
     front = list(range(len(rows)))
     chosen, _ = choose_pick(rows, front, rule, "kl", OBJECTIVES, {i: r["params"] for i, r in enumerate(rows)}, 100.0,
-                            params_range)
+                            bounds)
     return rows[chosen]["trial"]
 
 
-def test_the_pick_takes_the_lowest_kl_within_the_fraction():
-    assert choose(PickRule("params<=0.6", 0.6, default=True), (0.4, 0.9)) == 2
-    assert choose(PickRule("params<=0.5", 0.5), (0.4, 0.9)) == 3
+def test_the_pick_takes_the_lowest_kl_within_the_target():
+    assert choose(PickRule("sparsity>=0.5", 60, default=True), (0.4, 0.9)) == 2
+    assert choose(PickRule("params<=50", 50), (0.4, 0.9)) == 3
 
 
 def test_the_pick_never_leaves_the_searched_range():
-    assert choose(PickRule("params<=1", 1.0), (0.4, 0.9)) == 1  # trial 0 has the lowest KL but 0.95
+    assert choose(PickRule("params<=100", 100), (0.4, 0.9)) == 1  # trial 0 has the lowest KL but 0.95
     assert choose(PickRule("knee"), None) != choose(PickRule("knee"), (0.4, 0.9))
     assert 3 >= choose(PickRule("knee"), (0.4, 0.9)) >= 1
 
 
 def test_the_default_pick_falls_back_to_the_smallest_point_but_a_named_one_is_refused():
     larger = [r for r in ROWS if r["params"] > 50]
-    assert choose(PickRule("params<=0.5", 0.5, default=True), (0.4, 0.9), larger) == 2
-    with pytest.raises(UserError, match=r"no configuration on the front meets params<=0.5; the smallest has 0.55"):
-        choose(PickRule("params<=0.5", 0.5), (0.4, 0.9), larger)
+    assert choose(PickRule("params<=50", 50, default=True), (0.4, 0.9), larger) == 2
+    with pytest.raises(UserError, match=r"no configuration on the front meets params<=50 \(at most 50 parameters\); "
+                                        r"the smallest has 55 \(0.55 of the dense parameters\)"):
+        choose(PickRule("params<=50", 50), (0.4, 0.9), larger)
 
 
 def test_the_help_states_the_defaults(capsys):
     assert main(["nas", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    low, high = DEFAULT_PARAMS_RANGE
+    low, high = DEFAULT_SPARSITY_RANGE
     assert f"default {low:g},{high:g} with params among the objectives" in text and "`full` (or 0,1)" in text
-    assert f"default params<={DEFAULT_TARGET:g}" in text and "{local,nsga2,random}" in text
+    assert "default target with params among the objectives, else knee" in text and "{local,nsga2,random}" in text
+    assert "--params-range" not in text and "--budget" not in text and "params<=" not in text  # former spellings

@@ -104,7 +104,7 @@ def shape_files(dense: PreTrainedModel, adapter: ModelAdapter, db: Database, fol
 
     if len(set(db.shape.layers)) != 1:
         raise UserError("the llama.cpp latency table needs a dense model whose layers share one shape; "
-                        "use search.latency_engine=torch for this model")
+                        "use --latency-engine transformers for this model")
     tokenizer = proxy_tokenizer()
     proxy = proxy_model(dense, 2 * COPIES + 1, tokenizer)
     proxy_shape = adapter.shape(proxy)

@@ -61,8 +61,8 @@ RUN_MARKER = "darwin_run.json"
 
 def database_settings(cfg: RunConfig) -> DatabaseSettings:
     d = cfg.data
-    return DatabaseSettings(**asdict(cfg.database), calibration=f"{d.source}|{d.text_field}|calibration|"
-                                                                 f"{d.calibration_blocks}x{d.seq_len}",
+    return DatabaseSettings(**asdict(cfg.database), multiple=cfg.prune.multiple,
+                            calibration=f"{d.source}|{d.text_field}|calibration|{d.calibration_blocks}x{d.seq_len}",
                             space=cfg.search.space)
 
 
@@ -122,15 +122,23 @@ ADDED_RUN_SETTINGS = {"database": {"storage_dtype": "model"},
                       "eval": {"top_k": 1024}}
 
 
+# Settings saved under the name (and values) they had before they were renamed, so that saved runs still resume:
+# prune.multiple was database.multiple; search.latency_engine transformers was torch.
+SAVED_LATENCY_ENGINES = {"transformers": "torch"}
+
+
 def search_config(cfg: RunConfig) -> dict:
     """The settings a resumed search must share with the run that started it."""
     config = {"model": {"source": cfg.model.source, "dtype": cfg.model.dtype}, "data": to_dict(cfg.data),
-              "database": to_dict(cfg.database), "search": {**to_dict(cfg.search), **cfg.search.resolved()},
+              "database": {**to_dict(cfg.database), "multiple": cfg.prune.multiple},
+              "search": {**to_dict(cfg.search), **cfg.search.resolved()},
               "target": [cfg.prune.sparsity, cfg.prune.target_params], "seed": cfg.seed,
               "eval": {"top_k": cfg.eval.top_k}}  # the fitness teachers keep top_k log-probs
     former = {new: old for old, new in RENAMED_PROFILES.items()}
     # a profile keeps the name it had when runs were first saved, so those runs (and their caches) still resume
     config["search"]["profile"] = former.get(cfg.search.profile, cfg.search.profile)
+    engine = cfg.search.latency_engine
+    config["search"]["latency_engine"] = SAVED_LATENCY_ENGINES.get(engine, engine)
     for section, added in ADDED_RUN_SETTINGS.items():
         config[section] = {k: v for k, v in config[section].items() if added.get(k, object()) != v}
         if not config[section] and section == "eval":  # a section added whole: absent while at its defaults

@@ -7,7 +7,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from ..config import DataConfig, ModelConfig, check_choice
+from ..config import DataConfig, ModelConfig, check_choice, device_problems
 from ..training.config import TrainConfig
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -76,6 +76,7 @@ class RecoveryRunConfig:
     def problems(self) -> list[str]:
         p = []
         t, d = self.train, self.data
+        p += device_problems(self.model.device)
         if t.tokens < 0:
             p.append(f"train.tokens must be >= 0, got {t.tokens}")
         check_choice(p, "train.precision", t.precision, ("fp32", "bf16"))

@@ -1,136 +1,204 @@
-"""The arguments of `evoprune nas` and their defaults, checked before the run directory is touched or the model loaded.
+"""The arguments of `evoprune nas` (the `nas` config section and the size target), checked before the run directory is
+touched or the model loaded; the target and the searched range turned into parameters once the dense shape is known.
+
+The size is stated as for every other command: `prune.sparsity` (`--sparsity`, the fraction of the block parameters
+removed) or `prune.target_params` (`--target-params`, total parameters kept). A sparsity becomes total parameters
+through the dense model's shape, as darwin's target does (`arch.target`): the embeddings and LM head are kept whole.
 
 The defaults aim a short search (`--trials 24`) at the sizes users ask for (results/nas.md):
 - sampler `local`: at 100 trials it had the best hypervolume and the lowest KL at <= 75% and <= 50%
   of the block parameters; NSGA-II's first generation (50 trials) is random search, so below that
   budget `nsga2` is `random`.
-- with params among the objectives, only sub-networks with 0.4-0.9 of the dense parameters (as many
-  as removing 76% down to 13% of the block parameters of SmolLM2-135M); the whole space spends most
-  trials on tiny models whose KL is useless. `--params-range full` searches the whole space.
-- the pick: the lowest-KL front point with at most 0.6 of the dense parameters (about half the
-  block parameters removed on small Llamas), not the knee of the whole space's front.
+- with params among the objectives, only sub-networks of sparsity 0.1-0.75 (`DEFAULT_SPARSITY_RANGE`: 0.41-0.92 of
+  the parameters of SmolLM2-135M, about the former default of 0.4-0.9 of them); the whole space spends most trials
+  on tiny models whose KL is useless. `--sparsity-range full` searches the whole space.
+- the pick: the lowest-KL front point within the size target (default prune.sparsity 0.5: 0.61 of SmolLM2-135M's
+  parameters), not the knee of the whole space's front.
+
+Former spellings, accepted for one release with a one-line note: `--pick params<=F` (F of the dense parameters,
+now `--target-params`) and `--params-range LOW,HIGH` (fractions of the dense parameters, now `--sparsity-range`);
+`former_spellings` turns them into the current fields.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
+from ..arch.params import total_params
+from ..arch.shape import ModelShape
+from ..arch.target import resolve_target, sparsity_at_total, total_at_sparsity
+from ..config import DEFAULT_SPARSITY_RANGE, FULL_SPACE, NasConfig, PruneConfig, RunConfig
 from ..errors import UserError
-from .objectives import QUALITY, check_objectives
-from .study import SAMPLERS
 
-DEFAULT_SAMPLER = "local"
-DEFAULT_PARAMS_RANGE = (0.4, 0.9)
-DEFAULT_TARGET = 0.6
-FULL_SPACE = "full"
-PICK_FORMS = "knee or params<=FRACTION (e.g. params<=0.5)"
+log = logging.getLogger(__name__)
+
+DEFAULT_SAMPLER = NasConfig.sampler
+__all__ = ["DEFAULT_SAMPLER", "DEFAULT_SPARSITY_RANGE", "FULL_SPACE", "NasArguments", "PickRule", "check_arguments",
+           "former_spellings", "params_bounds", "sparsity_range_of_params", "pick_rule", "quality_objective", "range_text"]
 
 
 @dataclass(frozen=True)
 class PickRule:
     """How the exported sub-network is chosen from the front.
 
-    `default`: the rule nobody asked for by name; when no front point has at most `fraction`, it
-    takes the front point with the fewest parameters instead of refusing after the search.
+    `default`: the rule nobody asked for by name (nas.pick null); when no front point is within the
+    target, it takes the front point with the fewest parameters instead of refusing after the search.
     """
-    form: str  # as `--pick` takes it: "knee" or "params<=FRACTION"
-    fraction: float | None = None  # None: the knee
+    form: str  # "knee", "sparsity>=S" (prune.sparsity) or "params<=N" (prune.target_params)
+    max_params: int | None = None  # total parameters the pick may have; None: the knee
     default: bool = False
 
     @property
     def folder(self) -> str:
         """The pick's folder under `picks/`."""
-        return self.form.replace("<=", "-le-")
+        return self.form.replace("<=", "-le-").replace(">=", "-ge-")
 
     def describe(self, quality: str) -> str:
         """The rule in a sentence."""
-        if self.fraction is None:
+        if self.max_params is None:
             return ("the knee: the front point nearest the ideal point, each objective scaled to [0, 1] over the "
                     "front points inside the searched range")
-        rule = f"the lowest-{quality} front point with at most {self.fraction:g} of the dense parameters"
+        rule = f"the lowest-{quality} front point with at most {self.max_params:,} parameters ({self.form})"
         if self.default:
-            rule += (f" (the default: {DEFAULT_TARGET:g}, about half the block parameters removed on small Llamas, "
-                     f"or the middle of a searched range without {DEFAULT_TARGET:g}; if no front point is that small, "
-                     "the one with the fewest parameters)")
+            rule += (" (the default: the size target prune.sparsity / prune.target_params; if no front point is "
+                     "that small, the one with the fewest parameters)")
         return rule
 
 
-def params_range_arg(text: str | None, objectives: list[str]) -> tuple[float, float] | None:
-    """The fractions of the dense parameters `--params-range TEXT` searches, None for the whole space.
+@dataclass(frozen=True)
+class NasArguments:
+    """A nas run's arguments, checked, with the defaults resolved."""
+    objectives: tuple[str, ...]
+    trials: int
+    sampler: str
+    pick: str  # target | knee
+    pick_default: bool  # nas.pick was null
+    supernet_steps: int
+    sparsity_range: tuple[float, float] | None  # the sparsities searched; None: the whole space
+    range_default: bool  # nas.sparsity_range was null
 
-    TEXT is LOW,HIGH, or `full` (as is 0,1) for the whole space; without it, DEFAULT_PARAMS_RANGE
-    when params is an objective, else the whole space.
-    """
-    if text is None:
-        return DEFAULT_PARAMS_RANGE if "params" in objectives else None
-    if text.strip() == FULL_SPACE:
+
+def check_arguments(cfg: RunConfig) -> NasArguments:
+    """Refuse any bad argument of a nas run that needs no model (config validation again, for configs built in
+    code, and a size target outside the searched range); the arguments with the defaults resolved."""
+    nas = cfg.nas
+    problems = nas.problems()
+    if problems:
+        raise UserError("invalid configuration: " + "; ".join(problems))
+    args = NasArguments(tuple(nas.objectives), nas.trials, nas.sampler, nas.pick_rule(), nas.pick is None,
+                        nas.supernet_steps, nas.searched_range(), nas.sparsity_range is None)
+    if args.pick == "target":
+        if cfg.prune.sparsity is None and cfg.prune.target_params is None:
+            raise UserError("nas needs a size target for its pick: give --sparsity or --target-params "
+                            "(prune.sparsity / prune.target_params), or --pick knee")
+        if cfg.prune.sparsity is not None:
+            _check_inside(args, cfg.prune.sparsity, f"--sparsity {cfg.prune.sparsity:g}")
+    return args
+
+
+def _check_inside(args: NasArguments, sparsity: float, given: str) -> None:
+    r = args.sparsity_range
+    if r is not None and not r[0] - 1e-9 <= sparsity <= r[1] + 1e-9:
+        raise UserError(f"nas: the size target {given} lies outside the searched sparsities {range_text(r)}"
+                        f"{' (the default)' if args.range_default else ''}, so no searched sub-network is that size; "
+                        f"give --sparsity-range covering it (or `{FULL_SPACE}`), or --pick knee")
+
+
+def pick_rule(args: NasArguments, shape: ModelShape, prune: PruneConfig) -> PickRule:
+    """The rule of the pick for the dense model of `shape`: the target in total parameters (`arch.target`)."""
+    if args.pick == "knee":
+        return PickRule("knee", default=args.pick_default)
+    target = resolve_target(shape, prune.sparsity, prune.target_params)
+    if prune.target_params is not None:
+        sparsity = target.sparsity(shape)
+        _check_inside(args, sparsity, f"--target-params {prune.target_params:,} (sparsity {sparsity:.3f})")
+    form = f"sparsity>={prune.sparsity:g}" if prune.sparsity is not None else f"params<={prune.target_params}"
+    return PickRule(form, target.total_params(shape), default=args.pick_default)
+
+
+def params_bounds(shape: ModelShape, sparsity_range: tuple[float, float] | None) -> tuple[float, float] | None:
+    """The searched range as fractions of the dense parameters (low, high); None for the whole space."""
+    if sparsity_range is None:
         return None
-    try:
-        low, high = (float(v) for v in text.split(","))
-    except ValueError:
-        raise UserError(f"--params-range takes two fractions LOW,HIGH, e.g. 0.5,0.8, or `{FULL_SPACE}` for the whole "
-                        f"space; got {text!r}") from None
-    return None if low == 0 and high >= 1 else (low, high)
+    total = total_params(shape)
+    low, high = sparsity_range
+    return total_at_sparsity(shape, high) / total, total_at_sparsity(shape, low) / total
 
 
-def default_pick(objectives: list[str], params_range: tuple[float, float] | None) -> PickRule:
-    """The pick without `--pick`: at most DEFAULT_TARGET of the parameters (the middle of a range
-    that excludes it); the knee when params is not an objective."""
-    if "params" not in objectives:
-        return PickRule("knee", default=True)
-    low, high = params_range or (0.0, 1.0)
-    target = DEFAULT_TARGET if low <= DEFAULT_TARGET <= high else round((low + high) / 2, 4)
-    return PickRule(f"params<={target:g}", target, default=True)
+def range_text(sparsity_range: tuple[float, float] | None) -> str:
+    return "the whole space" if sparsity_range is None else f"{sparsity_range[0]:g}-{sparsity_range[1]:g}"
 
 
-def pick_rule(pick: str | None, objectives: list[str], params_range: tuple[float, float] | None) -> PickRule:
-    """The rule `--pick` names (None: `default_pick`); a UserError for anything else."""
-    if pick is None:
-        return default_pick(objectives, params_range)
-    if pick == "knee":
-        return PickRule("knee")
-    if not pick.startswith("params<="):
-        raise UserError(f"--pick must be {PICK_FORMS}, got {pick!r}")
-    text = pick.split("<=", 1)[1]
-    try:
-        fraction = float(text)
-    except ValueError:
-        raise UserError(f"--pick {pick!r}: FRACTION must be a number in (0, 1], e.g. params<=0.5") from None
-    if not 0 < fraction <= 1:
-        raise UserError(f"--pick {pick!r}: FRACTION must be in (0, 1] (a fraction of the dense parameters)")
-    if "params" not in objectives:
-        raise UserError("--pick params<=... needs params among the objectives (e.g. --objectives kl,params)")
-    if params_range is not None and fraction < params_range[0]:
-        raise UserError(f"--pick {pick!r} is below the searched range {range_text(params_range)} of the dense "
-                        f"parameters, so no searched sub-network meets it; lower --params-range (or `{FULL_SPACE}`)")
-    return PickRule(pick, fraction)
+def quality_objective(objectives: list[str] | tuple[str, ...]) -> str:
+    """The objective the target pick minimises: the first quality objective (the first one without)."""
+    from .objectives import QUALITY
 
-
-def range_text(params_range: tuple[float, float] | None) -> str:
-    return "the whole space" if params_range is None else f"{params_range[0]:g}-{params_range[1]:g}"
-
-
-def quality_objective(objectives: list[str]) -> str:
-    """The objective a `params<=` pick minimises: the first quality objective (the first one without)."""
     return next((o for o in objectives if o in QUALITY), objectives[0])
 
 
-def check_arguments(objectives: list[str], budget: int, sampler: str, pick: str | None, supernet_steps: int,
-                    params_range: tuple[float, float] | None) -> PickRule:
-    """Refuse any bad argument of a nas run; returns the rule of the pick."""
-    check_objectives(objectives)
-    repeated = sorted({o for o in objectives if objectives.count(o) > 1})
-    if repeated:
-        raise UserError(f"--objectives names {', '.join(repeated)} twice; give each objective once")
-    if budget <= 0:
-        raise UserError(f"--trials must be a positive number, got {budget}")
-    if supernet_steps < 0:
-        raise UserError(f"--supernet-steps must be 0 (no supernet training) or more, got {supernet_steps}")
-    if sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if params_range is not None and not 0 <= params_range[0] < params_range[1]:
-        raise UserError(f"--params-range needs 0 <= low < high, got {params_range[0]:g},{params_range[1]:g}")
-    return pick_rule(pick, objectives, params_range)
+def former_spellings(pick: str | None, params_range: tuple[float, float] | str | None, shape_of) -> dict:
+    """The current config fields for the former `--pick params<=F` and `--params-range LOW,HIGH`, with a note each.
+
+    `shape_of()` gives the dense model's shape (called only when there is something to convert): both were
+    fractions of its total parameters. Returns dotted fields, e.g. {"prune.target_params": N, "nas.pick": "target"}.
+    """
+    fields: dict = {}
+    former_pick = isinstance(pick, str) and pick.startswith("params<=")
+    if not former_pick and params_range is None:
+        return fields
+    if former_pick:
+        try:
+            fraction = float(pick.split("<=", 1)[1])
+        except ValueError:
+            raise UserError(f"--pick {pick!r}: FRACTION must be a number in (0, 1], e.g. params<=0.5; better, give "
+                            "the size as --target-params or --sparsity") from None
+        if not 0 < fraction <= 1:
+            raise UserError(f"--pick {pick!r}: FRACTION must be in (0, 1] (a fraction of the dense parameters)")
+        shape = shape_of()
+        total = round(fraction * total_params(shape))
+        log.warning("nas --pick %s is now --target-params %d (%g of the dense parameters; or --sparsity %.3g); the old "
+                    "spelling works for one release", pick, total, fraction, sparsity_at_total(shape, total))
+        fields.update({"prune.target_params": total, "prune.sparsity": None, "nas.pick": "target"})
+    if params_range is not None:
+        fields["nas.sparsity_range"] = _former_range(params_range, shape_of)
+    return fields
+
+
+def sparsity_range_of_params(shape: ModelShape, low: float, high: float) -> list[float]:
+    """The sparsities [LOW, HIGH] (4 decimals, within [0, 1]) that leave `low` to `high` of the parameters of `shape`."""
+    total = total_params(shape)
+    converted = [round(min(1.0, max(0.0, sparsity_at_total(shape, f * total))), 4) for f in (high, low)]
+    if converted[0] >= converted[1]:
+        raise UserError(f"--params-range {low:g},{high:g} holds no sparsity of this model (sparsities 0 to 1 leave "
+                        f"{total_at_sparsity(shape, 1.0) / total:.3f} to 1 of its parameters); give --sparsity-range "
+                        "instead")
+    return converted
+
+
+def _former_range(params_range: tuple[float, float] | str, shape_of) -> list[float] | str:
+    """`--params-range LOW,HIGH` (fractions of the dense parameters) as a sparsity range, with a one-line note."""
+    if isinstance(params_range, str):
+        text = params_range.strip()
+        if text == FULL_SPACE:
+            log.warning("nas --params-range is now --sparsity-range (sparsities, the unit of --sparsity); "
+                        "--sparsity-range full searches the whole space; the old spelling works for one release")
+            return FULL_SPACE
+        try:
+            low, high = (float(v) for v in text.split(","))
+        except ValueError:
+            raise UserError(f"--params-range takes two fractions LOW,HIGH, e.g. 0.5,0.8, or `{FULL_SPACE}` for the "
+                            f"whole space; got {params_range!r} (it is now --sparsity-range, in sparsities)") from None
+    else:
+        low, high = params_range
+    if not 0 <= low < high:
+        raise UserError(f"--params-range needs 0 <= low < high, got {low:g},{high:g} (it is now --sparsity-range, "
+                        "in sparsities)")
+    converted = FULL_SPACE if low == 0 and high >= 1 else sparsity_range_of_params(shape_of(), low, high)
+    shown = converted if converted == FULL_SPACE else ",".join(f"{v:g}" for v in converted)
+    log.warning("nas --params-range %g,%g is now --sparsity-range %s (sparsities, the unit of --sparsity); the old "
+                "spelling works for one release", low, high, shown)
+    return converted
 
 
 def fraction_range(text: str | None, flag: str) -> tuple[float, float] | None:

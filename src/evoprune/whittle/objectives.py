@@ -16,14 +16,15 @@ from transformers import PreTrainedModel
 
 from ..arch.adapter import ModelAdapter
 from ..atomic import write_json
+from ..config import NAS_COST, NAS_QUALITY
 from ..errors import UserError
 from ..evaluation.latency import measure_latency
 from ..evaluation.perplexity import mean_nll
 from ..evaluation.teacher import TeacherCache, kl_to_teacher
 from .space import SearchSpace
 
-QUALITY = ("kl", "loss")
-COST = ("params", "flops", "latency")
+QUALITY = NAS_QUALITY  # kl, loss (nas.objectives)
+COST = NAS_COST  # params, flops, latency
 
 
 def check_objectives(names: list[str]) -> None:

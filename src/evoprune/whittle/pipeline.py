@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import logging
 import random
 from pathlib import Path
 from typing import Callable
@@ -21,7 +22,8 @@ from optuna.trial import TrialState
 
 from .. import memory
 from ..arch.export import export_checkpoint
-from ..arch.params import block_params, total_params
+from ..arch.shape import ModelShape
+from ..arch.target import sparsity_at_total
 from ..atomic import staged_file, write_json, write_text
 from ..config import RunConfig
 from ..errors import UserError
@@ -31,15 +33,15 @@ from ..evaluation.unseen_report import unseen_section
 from ..memory import memory_section, watched
 from ..models import LoadedModel
 from ..data import data_blocks
-from ..models import load_source
+from ..models import load_source, source_shape
 from ..obs.calibration import CalibrationStats, collect_stats
 from ..report import markdown_table, write_report
 from ..rundir import ResumableRun, run_lock
 from ..serving.deploy import check_format_before_work, export_for_serving, serving_line, serving_record
 from ..arch.nemotron_format import check_space_fits
 from .supernet.train import SupernetConfig, train_supernet
-from .arguments import (DEFAULT_PARAMS_RANGE, DEFAULT_SAMPLER, PickRule, check_arguments, quality_objective,
-                        range_text)
+from .arguments import (DEFAULT_SAMPLER, FULL_SPACE, NasArguments, PickRule, check_arguments, params_bounds,
+                        pick_rule, quality_objective, range_text)
 from .importance import importance_from_stats, permute_model
 from .objectives import make_objectives
 from .pareto import hypervolume, pareto_front
@@ -47,6 +49,8 @@ from .pick import choose_pick
 from .run_settings import MARKER, fingerprints, run_settings, saved_form
 from .space import SearchSpace
 from .study import open_study, run_study
+
+log = logging.getLogger(__name__)
 
 
 def sorted_space(dense: LoadedModel, stats: CalibrationStats, multiple: int = 1,
@@ -86,51 +90,63 @@ def trial_rows(study: optuna.Study, objectives: list[str]) -> list[dict]:
 
 
 @watched
-def run(cfg: RunConfig, out: str | Path, objectives: list[str], budget: int, sampler: str = DEFAULT_SAMPLER,
-        pick: str | None = None, supernet_steps: int = 0, force: bool = False, progress: bool = True,
-        params_range: tuple[float, float] | None = None) -> Path:
+def run(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = True) -> Path:
     """Search, or resume the search in `out`, and write the front and the pick.
 
-    Every argument is checked before `out` is touched or the model loaded; a changed setting of
-    a run in `out` is refused before the model loads (its weights and text once they are read).
-    With `force`, an old run is removed only once everything is checked, under `out`'s lock.
-
-    Args:
-        pick: `knee`, `params<=FRACTION`, or None for the default rule (`arguments.default_pick`).
-        params_range: search only sub-networks with this fraction of the dense parameters (low, high);
-            the others are skipped unevaluated. None searches the whole space (the command line's
-            default with params among the objectives is `arguments.DEFAULT_PARAMS_RANGE`).
+    The search is `cfg.nas` (objectives, trials, sampler, pick, supernet_steps, sparsity_range); the
+    pick's size target is prune.sparsity / prune.target_params (`arguments`). Every argument is checked
+    before `out` is touched or the model loaded (the size target and the range against the dense shape,
+    read from its config); a changed setting of a run in `out` is refused before the model loads (its
+    weights and text once they are read). With `force`, an old run is removed only once everything is
+    checked, under `out`'s lock.
     """
-    rule = check_arguments(objectives, budget, sampler, pick, supernet_steps, params_range)
+    args = check_arguments(cfg)
     check_format_before_work(cfg, searched=True)
+    _size_checks(cfg, args, source_shape(cfg.model.source, cfg.model.trust_remote_code))
+    objectives = list(args.objectives)
     with run_lock(out) as out:
-        settings = run_settings(cfg, objectives, sampler, supernet_steps, params_range)
+        settings = run_settings(cfg, args)
         run_dir = ResumableRun(out, "nas", MARKER)
         run_dir.holds_run(settings, force, only_given=True)
         with memory.stage("load model"):
             dense = load_source(cfg)
         check_space_fits(cfg.search.space, dense.model.config)
-        if params_range:  # refuse a range no sub-network meets (the shape alone decides)
-            shape = dense.adapter.shape(dense.model)
-            SearchSpace(shape, tuple(range(len(shape.layers))), multiple=cfg.prune.multiple, space=cfg.search.space) \
-                .params_range_check(*params_range)
+        rule, bounds = _size_checks(cfg, args, dense.adapter.shape(dense.model))
         with memory.stage("calibration data"):
             calib = _calibration_blocks(cfg, dense)
             settings["fingerprints"] = fingerprints(dense, calib)
         run_dir.holds_run(settings, force, only_given=True)  # again, now with the fingerprints
         run_dir.start(saved_form(settings), force)
-        study = open_study(out / "study.db", objectives, sampler, cfg.seed, settings["fingerprints"]["weights"])
+        study = open_study(out / "study.db", objectives, args.sampler, cfg.seed, settings["fingerprints"]["weights"])
         with memory.stage("importance and objectives"):
             space, evaluate = _prepare_search(cfg, dense, calib, objectives, out, progress)
-        feasible = space.params_range_check(*params_range) if params_range else None
-        if supernet_steps:
+        feasible = space.params_range_check(*bounds, named=_range_flag(args)) if bounds else None
+        if args.supernet_steps:
             with memory.stage("supernet training"):
-                supernet_step(cfg, dense, space, supernet_steps, out / "supernet", progress, feasible)
+                supernet_step(cfg, dense, space, args.supernet_steps, out / "supernet", progress, feasible)
         with memory.stage("search"):
-            run_study(study, space, evaluate, budget, feasible=feasible, progress=progress)
-        _write_results(cfg, dense, space, trial_rows(study, objectives), objectives, rule, out, sampler, params_range,
-                       supernet_steps > 0)
+            run_study(study, space, evaluate, args.trials, feasible=feasible, progress=progress)
+        _write_results(cfg, dense, space, trial_rows(study, objectives), args, rule, bounds, out,
+                       args.supernet_steps > 0)
     return out
+
+
+def _size_checks(cfg: RunConfig, args: NasArguments,
+                 shape: ModelShape) -> tuple[PickRule, tuple[float, float] | None]:
+    """The pick's rule and the searched range in fractions of the dense parameters, for a dense model of `shape`;
+    a UserError for a target no searched sub-network can meet or a range none does (the shape alone decides)."""
+    rule = pick_rule(args, shape, cfg.prune)
+    bounds = params_bounds(shape, args.sparsity_range)
+    if bounds:
+        SearchSpace(shape, tuple(range(len(shape.layers))), multiple=cfg.prune.multiple, space=cfg.search.space) \
+            .params_range_check(*bounds, named=_range_flag(args))
+    return rule, bounds
+
+
+def _range_flag(args: NasArguments) -> str:
+    """The searched range as the user gives it."""
+    low, high = args.sparsity_range
+    return f"--sparsity-range {low:g},{high:g}" + (" (the default)" if args.range_default else "")
 
 
 def _calibration_blocks(cfg: RunConfig, dense: LoadedModel) -> torch.Tensor:
@@ -186,36 +202,34 @@ def _evaluate_pick(cfg: RunConfig, dense: LoadedModel, picked, full_label: str, 
     return sections
 
 
-def _search_section(space: SearchSpace, sampler: str, params_range: tuple[float, float] | None, budget: int) -> str:
+def _search_section(space: SearchSpace, args: NasArguments, bounds: tuple[float, float] | None, trials: int) -> str:
     """What was searched, and which of it is a default, for report.md."""
-    sampler_note = " (the default)" if sampler == DEFAULT_SAMPLER else ""
-    if params_range is None:
-        searched = "the whole space (`--params-range full`)"
+    sampler_note = " (the default)" if args.sampler == DEFAULT_SAMPLER else ""
+    if bounds is None:
+        searched = "the whole space (`--sparsity-range full`)"
     else:
-        low, high = (_block_share_removed(space, f) for f in params_range)
-        searched = (f"sub-networks with {range_text(params_range)} of the dense parameters (as many as removing "
-                    f"{low:.0%} to {max(high, 0):.0%} of the block parameters)")
-        if tuple(params_range) == DEFAULT_PARAMS_RANGE:
-            searched += (", the default with params among the objectives (`--params-range full` searches the whole "
+        searched = (f"sub-networks of sparsity {range_text(args.sparsity_range)} (as many parameters as removing "
+                    f"that share of the block parameters: {bounds[0]:.3f}-{bounds[1]:.3f} of the dense parameters)")
+        if args.range_default:
+            searched += (", the default with params among the objectives (`--sparsity-range full` searches the whole "
                          "space)")
-    return (f"Sampler `{sampler}`{sampler_note}, {budget} completed trials over {searched}; "
+    return (f"Sampler `{args.sampler}`{sampler_note}, {trials} completed trials over {searched}; "
             "others are skipped unevaluated.\n")
 
 
-def _block_share_removed(space: SearchSpace, fraction: float) -> float:
-    """The share of the block parameters whose removal leaves `fraction` of the dense parameters."""
-    return (1 - fraction) * total_params(space.shape) / block_params(space.shape)
-
-
-def _write_results(cfg: RunConfig, dense: LoadedModel, space: SearchSpace, rows: list[dict], objectives: list[str],
-                   rule: PickRule, out: Path, sampler: str, params_range: tuple[float, float] | None,
+def _write_results(cfg: RunConfig, dense: LoadedModel, space: SearchSpace, rows: list[dict], args: NasArguments,
+                   rule: PickRule, bounds: tuple[float, float] | None, out: Path,
                    supernet_trained: bool = False) -> None:
     """pareto.csv / pareto.json, the picked sub-network as a checkpoint, metrics.json, the plots and report.md."""
+    objectives = list(args.objectives)
     front = pareto_front([[r[o] for o in objectives] for r in rows])
     full_params = float(space.to_spec(space.largest()).num_params())
     sizes = {i: _spec_of(space, rows[i]).num_params() for i in front}
     quality = quality_objective(objectives)
-    chosen, reason = choose_pick(rows, front, rule, quality, objectives, sizes, full_params, params_range)
+    chosen, reason = choose_pick(rows, front, rule, quality, objectives, sizes, full_params, bounds)
+    if rule.max_params is not None and sizes[chosen] > rule.max_params:
+        log.warning("nas: no front point is within %s; the pick is the smallest one, %s parameters", rule.form,
+                    f"{sizes[chosen]:,}")
     reference = [max(r[o] for r in rows) * 1.1 for o in objectives]
     hv = hypervolume([[rows[i][o] for o in objectives] for i in front], reference) if len(objectives) <= 3 else None
     front_rows = [rows[i] for i in front]
@@ -225,8 +239,11 @@ def _write_results(cfg: RunConfig, dense: LoadedModel, space: SearchSpace, rows:
     writer.writerows(front_rows)
     write_text(out / "pareto.csv", buffer.getvalue())
     write_json(out / "pareto.json", {"objectives": objectives, "front": front_rows, "hypervolume": hv,
-                                     "reference": reference, "params_range": list(params_range or (0, 1)),
-                                     "pick": rule.form, "pick_rule": rule.describe(quality), "pick_reason": reason,
+                                     "reference": reference,
+                                     "sparsity_range": list(args.sparsity_range or ()) or FULL_SPACE,
+                                     "params_range": list(bounds or (0, 1)),
+                                     "pick": rule.form, "pick_max_params": rule.max_params, "pick_folder": rule.folder,
+                                     "pick_rule": rule.describe(quality), "pick_reason": reason,
                                      "picked_trial": rows[chosen]["trial"]})
     spec = _spec_of(space, rows[chosen])
     with memory.stage("export"):
@@ -238,11 +255,11 @@ def _write_results(cfg: RunConfig, dense: LoadedModel, space: SearchSpace, rows:
     full_label = "full (supernet-trained)" if supernet_trained else "dense"
     share = sizes[chosen] / full_params
     pick_text = (f"`{rule.form}`: {rule.describe(quality)}.\n\nTrial {rows[chosen]['trial']}: {reason}. It has "
-                 f"{share:.3f} of the dense parameters (as many as removing {_block_share_removed(space, share):.0%} "
+                 f"{share:.3f} of the dense parameters (as many as removing {sparsity_at_total(space.shape, sizes[chosen]):.0%} "
                  f"of the block parameters), exported to `picks/{rule.folder}/`.\n"
                  + (f"\n{serving_line(serving)}\n" if serving is not None else ""))
     write_report(out / "report.md", f"evoprune nas: {cfg.model.source}", [
-        ("Search", _search_section(space, sampler, params_range, len(rows))),
+        ("Search", _search_section(space, args, bounds, len(rows))),
         ("Pareto front", markdown_table(front_rows) + f"\nHypervolume {hv:.4g} (reference {reference}).\n\n"
                                                        "![front](front.png)\n"),
         ("Pick", pick_text),

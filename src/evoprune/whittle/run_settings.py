@@ -1,8 +1,8 @@
 """What the trials of a nas run depend on, saved in its `nas_run.json`: a rerun resumes only with the same.
 
-Not settings: `--trials` (raising it extends the study), `--pick` (chosen from the front after the
-search), `data.batch_size` (the scores are per block). The defaults of `--sampler` and `--params-range`
-are saved as the values they stand for, so a rerun of the same command resumes only while the
+Not settings: `--trials` (raising it extends the study), `--pick` and the size target `--sparsity` /
+`--target-params` (the pick is chosen from the front after the search), `data.batch_size` (the scores are
+per block). The defaults of `--sampler` and `--sparsity-range` are saved as the values they stand for, so a rerun of the same command resumes only while the
 defaults stay the same; the saved file notes which values were defaults (`notes`, not compared).
 """
 
@@ -14,17 +14,17 @@ from ..config import RunConfig
 from ..fingerprint import tokens_fingerprint
 from ..models import LoadedModel
 from ..obs.database import model_fingerprint
-from .arguments import DEFAULT_PARAMS_RANGE, DEFAULT_SAMPLER, FULL_SPACE
+from .arguments import DEFAULT_SAMPLER, DEFAULT_SPARSITY_RANGE, FULL_SPACE, NasArguments
 
 MARKER = "nas_run.json"
 
 
-def run_settings(cfg: RunConfig, objectives: list[str], sampler: str, supernet_steps: int,
-                 params_range: tuple[float, float] | None) -> dict:
+def run_settings(cfg: RunConfig, args: NasArguments) -> dict:
     """The settings known before the model is loaded (see `fingerprints` for the rest)."""
-    d = cfg.data
-    settings = {"objectives": list(objectives), "sampler": sampler, "seed": cfg.seed, "supernet_steps": supernet_steps,
-                "params_range": list(params_range) if params_range else None,
+    d, objectives = cfg.data, list(args.objectives)
+    settings = {"objectives": objectives, "sampler": args.sampler, "seed": cfg.seed,
+                "supernet_steps": args.supernet_steps,
+                "sparsity_range": list(args.sparsity_range) if args.sparsity_range else None,
                 "model": {"source": cfg.model.source, "dtype": cfg.model.dtype},
                 "data": {"source": d.source, "text_field": d.text_field, "seq_len": d.seq_len,
                          "calibration_blocks": d.calibration_blocks, "eval_blocks": d.eval_blocks},
@@ -45,11 +45,11 @@ def saved_form(settings: dict) -> dict:
     notes = {}
     if settings["sampler"] == DEFAULT_SAMPLER:
         notes["sampler"] = "the default"
-    if settings["params_range"] == list(DEFAULT_PARAMS_RANGE):
-        notes["params_range"] = (f"the default with params among the objectives (fractions of the dense parameters); "
-                                 f"--params-range {FULL_SPACE} searches the whole space")
-    elif settings["params_range"] is None:
-        notes["params_range"] = "the whole space"
+    if settings["sparsity_range"] == list(DEFAULT_SPARSITY_RANGE):
+        notes["sparsity_range"] = ("the default with params among the objectives (fractions of the block parameters "
+                                   f"removed); --sparsity-range {FULL_SPACE} searches the whole space")
+    elif settings["sparsity_range"] is None:
+        notes["sparsity_range"] = "the whole space"
     return {**settings, "notes": notes}
 
 

@@ -96,17 +96,19 @@ class SearchSpace:
                 return self.to_spec(config)
         raise UserError(f"{tries} random configurations in a row were outside the constraint; widen it")
 
-    def params_range_check(self, low: float, high: float, probes: int = 1000):
+    def params_range_check(self, low: float, high: float, probes: int = 1000, named: str | None = None):
         """A test of "total parameters between `low` and `high` times the full model's" for configurations.
 
         Raises a UserError when no configuration of the space can meet it, or when none of `probes`
         random configurations does: the samplers would then reject nearly every trial they draw.
+        `named`: the range as the user gave it, for those messages (e.g. `--sparsity-range 0.2,0.4`).
         """
         full = self.to_spec(self.largest()).num_params()
         smallest = self.to_spec(self.smallest()).num_params() / full
+        named = named or f"the range {low:g}-{high:g} of the parameters"
         if not 0 <= low < high or high < smallest or low > 1:
-            raise UserError(f"no configuration has between {low:g} and {high:g} of the parameters: the space spans "
-                            f"{smallest:.3f} to 1")
+            raise UserError(f"no configuration has between {low:.3g} and {high:.3g} of the parameters ({named}): "
+                            f"the space spans {smallest:.3f} to 1")
 
         def inside(config: dict) -> bool:
             return low <= self.to_spec(config).num_params() / full <= high
@@ -114,8 +116,9 @@ class SearchSpace:
         rng = random.Random(0)
         dimensions = self.dimensions()
         if not any(inside({k: rng.choice(v) for k, v in dimensions.items()}) for _ in range(probes)):
-            raise UserError(f"--params-range {low:g},{high:g} admits none of {probes:,} random sub-networks of this "
-                            "space, so the search would reject nearly every trial; widen it (the default is 0.4,0.9)")
+            raise UserError(f"{named} admits none of {probes:,} random sub-networks of this space (they need "
+                            f"{low:.3g}-{high:.3g} of the parameters), so the search would reject nearly every trial; "
+                            "widen it")
         return inside
 
     def largest(self) -> dict:

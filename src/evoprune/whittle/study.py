@@ -26,13 +26,14 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
+from ..config import NAS_SAMPLERS
 from ..errors import UserError
 from .local_search import LocalSearchSampler
 from .resumable_samplers import PositionSeededSampler, TrialOrderNSGAIISampler
 from .space import SearchSpace
 
 log = logging.getLogger(__name__)
-SAMPLERS = ("random", "nsga2", "local")
+SAMPLERS = NAS_SAMPLERS  # local, nsga2, random (nas.sampler)
 STUDY_NAME = "evoprune-nas"
 
 
