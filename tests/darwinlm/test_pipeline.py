@@ -161,9 +161,9 @@ def test_latency_budget_runs_end_to_end_and_is_kept_for_resume(tiny_run_inputs, 
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert cfg.search.first_parent is None and metrics["search"]["first_parent"] == cfg.search.resolved()["first_parent"]
     budget = metrics["budget"]
-    assert budget["metric"] == "latency" and budget["engine"] == "torch" and budget["dense_blocks"] == pytest.approx(full)
+    assert budget["metric"] == "latency" and budget["engine"] == "transformers" and budget["dense_blocks"] == pytest.approx(full)
     assert budget["achieved"] <= budget["target"] + 1e-9 and budget["achieved_fraction"] <= 0.6 + 1e-9
-    assert "The budget counts latency (prefill of 8 tokens, timed in torch)" in (tmp_path / "run" / "report.md").read_text()
+    assert "The budget counts latency (prefill of 8 tokens, timed in transformers)" in (tmp_path / "run" / "report.md").read_text()
 
 
 def test_fitness_pool_lies_outside_the_database_and_eval_blocks(tiny_run_inputs):

@@ -106,10 +106,10 @@ def test_export_gguf_copies_the_tokenizer_files(bpe_run_inputs, tmp_path):
 def test_format_is_not_part_of_a_runs_resume_identity():
     from evoprune.darwinlm import pipeline as darwin
     from evoprune.config import RunConfig
+    from evoprune.whittle.arguments import check_arguments
     from evoprune.whittle.run_settings import run_settings
 
     plain, served = RunConfig(), RunConfig()
     served.export.format, served.export.quant = "gguf", "q8_0"
     assert darwin.search_config(plain) == darwin.search_config(served)
-    assert run_settings(plain, ["kl", "params"], "local", 0, None) == run_settings(served, ["kl", "params"], "local",
-                                                                                    0, None)
+    assert run_settings(plain, check_arguments(plain)) == run_settings(served, check_arguments(served))

@@ -69,11 +69,11 @@ def test_nas_in_the_nemotron_space_yields_only_exportable_configurations(wide_ml
     root = wide_mlp_inputs
     out = tmp_path / "n"
     assert main(["nas", "--model", str(root / "dense"), "--data", str(root / "corpus.txt"), "--out", str(out),
-                 "--quiet", "--trials", "5", "--sampler", "random", "--space", "nemotron-nas", "--params-range", "full",
-                 "--pick", "params<=0.9", "data.seq_len=16", "data.calibration_blocks=2", "data.eval_blocks=2",
+                 "--quiet", "--trials", "5", "--sampler", "random", "--space", "nemotron-nas", "--sparsity-range", "full",
+                 "--sparsity", "0.1", "data.seq_len=16", "data.calibration_blocks=2", "data.eval_blocks=2",
                  "data.batch_size=2"]) == 0
     rows = json.loads((out / "pareto.json").read_text())["front"]
     assert rows and all(r["hidden"] == 32 and r["kv_groups"] == 2 and r["heads_per_group"] == 2 for r in rows)
     assert all(r["mlp"] in WIDTHS for r in rows)
     assert json.loads((out / "nas_run.json").read_text())["prune"]["space"] == "nemotron-nas"
-    check_exports(out / "picks" / "params-le-0.9", tmp_path / "nemotron")
+    check_exports(out / "picks" / "sparsity-ge-0.1", tmp_path / "nemotron")

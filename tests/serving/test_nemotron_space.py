@@ -12,6 +12,7 @@ from evoprune.arch.shape import LayerShape, ModelShape
 from evoprune.cli import _overrides, main, parse_args
 from evoprune.config import ConfigError, RunConfig, load_config
 from evoprune.errors import UserError
+from evoprune.whittle.arguments import check_arguments
 from evoprune.whittle.run_settings import run_settings
 from evoprune.whittle.space import SearchSpace
 from evoprune.obs.database import DatabaseSettings, _settings_stamp, stamped_settings
@@ -79,9 +80,9 @@ def test_nas_space_fixes_hidden_size_and_heads_and_steps_mlp_widths_by_256():
 
 
 def test_nas_run_settings_name_the_space_only_when_it_is_not_the_default():
-    assert "space" not in run_settings(RunConfig(), ["kl", "params"], "local", 0, None)["prune"]
+    assert "space" not in run_settings(RunConfig(), check_arguments(RunConfig()))["prune"]
     cfg = load_config(None, ["search.space=nemotron-nas"])
-    assert run_settings(cfg, ["kl", "params"], "local", 0, None)["prune"]["space"] == "nemotron-nas"
+    assert run_settings(cfg, check_arguments(cfg))["prune"]["space"] == "nemotron-nas"
 
 
 @pytest.mark.parametrize("command", ["darwin", "database", "search", "nas"])

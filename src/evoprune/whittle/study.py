@@ -144,7 +144,7 @@ def run_study(study: optuna.Study, space: SearchSpace, evaluate: Callable[[dict]
                 rejected += 1
                 if rejected >= max_rejected:
                     raise UserError(f"{rejected} sampled configurations in a row were outside the constraint; "
-                                    "widen it (e.g. --params-range)")
+                                    "widen it (e.g. --sparsity-range)")
                 continue
             rejected = 0
             values = done.get(_key(config))
