@@ -92,8 +92,10 @@ def check_arguments(cfg: RunConfig) -> NasArguments:
         if cfg.prune.sparsity is None and cfg.prune.target_params is None:
             raise UserError("nas needs a size target for its pick: give --sparsity or --target-params "
                             "(prune.sparsity / prune.target_params), or --pick knee")
-        if cfg.prune.sparsity is not None:
-            _check_inside(args, cfg.prune.sparsity, f"--sparsity {cfg.prune.sparsity:g}")
+        sparsity = cfg.prune.sparsity
+        if sparsity is not None:
+            default = " (prune.sparsity's default)" if sparsity == PruneConfig.sparsity else ""
+            _check_inside(args, sparsity, f"--sparsity {sparsity:g}{default}")
     return args
 
 
@@ -102,7 +104,8 @@ def _check_inside(args: NasArguments, sparsity: float, given: str) -> None:
     if r is not None and not r[0] - 1e-9 <= sparsity <= r[1] + 1e-9:
         raise UserError(f"nas: the size target {given} lies outside the searched sparsities {range_text(r)}"
                         f"{' (the default)' if args.range_default else ''}, so no searched sub-network is that size; "
-                        f"give --sparsity-range covering it (or `{FULL_SPACE}`), or --pick knee")
+                        f"give a size inside the range, a --sparsity-range covering the size (or `{FULL_SPACE}`), "
+                        "or --pick knee")
 
 
 def pick_rule(args: NasArguments, shape: ModelShape, prune: PruneConfig) -> PickRule:
