@@ -35,24 +35,38 @@ Generated from `src/evoprune/config.py` and `src/evoprune/recovery/config.py` by
 
 
 def field_comments(cls: type) -> dict[str, str]:
-    """Field name -> the comment on its line, after the comment lines just above it."""
+    """Field name -> its comment: the one on its line, with the comment lines that belong to it.
+
+    config.py writes a long comment two ways: continued on the lines below a field's own comment, or,
+    for a field without one on its line, on the lines just above it. So a block of comment lines
+    between two fields continues the field above when that one has a comment on its line and the
+    field below has one too (or there is none below); otherwise it introduces the field below.
+    """
     source = textwrap.dedent(inspect.getsource(cls))
     comments: dict[int, str] = {}
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
         if token.type == tokenize.COMMENT:
             comments[token.start[0]] = token.string.lstrip("#").strip()
     lines = source.splitlines()
-    out = {}
-    for node in ast.parse(source).body[0].body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            above = []
-            row = node.lineno - 1
-            while row >= 1 and lines[row - 1].strip().startswith("#"):
-                above.insert(0, comments.get(row, ""))
-                row -= 1
-            own = comments.get(node.lineno, "") if "#" in lines[node.lineno - 1] else ""
-            out[node.target.id] = " ".join(part for part in above + [own] if part)
-    return out
+    fields = [node for node in ast.parse(source).body[0].body
+              if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)]
+    own = {node.target.id: comments.get(node.lineno, "") if "#" in lines[node.lineno - 1] else "" for node in fields}
+    parts: dict[str, list[str]] = {node.target.id: [] for node in fields}
+    for i, node in enumerate(fields + [None]):
+        previous = fields[i - 1] if i else None
+        first = (previous.end_lineno + 1) if previous else 1
+        last = node.lineno - 1 if node else len(lines)
+        block = [comments[row] for row in range(first, last + 1)
+                 if row in comments and lines[row - 1].strip().startswith("#")]
+        if not block:
+            continue
+        continues_above = previous is not None and own[previous.target.id] and (node is None or own[node.target.id])
+        if continues_above:
+            parts[previous.target.id] += block
+        elif node is not None:
+            parts[node.target.id] = block + parts[node.target.id]
+    return {name: " ".join(part for part in [own[name]] + parts[name] if part) if own[name]
+            else " ".join(parts[name]) for name in own}
 
 
 def _type_name(annotation) -> str:

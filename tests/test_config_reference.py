@@ -50,3 +50,13 @@ def test_comments_above_and_beside_a_field_are_both_kept():
         b: str = "x"
 
     assert script.field_comments(Example) == {"a": "first line second line beside", "b": ""}
+
+
+def test_a_comment_continued_below_its_field_stays_with_it():
+    from evoprune.config import EvalConfig, SearchConfig
+
+    comments = load_script().field_comments(SearchConfig)
+    assert comments["trade"] == "let attention and MLP (and depth, via level 0) trade budget with each other"
+    assert comments["train_embeddings"].endswith("(else shared with the dense model, frozen, never copied)")
+    assert comments["latency_engine"].startswith("--metric latency: the latency table is timed in transformers")
+    assert load_script().field_comments(EvalConfig)["repack"].startswith("llama.cpp weight repacking")
