@@ -51,7 +51,8 @@ def field_comments(cls: type) -> dict[str, str]:
     fields = [node for node in ast.parse(source).body[0].body
               if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)]
     own = {node.target.id: comments.get(node.lineno, "") if "#" in lines[node.lineno - 1] else "" for node in fields}
-    parts: dict[str, list[str]] = {node.target.id: [] for node in fields}
+    above: dict[str, list[str]] = {node.target.id: [] for node in fields}
+    below: dict[str, list[str]] = {node.target.id: [] for node in fields}
     for i, node in enumerate(fields + [None]):
         previous = fields[i - 1] if i else None
         first = (previous.end_lineno + 1) if previous else 1
@@ -62,11 +63,10 @@ def field_comments(cls: type) -> dict[str, str]:
             continue
         continues_above = previous is not None and own[previous.target.id] and (node is None or own[node.target.id])
         if continues_above:
-            parts[previous.target.id] += block
+            below[previous.target.id] += block
         elif node is not None:
-            parts[node.target.id] = block + parts[node.target.id]
-    return {name: " ".join(part for part in [own[name]] + parts[name] if part) if own[name]
-            else " ".join(parts[name]) for name in own}
+            above[node.target.id] += block
+    return {name: " ".join(part for part in above[name] + [own[name]] + below[name] if part) for name in own}
 
 
 def _type_name(annotation) -> str:
