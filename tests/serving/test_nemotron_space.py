@@ -15,7 +15,7 @@ from evoprune.errors import UserError
 from evoprune.whittle.arguments import check_arguments
 from evoprune.whittle.run_settings import run_settings
 from evoprune.whittle.space import SearchSpace
-from evoprune.obs.database import DatabaseSettings, _settings_stamp, stamped_settings
+from evoprune.obs.database import DatabaseSettings, database_stamp, stamped_settings
 from evoprune.obs.levels import attention_ladder, mlp_ladder
 from evoprune.arch import nemotron_format as fmt
 from evoprune_tests import CASES_BY_ID
@@ -46,10 +46,10 @@ def test_the_default_space_keeps_old_databases_and_runs_valid():
     assert "space" not in stamped_settings(default)
     nemotron = asdict(DatabaseSettings(space="nemotron-nas"))
     assert stamped_settings(nemotron)["space"] == "nemotron-nas"
-    assert _settings_stamp("f", "c", DatabaseSettings()) != \
-        _settings_stamp("f", "c", DatabaseSettings(space="nemotron-nas"))
+    assert database_stamp("f", "c", DatabaseSettings()) != \
+        database_stamp("f", "c", DatabaseSettings(space="nemotron-nas"))
     old = {k: v for k, v in default.items() if k != "space"}  # an index written before the field existed
-    assert _settings_stamp("f", "c", DatabaseSettings(**old)) == _settings_stamp("f", "c", DatabaseSettings())
+    assert database_stamp("f", "c", DatabaseSettings(**old)) == database_stamp("f", "c", DatabaseSettings())
     assert "space" not in darwin.search_config(RunConfig())["search"]
     cfg = load_config(None, ["search.space=nemotron-nas"])
     assert darwin.search_config(cfg)["search"]["space"] == "nemotron-nas"

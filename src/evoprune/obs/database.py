@@ -119,7 +119,7 @@ class Database:
         shape = adapter.shape(model)
         fingerprint = model_fingerprint(model, adapter)
         calibration = tokens_fingerprint(blocks)
-        stamp = _settings_stamp(fingerprint, calibration, settings)
+        stamp = database_stamp(fingerprint, calibration, settings)
         dtype = STORAGE_DTYPES[settings.storage_dtype] or next(model.parameters()).dtype
         done = {i for i in range(shape.num_layers) if _shard_stamp(path / _shard_name(i)) == stamp}
         if done:
@@ -188,7 +188,7 @@ class Database:
             raise UserError(f"database {path} was built with other settings ({'; '.join(diff)}); "
                             "rebuild it or use the same settings")
         tables = []
-        stamp = _settings_stamp(index["fingerprint"], index["calibration"], DatabaseSettings(**index["settings"]))
+        stamp = database_stamp(index["fingerprint"], index["calibration"], DatabaseSettings(**index["settings"]))
         for i in range(index["layers"]):
             shard = path / _shard_name(i)
             if _shard_stamp(shard) != stamp:
@@ -281,7 +281,7 @@ def stamped_settings(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if ADDED_SETTINGS.get(k, object()) != v}
 
 
-def _settings_stamp(fingerprint: str, calibration: str, settings: DatabaseSettings) -> str:
+def database_stamp(fingerprint: str, calibration: str, settings: DatabaseSettings) -> str:
     stamped = stamped_settings(asdict(settings))
     key = fingerprint + calibration + json.dumps(stamped, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:24]
