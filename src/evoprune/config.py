@@ -117,6 +117,10 @@ class DatabaseConfig:
     neuron_step: int = 0  # neurons removed per OBS step; 0 = automatic (width // 96)
     attention_units: str = "groups"  # groups: KV groups and query heads (GQA) | query_heads: K/V always kept (DarwinLM)
     storage_dtype: str = "model"  # dtype of the stored level weights: model (the model's own) | bfloat16 | float32
+    # where the database is kept: shared = the store in the evoprune cache ($EVOPRUNE_CACHE/databases), built
+    # once per model, calibration text and settings and reused by every run and target (the run folder links to
+    # it) | run = inside the run folder, for this run alone | a folder path = a store of your own
+    store: str = "shared"
 
 
 PROFILES = {
@@ -362,6 +366,8 @@ class RunConfig:
         check_choice(p, "database.method", db.method, ("obs", "activation"))
         check_choice(p, "database.attention_units", db.attention_units, ("groups", "query_heads"))
         check_choice(p, "database.storage_dtype", db.storage_dtype, ("model", "bfloat16", "float16", "float32"))
+        if not isinstance(db.store, str) or not db.store:
+            p.append(f"database.store must be shared, run or a folder, got {db.store!r}")
         if se.profile not in PROFILES:
             p.append(f"search.profile must be one of {', '.join(PROFILES)}, got {se.profile!r}")
         check_choice(p, "search.metric", se.metric, ("params", "flops", "latency"))

@@ -37,6 +37,7 @@ from ..models import LoadedModel
 from ..data import data_blocks
 from ..models import load_source
 from ..obs.database import Database, DatabaseSettings
+from ..obs.store import building, link_run_database, shared_database
 from ..obs.levels import attention_cost, attention_ladder, mlp_cost, mlp_ladder
 from ..arch.target import Target, resolve_target
 from ..rundir import ResumableRun, run_lock
@@ -49,7 +50,7 @@ from .evolution import EvolutionSettings, evolve
 from .fitness import CandidateEvaluator, FitnessPool, Stage
 from .genotype import Genotype
 from .latency_table import LatencySettings, latency_cost_table
-from .replace_one import replace_one_scores
+from .replace_one import replace_one_scores, stored_scores_path
 from ..serving.deploy import check_format_before_work, export_for_serving, serving_record
 from ..arch.nemotron_format import check_space_fits
 from ..training import TrainConfig
@@ -61,19 +62,28 @@ RUN_MARKER = "darwin_run.json"
 
 def database_settings(cfg: RunConfig) -> DatabaseSettings:
     d = cfg.data
-    return DatabaseSettings(**asdict(cfg.database), multiple=cfg.prune.multiple,
+    fields = {k: v for k, v in asdict(cfg.database).items() if k != "store"}  # where it is kept changes nothing
+    return DatabaseSettings(**fields, multiple=cfg.prune.multiple,
                             calibration=f"{d.source}|{d.text_field}|calibration|{d.calibration_blocks}x{d.seq_len}",
                             space=cfg.search.space)
 
 
 def build_database(cfg: RunConfig, dense: LoadedModel, path: Path, progress: bool = True) -> Database:
+    """The run's database at `path`: with database.store shared (or a folder), the stored one for this model,
+    calibration text and settings, built only if no run built it before, and `path` a link to it."""
     settings = database_settings(cfg)
     blocks = data_blocks(cfg, dense.tokenizer, "calibration", cfg.data.calibration_blocks)
-    if (path / "index.json").exists():  # resumed: built from these very weights and calibration tokens?
+    kept_in_run = cfg.database.store == "run" or (path.is_dir() and not path.is_symlink())  # or a run made so
+    if kept_in_run and (path / "index.json").exists():  # resumed: built from these very weights and tokens?
         return Database.load(path, dense.model, dense.adapter, settings, blocks)
     started = time.time()
-    db = Database.build(dense.model, dense.adapter, blocks, settings, path, cfg.data.batch_size, progress)
-    log.info("database built in %.0f s, %.1f MB", time.time() - started, db.size_bytes() / 2**20)
+    if kept_in_run:
+        db = Database.build(dense.model, dense.adapter, blocks, settings, path, cfg.data.batch_size, progress)
+    else:
+        root = None if cfg.database.store == "shared" else Path(cfg.database.store).expanduser().absolute()
+        db = shared_database(dense.model, dense.adapter, blocks, settings, cfg.data.batch_size, progress, root)
+        link_run_database(path, db.path)
+    log.info("database ready in %.0f s, %.1f MB (%s)", time.time() - started, db.size_bytes() / 2**20, db.path)
     return db
 
 
@@ -130,7 +140,8 @@ SAVED_LATENCY_ENGINES = {"transformers": "torch"}
 def search_config(cfg: RunConfig) -> dict:
     """The settings a resumed search must share with the run that started it."""
     config = {"model": {"source": cfg.model.source, "dtype": cfg.model.dtype}, "data": to_dict(cfg.data),
-              "database": {**to_dict(cfg.database), "multiple": cfg.prune.multiple},
+              "database": {**{k: v for k, v in to_dict(cfg.database).items() if k != "store"},
+                           "multiple": cfg.prune.multiple},
               "search": {**to_dict(cfg.search), **cfg.search.resolved()},
               "target": [cfg.prune.sparsity, cfg.prune.target_params], "seed": cfg.seed,
               "eval": {"top_k": cfg.eval.top_k}}  # the fitness teachers keep top_k log-probs
@@ -209,8 +220,13 @@ def mip_parent(cfg: RunConfig, dense: LoadedModel, db: Database, table: CostTabl
         blocks = data_blocks(cfg, dense.tokenizer, "calibration", first + n)[first:]
         teacher = teacher_for(dense.model, str(dense.path), blocks, cfg.eval, cfg.data.batch_size, progress)
     search_dir.mkdir(parents=True, exist_ok=True)
-    scores = replace_one_scores(dense.model, dense.adapter, db, blocks, teacher, cfg.data.batch_size,
-                                search_dir / "replace_one.json", progress, cfg.search.replace_one_all_levels)
+    stored = stored_scores_path(db, blocks, teacher, cfg.search.replace_one_all_levels)
+    with building(stored):  # another run scoring the same database and blocks: wait for it, then read its scores
+        scores = replace_one_scores(dense.model, dense.adapter, db, blocks, teacher, cfg.data.batch_size,
+                                    stored, progress, cfg.search.replace_one_all_levels)
+    kept = search_dir / "replace_one.json"  # the run keeps what its start was assembled from
+    if not kept.is_file() or kept.read_bytes() != stored.read_bytes():  # (written once: by the first process)
+        write_text(kept, stored.read_text())
     return assemble(scores.scores, table, budget), scores.seconds
 
 
