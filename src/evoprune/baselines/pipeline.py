@@ -95,7 +95,7 @@ def _finish(cfg: RunConfig, dense: LoadedModel, spec: SubnetSpec, out: Path, for
         teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size, progress)
         unseen = load_unseen(cfg, dense.tokenizer)
         rows = evaluate_models({"dense": dense.model, "pruned": pruned}, eval_blocks, teacher, cfg.eval,
-                               cfg.data.batch_size, progress, unseen=unseen)
+                               cfg.data.batch_size, progress, unseen=unseen, unchanged=frozenset({"dense"}))
     metrics = {"dense": rows["dense"], "pruned": rows["pruned"], "target": spec.meta.get("target_report"),
                "eval_tokens": int(eval_blocks.numel()), "wall_time_s": round(time.time() - started, 1)}
     if unseen is not None:

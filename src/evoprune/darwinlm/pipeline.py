@@ -364,7 +364,8 @@ def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: Load
         uniform = evaluator.view(uniform_genotype(table, budget))  # the search's starting point, for comparison
         unseen = load_unseen(cfg, dense.tokenizer)
         rows = evaluate_models({"dense": dense.model, "uniform (same database)": uniform, "darwin": pruned},
-                               eval_blocks, teacher, cfg.eval, cfg.data.batch_size, progress, unseen=unseen)
+                               eval_blocks, teacher, cfg.eval, cfg.data.batch_size, progress, unseen=unseen,
+                               unchanged=frozenset({"dense"}))
     with memory.stage("export"):
         del pruned, uniform
         export_sliced(dense.model, dense.adapter, spec, replace, out / "model", tokenizer=dense.tokenizer, force=True)
