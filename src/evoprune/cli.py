@@ -57,8 +57,25 @@ def _size(p: argparse.ArgumentParser, nas: bool = False) -> None:
     """--sparsity and --target-params: the size, the same two fields for every command."""
     after = (": the exported front point is the lowest-KL one with at most the parameters this leaves (with params "
              "among the objectives)") if nas else ""
-    p.add_argument("--sparsity", type=float, help=SPARSITY_HELP + after)
-    p.add_argument("--target-params", type=int, help=TARGET_PARAMS_HELP + (" (nas: the pick's size)" if nas else ""))
+    family = "" if nas else "; darwin / search: a comma list (0.25,0.4,0.5) makes one model per size"
+    p.add_argument("--sparsity", type=sizes(float), help=SPARSITY_HELP + after + family)
+    p.add_argument("--target-params", type=sizes(int),
+                   help=TARGET_PARAMS_HELP + (" (nas: the pick's size)" if nas else family))
+
+
+def sizes(kind: type):
+    """An argparse type: one value, or a comma list of them (a family of sizes)."""
+    def parse(text: str):
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value or comma list: {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"no value in {text!r}")
+        return values[0] if len(values) == 1 else values
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def _serving_format(p: argparse.ArgumentParser) -> None:

@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 def make_spec(cfg: RunConfig, dense: LoadedModel, progress: bool = True) -> SubnetSpec:
     """Calibrate and choose what to keep with the configured baseline method."""
     shape = dense.adapter.shape(dense.model)
-    target = resolve_target(shape, cfg.prune.sparsity, cfg.prune.target_params)
+    size = cfg.prune.one_size("prune")
+    target = resolve_target(shape, size.sparsity, size.target_params)
     calib = data_blocks(cfg, dense.tokenizer, "calibration", cfg.data.calibration_blocks)
     stats = collect_stats(dense.model, dense.adapter, calib, cfg.data.batch_size, progress)
     if cfg.prune.method == "depth":

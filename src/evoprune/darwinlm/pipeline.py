@@ -14,6 +14,7 @@ the database, latency table and teacher caches first and the others then read th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import shutil
@@ -47,6 +48,7 @@ from .budget import Budget, CostTable, make_budget, uniform_genotype
 from .distributed_fitness import (DistributedCandidateEvaluator, barrier, init_distributed,
                                          main_process_first)
 from .evolution import EvolutionSettings, evolve
+from .family import size_label, write_front
 from .fitness import CandidateEvaluator, FitnessPool, Stage
 from .genotype import Genotype
 from .latency_table import LatencySettings, latency_cost_table
@@ -300,7 +302,10 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
     main = init_distributed()[0] == 0  # only the main process writes the run directory
     if phase == "search" and not (out / "database" / "index.json").exists():
         raise UserError(f"no database in {out / 'database'}; run `evoprune database --out {out}` first")
-    settings = search_config(cfg)
+    sizes = family_sizes(cfg, out)
+    settings = search_config(sizes[0] if len(sizes) == 1 else cfg)
+    if len(sizes) > 1:  # a family: the sizes are not part of it, so that one more size resumes it
+        del settings["target"]
     with run_lock(out) if main else contextlib.nullcontext():
         run_dir = ResumableRun(out, "darwin", RUN_MARKER)
         if main:
@@ -309,16 +314,67 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
         with memory.stage("load model"):
             dense = load_source(cfg)
         shape = dense.adapter.shape(dense.model)
-        target = resolve_target(shape, cfg.prune.sparsity, cfg.prune.target_params)
-        check_reachable(cfg, shape, target)
+        targets = [reachable_target(size, shape, len(sizes) > 1) for size in sizes]
         check_space_fits(cfg.search.space, dense.model.config)
         if cfg.max_memory_gib is not None:
             check_memory_budget(shape, cfg, cfg.model.device, next(dense.model.parameters()).element_size(),
                                 compute_dtype_of(dense.model).itemsize, int(cfg.max_memory_gib * 2**30), phase)
         if main:
             run_dir.start(settings, force)
-        return _database_search_export(out, cfg, settings, dense, target, stages, phase, progress and main, main,
-                                       stop_after, started)
+        if len(sizes) == 1:
+            return _database_search_export(out, sizes[0], settings, dense, targets[0], stages, phase, progress and main,
+                                           main, stop_after, started)
+        return _family(out, sizes, dense, targets, stages, phase, progress and main, main, stop_after)
+
+
+def family_sizes(cfg: RunConfig, out: Path) -> list[RunConfig]:
+    """The run configuration of each size asked for (one, or a family); a family's database is kept once for all
+    its sizes, in the store or, with database.store=run, beside them in `out/database-store`."""
+    sizes = [dataclasses.replace(cfg, prune=size) for size in cfg.prune.sizes()]
+    if len(sizes) > 1 and cfg.database.store == "run":
+        store = dataclasses.replace(cfg.database, store=str((out / "database-store").absolute()))
+        sizes = [dataclasses.replace(size, database=store) for size in sizes]
+    return sizes
+
+
+def reachable_target(cfg: RunConfig, shape: ModelShape, named: bool) -> Target:
+    """The target of `cfg`'s one size, refused before any work when the database cannot reach it."""
+    try:
+        target = resolve_target(shape, cfg.prune.sparsity, cfg.prune.target_params)
+        check_reachable(cfg, shape, target)
+    except UserError as e:
+        if not named:
+            raise
+        raise UserError(f"size {size_label(cfg.prune)} of the family: {e}") from None
+    return target
+
+
+def _family(out: Path, sizes: list[RunConfig], dense: LoadedModel, targets: list[Target], stages: list[Stage],
+            phase: str, progress: bool, main: bool, stop_after: int | None) -> Path:
+    """Each size as a darwin run folder of its own inside `out` (one database, one set of replace-one scores),
+    then the front; a size already finished is read, not redone."""
+    with main_process_first(), memory.stage("database"):  # the one database of every size
+        build_database(sizes[0], dense, out / "database", progress)
+    if phase == "database":
+        return out
+    labels = []
+    for cfg, target in zip(sizes, targets):
+        label, settings = size_label(cfg.prune), search_config(cfg)
+        folder, started = out / label, time.time()
+        labels.append(label)
+        run_dir = ResumableRun(folder, "darwin", RUN_MARKER)
+        if main:
+            if run_dir.holds_run(settings) and (folder / "metrics.json").is_file():
+                continue
+            run_dir.start(settings)
+        log.info("size %s (%d of %d)", label, len(labels), len(sizes))
+        _database_search_export(folder, cfg, settings, dense, target, stages, phase, progress, main, stop_after,
+                                started)
+        if not (folder / "metrics.json").is_file():
+            return out  # stopped early on request (tests), or not the process that writes
+    if main:
+        write_front(out, labels)
+    return out
 
 
 def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: LoadedModel, target: Target,
