@@ -58,6 +58,6 @@ def test_an_unreachable_size_is_named_before_any_work(tiny_run_inputs, tmp_path,
     assert not (tmp_path / "f").exists() and not builds
     assert main(["darwin", "--model", dense, "--data", corpus, "--sparsity", "0.3,1.5", "--out", str(tmp_path / "g"),
                  "--quiet"]) == 2
-    assert main(["prune", "--model", dense, "--data", corpus, "--sparsity", "0.3,0.5", "--out", str(tmp_path / "h"),
+    assert main(["prune", "--model", dense, "--data", corpus, "prune.sparsity=[0.3,0.5]", "--out", str(tmp_path / "h"),
                  "--quiet"]) == 2
     assert not (tmp_path / "g").exists() and not (tmp_path / "h").exists()
