@@ -137,15 +137,17 @@ def _checked(out, cfg, teacher: str | None = None) -> None:
             check_model_source(source, cfg.model.allow_pickle, cfg.model.trust_remote_code)
 
 
-def darwin(model, out: str | Path, *, sparsity: float | None = None, target_params: int | None = None,
+def darwin(model, out: str | Path, *, sparsity: float | list[float] | None = None,
+           target_params: int | list[int] | None = None,
            profile: str | None = None, data: str | None = None, config: str | Path | None = None,
            overrides: dict | None = None, force: bool = False, progress: bool = True, tokenizer=None,
            phase: str = "darwin") -> Result:
     """DarwinLM: second-order database, search (`profile`), export and evaluation (`evoprune darwin`).
 
     Args:
-        sparsity: fraction of the blocks' parameters to remove (`prune.sparsity`).
-        target_params: total parameters to keep instead (`prune.target_params`).
+        sparsity: fraction of the blocks' parameters to remove (`prune.sparsity`); a list makes a family, one
+            model per size, in `out/sparsity-S/` (`Result.extra["sizes"]`: a Result each) with `out/front.json`.
+        target_params: total parameters to keep instead (`prune.target_params`), or a list of them.
         profile: `mip` (the MIP assembly of replace-one KLs, no evolution), `evolve` (the MIP start, then 6
             generations of KL-only evolution) or `paper` (DarwinLM's training-aware evolution) (`search.profile`).
         data: calibration / evaluation text (`data.source`).
@@ -157,6 +159,10 @@ def darwin(model, out: str | Path, *, sparsity: float | None = None, target_para
              "data.source": data}
     with _prepared(model, out, tokenizer, config, overrides, named) as cfg:
         done = workflow.run(cfg, out, phase=phase, force=force, progress=progress)
+    if (done / "front.json").is_file():
+        front = json.loads((done / "front.json").read_text())["front"]
+        return Result.read(done, database=done / "database", front=done / "front.json",
+                           sizes={row["size"]: Result.read(done / row["folder"]) for row in front})
     return Result.read(done, database=done / "database")
 
 

@@ -23,7 +23,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{_unique()}.tmp")
+    tmp = path.with_name(f".{path.name}.{unique_suffix()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -53,7 +53,7 @@ def staged_file(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{_unique()}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.name}.{unique_suffix()}.tmp{path.suffix}")
     try:
         yield tmp
         follow_umask(tmp)
@@ -106,13 +106,13 @@ def staged_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """
     out = check_output_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{_unique()}.partial")
+    tmp = out.with_name(f".{out.name}.{unique_suffix()}.partial")
     tmp.mkdir()
     try:
         yield tmp
         follow_umask(tmp)
         if out.exists():
-            old = out.with_name(f".{out.name}.old.{_unique()}")
+            old = out.with_name(f".{out.name}.old.{unique_suffix()}")
             os.replace(out, old)
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
@@ -148,5 +148,6 @@ def follow_umask(path: Path) -> None:
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
-def _unique() -> str:
+def unique_suffix() -> str:
+    """`<pid>-<8 hex>`: the part of every temporary name of this module that `rundir.STAGED` recognizes."""
     return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -53,12 +53,29 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _size(p: argparse.ArgumentParser, nas: bool = False) -> None:
+def _size(p: argparse.ArgumentParser, nas: bool = False, family: bool = False) -> None:
     """--sparsity and --target-params: the size, the same two fields for every command."""
     after = (": the exported front point is the lowest-KL one with at most the parameters this leaves (with params "
              "among the objectives)") if nas else ""
-    p.add_argument("--sparsity", type=float, help=SPARSITY_HELP + after)
-    p.add_argument("--target-params", type=int, help=TARGET_PARAMS_HELP + (" (nas: the pick's size)" if nas else ""))
+    listed = "; a comma list (0.25,0.4,0.5) makes one model per size, a family" if family else ""
+    p.add_argument("--sparsity", type=sizes(float) if family else float, help=SPARSITY_HELP + after + listed)
+    p.add_argument("--target-params", type=sizes(int) if family else int,
+                   help=TARGET_PARAMS_HELP + (" (nas: the pick's size)" if nas else listed))
+
+
+def sizes(kind: type):
+    """An argparse type: one value, or a comma list of them (a family of sizes)."""
+    def parse(text: str):
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value or comma list: {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"no value in {text!r}")
+        return values[0] if len(values) == 1 else values
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def _serving_format(p: argparse.ArgumentParser) -> None:
@@ -110,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("search", "search and export using the database already built in the run directory")):
         p = sub.add_parser(name, help=text, epilog=EPILOG + " A rerun on the same --out resumes.")
         _common(p)
-        _size(p)
+        _size(p, family=True)
         p.add_argument("--profile", choices=["mip", "evolve", "paper", "quick"],
                        help="mip (default: the MIP assembly of replace-one KLs, no evolution; CPU minutes), evolve (the "
                             "MIP start + 6 generations of KL-only evolution) or paper (DarwinLM's training-aware "

@@ -55,11 +55,28 @@ class DataConfig:
 @dataclass
 class PruneConfig:
     method: str = "uniform"  # uniform | depth
-    sparsity: float | None = 0.5  # fraction of transformer-block parameters removed, in (0, 1)
-    target_params: int | None = None  # or: total parameters to keep (embeddings included)
+    sparsity: float | list[float] | None = 0.5  # fraction of transformer-block parameters removed, in (0, 1);
+    # darwin and search: a list, e.g. [0.25, 0.4, 0.5, 0.6], makes one model per size from one database (a family)
+    target_params: int | list[int] | None = None  # or: total parameters to keep (embeddings included); a list as above
     # keep MLP widths at multiples of this (8, 64, 128 run faster on GPUs): prune's widths, the levels of
     # darwin's database, and nas's search space (its hidden size too)
     multiple: int = 1
+
+    def sizes(self) -> list["PruneConfig"]:
+        """One PruneConfig per size asked for, in the order given, repeats merged."""
+        name = "sparsity" if self.sparsity is not None else "target_params"
+        values = getattr(self, name)
+        if not isinstance(values, list):
+            return [self]
+        return [dataclasses.replace(self, **{name: v}) for v in dict.fromkeys(values)]
+
+    def one_size(self, command: str) -> "PruneConfig":
+        """The one size of a command that makes one model; a list is refused."""
+        sizes = self.sizes()
+        if len(sizes) > 1:
+            raise UserError(f"{command} makes one model: give one --sparsity / --target-params (darwin and search make "
+                            "one model per size from a list)")
+        return sizes[0]
 
 
 @dataclass
@@ -117,6 +134,10 @@ class DatabaseConfig:
     neuron_step: int = 0  # neurons removed per OBS step; 0 = automatic (width // 96)
     attention_units: str = "groups"  # groups: KV groups and query heads (GQA) | query_heads: K/V always kept (DarwinLM)
     storage_dtype: str = "model"  # dtype of the stored level weights: model (the model's own) | bfloat16 | float32
+    # where the database is kept: shared = the store in the evoprune cache ($EVOPRUNE_CACHE/databases), built
+    # once per model, calibration text and settings and reused by every run and target (the run folder links to
+    # it) | run = inside the run folder, for this run alone | a folder path = a store of your own
+    store: str = "shared"
 
 
 PROFILES = {
@@ -351,10 +372,13 @@ class RunConfig:
             p.append(f"prune.method must be uniform or depth, got {pr.method!r}")
         if pr.sparsity is not None and pr.target_params is not None:
             p.append("give only one of prune.sparsity and prune.target_params")
-        if pr.sparsity is not None and not 0 < pr.sparsity < 1:
-            p.append(f"prune.sparsity must be strictly between 0 and 1, got {pr.sparsity}")
-        if pr.target_params is not None and pr.target_params <= 0:
-            p.append(f"prune.target_params must be positive, got {pr.target_params}")
+        for size in pr.sizes() if pr.sparsity != [] and pr.target_params != [] else []:
+            if size.sparsity is not None and not 0 < size.sparsity < 1:
+                p.append(f"prune.sparsity must be strictly between 0 and 1, got {size.sparsity}")
+            if size.target_params is not None and size.target_params <= 0:
+                p.append(f"prune.target_params must be positive, got {size.target_params}")
+        if pr.sparsity == [] or pr.target_params == []:
+            p.append("prune.sparsity / prune.target_params: give at least one size")
         db, se = self.database, self.search
         if db.num_levels < 2:
             p.append(f"database.num_levels must be at least 2, got {db.num_levels}")
@@ -362,6 +386,8 @@ class RunConfig:
         check_choice(p, "database.method", db.method, ("obs", "activation"))
         check_choice(p, "database.attention_units", db.attention_units, ("groups", "query_heads"))
         check_choice(p, "database.storage_dtype", db.storage_dtype, ("model", "bfloat16", "float16", "float32"))
+        if not isinstance(db.store, str) or not db.store:
+            p.append(f"database.store must be shared, run or a folder, got {db.store!r}")
         if se.profile not in PROFILES:
             p.append(f"search.profile must be one of {', '.join(PROFILES)}, got {se.profile!r}")
         check_choice(p, "search.metric", se.metric, ("params", "flops", "latency"))

@@ -61,7 +61,8 @@ def estimate_stages(shape: ModelShape, cfg: RunConfig, device: str, stored_bytes
     converted = c != s  # layers and head are converted to c when they run, only if c differs from s
     layers = [layer_params(shape, layer) for layer in shape.layers]
     P_b, P_l, P_e = sum(layers), max(layers, default=0), V * d
-    rho = 1 - cfg.prune.sparsity if cfg.prune.sparsity is not None else 0.5
+    sparsities = [size.sparsity for size in cfg.prune.sizes() if size.sparsity is not None]
+    rho = 1 - min(sparsities) if sparsities else 0.5  # the largest model of a family
     head = P_e * c if converted else 0
 
     def database_layer(params: int, layer) -> int:

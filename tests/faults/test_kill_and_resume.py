@@ -27,7 +27,8 @@ def darwin_argv(root: Path, out: Path) -> list[str]:
     return ["darwin", "--model", str(root / "dense"), "--data", str(root / "corpus.txt"), "--out", str(out),
             "--sparsity", "0.4", "--seq-len", "32", *QUIET, "eval.latency=false", "data.calibration_blocks=4", "data.eval_blocks=4",
             "database.num_levels=5", "search.offspring=3", "search.generations=4", "search.train_tokens=[0,64]",
-            "search.fitness_tokens=[64,128]", "search.survivors=[2,1]", "search.lr=0.001"]
+            "search.fitness_tokens=[64,128]", "search.survivors=[2,1]", "search.lr=0.001",
+            f"database.store={out}-store"]  # a store of each run's own, so that kills can land in its build
 
 
 def train_argv(root: Path, out: Path) -> list[str]:

@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 def make_spec(cfg: RunConfig, dense: LoadedModel, progress: bool = True) -> SubnetSpec:
     """Calibrate and choose what to keep with the configured baseline method."""
     shape = dense.adapter.shape(dense.model)
-    target = resolve_target(shape, cfg.prune.sparsity, cfg.prune.target_params)
+    size = cfg.prune.one_size("prune")
+    target = resolve_target(shape, size.sparsity, size.target_params)
     calib = data_blocks(cfg, dense.tokenizer, "calibration", cfg.data.calibration_blocks)
     stats = collect_stats(dense.model, dense.adapter, calib, cfg.data.batch_size, progress)
     if cfg.prune.method == "depth":
@@ -95,7 +96,7 @@ def _finish(cfg: RunConfig, dense: LoadedModel, spec: SubnetSpec, out: Path, for
         teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size, progress)
         unseen = load_unseen(cfg, dense.tokenizer)
         rows = evaluate_models({"dense": dense.model, "pruned": pruned}, eval_blocks, teacher, cfg.eval,
-                               cfg.data.batch_size, progress, unseen=unseen)
+                               cfg.data.batch_size, progress, unseen=unseen, unchanged=frozenset({"dense"}))
     metrics = {"dense": rows["dense"], "pruned": rows["pruned"], "target": spec.meta.get("target_report"),
                "eval_tokens": int(eval_blocks.numel()), "wall_time_s": round(time.time() - started, 1)}
     if unseen is not None:

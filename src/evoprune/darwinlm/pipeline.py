@@ -14,6 +14,7 @@ the database, latency table and teacher caches first and the others then read th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import shutil
@@ -37,6 +38,7 @@ from ..models import LoadedModel
 from ..data import data_blocks
 from ..models import load_source
 from ..obs.database import Database, DatabaseSettings
+from ..obs.store import building, link_run_database, shared_database
 from ..obs.levels import attention_cost, attention_ladder, mlp_cost, mlp_ladder
 from ..arch.target import Target, resolve_target
 from ..rundir import ResumableRun, run_lock
@@ -46,10 +48,11 @@ from .budget import Budget, CostTable, make_budget, uniform_genotype
 from .distributed_fitness import (DistributedCandidateEvaluator, barrier, init_distributed,
                                          main_process_first)
 from .evolution import EvolutionSettings, evolve
+from .family import size_label, write_front
 from .fitness import CandidateEvaluator, FitnessPool, Stage
 from .genotype import Genotype
 from .latency_table import LatencySettings, latency_cost_table
-from .replace_one import replace_one_scores
+from .replace_one import replace_one_scores, stored_scores_path
 from ..serving.deploy import check_format_before_work, export_for_serving, serving_record
 from ..arch.nemotron_format import check_space_fits
 from ..training import TrainConfig
@@ -61,19 +64,28 @@ RUN_MARKER = "darwin_run.json"
 
 def database_settings(cfg: RunConfig) -> DatabaseSettings:
     d = cfg.data
-    return DatabaseSettings(**asdict(cfg.database), multiple=cfg.prune.multiple,
+    fields = {k: v for k, v in asdict(cfg.database).items() if k != "store"}  # where it is kept changes nothing
+    return DatabaseSettings(**fields, multiple=cfg.prune.multiple,
                             calibration=f"{d.source}|{d.text_field}|calibration|{d.calibration_blocks}x{d.seq_len}",
                             space=cfg.search.space)
 
 
 def build_database(cfg: RunConfig, dense: LoadedModel, path: Path, progress: bool = True) -> Database:
+    """The run's database at `path`: with database.store shared (or a folder), the stored one for this model,
+    calibration text and settings, built only if no run built it before, and `path` a link to it."""
     settings = database_settings(cfg)
     blocks = data_blocks(cfg, dense.tokenizer, "calibration", cfg.data.calibration_blocks)
-    if (path / "index.json").exists():  # resumed: built from these very weights and calibration tokens?
+    kept_in_run = cfg.database.store == "run" or (path.is_dir() and not path.is_symlink())  # or a run made so
+    if kept_in_run and (path / "index.json").exists():  # resumed: built from these very weights and tokens?
         return Database.load(path, dense.model, dense.adapter, settings, blocks)
     started = time.time()
-    db = Database.build(dense.model, dense.adapter, blocks, settings, path, cfg.data.batch_size, progress)
-    log.info("database built in %.0f s, %.1f MB", time.time() - started, db.size_bytes() / 2**20)
+    if kept_in_run:
+        db = Database.build(dense.model, dense.adapter, blocks, settings, path, cfg.data.batch_size, progress)
+    else:
+        root = None if cfg.database.store == "shared" else Path(cfg.database.store).expanduser().absolute()
+        db = shared_database(dense.model, dense.adapter, blocks, settings, cfg.data.batch_size, progress, root)
+        link_run_database(path, db.path)
+    log.info("database ready in %.0f s, %.1f MB (%s)", time.time() - started, db.size_bytes() / 2**20, db.path)
     return db
 
 
@@ -130,7 +142,8 @@ SAVED_LATENCY_ENGINES = {"transformers": "torch"}
 def search_config(cfg: RunConfig) -> dict:
     """The settings a resumed search must share with the run that started it."""
     config = {"model": {"source": cfg.model.source, "dtype": cfg.model.dtype}, "data": to_dict(cfg.data),
-              "database": {**to_dict(cfg.database), "multiple": cfg.prune.multiple},
+              "database": {**{k: v for k, v in to_dict(cfg.database).items() if k != "store"},
+                           "multiple": cfg.prune.multiple},
               "search": {**to_dict(cfg.search), **cfg.search.resolved()},
               "target": [cfg.prune.sparsity, cfg.prune.target_params], "seed": cfg.seed,
               "eval": {"top_k": cfg.eval.top_k}}  # the fitness teachers keep top_k log-probs
@@ -209,8 +222,13 @@ def mip_parent(cfg: RunConfig, dense: LoadedModel, db: Database, table: CostTabl
         blocks = data_blocks(cfg, dense.tokenizer, "calibration", first + n)[first:]
         teacher = teacher_for(dense.model, str(dense.path), blocks, cfg.eval, cfg.data.batch_size, progress)
     search_dir.mkdir(parents=True, exist_ok=True)
-    scores = replace_one_scores(dense.model, dense.adapter, db, blocks, teacher, cfg.data.batch_size,
-                                search_dir / "replace_one.json", progress, cfg.search.replace_one_all_levels)
+    stored = stored_scores_path(db, blocks, teacher, cfg.search.replace_one_all_levels)
+    with building(stored):  # another run scoring the same database and blocks: wait for it, then read its scores
+        scores = replace_one_scores(dense.model, dense.adapter, db, blocks, teacher, cfg.data.batch_size,
+                                    stored, progress, cfg.search.replace_one_all_levels)
+    kept = search_dir / "replace_one.json"  # the run keeps what its start was assembled from
+    if not kept.is_file() or kept.read_bytes() != stored.read_bytes():  # (written once: by the first process)
+        write_text(kept, stored.read_text())
     return assemble(scores.scores, table, budget), scores.seconds
 
 
@@ -284,7 +302,10 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
     main = init_distributed()[0] == 0  # only the main process writes the run directory
     if phase == "search" and not (out / "database" / "index.json").exists():
         raise UserError(f"no database in {out / 'database'}; run `evoprune database --out {out}` first")
-    settings = search_config(cfg)
+    sizes = family_sizes(cfg, out)
+    settings = search_config(sizes[0] if len(sizes) == 1 else cfg)
+    if len(sizes) > 1:  # a family: the sizes are not part of it, so that one more size resumes it
+        del settings["target"]
     with run_lock(out) if main else contextlib.nullcontext():
         run_dir = ResumableRun(out, "darwin", RUN_MARKER)
         if main:
@@ -293,16 +314,67 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
         with memory.stage("load model"):
             dense = load_source(cfg)
         shape = dense.adapter.shape(dense.model)
-        target = resolve_target(shape, cfg.prune.sparsity, cfg.prune.target_params)
-        check_reachable(cfg, shape, target)
+        targets = [reachable_target(size, shape, len(sizes) > 1) for size in sizes]
         check_space_fits(cfg.search.space, dense.model.config)
         if cfg.max_memory_gib is not None:
             check_memory_budget(shape, cfg, cfg.model.device, next(dense.model.parameters()).element_size(),
                                 compute_dtype_of(dense.model).itemsize, int(cfg.max_memory_gib * 2**30), phase)
         if main:
             run_dir.start(settings, force)
-        return _database_search_export(out, cfg, settings, dense, target, stages, phase, progress and main, main,
-                                       stop_after, started)
+        if len(sizes) == 1:
+            return _database_search_export(out, sizes[0], settings, dense, targets[0], stages, phase, progress and main,
+                                           main, stop_after, started)
+        return _family(out, sizes, dense, targets, stages, phase, progress and main, main, stop_after)
+
+
+def family_sizes(cfg: RunConfig, out: Path) -> list[RunConfig]:
+    """The run configuration of each size asked for (one, or a family); a family's database is kept once for all
+    its sizes, in the store or, with database.store=run, beside them in `out/database-store`."""
+    sizes = [dataclasses.replace(cfg, prune=size) for size in cfg.prune.sizes()]
+    if len(sizes) > 1 and cfg.database.store == "run":
+        store = dataclasses.replace(cfg.database, store=str((out / "database-store").absolute()))
+        sizes = [dataclasses.replace(size, database=store) for size in sizes]
+    return sizes
+
+
+def reachable_target(cfg: RunConfig, shape: ModelShape, named: bool) -> Target:
+    """The target of `cfg`'s one size, refused before any work when the database cannot reach it."""
+    try:
+        target = resolve_target(shape, cfg.prune.sparsity, cfg.prune.target_params)
+        check_reachable(cfg, shape, target)
+    except UserError as e:
+        if not named:
+            raise
+        raise UserError(f"size {size_label(cfg.prune)} of the family: {e}") from None
+    return target
+
+
+def _family(out: Path, sizes: list[RunConfig], dense: LoadedModel, targets: list[Target], stages: list[Stage],
+            phase: str, progress: bool, main: bool, stop_after: int | None) -> Path:
+    """Each size as a darwin run folder of its own inside `out` (one database, one set of replace-one scores),
+    then the front; a size already finished is read, not redone."""
+    with main_process_first(), memory.stage("database"):  # the one database of every size
+        build_database(sizes[0], dense, out / "database", progress)
+    if phase == "database":
+        return out
+    labels = []
+    for cfg, target in zip(sizes, targets):
+        label, settings = size_label(cfg.prune), search_config(cfg)
+        folder, started = out / label, time.time()
+        labels.append(label)
+        run_dir = ResumableRun(folder, "darwin", RUN_MARKER)
+        if main:
+            if run_dir.holds_run(settings) and (folder / "metrics.json").is_file():
+                continue
+            run_dir.start(settings)
+        log.info("size %s (%d of %d)", label, len(labels), len(sizes))
+        _database_search_export(folder, cfg, settings, dense, target, stages, phase, progress, main, stop_after,
+                                started)
+        if not (folder / "metrics.json").is_file():
+            return out  # stopped early on request (tests), or not the process that writes
+    if main:
+        write_front(out, labels)
+    return out
 
 
 def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: LoadedModel, target: Target,
@@ -348,7 +420,8 @@ def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: Load
         uniform = evaluator.view(uniform_genotype(table, budget))  # the search's starting point, for comparison
         unseen = load_unseen(cfg, dense.tokenizer)
         rows = evaluate_models({"dense": dense.model, "uniform (same database)": uniform, "darwin": pruned},
-                               eval_blocks, teacher, cfg.eval, cfg.data.batch_size, progress, unseen=unseen)
+                               eval_blocks, teacher, cfg.eval, cfg.data.batch_size, progress, unseen=unseen,
+                               unchanged=frozenset({"dense"}))
     with memory.stage("export"):
         del pruned, uniform
         export_sliced(dense.model, dense.adapter, spec, replace, out / "model", tokenizer=dense.tokenizer, force=True)

@@ -19,6 +19,7 @@ without scores; the file is keyed by the database, the blocks and the teacher it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -170,6 +171,13 @@ def score_key(db: Database, blocks: torch.Tensor, teacher: TeacherCache, all_lev
     return {"format": FORMAT, "all_levels": all_levels, "database": db.index["fingerprint"], "database_settings": stamped_settings(db.index["settings"]),
             "calibration": db.index["calibration"], "blocks": tokens_fingerprint(blocks),
             "teacher": str(getattr(teacher, "path", ""))}
+
+
+def stored_scores_path(db: Database, blocks: torch.Tensor, teacher: TeacherCache, all_levels: bool) -> Path:
+    """Where the scores of `db` on `blocks` are kept beside the database: every run (and every target) that
+    uses the database and these fitness blocks reads them instead of scoring again."""
+    key = json.dumps(score_key(db, blocks, teacher, all_levels), sort_keys=True)
+    return Path(db.path) / "replace_one" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
 
 
 def replace_one_scores(model: PreTrainedModel, adapter: ModelAdapter, db: Database, blocks: torch.Tensor,

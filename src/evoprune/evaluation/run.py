@@ -63,7 +63,8 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
                                 cfg.data.batch_size, progress)
     with memory.stage("evaluation"):
         unseen = load_unseen(cfg, student.tokenizer)
-        rows = evaluate_models(models, eval_blocks, cache, cfg.eval, cfg.data.batch_size, progress, unseen=unseen)
+        rows = evaluate_models(models, eval_blocks, cache, cfg.eval, cfg.data.batch_size, progress, unseen=unseen,
+                                unchanged=frozenset(models))  # both read from disk as they are
     metrics = {**rows, "eval_tokens": int(eval_blocks.numel())}
     if unseen is not None:
         metrics["unseen_text"] = describe_unseen(unseen)

@@ -17,6 +17,7 @@ from ..data.unseen import UnseenDomain
 from ..fingerprint import weights_fingerprint
 from .latency import compare_latency
 from .perplexity import mean_nll
+from .quality_cache import cached_quality, quality_key
 from .streamed_choice import use_streamed
 from .teacher import TeacherCache, kl_to_teacher
 from .unseen import unseen_metrics
@@ -75,7 +76,7 @@ def size_row(model: PreTrainedModel) -> dict:
 
 def evaluate_models(models: dict[str, PreTrainedModel], eval_blocks: torch.Tensor, teacher: TeacherCache | None,
                     cfg: EvalConfig, batch_size: int, progress: bool = True,
-                    unseen: list[UnseenDomain] | None = None) -> dict[str, dict]:
+                    unseen: list[UnseenDomain] | None = None, unchanged: frozenset[str] = frozenset()) -> dict[str, dict]:
     """Rows of metrics, one per model name, all measured on the same blocks in one run.
 
     With `unseen` domains (see `evaluation.unseen.load_unseen`), every row also gets their perplexities.
@@ -83,17 +84,28 @@ def evaluate_models(models: dict[str, PreTrainedModel], eval_blocks: torch.Tenso
 
     Latency is measured round-robin across the models (see `compare_latency`), so machine noise
     hits them alike; speedups are relative to the first model.
+
+    Args:
+        unchanged: names of models loaded as they are on disk (the dense model), whose quality figures are
+            read from the quality cache when measured before on the same blocks (`quality_cache.py`).
     """
     rows: dict[str, dict] = {}
     for name, model in models.items():
         streamed = use_streamed(cfg.streamed, model)
-        nll = mean_nll(model, eval_blocks, batch_size=batch_size, progress=progress, streamed=streamed)
-        row = {"model": name, **size_row(model), "eval_nll": nll, "perplexity": float(torch.tensor(nll).exp())}
-        if teacher is not None:
-            row["kl_to_teacher"] = kl_to_teacher(model, eval_blocks, teacher, batch_size=batch_size, progress=progress)
-        if unseen is not None:
-            row.update(unseen_metrics(model, unseen, batch_size, progress, streamed=streamed))
-        rows[name] = row
+
+        def measure(model=model, streamed=streamed) -> dict:
+            nll = mean_nll(model, eval_blocks, batch_size=batch_size, progress=progress, streamed=streamed)
+            figures = {"eval_nll": nll, "perplexity": float(torch.tensor(nll).exp())}
+            if teacher is not None:
+                figures["kl_to_teacher"] = kl_to_teacher(model, eval_blocks, teacher, batch_size=batch_size,
+                                                         progress=progress)
+            if unseen is not None:
+                figures.update(unseen_metrics(model, unseen, batch_size, progress, streamed=streamed))
+            return figures
+
+        figures = cached_quality(quality_key(model, eval_blocks, teacher, batch_size, unseen, streamed), measure) \
+            if name in unchanged else measure()
+        rows[name] = {"model": name, **size_row(model), **figures}
     if cfg.latency:
         results = compare_latency(models, batch_size=cfg.batch_size, prompt_len=cfg.prompt_len,
                                   new_tokens=cfg.new_tokens, warmup=cfg.warmup, repeats=cfg.repeats)

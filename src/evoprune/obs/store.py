@@ -28,6 +28,7 @@ from transformers import PreTrainedModel
 
 from ..arch.adapter import ModelAdapter
 from ..assets import cache_dir
+from ..atomic import unique_suffix
 from ..errors import UserError
 from ..fingerprint import tokens_fingerprint
 from .database import Database, DatabaseSettings, database_stamp, model_fingerprint
@@ -88,8 +89,7 @@ def link_run_database(link: Path, target: Path) -> None:
         link.unlink()
     elif link.exists():
         raise UserError(f"{link} exists and is not a link to the database store; pass --force to start the run over")
-    tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f".{link.name}.{unique_suffix()}.tmp")  # a kill here leaves a name rundir sweeps
     os.symlink(target, tmp, target_is_directory=True)
     os.replace(tmp, link)

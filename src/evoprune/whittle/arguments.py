@@ -89,6 +89,7 @@ def check_arguments(cfg: RunConfig) -> NasArguments:
     args = NasArguments(tuple(nas.objectives), nas.trials, nas.sampler, nas.pick_rule(), nas.pick is None,
                         nas.supernet_steps, nas.searched_range(), nas.sparsity_range is None)
     if args.pick == "target":
+        cfg.prune.one_size("nas")
         if cfg.prune.sparsity is None and cfg.prune.target_params is None:
             raise UserError("nas needs a size target for its pick: give --sparsity or --target-params "
                             "(prune.sparsity / prune.target_params), or --pick knee")

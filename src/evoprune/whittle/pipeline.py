@@ -186,7 +186,7 @@ def _evaluate_pick(cfg: RunConfig, dense: LoadedModel, picked, full_label: str, 
         unseen = load_unseen(cfg, dense.tokenizer)
         rows = evaluate_models({full_label: dense.model, "pick": picked}, eval_blocks, None,
                                dataclasses.replace(cfg.eval, latency=False), cfg.data.batch_size, progress=False,
-                               unseen=unseen)
+                               unseen=unseen, unchanged=frozenset({full_label}))
     metrics = {"full": rows[full_label], "pick": rows["pick"], "eval_tokens": int(eval_blocks.numel()),
                "memory": memory.summary()}
     if unseen is not None:
