@@ -363,15 +363,17 @@ def _family(out: Path, sizes: list[RunConfig], dense: LoadedModel, targets: list
         folder, started = out / label, time.time()
         labels.append(label)
         run_dir = ResumableRun(folder, "darwin", RUN_MARKER)
+        if run_dir.holds_run(settings) and (folder / "metrics.json").is_file():  # every process decides alike
+            continue
         if main:
-            if run_dir.holds_run(settings) and (folder / "metrics.json").is_file():
-                continue
             run_dir.start(settings)
+        barrier()
         log.info("size %s (%d of %d)", label, len(labels), len(sizes))
         _database_search_export(folder, cfg, settings, dense, target, stages, phase, progress, main, stop_after,
                                 started)
+        barrier()  # the main process has written this size before any process looks at it
         if not (folder / "metrics.json").is_file():
-            return out  # stopped early on request (tests), or not the process that writes
+            return out  # stopped early on request (tests)
     if main:
         write_front(out, labels)
     return out
