@@ -66,6 +66,8 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None)
 
 
 def _fmt(v: Any) -> str:
+    if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, float) for x in v):  # an interval
+        return f"{_fmt(v[0])}–{_fmt(v[1])}"
     if isinstance(v, float):
         return f"{v:,.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
     if isinstance(v, int) and not isinstance(v, bool):

@@ -23,7 +23,8 @@ from ..config import PruneConfig  # noqa: E402
 from ..report import markdown_table, write_report  # noqa: E402
 
 COLUMNS = ["size", "params", "block_sparsity", "kl_to_teacher", "perplexity", "unseen_ppl_mean",
-           "heldback_perplexity", "decode_speedup", "prefill_speedup", "uniform_kl", "uniform_perplexity"]
+           "heldback_perplexity", "decode_speedup", "prefill_speedup", "llamacpp_decode_speedup",
+           "llamacpp_prefill_speedup", "uniform_kl", "uniform_perplexity"]
 
 
 def size_label(size: PruneConfig) -> str:
@@ -43,14 +44,20 @@ def front_row(folder: Path, label: str) -> dict:
             "folder": label}
 
 
-def write_front(out: Path, labels: list[str], command: str = "") -> list[dict]:
-    """front.json, front.csv, front.png and report.md of the family in `out`, smallest model last."""
-    rows = sorted((front_row(out / label, label) for label in labels), key=lambda r: -r["params"])
+def write_front(out: Path, labels: list[str], command: str = "", speeds: dict[str, dict] | None = None) -> list[dict]:
+    """front.json, front.csv, front.png and report.md of the family in `out`, smallest model last.
+
+    Args:
+        speeds: llama.cpp figures per label and for "dense" (`family_speed.llamacpp_speeds`), or None.
+    """
+    speeds = speeds or {}
+    rows = sorted(({**front_row(out / label, label), **speeds.get(label, {})} for label in labels),
+                  key=lambda r: -r["params"])
     dense = json.loads((out / labels[0] / "metrics.json").read_text())["dense"]
-    write_json(out / "front.json", {"dense": {k: dense.get(k) for k in ("params", "perplexity", "unseen_ppl_mean")},
-                                    "front": rows})
+    write_json(out / "front.json", {"dense": {**{k: dense.get(k) for k in ("params", "perplexity", "unseen_ppl_mean")},
+                                              **speeds.get("dense", {})}, "front": rows})
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS + ["folder"], lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=COLUMNS + ["folder"], lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     write_text(out / "front.csv", text.getvalue())
@@ -66,9 +73,10 @@ def write_front(out: Path, labels: list[str], command: str = "") -> list[dict]:
 
 
 def plot_front(rows: list[dict], dense: dict, path: Path) -> Path:
-    """KL and perplexity (held-out, unseen text) against parameters, with the uniform genotype of each size."""
+    """KL, perplexity (held-out, unseen text) and decode speedup against parameters, with the uniform genotype
+    of each size."""
     params = [r["params"] / 1e6 for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), constrained_layout=True)
     axes[0].plot(params, [r["kl_to_teacher"] for r in rows], "o-", color="#c44e52", label="darwin")
     axes[0].plot(params, [r["uniform_kl"] for r in rows], "s--", color="#888888", label="uniform (same database)")
     axes[0].set(xlabel="parameters (M)", ylabel="KL to the dense model (held-out)", yscale="log")
@@ -78,6 +86,12 @@ def plot_front(rows: list[dict], dense: dict, path: Path) -> Path:
         axes[1].plot(params, [r["unseen_ppl_mean"] for r in rows], "^-", color="#4c72b0", label="darwin, unseen text")
     axes[1].axhline(dense["perplexity"], color="#55a868", lw=1, label=f"dense ({dense['params'] / 1e6:.0f}M)")
     axes[1].set(xlabel="parameters (M)", ylabel="perplexity", yscale="log")
+    if all(r.get("decode_speedup") is not None for r in rows):
+        axes[2].plot(params, [r["decode_speedup"] for r in rows], "o-", color="#c44e52", label="transformers")
+    if all(r.get("llamacpp_decode_speedup") is not None for r in rows):
+        axes[2].plot(params, [r["llamacpp_decode_speedup"] for r in rows], "D-", color="#8172b2", label="llama.cpp f16")
+    axes[2].axhline(1.0, color="#55a868", lw=1, label="dense")
+    axes[2].set(xlabel="parameters (M)", ylabel="decode speedup over dense (batch 1)")
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)

@@ -49,6 +49,7 @@ from .distributed_fitness import (DistributedCandidateEvaluator, barrier, init_d
                                          main_process_first)
 from .evolution import EvolutionSettings, evolve
 from .family import size_label, write_front
+from .family_speed import llamacpp_speeds
 from .fitness import CandidateEvaluator, FitnessPool, Stage
 from .genotype import Genotype
 from .latency_table import LatencySettings, latency_cost_table
@@ -375,7 +376,8 @@ def _family(out: Path, sizes: list[RunConfig], dense: LoadedModel, targets: list
         if not (folder / "metrics.json").is_file():
             return out  # stopped early on request (tests)
     if main:
-        write_front(out, labels)
+        speeds = llamacpp_speeds(sizes[0], dense.path, out, labels)
+        write_front(out, labels, speeds=speeds)
     return out
 
 
@@ -423,7 +425,7 @@ def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: Load
         unseen = load_unseen(cfg, dense.tokenizer)
         rows = evaluate_models({"dense": dense.model, "uniform (same database)": uniform, "darwin": pruned},
                                eval_blocks, teacher, cfg.eval, cfg.data.batch_size, progress, unseen=unseen,
-                               unchanged=frozenset({"dense"}))
+                               unchanged=frozenset({"dense"}), heldout_only=frozenset({"uniform (same database)"}))
     with memory.stage("export"):
         del pruned, uniform
         export_sliced(dense.model, dense.adapter, spec, replace, out / "model", tokenizer=dense.tokenizer, force=True)

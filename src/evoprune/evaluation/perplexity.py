@@ -35,21 +35,24 @@ def mean_nll(model: nn.Module, blocks: torch.Tensor, batch_size: int = 4, progre
     """
     if streamed:
         return streamed_mean_nll(model, blocks, batch_size, progress=progress)
+    result = float(block_nlls(model, blocks, batch_size, progress).mean())
+    log.debug("mean NLL %.5f nats over %d blocks", result, len(blocks))
+    return result
+
+
+def block_nlls(model: nn.Module, blocks: torch.Tensor, batch_size: int = 4, progress: bool = False) -> torch.Tensor:
+    """Each block's mean next-token NLL in nats, float64 [n_blocks] (their mean is `mean_nll`)."""
     blocks = check_blocks(blocks)
     check_batch_size(batch_size)
     check_vocab(model, blocks)
     device = model_device(model)
-    total_nll = 0.0
+    out = torch.zeros(len(blocks), dtype=torch.float64)
     with eval_mode(model), torch.inference_mode():
-        for _, batch in batches(blocks, batch_size, device, progress, desc="perplexity"):
+        for start, batch in batches(blocks, batch_size, device, progress, desc="perplexity"):
             logits = next_token_logits(model, batch)
-            targets = batch[:, 1:]
-            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
-            total_nll += float(nll)
-    n_tokens = blocks.shape[0] * (blocks.shape[1] - 1)
-    result = total_nll / n_tokens
-    log.debug("mean NLL %.5f nats over %d tokens", result, n_tokens)
-    return result
+            nll = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")  # [batch, P]
+            out[start:start + len(batch)] = nll.double().mean(dim=-1).cpu()
+    return out
 
 
 def perplexity(model: nn.Module, blocks: torch.Tensor, batch_size: int = 4, progress: bool = False,

@@ -27,7 +27,7 @@ from .teacher import TeacherCache
 
 log = logging.getLogger(__name__)
 
-FORMAT = "evoprune.quality/1"
+FORMAT = "evoprune.quality/2"  # 2: with the held-out intervals
 
 
 def quality_key(model: nn.Module, eval_blocks: torch.Tensor, teacher: TeacherCache | None, batch_size: int,

@@ -15,6 +15,7 @@ from ..assets import cache_dir
 from ..config import EvalConfig
 from ..data.unseen import UnseenDomain
 from ..fingerprint import weights_fingerprint
+from .heldout import heldout_figures
 from .latency import compare_latency
 from .perplexity import mean_nll
 from .quality_cache import cached_quality, quality_key
@@ -23,7 +24,7 @@ from .teacher import TeacherCache, kl_to_teacher
 from .unseen import unseen_metrics
 
 # the columns of the result table of every run report (dense, baselines, pruned)
-METRIC_COLUMNS = ["model", "params", "block_params", "perplexity", "kl_to_teacher", "prefill_tokens_per_s",
+METRIC_COLUMNS = ["model", "params", "block_params", "perplexity", "perplexity_ci95", "kl_to_teacher", "prefill_tokens_per_s",
                   "decode_tokens_per_s", "prefill_speedup", "decode_speedup", "ideal_speedup"]
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ def size_row(model: PreTrainedModel) -> dict:
 
 def evaluate_models(models: dict[str, PreTrainedModel], eval_blocks: torch.Tensor, teacher: TeacherCache | None,
                     cfg: EvalConfig, batch_size: int, progress: bool = True,
-                    unseen: list[UnseenDomain] | None = None, unchanged: frozenset[str] = frozenset()) -> dict[str, dict]:
+                    unseen: list[UnseenDomain] | None = None, unchanged: frozenset[str] = frozenset(),
+                    heldout_only: frozenset[str] = frozenset()) -> dict[str, dict]:
     """Rows of metrics, one per model name, all measured on the same blocks in one run.
 
     With `unseen` domains (see `evaluation.unseen.load_unseen`), every row also gets their perplexities.
@@ -88,18 +90,23 @@ def evaluate_models(models: dict[str, PreTrainedModel], eval_blocks: torch.Tenso
     Args:
         unchanged: names of models loaded as they are on disk (the dense model), whose quality figures are
             read from the quality cache when measured before on the same blocks (`quality_cache.py`).
+        heldout_only: names of models measured on the held-out blocks alone, not on the unseen text (reference
+            points such as the uniform genotype: a third of the evaluation of a darwin run).
     """
     rows: dict[str, dict] = {}
     for name, model in models.items():
         streamed = use_streamed(cfg.streamed, model)
 
-        def measure(model=model, streamed=streamed) -> dict:
-            nll = mean_nll(model, eval_blocks, batch_size=batch_size, progress=progress, streamed=streamed)
-            figures = {"eval_nll": nll, "perplexity": float(torch.tensor(nll).exp())}
-            if teacher is not None:
-                figures["kl_to_teacher"] = kl_to_teacher(model, eval_blocks, teacher, batch_size=batch_size,
-                                                         progress=progress)
-            if unseen is not None:
+        def measure(model=model, streamed=streamed, name=name) -> dict:
+            if teacher is not None and not streamed:  # perplexity and KL from the same forward passes
+                figures = heldout_figures(model, eval_blocks, teacher, batch_size, progress).row()
+            else:
+                nll = mean_nll(model, eval_blocks, batch_size=batch_size, progress=progress, streamed=streamed)
+                figures = {"eval_nll": nll, "perplexity": float(torch.tensor(nll).exp())}
+                if teacher is not None:
+                    figures["kl_to_teacher"] = kl_to_teacher(model, eval_blocks, teacher, batch_size=batch_size,
+                                                             progress=progress)
+            if unseen is not None and name not in heldout_only:
                 figures.update(unseen_metrics(model, unseen, batch_size, progress, streamed=streamed))
             return figures
 

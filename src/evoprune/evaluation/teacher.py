@@ -333,6 +333,13 @@ def check_kl_inputs(blocks: torch.Tensor, batch_size: int, cache: TeacherCache) 
     return blocks
 
 
+def check_same_vocab(student_logprobs: torch.Tensor, cache: TeacherCache) -> None:
+    """Raise UserError unless the student predicts as many tokens as the teacher in `cache`."""
+    if student_logprobs.shape[-1] != cache.vocab_size:
+        raise UserError(f"the model predicts {student_logprobs.shape[-1]} tokens but the teacher in {cache.path} "
+                        f"predicts {cache.vocab_size}; KL needs the same tokenizer and vocabulary")
+
+
 def kl_to_teacher(model: nn.Module, blocks: torch.Tensor, cache: TeacherCache, batch_size: int = 4,
                   progress: bool = False, per_block: bool = False) -> float | torch.Tensor:
     """Mean per-token KL(teacher ‖ model) in nats over the next-token positions of `blocks`.
@@ -359,9 +366,7 @@ def kl_to_teacher(model: nn.Module, blocks: torch.Tensor, cache: TeacherCache, b
     with eval_mode(model), torch.inference_mode():
         for start, batch in batches(blocks, batch_size, device, progress, desc="KL to teacher"):
             student = next_token_logprobs(model, batch)
-            if student.shape[-1] != cache.vocab_size:
-                raise UserError(f"the model predicts {student.shape[-1]} tokens but the teacher in {cache.path} "
-                                f"predicts {cache.vocab_size}; KL needs the same tokenizer and vocabulary")
+            check_same_vocab(student, cache)
             teacher = cache.read(start, start + len(batch)).to(device)
             kl = kl_per_position(teacher, student)
             block_sums[start:start + len(batch)] = kl.double().sum(dim=-1).cpu()

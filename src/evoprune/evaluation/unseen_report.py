@@ -27,12 +27,18 @@ def unseen_table_rows(rows: dict[str, dict], domains: list[UnseenDomain]) -> lis
     """One flat row per model: perplexity on the held-out split, on each domain, their mean, held back."""
     table = []
     for name, row in rows.items():
+        if "unseen_perplexity" not in row:  # measured on the held-out blocks only
+            continue
         flat = {"model": name, IN_DISTRIBUTION: row.get("perplexity"), MEAN: row.get("unseen_ppl_mean")}
         for d in domains:
             label = f"{d.name} (held back)" if d.heldback else d.name
             flat[label] = row.get("heldback_perplexity") if d.heldback else row["unseen_perplexity"].get(d.name)
         table.append({k: ("n/a" if v is None else v) for k, v in flat.items()})
     return table
+
+
+def _interval(bounds: list[float]) -> str:
+    return f"{bounds[0]:.4g}–{bounds[1]:.4g}"
 
 
 def plot_unseen(table: list[dict], columns: list[str], path: Path) -> Path:
@@ -63,8 +69,12 @@ def unseen_section(rows: dict[str, dict], domains: list[UnseenDomain], png: Path
         + (f"{d.blocks.shape[0]} blocks of {d.blocks.shape[1]} tokens from {d.documents} documents"
            if d.blocks is not None else "not measured")
         + "".join(f"; {note}" for note in d.notes) for d in domains)
+    intervals = [f"{name} {_interval(row['unseen_ppl_mean_ci95'])}" for name, row in rows.items()
+                 if row.get("unseen_ppl_mean_ci95")]
+    precision = ("95% intervals of the unseen mean (blocks as samples): " + "; ".join(intervals) + ".\n\n"
+                 if intervals else "")
     return (markdown_table(table, ["model", *columns])
-            + f"\n![unseen text]({png.name})\n\n"
+            + f"\n![unseen text]({png.name})\n\n" + precision +
             "Text of genres this run never calibrates, searches or trains on; documents that the run's data holds "
             f"are left out (by text hash). `{MEAN}` is the geometric mean over the domains that are not held back.\n\n"
             + sources + "\n")
