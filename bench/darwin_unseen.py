@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
                 started = time.time()
                 start, start_seconds = None, 0.0
                 if cfg.search.resolved()["first_parent"] == "mip":
-                    start, start_seconds = darwin.mip_parent(cfg, dense, db, table, budget, evaluator, run_dir)
+                    start, scoring = darwin.mip_parent(cfg, dense, db, table, budget, evaluator, run_dir)
+                    start_seconds = scoring.seconds  # the scoring's cost counts against the search's time
                 settings = darwin.evolution_settings(cfg, start_seconds)
                 result = evolve(evaluator, table, budget, stages, settings, run_dir, darwin.search_config(cfg),
                                 True, None, start)

@@ -16,7 +16,8 @@ from evoprune.errors import UserError
 TINY = {"data.seq_len": 32, "data.calibration_blocks": 4, "data.eval_blocks": 2, "data.batch_size": 2,
         "eval.latency": False, "eval.unseen": False}
 TIMING = {"wall_time_s", "memory", "seconds", "search_seconds", "prefill_tokens_per_s", "decode_tokens_per_s",
-          "prefill_speedup", "decode_speedup", "latency", "started", "replace_one_seconds"}
+          "prefill_speedup", "decode_speedup", "latency", "started", "replace_one_seconds",
+          "replace_one_reused"}  # and whether an earlier run had scored the same database
 
 
 def untimed(value):

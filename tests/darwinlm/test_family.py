@@ -36,6 +36,8 @@ def test_a_family_equals_its_single_size_runs_and_grows_by_one_size(tiny_run_inp
     assert family.extra["sizes"]["sparsity-0.6"].spec.to_dict()["layers"] == single.spec.to_dict()["layers"]
     assert family.extra["sizes"]["sparsity-0.6"].metrics["pruned"] == single.metrics["pruned"]
     assert len(builds) == 1
+    assert [family.extra["sizes"][s].metrics["search"]["replace_one_reused"] for s in ("sparsity-0.3", "sparsity-0.6")] \
+        == [False, True] and single.metrics["search"]["replace_one_reused"]  # scored once, by the first size
     front = json.loads((tmp_path / "family" / "front.json").read_text())["front"]
     assert [r["size"] for r in front] == ["sparsity-0.3", "sparsity-0.6"]  # largest model first
     assert front[0]["params"] > front[1]["params"]

@@ -53,7 +53,7 @@ from .family_speed import llamacpp_speeds
 from .fitness import CandidateEvaluator, FitnessPool, Stage
 from .genotype import Genotype
 from .latency_table import LatencySettings, latency_cost_table
-from .replace_one import replace_one_scores, stored_scores_path
+from .replace_one import ReplaceOneScores, replace_one_scores, stored_scores_path
 from ..serving.deploy import check_format_before_work, export_for_serving, serving_record
 from ..arch.nemotron_format import check_space_fits
 from ..training import TrainConfig
@@ -210,10 +210,10 @@ def fitness_pool(cfg: RunConfig, dense: LoadedModel, stage_blocks: list[int], pr
 
 
 def mip_parent(cfg: RunConfig, dense: LoadedModel, db: Database, table: CostTable, budget: Budget,
-               evaluator: CandidateEvaluator, search_dir: Path, progress: bool = True) -> tuple[Genotype, float]:
+               evaluator: CandidateEvaluator, search_dir: Path, progress: bool = True) -> tuple[Genotype, ReplaceOneScores]:
     """The MIP assembly of replace-one KLs measured on the first `search.replace_one_tokens` of the fitness
-    pool (or of the calibration blocks after the database's), and the seconds the scoring took; the scores
-    are kept in `search_dir`."""
+    pool (or of the calibration blocks after the database's), and the scores (with the seconds the scoring
+    took, and whether this run read them whole from the store); the scores are kept in `search_dir`."""
     n = math.ceil(cfg.search.replace_one_tokens / cfg.data.seq_len)
     if evaluator.pool is not None and len(evaluator.pool.blocks) >= n:
         teacher = TeacherSubset(evaluator.pool.teacher, evaluator.pool.blocks, list(range(n)))
@@ -230,7 +230,7 @@ def mip_parent(cfg: RunConfig, dense: LoadedModel, db: Database, table: CostTabl
     kept = search_dir / "replace_one.json"  # the run keeps what its start was assembled from
     if not kept.is_file() or kept.read_bytes() != stored.read_bytes():  # (written once: by the first process)
         write_text(kept, stored.read_text())
-    return assemble(scores.scores, table, budget), scores.seconds
+    return assemble(scores.scores, table, budget), scores
 
 
 def first_parent_check(history: list[dict], start: Genotype | None, uniform: Genotype,
@@ -395,10 +395,12 @@ def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: Load
     with main_process_first(), memory.stage("teacher and fitness caches"):
         evaluator = make_evaluator(cfg, dense, db, stages, progress)
     r = cfg.search.resolved()
-    start, start_seconds = None, 0.0
+    start, start_seconds, scoring, spent_scoring = None, 0.0, None, 0.0
     if r["first_parent"] == "mip":
         with main_process_first(), memory.stage("replace-one"):
-            start, start_seconds = mip_parent(cfg, dense, db, table, budget, evaluator, out / "search", progress)
+            scoring_started = time.time()
+            start, scoring = mip_parent(cfg, dense, db, table, budget, evaluator, out / "search", progress)
+            start_seconds, spent_scoring = scoring.seconds, time.time() - scoring_started
     search_dir = out / "search" if main else _private_copy(out / "search")
     barrier()  # every process has read the saved search state before the main one writes it again
     settings = evolution_settings(cfg, start_seconds)
@@ -436,11 +438,12 @@ def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: Load
     metrics = {"dense": rows["dense"], "pruned": rows["darwin"],
                "uniform_same_database": rows["uniform (same database)"], "target": spec.meta["target_report"],
                "search": {"generations": result.state.generation, "evaluations": result.state.evaluations,
-                          "search_seconds": round(result.state.seconds + start_seconds, 1),
+                          "search_seconds": round(result.state.seconds + spent_scoring, 1),  # in this run
                           "first_parent": r["first_parent"], "profile": cfg.search.profile,
                           "first_parent_check": first_parent_check(result.state.history, start,
                                                                    uniform_genotype(table, budget), stages),
-                          "replace_one_seconds": round(start_seconds, 2),
+                          "replace_one_seconds": round(start_seconds, 2),  # what scoring took, whichever run
+                          "replace_one_reused": bool(scoring and scoring.reused),
                           "parent_heldout_kl": parent_kl},
                "database": {"bytes": db.size_bytes(), "dense_weight_bytes": sum(
                    p.numel() * p.element_size() for p in dense.model.parameters())},

@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class ReplaceOneScores:
     scores: dict[str, list[list[float]]]  # kind -> layer -> level -> KL (the full level scores 0)
-    seconds: float
+    seconds: float  # what scoring them took, whichever run did it
+    reused: bool = False  # read whole from a file that an earlier run (or target) wrote
 
     def to_dict(self) -> dict:
         return {"scores": self.scores, "seconds": round(self.seconds, 2)}
@@ -215,7 +216,7 @@ def replace_one_scores(model: PreTrainedModel, adapter: ModelAdapter, db: Databa
                 if path is not None:
                     write_json(path, done)
     scores = {kind: [done["layers"][str(i)][kind] for i in range(num_layers)] for kind in KINDS}
-    return ReplaceOneScores(scores, float(done["seconds"]))
+    return ReplaceOneScores(scores, float(done["seconds"]), reused=not todo)
 
 
 def _score(tail: _Tail, model, adapter, db, kind: str, layer: int, level: int, blocks, teacher, batch_size) -> float:
