@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-TIMING_WORDS = ("time", "seconds", "per_s", "speedup", "latency", "rss", "memory")
+# keys that say how a run went, not what it made: times, speeds, memory, and whether it found its scores stored
+TIMING_WORDS = ("time", "seconds", "per_s", "speedup", "latency", "rss", "memory", "reused")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
        "TOKENIZERS_PARALLELISM": "false"}
 

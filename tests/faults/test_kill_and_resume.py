@@ -31,6 +31,13 @@ def darwin_argv(root: Path, out: Path) -> list[str]:
             f"database.store={out}-store"]  # a store of each run's own, so that kills can land in its build
 
 
+def family_argv(root: Path, out: Path) -> list[str]:
+    """darwin with two sizes: a kill can land in the shared database, the scoring, or either size."""
+    argv = darwin_argv(root, out)
+    argv[argv.index("--sparsity") + 1] = "0.3,0.5"
+    return argv
+
+
 def train_argv(root: Path, out: Path) -> list[str]:
     return ["train", "--model", str(root / "dense"), "--teacher", str(root / "dense"), "--data",
             str(root / "corpus.txt"), "--out", str(out), "--seq-len", "32", "--tokens", "2048", *QUIET,
@@ -52,6 +59,8 @@ def prune_argv(root: Path, out: Path) -> list[str]:
 
 COMMANDS = {  # argv, the file written last, the artifacts compared
     "darwin": (darwin_argv, "report.md", ("spec.json", "metrics.json")),
+    "darwin-family": (family_argv, "report.md", ("front.json", "sparsity-0.3/spec.json", "sparsity-0.5/spec.json",
+                                                  "sparsity-0.3/metrics.json", "sparsity-0.5/metrics.json")),
     "train": (train_argv, "report.md", ("metrics.json", "metrics.jsonl")),
     "nas": (nas_argv, "report.md", ("pareto.json",)),
     "prune": (prune_argv, "report.md", ("spec.json", "metrics.json")),
