@@ -36,11 +36,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from evoprune import api  # noqa: E402
-from evoprune.atomic import staged_file, write_json, write_text  # noqa: E402
+from evoprune.atomic import write_json, write_text  # noqa: E402
 from evoprune.config import load_config  # noqa: E402
 from evoprune.darwinlm.family_speed import gguf_of, run_gguf  # noqa: E402
 from evoprune.models import resolve_model_path  # noqa: E402
-from evoprune.report import markdown_table  # noqa: E402
+from evoprune.report import markdown_table, save_png  # noqa: E402
 from evoprune.serving.engine_gguf import default_threads  # noqa: E402
 from evoprune.serving.engine_timing import measure_ggufs  # noqa: E402
 
@@ -87,9 +87,7 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    with staged_file(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

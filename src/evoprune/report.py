@@ -14,6 +14,14 @@ from .arch.spec import SubnetSpec  # noqa: E402
 from .atomic import staged_file, write_text  # noqa: E402
 
 
+def save_png(fig, path: Path) -> Path:
+    """Write the matplotlib figure `fig` to `path` as a PNG, atomically, and close it."""
+    with staged_file(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
 def plot_kept_per_layer(spec: SubnetSpec, path: Path) -> Path:
     """Bar charts of kept query heads, KV groups and MLP neurons per layer against the source."""
     n = spec.source.num_layers
@@ -31,10 +39,7 @@ def plot_kept_per_layer(spec: SubnetSpec, path: Path) -> Path:
     axes[1].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     method = spec.meta.get("method", "sub-network")
     fig.suptitle(f"{method}: {spec.block_sparsity():.1%} of block parameters removed")
-    with staged_file(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def plot_bars(values: dict[str, float], title: str, ylabel: str, path: Path, log: bool = False,
@@ -49,10 +54,7 @@ def plot_bars(values: dict[str, float], title: str, ylabel: str, path: Path, log
     ax.set(title=title, ylabel=ylabel)
     if log:
         ax.set_yscale("log")
-    with staged_file(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:

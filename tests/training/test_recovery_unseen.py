@@ -76,7 +76,8 @@ def test_metrics_hold_unseen_figures_at_the_start_and_the_end(straight):
     text = metrics["unseen_text"]
     assert set(text) == DOMAINS | {"austen"} and text["austen"]["heldback"]
     for figures in (metrics["unseen_start"], metrics["unseen_final"]):
-        assert set(figures) == {"unseen_perplexity", "unseen_ppl_mean", "heldback_perplexity"}
+        assert set(figures) == {"unseen_perplexity", "unseen_ppl_mean", "heldback_perplexity", "unseen_ci95",
+                                "unseen_ppl_mean_ci95", "heldback_ci95"}  # each figure with its 95% interval
         assert set(figures["unseen_perplexity"]) == DOMAINS
         measured_as_text_allows(figures, text)
     assert metrics["start_unseen_ppl_mean"] == metrics["unseen_start"]["unseen_ppl_mean"]

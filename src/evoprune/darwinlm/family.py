@@ -18,9 +18,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..atomic import staged_file, write_json, write_text  # noqa: E402
+from ..atomic import write_json, write_text  # noqa: E402
 from ..config import PruneConfig  # noqa: E402
-from ..report import markdown_table, write_report  # noqa: E402
+from ..report import markdown_table, save_png, write_report  # noqa: E402
 
 COLUMNS = ["size", "params", "block_sparsity", "kl_to_teacher", "perplexity", "unseen_ppl_mean",
            "heldback_perplexity", "decode_speedup", "prefill_speedup", "llamacpp_decode_speedup",
@@ -95,7 +95,4 @@ def plot_front(rows: list[dict], dense: dict, path: Path) -> Path:
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    with staged_file(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import staged_file
 from ..data.unseen import UnseenDomain
 from ..evaluation.unseen_report import unseen_section
 from ..evaluation.teacher import TeacherCache
 from ..evaluation.teacher_subset import TeacherSubset
 from ..memory import memory_section
 from ..evaluation.suite import METRIC_COLUMNS
-from ..report import markdown_table, plot_bars, plot_kept_per_layer, write_report
+from ..report import markdown_table, plot_bars, plot_kept_per_layer, save_png, write_report
 from .budget import format_cost
 from .fitness import CandidateEvaluator
 from .genotype import Genotype
@@ -119,6 +118,4 @@ def _plot_progress(history: list[dict], parent_kl: list[float] | None, path: Pat
             label="best, first stage (its fitness blocks)")
     ax.set(xlabel="generation", ylabel="KL to dense (nats/token)", title="search progress")
     ax.legend(fontsize=7)
-    with staged_file(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_png(fig, path)

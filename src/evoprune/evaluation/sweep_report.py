@@ -9,8 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..atomic import staged_file  # noqa: E402
-from ..report import markdown_table  # noqa: E402
+from ..report import markdown_table, save_png  # noqa: E402
 
 MB = 2**20
 
@@ -55,10 +54,7 @@ def plot_sweep(rows: list[dict], ideal: dict[str, float], path: Path) -> Path:
         ax.set(title=f"{phase} speedup", xlabel="workload (batch, prompt tokens)")
     axes[0].set_ylabel(f"x over {names[0]}")
     axes[1].legend(fontsize=7, loc="best")
-    with staged_file(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def sweep_section(rows: list[dict], ideal: dict[str, float], plot_path: Path, new_tokens: int, repeats: int,

@@ -9,8 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..atomic import staged_file  # noqa: E402
-from ..report import markdown_table  # noqa: E402
+from ..report import markdown_table, save_png  # noqa: E402
 
 
 def task_rows(scores: dict[str, dict]) -> list[dict]:
@@ -45,10 +44,7 @@ def plot_tasks(scores: dict[str, dict], path: Path) -> Path:
     ax.set_xticks([i + width * (len(scores) - 1) / 2 for i in range(len(tasks))], tasks, rotation=30, ha="right")
     ax.set(ylabel="accuracy (task's main metric)", title="lm-eval tasks", ylim=(0, 1))
     ax.legend(fontsize=8)
-    with staged_file(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def task_section(scores: dict[str, dict], plot_path: Path) -> str:

@@ -9,9 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..atomic import staged_file  # noqa: E402
 from ..data.unseen import UnseenDomain  # noqa: E402
-from ..report import markdown_table  # noqa: E402
+from ..report import markdown_table, save_png  # noqa: E402
 
 IN_DISTRIBUTION = "held-out (in-distribution)"
 MEAN = "unseen mean"
@@ -53,10 +52,7 @@ def plot_unseen(table: list[dict], columns: list[str], path: Path) -> Path:
     ax.set_xticks(range(len(columns)), columns, rotation=20, ha="right")
     ax.set(title="perplexity on held-out and unseen text", ylabel="perplexity (log scale)", yscale="log")
     ax.legend(fontsize=8)
-    with staged_file(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def unseen_section(rows: dict[str, dict], domains: list[UnseenDomain], png: Path) -> str:

@@ -9,10 +9,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..atomic import staged_file  # noqa: E402
 from ..evaluation.unseen_report import unseen_section  # noqa: E402
 from ..memory import memory_section  # noqa: E402
-from ..report import markdown_table, write_report  # noqa: E402
+from ..report import markdown_table, save_png, write_report  # noqa: E402
 from .unseen import UnseenFigures  # noqa: E402
 
 
@@ -27,10 +26,7 @@ def plot_losses(records: list[dict], path: Path) -> Path:
         ax.plot(*zip(*held_out), "o-", color="#c44e52", label="held-out LM loss (nats)")
     ax.set(xlabel="tokens trained", ylabel="loss", title="recovery training")
     ax.legend()
-    with staged_file(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def write_train_report(folder: Path, title: str, summary: dict, records: list[dict], notes: list[str],
