@@ -2,7 +2,8 @@
 
 `evoprune darwin --sparsity 0.25,0.4,0.5,0.6 --out RUN` writes `RUN/sparsity-0.25/` ... (each a complete
 darwin run folder: its search, model, spec, metrics and report, resumable on its own) from one database
-and one set of replace-one scores, then `RUN/front.json`, `front.csv`, `front.png` and `report.md`.
+and one set of replace-one scores, then `RUN/front.json`, `front.csv`, `front.png` and `report.md` (with the
+MIP's predicted front of `RUN/predicted_front/`, see predicted_front.py).
 Rerunning with one more size reuses everything and adds that point.
 """
 
@@ -43,8 +44,13 @@ def front_row(folder: Path, label: str) -> dict:
             "folder": label}
 
 
-def write_front(out: Path, labels: list[str], command: str = "") -> list[dict]:
-    """front.json, front.csv, front.png and report.md of the family in `out`, smallest model last."""
+def write_front(out: Path, labels: list[str], command: str = "",
+                sections: list[tuple[str, str]] = ()) -> list[dict]:
+    """front.json, front.csv, front.png and report.md of the family in `out`, smallest model last.
+
+    Args:
+        sections: more (heading, markdown) sections of the report, after the front (e.g. the predicted front).
+    """
     rows = sorted((front_row(out / label, label) for label in labels), key=lambda r: -r["params"])
     dense = json.loads((out / labels[0] / "metrics.json").read_text())["dense"]
     write_json(out / "front.json", {"dense": {k: dense.get(k) for k in ("params", "perplexity", "unseen_ppl_mean")},
@@ -60,6 +66,7 @@ def write_front(out: Path, labels: list[str], command: str = "") -> list[dict]:
         ("Front", f"One database and one set of replace-one scores, {len(rows)} sizes. Dense: "
                   f"{dense['params']:,} parameters, held-out perplexity {dense['perplexity']:.4g}.\n\n"
                   + markdown_table(rows, COLUMNS) + "\n![front](front.png)\n"),
+        *sections,
         ("Each size", links + (f"\n\nCommand: `{command}`" if command else "")),
     ])
     return rows
