@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     shutil.copyfile(work / "predicted_front" / "predicted_front.png", out / "predicted_front.png")
     rho = "n/a" if front.rho is None else f"{front.rho:.3f}"
     text = (f"# The MIP as a front generator: predicted against measured KL\n\n"
-            f"Command: `python bench/predicted_front.py {' '.join(argv)}`\n\n"
+            f"Command: `{' '.join(['python bench/predicted_front.py', *argv])}`\n\n"
             f"Model {cfg.model.source}; database and replace-one scores at the default settings (the ones "
             f"`evoprune darwin` uses); predicted KL = the summed replace-one KLs of the MIP genotype; measured KL = "
             f"its one-shot KL on the first {cfg.search.predicted_front_tokens} held-out tokens.\n\n"

@@ -26,6 +26,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
@@ -196,6 +197,7 @@ def plot_predicted_front(front: PredictedFront, dense_blocks: float, path: Path)
                 yscale=_scale([p.measured_kl for p in done]), title=f"Spearman rho = {rho} over {len(done)} points")
     for ax in axes:
         ax.grid(alpha=0.3)
+    axes[1].xaxis.set_minor_formatter(NullFormatter())  # log minor labels of a short range overlap
     with staged_file(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
