@@ -146,7 +146,8 @@ def darwin(model, out: str | Path, *, sparsity: float | list[float] | None = Non
 
     Args:
         sparsity: fraction of the blocks' parameters to remove (`prune.sparsity`); a list makes a family, one
-            model per size, in `out/sparsity-S/` (`Result.extra["sizes"]`: a Result each) with `out/front.json`.
+            model per size, in `out/sparsity-S/` (`Result.extra["sizes"]`: a Result each) with `out/front.json`
+            and the MIP's predicted front (`Result.extra["predicted_front"]`: its JSON; `search.predicted_front`).
         target_params: total parameters to keep instead (`prune.target_params`), or a list of them.
         profile: `mip` (the MIP assembly of replace-one KLs, no evolution), `evolve` (the MIP start, then 6
             generations of KL-only evolution) or `paper` (DarwinLM's training-aware evolution) (`search.profile`).
@@ -161,8 +162,10 @@ def darwin(model, out: str | Path, *, sparsity: float | list[float] | None = Non
         done = workflow.run(cfg, out, phase=phase, force=force, progress=progress)
     if (done / "front.json").is_file():
         front = json.loads((done / "front.json").read_text())["front"]
+        predicted = done / "predicted_front" / "predicted_front.json"
         return Result.read(done, database=done / "database", front=done / "front.json",
-                           sizes={row["size"]: Result.read(done / row["folder"]) for row in front})
+                           sizes={row["size"]: Result.read(done / row["folder"]) for row in front},
+                           **({"predicted_front": predicted} if predicted.is_file() else {}))
     return Result.read(done, database=done / "database")
 
 

@@ -182,6 +182,11 @@ class SearchConfig:
     # (each module alone at each level, the rest dense; Puzzle) are least, solved by MIP; then evolution
     replace_one_tokens: int = 1024  # fitness-pool tokens the replace-one KLs are measured on
     replace_one_all_levels: bool = False  # measure every level (slow); else removed + half cost, rest from OBS errors
+    predicted_front: int = 13  # darwin with several sizes: also the MIP's own front (RUN/predicted_front/), the MIP
+    # assembly at every 2.5% of block sparsity from 20% to 80% with its predicted KL (its summed replace-one KLs),
+    # this many points of it, spread evenly, measured on held-out blocks, and the rank correlation (Spearman) of
+    # predicted and measured KL; 0 = none
+    predicted_front_tokens: int = 4096  # held-out tokens each measured point of the predicted front is scored on
     max_minutes: float | None = None  # end the search after the generation that passes this much search time
     mutation_scales: list[int] = field(default_factory=lambda: [1])  # offspring k: scales[k % n] x DarwinLM's switches
     fitness_pool: int = 32  # calibration blocks after the database's that each selection draws its fitness
@@ -425,6 +430,11 @@ class RunConfig:
         check_choice(p, "search.first_parent", r["first_parent"], ("uniform", "mip"))
         if se.max_minutes is not None and se.max_minutes <= 0:
             p.append(f"search.max_minutes must be positive, got {se.max_minutes}")
+        if se.predicted_front < 0 or se.predicted_front in (1, 2):
+            p.append(f"search.predicted_front must be 0 (none) or 3 or more measured points (a rank correlation "
+                     f"needs 3), got {se.predicted_front}")
+        if se.predicted_front_tokens <= 0:
+            p.append(f"search.predicted_front_tokens must be positive, got {se.predicted_front_tokens}")
         if se.replace_one_tokens <= 0:
             p.append(f"search.replace_one_tokens must be positive, got {se.replace_one_tokens}")
         if r["offspring"] <= 0 or r["generations"] < 0 or r["init_samples"] < 0:

@@ -42,7 +42,10 @@ def assemble(scores: dict[str, list[list[float]]], table: CostTable, budget: Bud
     constraints = [LinearConstraint(one_level, 1, 1),
                    LinearConstraint(cost[None, :], budget.target - budget.tolerance, budget.target),
                    LinearConstraint(attention_kept[None, :], 1, np.inf)]
-    result = milp(c, constraints=constraints, integrality=np.ones(len(variables)), bounds=Bounds(0, 1),
+    # HiGHS stops within an absolute gap of 1e-6 as well as a relative one: KLs of 1e-5 (a tiny model, mild
+    # sparsity) would stop it far from the optimum, so the objective is scaled to a largest score of 1
+    scale = float(np.abs(c).max()) or 1.0
+    result = milp(c / scale, constraints=constraints, integrality=np.ones(len(variables)), bounds=Bounds(0, 1),
                   options={"time_limit": time_limit})
     if result.x is None:
         raise UserError(f"no level assignment fits the budget {format_cost(budget.target, table.metric)} "

@@ -2,7 +2,8 @@
 
 `evoprune darwin --sparsity 0.25,0.4,0.5,0.6 --out RUN` writes `RUN/sparsity-0.25/` ... (each a complete
 darwin run folder: its search, model, spec, metrics and report, resumable on its own) from one database
-and one set of replace-one scores, then `RUN/front.json`, `front.csv`, `front.png` and `report.md`.
+and one set of replace-one scores, then `RUN/front.json`, `front.csv`, `front.png` and `report.md` (with the
+MIP's predicted front of `RUN/predicted_front/`, see predicted_front.py).
 Rerunning with one more size reuses everything and adds that point.
 """
 
@@ -44,11 +45,13 @@ def front_row(folder: Path, label: str) -> dict:
             "folder": label}
 
 
-def write_front(out: Path, labels: list[str], command: str = "", speeds: dict[str, dict] | None = None) -> list[dict]:
+def write_front(out: Path, labels: list[str], command: str = "", speeds: dict[str, dict] | None = None,
+                sections: list[tuple[str, str]] = ()) -> list[dict]:
     """front.json, front.csv, front.png and report.md of the family in `out`, smallest model last.
 
     Args:
         speeds: llama.cpp figures per label and for "dense" (`family_speed.llamacpp_speeds`), or None.
+        sections: more (heading, markdown) sections of the report, after the front (e.g. the predicted front).
     """
     speeds = speeds or {}
     rows = sorted(({**front_row(out / label, label), **speeds.get(label, {})} for label in labels),
@@ -67,6 +70,7 @@ def write_front(out: Path, labels: list[str], command: str = "", speeds: dict[st
         ("Front", f"One database and one set of replace-one scores, {len(rows)} sizes. Dense: "
                   f"{dense['params']:,} parameters, held-out perplexity {dense['perplexity']:.4g}.\n\n"
                   + markdown_table(rows, COLUMNS) + "\n![front](front.png)\n"),
+        *sections,
         ("Each size", links + (f"\n\nCommand: `{command}`" if command else "")),
     ])
     return rows

@@ -32,6 +32,7 @@ from .report import parent_kl_curve, write_darwin_report
 from ..errors import UserError
 from ..evaluation.suite import evaluate_models, teacher_for
 from ..evaluation.unseen import describe_unseen, load_unseen
+from ..fingerprint import tokens_fingerprint
 from ..memory import watched
 from ..memory_estimate import check_memory_budget
 from ..models import LoadedModel
@@ -52,6 +53,7 @@ from .family import size_label, write_front
 from .family_speed import llamacpp_speeds
 from .fitness import CandidateEvaluator, FitnessPool, Stage
 from .genotype import Genotype
+from .predicted_front import PredictedFront, predicted_front, report_section
 from .latency_table import LatencySettings, latency_cost_table
 from .replace_one import ReplaceOneScores, replace_one_scores, stored_scores_path
 from ..serving.deploy import check_format_before_work, export_for_serving, serving_record
@@ -135,6 +137,11 @@ ADDED_RUN_SETTINGS = {"database": {"storage_dtype": "model"},
                       "eval": {"top_k": 1024}}
 
 
+# The family's predicted front (`run_predicted_front`): no size's search depends on them, and the front keeps
+# its own key, so changing them resumes a family.
+FRONT_FIELDS = ("predicted_front", "predicted_front_tokens")
+
+
 # Settings saved under the name (and values) they had before they were renamed, so that saved runs still resume:
 # prune.multiple was database.multiple; search.latency_engine transformers was torch.
 SAVED_LATENCY_ENGINES = {"transformers": "torch"}
@@ -145,7 +152,8 @@ def search_config(cfg: RunConfig) -> dict:
     config = {"model": {"source": cfg.model.source, "dtype": cfg.model.dtype}, "data": to_dict(cfg.data),
               "database": {**{k: v for k, v in to_dict(cfg.database).items() if k != "store"},
                            "multiple": cfg.prune.multiple},
-              "search": {**to_dict(cfg.search), **cfg.search.resolved()},
+              "search": {**{k: v for k, v in to_dict(cfg.search).items() if k not in FRONT_FIELDS},
+                         **cfg.search.resolved()},
               "target": [cfg.prune.sparsity, cfg.prune.target_params], "seed": cfg.seed,
               "eval": {"top_k": cfg.eval.top_k}}  # the fitness teachers keep top_k log-probs
     former = {new: old for old, new in RENAMED_PROFILES.items()}
@@ -211,9 +219,16 @@ def fitness_pool(cfg: RunConfig, dense: LoadedModel, stage_blocks: list[int], pr
 
 def mip_parent(cfg: RunConfig, dense: LoadedModel, db: Database, table: CostTable, budget: Budget,
                evaluator: CandidateEvaluator, search_dir: Path, progress: bool = True) -> tuple[Genotype, ReplaceOneScores]:
-    """The MIP assembly of replace-one KLs measured on the first `search.replace_one_tokens` of the fitness
-    pool (or of the calibration blocks after the database's), and the scores (with the seconds the scoring
-    took, and whether this run read them whole from the store); the scores are kept in `search_dir`."""
+    """The MIP assembly of the run's replace-one KLs (`run_replace_one`), and the scores (with the seconds the
+    scoring took, and whether this run read them whole from the store)."""
+    scores = run_replace_one(cfg, dense, db, evaluator, search_dir, progress)
+    return assemble(scores.scores, table, budget), scores
+
+
+def run_replace_one(cfg: RunConfig, dense: LoadedModel, db: Database, evaluator: CandidateEvaluator, folder: Path,
+                    progress: bool = True) -> ReplaceOneScores:
+    """Replace-one KLs measured on the first `search.replace_one_tokens` of the fitness pool (or of the
+    calibration blocks after the database's), kept in the database's store and copied to `folder`."""
     n = math.ceil(cfg.search.replace_one_tokens / cfg.data.seq_len)
     if evaluator.pool is not None and len(evaluator.pool.blocks) >= n:
         teacher = TeacherSubset(evaluator.pool.teacher, evaluator.pool.blocks, list(range(n)))
@@ -222,15 +237,15 @@ def mip_parent(cfg: RunConfig, dense: LoadedModel, db: Database, table: CostTabl
         first = cfg.data.calibration_blocks
         blocks = data_blocks(cfg, dense.tokenizer, "calibration", first + n)[first:]
         teacher = teacher_for(dense.model, str(dense.path), blocks, cfg.eval, cfg.data.batch_size, progress)
-    search_dir.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     stored = stored_scores_path(db, blocks, teacher, cfg.search.replace_one_all_levels)
     with building(stored):  # another run scoring the same database and blocks: wait for it, then read its scores
         scores = replace_one_scores(dense.model, dense.adapter, db, blocks, teacher, cfg.data.batch_size,
                                     stored, progress, cfg.search.replace_one_all_levels)
-    kept = search_dir / "replace_one.json"  # the run keeps what its start was assembled from
+    kept = folder / "replace_one.json"  # the run keeps the scores it assembled from
     if not kept.is_file() or kept.read_bytes() != stored.read_bytes():  # (written once: by the first process)
         write_text(kept, stored.read_text())
-    return assemble(scores.scores, table, budget), scores
+    return scores
 
 
 def first_parent_check(history: list[dict], start: Genotype | None, uniform: Genotype,
@@ -355,7 +370,7 @@ def _family(out: Path, sizes: list[RunConfig], dense: LoadedModel, targets: list
     """Each size as a darwin run folder of its own inside `out` (one database, one set of replace-one scores),
     then the front; a size already finished is read, not redone."""
     with main_process_first(), memory.stage("database"):  # the one database of every size
-        build_database(sizes[0], dense, out / "database", progress)
+        db = build_database(sizes[0], dense, out / "database", progress)
     if phase == "database":
         return out
     labels = []
@@ -376,9 +391,32 @@ def _family(out: Path, sizes: list[RunConfig], dense: LoadedModel, targets: list
         if not (folder / "metrics.json").is_file():
             return out  # stopped early on request (tests)
     if main:
+        sections = []
+        if sizes[0].search.predicted_front:
+            with memory.stage("predicted front"):
+                front = run_predicted_front(sizes[0], dense, db, stages, out / "predicted_front", progress)
+            sections.append(("Predicted front", report_section(front, cost_table(db, "params").full(),
+                                                               "predicted_front")))
         speeds = llamacpp_speeds(sizes[0], dense.path, out, labels)
-        write_front(out, labels, speeds=speeds)
+        write_front(out, labels, speeds=speeds, sections=sections)
     return out
+
+
+def run_predicted_front(cfg: RunConfig, dense: LoadedModel, db: Database, stages: list[Stage], folder: Path,
+                        progress: bool = True) -> PredictedFront:
+    """The MIP's front of `db` from the run's replace-one scores (`predicted_front.py`), in `folder`: its
+    `search.predicted_front` measured points scored on the first `search.predicted_front_tokens` of the
+    held-out blocks, against the held-out teacher the sizes are evaluated with."""
+    evaluator = make_evaluator(cfg, dense, db, stages, progress)
+    scores = run_replace_one(cfg, dense, db, evaluator, folder, progress)
+    eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
+    teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size, progress)
+    n = min(len(eval_blocks), math.ceil(cfg.search.predicted_front_tokens / cfg.data.seq_len))
+    held_out = TeacherSubset(teacher, eval_blocks, list(range(n)))
+    return predicted_front(scores.scores, cost_table(db, "params"),
+                           lambda g: evaluator.kl(g, held_out.blocks, held_out), folder,
+                           {"blocks": tokens_fingerprint(held_out.blocks), "teacher": str(teacher.path)},
+                           measured=cfg.search.predicted_front, progress=progress)
 
 
 def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: LoadedModel, target: Target,
