@@ -241,12 +241,13 @@ def evaluate(model, out: str | Path, *, teacher: str | None = None, tasks: str |
 
 def nas(model, out: str | Path, *, objectives: str | list[str] | None = None, trials: int | None = None,
         sampler: str | None = None, pick: str | None = None, supernet_steps: int | None = None,
-        sparsity: float | None = None, target_params: int | None = None,
+        weights: str | None = None, sparsity: float | None = None, target_params: int | None = None,
         sparsity_range: tuple[float, float] | list[float] | str | None = None,
         params_range: tuple[float, float] | str | None = None, data: str | None = None,
         config: str | Path | None = None, overrides: dict | None = None, force: bool = False,
         progress: bool = True, tokenizer=None) -> Result:
-    """whittle: importance-sorted sub-networks, optional supernet training, a multi-objective search (`evoprune nas`).
+    """whittle: a multi-objective sub-network search over the database's levels or importance-sorted slices
+    (`evoprune nas`).
 
     The keyword arguments set the config fields named below (docs/config.md), as the flags do; None
     leaves a field to the config.
@@ -259,6 +260,8 @@ def nas(model, out: str | Path, *, objectives: str | list[str] | None = None, tr
             (`nas.pick`); None: target with params among the objectives, else knee. The former
             `params<=F` (F of the dense parameters) works for one release, as `target_params`.
         supernet_steps: weight-sharing training steps before the search (`nas.supernet_steps`).
+        weights: `database` (every module's levels in the second-order database, weights updated by OBS)
+            or `importance` (first-k slices of the importance-sorted model, weights unchanged) (`nas.weights`).
         sparsity: the size target, the fraction of the block parameters removed (`prune.sparsity`).
         target_params: or total parameters kept (`prune.target_params`).
         sparsity_range: (low, high) sparsities to search, `"LOW,HIGH"`, or `"full"` for the whole space
@@ -281,6 +284,7 @@ def nas(model, out: str | Path, *, objectives: str | list[str] | None = None, tr
         raise UserError("--params-range is the former spelling of --sparsity-range; give only --sparsity-range")
     named = {"nas.objectives": None if objectives is None else list(objectives), "nas.trials": trials,
              "nas.sampler": sampler, "nas.pick": None if former_pick else pick, "nas.supernet_steps": supernet_steps,
+             "nas.weights": weights,
              "nas.sparsity_range": list(sparsity_range) if isinstance(sparsity_range, (tuple, list)) else sparsity_range,
              "prune.sparsity": sparsity, "prune.target_params": target_params, "data.source": data}
     with _prepared(model, out, tokenizer, config, overrides, named) as cfg:

@@ -14,7 +14,7 @@ import re
 import sys
 import typing
 
-from .config import DEFAULT_SPARSITY_RANGE, ENGINES, GGUF_QUANTS, NAS_SAMPLERS, SERVING_FORMATS
+from .config import DEFAULT_SPARSITY_RANGE, ENGINES, GGUF_QUANTS, NAS_SAMPLERS, NAS_WEIGHTS, SERVING_FORMATS, NasConfig
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -25,8 +25,8 @@ EPILOG = ("Every flag sets a config field (docs/config.md); any field can be set
 DEVICE_HELP = "cpu (default) | cuda | cuda:N | mps (model.device)"
 SPARSITY_HELP = "fraction of the transformer-block parameters to remove, in (0, 1) (prune.sparsity; default 0.5)"
 TARGET_PARAMS_HELP = "total parameters to keep, embeddings included, instead of --sparsity (prune.target_params)"
-MULTIPLE_HELP = ("keep MLP widths at multiples of this (nas: the hidden size too; prune.multiple); 8, 64, 128 run "
-                 "faster on GPUs")
+MULTIPLE_HELP = ("keep MLP widths at multiples of this (nas --weights importance: the hidden size too; "
+                 "prune.multiple); 8, 64, 128 run faster on GPUs")
 SPACE_HELP = ("shapes searched: full (default) or nemotron-nas (attention whole or removed, MLP widths at multiples "
               "of 256: every result exports to the Nemotron-NAS format vLLM, SGLang, TensorRT-LLM and mlx-lm serve)")
 
@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", action="store_true", help="train LoRA adapters, merged into the weights on export")
     p.add_argument("--resume-from", help="checkpoint folder to resume from (of a run with the same settings)")
 
-    p = sub.add_parser("nas", help="sub-network search: importance sorting, optional supernet, Pareto front, picks",
+    p = sub.add_parser("nas", help="sub-network search over the database's levels (or importance-sorted slices), "
+                                   "Pareto front, picks",
                        epilog=EPILOG + " A rerun on the same --out resumes the study.")
     _common(p)
     p.add_argument("--objectives", help="2 or 3 of kl, loss, params, flops, latency (default kl,params) "
@@ -177,7 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the exported front point: target (the lowest-KL one within --sparsity / --target-params) or "
                         "knee; default target with params among the objectives, else knee (nas.pick)")
     p.add_argument("--supernet-steps", type=int,
-                   help="weight-sharing training steps before the search (default 0) (nas.supernet_steps)")
+                   help="weight-sharing training steps before the search (default 0; --weights importance only) "
+                        "(nas.supernet_steps)")
+    p.add_argument("--weights", choices=list(NAS_WEIGHTS),
+                   help="the sub-networks and their weights: database (every module's levels in the second-order "
+                        "database, weights updated by OBS, as darwin's) or importance (first-k slices of the "
+                        f"importance-sorted model, weights unchanged); default {NasConfig.weights} (nas.weights)")
     p.add_argument("--multiple", type=int, help=MULTIPLE_HELP)
     p.add_argument("--space", choices=["full", "nemotron-nas"], help=SPACE_HELP)
     low, high = DEFAULT_SPARSITY_RANGE
@@ -241,7 +247,7 @@ def _overrides(args: argparse.Namespace) -> dict:
                       "num_fewshot": "eval.num_fewshot", "engine": "eval.engine", "tokenizer": "eval.tokenizer"})
     if args.command == "nas":
         flags.update({"trials": "nas.trials", "sampler": "nas.sampler", "supernet_steps": "nas.supernet_steps",
-                      "sparsity_range": "nas.sparsity_range"})
+                      "sparsity_range": "nas.sparsity_range", "weights": "nas.weights"})
     base = {key: getattr(args, attr) for attr, key in flags.items() if getattr(args, attr, None) is not None}
     if args.command == "nas":
         base.update(_nas_overrides(args))

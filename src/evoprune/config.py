@@ -226,6 +226,7 @@ NAS_QUALITY = ("kl", "loss")  # nas objectives: quality (minimised; the pick's `
 NAS_COST = ("params", "flops", "latency")  # and cost
 NAS_SAMPLERS = ("local", "nsga2", "random")
 NAS_PICKS = ("target", "knee")
+NAS_WEIGHTS = ("database", "importance")
 FULL_SPACE = "full"
 
 
@@ -243,11 +244,16 @@ class NasConfig:
     # the exported front point: target (the lowest-KL one with at most the parameters of prune.sparsity /
     # prune.target_params) | knee; null = target with params among the objectives, else knee
     pick: str | None = None
-    supernet_steps: int = 0  # weight-sharing training steps before the search (0 = none)
+    supernet_steps: int = 0  # weight-sharing training steps before the search (0 = none; weights importance only)
     # search only sub-networks of these sparsities [LOW, HIGH] (fractions of the block parameters removed, the
     # unit of prune.sparsity; converted to total parameters through the dense model's shape), the others skipped
     # unevaluated; full = the whole space; null = [0.1, 0.75] with params among the objectives, else full
     sparsity_range: list[float] | str | None = None
+    # the sub-networks searched and their weights: database (every module's levels in the second-order database,
+    # the kept weights updated by OBS, as darwin's; database.* sets it; the better front in results/nas_weights.md)
+    # | importance (first-k slices of the importance-sorted model: hidden size, layers, heads, MLP width; weights
+    # unchanged)
+    weights: str = "database"
 
     def __post_init__(self):
         text = self.sparsity_range
@@ -275,6 +281,10 @@ class NasConfig:
             p.append(f"nas.supernet_steps (--supernet-steps) must be 0 (no supernet training) or more, "
                      f"got {self.supernet_steps}")
         check_choice(p, "nas.sampler (--sampler)", self.sampler, NAS_SAMPLERS)
+        check_choice(p, "nas.weights (--weights)", self.weights, NAS_WEIGHTS)
+        if self.weights == "database" and self.supernet_steps:
+            p.append("nas.supernet_steps (--supernet-steps) trains the importance-sorted weights; give --weights "
+                     "importance with it, or no supernet steps")
         if isinstance(self.pick, str) and self.pick.startswith("params<="):
             p.append(f"nas.pick {self.pick} is the former --pick spelling; set the size as prune.target_params "
                      "(--target-params) or prune.sparsity (--sparsity) and nas.pick to target")

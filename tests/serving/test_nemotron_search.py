@@ -69,7 +69,8 @@ def test_nas_in_the_nemotron_space_yields_only_exportable_configurations(wide_ml
     root = wide_mlp_inputs
     out = tmp_path / "n"
     assert main(["nas", "--model", str(root / "dense"), "--data", str(root / "corpus.txt"), "--out", str(out),
-                 "--quiet", "--trials", "5", "--sampler", "random", "--space", "nemotron-nas", "--sparsity-range", "full",
+                 "--quiet", "--trials", "5", "--sampler", "random", "--weights", "importance", "--space", "nemotron-nas",
+                 "--sparsity-range", "full",
                  "--sparsity", "0.1", "data.seq_len=16", "data.calibration_blocks=2", "data.eval_blocks=2",
                  "data.batch_size=2"]) == 0
     rows = json.loads((out / "pareto.json").read_text())["front"]

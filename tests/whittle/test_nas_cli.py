@@ -58,8 +58,9 @@ def no_model_load(monkeypatch):
 
 
 def test_nas_writes_the_front_and_exports_the_pick(tiny_run_inputs, tmp_path, capsys):
-    out = tmp_path / "n"
-    assert main(argv(tiny_run_inputs, out, "--sparsity", "0.2")) == 0
+    """Over importance-sorted slices (the database's levels: test_nas_database.py)."""
+    out, given = tmp_path / "n", ["--sparsity", "0.2", "--weights", "importance"]
+    assert main(argv(tiny_run_inputs, out, *given)) == 0
     front = json.loads((out / "pareto.json").read_text())
     assert front["front"] and (out / "pareto.csv").read_text().startswith("trial,kl,params")
     picked = next(r for r in front["front"] if r["trial"] == front["picked_trial"])
@@ -78,18 +79,19 @@ def test_nas_writes_the_front_and_exports_the_pick(tiny_run_inputs, tmp_path, ca
     assert {"load model", "search", "export", "evaluation"} <= {s["stage"] for s in metrics["memory"]["stages"]}
     assert metrics["memory"]["peak_anon_bytes"] > 0 and "## Memory" in (out / "report.md").read_text()
 
-    assert main(argv(tiny_run_inputs, out, "--sparsity", "0.2")) == 0  # resumes: nothing left to do
+    assert main(argv(tiny_run_inputs, out, *given)) == 0  # resumes: nothing left to do
     assert trials(out) == first
     assert json.loads((out / "pareto.json").read_text()) == front
 
-    assert main(argv(tiny_run_inputs, out, "--sparsity", "0.2", "--trials", "8")) == 0  # a larger budget
+    assert main(argv(tiny_run_inputs, out, *given, "--trials", "8")) == 0  # a larger budget
     extended = trials(out)
     assert extended[:len(first)] == first and states(extended)["COMPLETE"] == 8
     front_rows = json.loads((out / "pareto.json").read_text())["front"]
     assert {r["trial"] for r in front_rows} <= set(range(8)) and front_rows != []
     capsys.readouterr()
     # a named pick no front point meets (at the edge of the range: only a point of exactly that size would)
-    assert main(argv(tiny_run_inputs, tmp_path / "n2", "--sparsity", "0.75", "--pick", "target")) == 2
+    assert main(argv(tiny_run_inputs, tmp_path / "n2", "--sparsity", "0.75", "--pick", "target", "--weights",
+                     "importance")) == 2
     assert "no configuration on the front meets sparsity>=0.75" in one_line_error(capsys)
 
 

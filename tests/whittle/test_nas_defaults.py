@@ -1,6 +1,7 @@
-"""`evoprune nas --objectives kl,params --trials N` with nothing else: local search over sparsities 0.1-0.75 (fractions
-of the block parameters removed), the pick the lowest-KL front point within the default size target prune.sparsity 0.5;
-`--sparsity-range full` the whole space; `--sparsity` / `--target-params` choose the pick."""
+"""`evoprune nas --objectives kl,params --trials N` with nothing else: local search over the database's levels (from
+its uniform genotypes) within sparsities 0.1-0.75 (fractions of the block parameters removed), the pick the lowest-KL
+front point within the default size target prune.sparsity 0.5; `--sparsity-range full` the whole space; `--sparsity` /
+`--target-params` choose the pick."""
 
 from __future__ import annotations
 
@@ -63,15 +64,19 @@ def default_run(tiny_run_inputs, tmp_path_factory):
     return out
 
 
-def test_the_default_run_searches_only_inside_the_default_range(default_run, shape):
+def test_the_default_run_searches_the_database_levels_inside_the_default_range(default_run, shape):
     settings = json.loads((default_run / "nas_run.json").read_text())
     assert settings["sparsity_range"] == [0.1, 0.75] and settings["sampler"] == "local"
+    assert settings["prune"]["weights"] == "database" and settings["notes"]["weights"] == "the default"
     assert "default" in settings["notes"]["sparsity_range"] and settings["notes"]["sampler"] == "the default"
     sizes = completed_params(default_run)
     low, high = total_at_sparsity(shape, 0.75), total_at_sparsity(shape, 0.1)
     assert len(sizes) == 6 and all(low <= p <= high for p in sizes)
-    # the local search starts at the largest and the smallest configuration: both lie outside, unevaluated
-    assert [state for _, state, _, _ in trials(default_run)][:2] == ["PRUNED", "PRUNED"]
+    # the search starts at the uniform genotypes inside the range, the largest first; the ones the budget did not
+    # reach stay queued for a rerun with more trials
+    states = [state for _, state, _, _ in trials(default_run)]
+    assert states[:6] == ["COMPLETE"] * 6 and set(states[6:]) == {"WAITING"} and sizes == sorted(sizes, reverse=True)
+    assert all("attention_0" in params for _, state, params, _ in trials(default_run) if state == "COMPLETE")
 
 
 def test_the_default_pick_is_the_lowest_kl_within_the_default_target(default_run, shape):
@@ -85,7 +90,7 @@ def test_the_default_pick_is_the_lowest_kl_within_the_default_target(default_run
     assert json.loads((default_run / "metrics.json").read_text())["pick"]["params"] == picked["params"]
     assert (default_run / "picks" / "sparsity-ge-0.5" / "config.json").exists()
     report = (default_run / "report.md").read_text()
-    assert "Sampler `local` (the default)" in report and "sub-networks of sparsity 0.1-0.75" in report
+    assert "Weights `database` (the default)" in report and "Sampler `local` (the default)" in report and "sub-networks of sparsity 0.1-0.75" in report
     assert "`--sparsity-range full` searches the whole space" in report
     assert f"Trial {picked['trial']}: " in report and front["pick_rule"] in report and front["pick_reason"] in report
 
@@ -142,8 +147,8 @@ def test_sparsity_range_full_searches_the_whole_space(tiny_run_inputs, tmp_path)
     settings = json.loads((out / "nas_run.json").read_text())
     assert settings["sparsity_range"] is None and settings["notes"]["sparsity_range"] == "the whole space"
     total = dense_params(out)
-    assert completed_params(out)[:2] == [total, min(completed_params(out))]  # the largest, then the smallest
-    assert completed_params(out)[1] < 0.4 * total
+    sizes = completed_params(out)
+    assert sizes[0] == total and sizes == sorted(sizes, reverse=True)  # the uniform genotypes, the largest first
     assert "over the whole space" in (out / "report.md").read_text()
     assert main(default_argv(tiny_run_inputs, out, "--sparsity-range", "0,1", "--trials", "3")) == 0  # the same
 
@@ -211,4 +216,5 @@ def test_the_help_states_the_defaults(capsys):
     low, high = DEFAULT_SPARSITY_RANGE
     assert f"default {low:g},{high:g} with params among the objectives" in text and "`full` (or 0,1)" in text
     assert "default target with params among the objectives, else knee" in text and "{local,nsga2,random}" in text
+    assert "{database,importance}" in text and "default database (nas.weights)" in text
     assert "--params-range" not in text and "--budget" not in text and "params<=" not in text  # former spellings

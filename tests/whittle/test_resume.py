@@ -1,5 +1,6 @@
 """A study stopped or killed at any point resumes to exactly what an uninterrupted one reaches:
-the same completed trials, in the same order, with the same values, and the same front."""
+the same completed trials, in the same order, with the same values, and the same front; with starting
+points (the database's uniform genotypes, `LevelSpace.starting_points`) too."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from evoprune.whittle.study import open_study, run_study
 
 BUDGET = 12
 SAMPLERS = ["random", "nsga2", "local"]
+STARTS = {"none": (), "uniform": tuple({f"d{i}": v for i in range(4)} for v in (5, 4, 3, 2))}
 
 
 class Grid:
@@ -47,28 +49,32 @@ def outcome(study) -> tuple[list, list]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    """The outcome of each sampler's uninterrupted study, run once per module."""
+    """The outcome of each sampler's uninterrupted study (from each set of starting points), run once per module."""
     outcomes = {}
 
-    def of(sampler: str) -> tuple[list, list]:
-        if sampler not in outcomes:
+    def of(sampler: str, start: str = "none") -> tuple[list, list]:
+        if (sampler, start) not in outcomes:
             path = tmp_path_factory.mktemp("whole") / "study.db"
-            outcomes[sampler] = outcome(run_study(new_study(path, sampler), Grid(), objectives, BUDGET,
-                                                  feasible=feasible))
-        return outcomes[sampler]
+            outcomes[sampler, start] = outcome(run_study(new_study(path, sampler), Grid(), objectives, BUDGET,
+                                                         feasible=feasible, start=STARTS[start]))
+        return outcomes[sampler, start]
 
     return of
 
 
+@pytest.mark.parametrize("start", list(STARTS))
 @pytest.mark.parametrize("sampler", SAMPLERS)
-def test_a_stopped_study_resumes_to_what_an_uninterrupted_one_reaches(tmp_path, uninterrupted, sampler):
+def test_a_stopped_study_resumes_to_what_an_uninterrupted_one_reaches(tmp_path, uninterrupted, sampler, start):
     path = tmp_path / "stopped.db"
-    run_study(new_study(path, sampler), Grid(), objectives, BUDGET, stop_after=5, feasible=feasible)
-    assert len(new_study(path, sampler).get_trials(states=(TrialState.COMPLETE,))) == 5
-    resumed = run_study(new_study(path, sampler), Grid(), objectives, BUDGET, feasible=feasible)
+    stop = 2 if STARTS[start] else 5  # with starting points, two of them are left waiting
+    run_study(new_study(path, sampler), Grid(), objectives, BUDGET, stop_after=stop, feasible=feasible,
+              start=STARTS[start])
+    assert len(new_study(path, sampler).get_trials(states=(TrialState.COMPLETE,))) == stop
+    resumed = run_study(new_study(path, sampler), Grid(), objectives, BUDGET, feasible=feasible, start=STARTS[start])
     trials, front = outcome(resumed)
-    assert len(trials) == BUDGET
-    assert (trials, front) == uninterrupted(sampler)
+    assert len(trials) == BUDGET and [config for config, _ in trials[:len(STARTS[start])]] == list(STARTS[start])
+    assert (trials, front) == uninterrupted(sampler, start)
+    assert start == "none" or (trials, front) != uninterrupted(sampler)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)

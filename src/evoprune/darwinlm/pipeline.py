@@ -20,7 +20,6 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from .. import memory
@@ -38,9 +37,9 @@ from ..memory_estimate import check_memory_budget
 from ..models import LoadedModel
 from ..data import data_blocks
 from ..models import load_source
-from ..obs.database import Database, DatabaseSettings
-from ..obs.store import building, link_run_database, shared_database
-from ..obs.levels import attention_cost, attention_ladder, mlp_cost, mlp_ladder
+from ..obs.database import Database, DatabaseSettings, planned_costs
+from ..obs.run_database import build_database, database_settings
+from ..obs.store import building
 from ..arch.target import Target, resolve_target
 from ..rundir import ResumableRun, run_lock
 from ..evaluation.teacher_subset import TeacherSubset
@@ -65,37 +64,9 @@ log = logging.getLogger(__name__)
 RUN_MARKER = "darwin_run.json"
 
 
-def database_settings(cfg: RunConfig) -> DatabaseSettings:
-    d = cfg.data
-    fields = {k: v for k, v in asdict(cfg.database).items() if k != "store"}  # where it is kept changes nothing
-    return DatabaseSettings(**fields, multiple=cfg.prune.multiple,
-                            calibration=f"{d.source}|{d.text_field}|calibration|{d.calibration_blocks}x{d.seq_len}",
-                            space=cfg.search.space)
-
-
-def build_database(cfg: RunConfig, dense: LoadedModel, path: Path, progress: bool = True) -> Database:
-    """The run's database at `path`: with database.store shared (or a folder), the stored one for this model,
-    calibration text and settings, built only if no run built it before, and `path` a link to it."""
-    settings = database_settings(cfg)
-    blocks = data_blocks(cfg, dense.tokenizer, "calibration", cfg.data.calibration_blocks)
-    kept_in_run = cfg.database.store == "run" or (path.is_dir() and not path.is_symlink())  # or a run made so
-    if kept_in_run and (path / "index.json").exists():  # resumed: built from these very weights and tokens?
-        return Database.load(path, dense.model, dense.adapter, settings, blocks)
-    started = time.time()
-    if kept_in_run:
-        db = Database.build(dense.model, dense.adapter, blocks, settings, path, cfg.data.batch_size, progress)
-    else:
-        root = None if cfg.database.store == "shared" else Path(cfg.database.store).expanduser().absolute()
-        db = shared_database(dense.model, dense.adapter, blocks, settings, cfg.data.batch_size, progress, root)
-        link_run_database(path, db.path)
-    log.info("database ready in %.0f s, %.1f MB (%s)", time.time() - started, db.size_bytes() / 2**20, db.path)
-    return db
-
-
 def cost_table(db: Database, metric: str) -> CostTable:
     """Exact parameter or FLOP costs of every level (latency: see `search_cost_table`)."""
-    return CostTable(metric, {kind: [[getattr(lv, metric) for lv in levels] for levels in db.levels[kind]]
-                              for kind in ("attention", "mlp")})
+    return CostTable(metric, db.costs(metric))
 
 
 def search_cost_table(cfg: RunConfig, dense: LoadedModel, db: Database, run_dir: Path,
@@ -277,16 +248,7 @@ def stages_of(cfg: RunConfig) -> list[Stage]:
 
 def planned_cost_table(shape: ModelShape, settings: DatabaseSettings, metric: str) -> CostTable:
     """The costs the database's levels will have, from the model's shape alone (params or flops)."""
-    costs: dict[str, list[list[float]]] = {"attention": [], "mlp": []}
-    for layer in shape.layers:
-        ladder = attention_ladder(shape, layer, settings.num_levels, settings.spacing, settings.attention_units,
-                                  settings.space)
-        costs["attention"].append([attention_cost(shape, layer, shapes[0], metric) if shapes else 0
-                                   for shapes in ladder])
-        widths = mlp_ladder(layer, settings.num_levels, settings.multiple, settings.space) \
-            if layer.intermediate_size else [0]
-        costs["mlp"].append([mlp_cost(shape, n, metric) for n in widths])
-    return CostTable(metric, costs)
+    return CostTable(metric, planned_costs(shape, settings, metric))
 
 
 def check_reachable(cfg: RunConfig, shape: ModelShape, target: Target) -> None:

@@ -204,6 +204,10 @@ class Database:
     def cost(self, kind: str, layer: int, level: int, metric: str = "params") -> int:
         return getattr(self.levels[kind][layer][level], metric)
 
+    def costs(self, metric: str) -> dict[str, list[list[int]]]:
+        """kind -> layer -> level -> the level's exact parameters or FLOPs per token (`metric`)."""
+        return {kind: [[getattr(lv, metric) for lv in levels] for levels in self.levels[kind]] for kind in KINDS}
+
     def weight(self, kind: str, layer: int, level: int) -> torch.Tensor | None:
         """Compensated output projection of a level (None for the full level: use the model's own).
 
@@ -245,6 +249,20 @@ class Database:
                 if w is not None:
                     replace[adapter.parameter_name(i, part)] = w
         return SubnetSpec(self.shape, layers, None, dict(meta or {})), replace
+
+
+def planned_costs(shape: ModelShape, settings: DatabaseSettings, metric: str) -> dict[str, list[list[int]]]:
+    """`Database.costs(metric)` of the database `settings` will build for a model of `shape`, from the shape alone."""
+    costs: dict[str, list[list[int]]] = {"attention": [], "mlp": []}
+    for layer in shape.layers:
+        ladder = attention_ladder(shape, layer, settings.num_levels, settings.spacing, settings.attention_units,
+                                  settings.space)
+        costs["attention"].append([attention_cost(shape, layer, shapes[0], metric) if shapes else 0
+                                   for shapes in ladder])
+        widths = mlp_ladder(layer, settings.num_levels, settings.multiple, settings.space) \
+            if layer.intermediate_size else [0]
+        costs["mlp"].append([mlp_cost(shape, n, metric) for n in widths])
+    return costs
 
 
 def _solve(kind: str, i: int, layer, adapter: ModelAdapter, shape: ModelShape, settings: DatabaseSettings,

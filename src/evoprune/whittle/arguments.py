@@ -34,8 +34,10 @@ from ..errors import UserError
 log = logging.getLogger(__name__)
 
 DEFAULT_SAMPLER = NasConfig.sampler
-__all__ = ["DEFAULT_SAMPLER", "DEFAULT_SPARSITY_RANGE", "FULL_SPACE", "NasArguments", "PickRule", "check_arguments",
-           "former_spellings", "params_bounds", "sparsity_range_of_params", "pick_rule", "quality_objective", "range_text"]
+DEFAULT_WEIGHTS = NasConfig.weights
+__all__ = ["DEFAULT_SAMPLER", "DEFAULT_SPARSITY_RANGE", "DEFAULT_WEIGHTS", "FULL_SPACE", "NasArguments", "PickRule",
+           "check_arguments", "former_spellings", "params_bounds", "sparsity_range_of_params", "pick_rule",
+           "quality_objective", "range_text"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class NasArguments:
     supernet_steps: int
     sparsity_range: tuple[float, float] | None  # the sparsities searched; None: the whole space
     range_default: bool  # nas.sparsity_range was null
+    weights: str  # database | importance
 
 
 def check_arguments(cfg: RunConfig) -> NasArguments:
@@ -87,7 +90,7 @@ def check_arguments(cfg: RunConfig) -> NasArguments:
     if problems:
         raise UserError("invalid configuration: " + "; ".join(problems))
     args = NasArguments(tuple(nas.objectives), nas.trials, nas.sampler, nas.pick_rule(), nas.pick is None,
-                        nas.supernet_steps, nas.searched_range(), nas.sparsity_range is None)
+                        nas.supernet_steps, nas.searched_range(), nas.sparsity_range is None, nas.weights)
     if args.pick == "target":
         cfg.prune.one_size("nas")
         if cfg.prune.sparsity is None and cfg.prune.target_params is None:

@@ -1,8 +1,10 @@
 """Objectives of the sub-network search, all minimised: quality (KL to the dense teacher, held-out
 loss) and cost (exact parameters, FLOPs per token, measured decode latency per token).
 
-Latency is measured by really running the sliced sub-network (`evaluation.latency`), and cached per
-configuration in a JSON file, so a resumed search does not time the same sub-network twice.
+A configuration's sub-network is the space's (`SearchSpace`: first-k slices of the importance-sorted model;
+`LevelSpace`: the database's stitched levels). Latency is measured by really running it
+(`evaluation.latency`), and cached per configuration in a JSON file, so a resumed search does not time the
+same sub-network twice.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..errors import UserError
 from ..evaluation.latency import measure_latency
 from ..evaluation.perplexity import mean_nll
 from ..evaluation.teacher import TeacherCache, kl_to_teacher
+from .level_space import LevelSpace
 from .space import SearchSpace
 
 QUALITY = NAS_QUALITY  # kl, loss (nas.objectives)
@@ -34,9 +37,10 @@ def check_objectives(names: list[str]) -> None:
                         + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
 
 
-def make_objectives(model: PreTrainedModel, adapter: ModelAdapter, space: SearchSpace, names: list[str],
-                    eval_blocks: torch.Tensor, teacher: TeacherCache | None, latency_cache: Path | None = None,
-                    batch_size: int = 4, latency_workload: dict | None = None) -> Callable[[dict], list[float]]:
+def make_objectives(model: PreTrainedModel, adapter: ModelAdapter, space: SearchSpace | LevelSpace,
+                    names: list[str], eval_blocks: torch.Tensor, teacher: TeacherCache | None,
+                    latency_cache: Path | None = None, batch_size: int = 4,
+                    latency_workload: dict | None = None) -> Callable[[dict], list[float]]:
     """A function from a configuration to its objective values, in the order of `names`.
 
     `latency_workload`: keyword arguments of `measure_latency` (prompt_len, new_tokens, repeats ...).
@@ -48,9 +52,8 @@ def make_objectives(model: PreTrainedModel, adapter: ModelAdapter, space: Search
     timings = json.loads(latency_cache.read_text()) if latency_cache and latency_cache.exists() else {}
 
     def evaluate(config: dict) -> list[float]:
-        spec = space.to_spec(config)
         needs_model = any(n in names for n in ("kl", "loss", "latency"))
-        sliced = adapter.slice(model, spec) if needs_model else None
+        sliced = space.slice(model, adapter, config) if needs_model else None
         values = []
         for name in names:
             if name == "kl":
@@ -58,9 +61,9 @@ def make_objectives(model: PreTrainedModel, adapter: ModelAdapter, space: Search
             elif name == "loss":
                 values.append(mean_nll(sliced, eval_blocks, batch_size))
             elif name == "params":
-                values.append(float(spec.num_params()))
+                values.append(float(space.num_params(config)))
             elif name == "flops":
-                values.append(float(spec.flops_per_token()))
+                values.append(float(space.flops_per_token(config)))
             else:
                 key = json.dumps(config, sort_keys=True)
                 if key not in timings:

@@ -1,9 +1,11 @@
-"""`evoprune nas`: importance sorting -> (supernet training) -> multi-objective search -> Pareto front -> picks.
+"""`evoprune nas`: the search space (the database's levels, or importance sorting -> optional supernet training)
+-> multi-objective search -> Pareto front -> picks.
 
-Run directory: `nas_run.json` (the settings, `run_settings`), `study.db` (optuna, resumable),
-`latency.json`, `pareto.csv` / `pareto.json`, `front.png`, `report.md`, and `picks/<name>/` exported
-checkpoints. One process writes it at a time (`rundir.run_lock`). Rerunning the same command resumes
-the study (with larger --trials, extends it); a changed setting is refused; `--force` starts over.
+Run directory: `nas_run.json` (the settings, `run_settings`), `study.db` (optuna, resumable), `database`
+(with nas.weights database: a link to the shared store, as darwin's), `latency.json`, `pareto.csv` /
+`pareto.json`, `front.png`, `report.md`, and `picks/<name>/` exported checkpoints. One process writes it at
+a time (`rundir.run_lock`). Rerunning the same command resumes the study (with larger --trials, extends it);
+a changed setting is refused; `--force` starts over.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from optuna.trial import TrialState
 
 from .. import memory
-from ..arch.export import export_checkpoint
+from ..arch.streamed_export import export_sliced
 from ..arch.shape import ModelShape
 from ..arch.target import sparsity_at_total
 from ..atomic import staged_file, write_json, write_text
@@ -35,14 +37,16 @@ from ..models import LoadedModel
 from ..data import data_blocks
 from ..models import load_source, source_shape
 from ..obs.calibration import CalibrationStats, collect_stats
+from ..obs.run_database import build_database, database_settings
 from ..report import markdown_table, write_report
 from ..rundir import ResumableRun, run_lock
 from ..serving.deploy import check_format_before_work, export_for_serving, serving_line, serving_record
 from ..arch.nemotron_format import check_space_fits
 from .supernet.train import SupernetConfig, train_supernet
-from .arguments import (DEFAULT_SAMPLER, FULL_SPACE, NasArguments, PickRule, check_arguments, params_bounds,
-                        pick_rule, quality_objective, range_text)
+from .arguments import (DEFAULT_SAMPLER, DEFAULT_WEIGHTS, FULL_SPACE, NasArguments, PickRule, check_arguments,
+                        params_bounds, pick_rule, quality_objective, range_text)
 from .importance import importance_from_stats, permute_model
+from .level_space import LevelSpace
 from .objectives import make_objectives
 from .pareto import hypervolume, pareto_front
 from .pick import choose_pick
@@ -118,14 +122,15 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = T
         run_dir.holds_run(settings, force, only_given=True)  # again, now with the fingerprints
         run_dir.start(saved_form(settings), force)
         study = open_study(out / "study.db", objectives, args.sampler, cfg.seed, settings["fingerprints"]["weights"])
-        with memory.stage("importance and objectives"):
+        with memory.stage(f"{args.weights} and objectives"):
             space, evaluate = _prepare_search(cfg, dense, calib, objectives, out, progress)
-        feasible = space.params_range_check(*bounds, named=_range_flag(args)) if bounds else None
+        feasible = space.constraint(bounds, _range_flag(args))
         if args.supernet_steps:
             with memory.stage("supernet training"):
                 supernet_step(cfg, dense, space, args.supernet_steps, out / "supernet", progress, feasible)
         with memory.stage("search"):
-            run_study(study, space, evaluate, args.trials, feasible=feasible, progress=progress)
+            run_study(study, space, evaluate, args.trials, feasible=feasible, progress=progress,
+                      start=space.starting_points(feasible))
         _write_results(cfg, dense, space, trial_rows(study, objectives), args, rule, bounds, out,
                        args.supernet_steps > 0)
     return out
@@ -137,14 +142,19 @@ def _size_checks(cfg: RunConfig, args: NasArguments,
     a UserError for a target no searched sub-network can meet or a range none does (the shape alone decides)."""
     rule = pick_rule(args, shape, cfg.prune)
     bounds = params_bounds(shape, args.sparsity_range)
+    if args.weights == "database":  # the levels the database will have (bad database settings refused here)
+        space = LevelSpace.planned(shape, database_settings(cfg))
+    else:
+        space = SearchSpace(shape, tuple(range(len(shape.layers))), multiple=cfg.prune.multiple, space=cfg.search.space)
     if bounds:
-        SearchSpace(shape, tuple(range(len(shape.layers))), multiple=cfg.prune.multiple, space=cfg.search.space) \
-            .params_range_check(*bounds, named=_range_flag(args))
+        space.params_range_check(*bounds, named=_range_flag(args))
     return rule, bounds
 
 
-def _range_flag(args: NasArguments) -> str:
-    """The searched range as the user gives it."""
+def _range_flag(args: NasArguments) -> str | None:
+    """The searched range as the user gives it (None: the whole space)."""
+    if args.sparsity_range is None:
+        return None
     low, high = args.sparsity_range
     return f"--sparsity-range {low:g},{high:g}" + (" (the default)" if args.range_default else "")
 
@@ -160,14 +170,18 @@ def _calibration_blocks(cfg: RunConfig, dense: LoadedModel) -> torch.Tensor:
 
 
 def _prepare_search(cfg: RunConfig, dense: LoadedModel, calib: torch.Tensor, objectives: list[str], out: Path,
-                    progress: bool) -> tuple[SearchSpace, Callable[[dict], list[float]]]:
-    """Sort the model by importance and build the objectives, scored on blocks the importance did not see."""
+                    progress: bool) -> tuple[SearchSpace | LevelSpace, Callable[[dict], list[float]]]:
+    """The search space (the database's levels, or the model sorted by importance) and the objectives, scored on
+    blocks the database / the importance did not see."""
     n_stats = cfg.data.calibration_blocks
-    stats = collect_stats(dense.model, dense.adapter, calib[:n_stats], cfg.data.batch_size, progress)
     search_blocks = calib[n_stats:]
     teacher = teacher_for(dense.model, str(dense.path), search_blocks, cfg.eval, cfg.data.batch_size, progress) \
         if "kl" in objectives else None
-    space = sorted_space(dense, stats, cfg.prune.multiple, space=cfg.search.space)
+    if cfg.nas.weights == "database":  # built on the same first calibration blocks as the importance statistics
+        space = LevelSpace.of_database(build_database(cfg, dense, out / "database", progress))
+    else:
+        stats = collect_stats(dense.model, dense.adapter, calib[:n_stats], cfg.data.batch_size, progress)
+        space = sorted_space(dense, stats, cfg.prune.multiple, space=cfg.search.space)
     evaluate = make_objectives(dense.model, dense.adapter, space, objectives, search_blocks, teacher,
                                out / "latency.json", cfg.data.batch_size,
                                {"prompt_len": cfg.eval.prompt_len, "new_tokens": cfg.eval.new_tokens,
@@ -202,9 +216,18 @@ def _evaluate_pick(cfg: RunConfig, dense: LoadedModel, picked, full_label: str, 
     return sections
 
 
-def _search_section(space: SearchSpace, args: NasArguments, bounds: tuple[float, float] | None, trials: int) -> str:
+def _search_section(space: SearchSpace | LevelSpace, args: NasArguments, bounds: tuple[float, float] | None,
+                    trials: int) -> str:
     """What was searched, and which of it is a default, for report.md."""
     sampler_note = " (the default)" if args.sampler == DEFAULT_SAMPLER else ""
+    weights_note = " (the default)" if args.weights == DEFAULT_WEIGHTS else ""
+    if isinstance(space, LevelSpace):
+        weights = (f"Weights `database`{weights_note}: one level per module (attention and MLP of each of "
+                   f"{space.shape.num_layers} layers) from the second-order database (`database/`), the kept weights "
+                   "updated by OBS; the search starts from the uniform genotypes inside the range.\n\n")
+    else:
+        weights = (f"Weights `importance`{weights_note}: first-k slices of the importance-sorted model (hidden size, "
+                   "layers, heads, MLP width), weights unchanged.\n\n")
     if bounds is None:
         searched = "the whole space (`--sparsity-range full`)"
     else:
@@ -213,18 +236,18 @@ def _search_section(space: SearchSpace, args: NasArguments, bounds: tuple[float,
         if args.range_default:
             searched += (", the default with params among the objectives (`--sparsity-range full` searches the whole "
                          "space)")
-    return (f"Sampler `{args.sampler}`{sampler_note}, {trials} completed trials over {searched}; "
+    return (weights + f"Sampler `{args.sampler}`{sampler_note}, {trials} completed trials over {searched}; "
             "others are skipped unevaluated.\n")
 
 
-def _write_results(cfg: RunConfig, dense: LoadedModel, space: SearchSpace, rows: list[dict], args: NasArguments,
-                   rule: PickRule, bounds: tuple[float, float] | None, out: Path,
+def _write_results(cfg: RunConfig, dense: LoadedModel, space: SearchSpace | LevelSpace, rows: list[dict],
+                   args: NasArguments, rule: PickRule, bounds: tuple[float, float] | None, out: Path,
                    supernet_trained: bool = False) -> None:
     """pareto.csv / pareto.json, the picked sub-network as a checkpoint, metrics.json, the plots and report.md."""
     objectives = list(args.objectives)
     front = pareto_front([[r[o] for o in objectives] for r in rows])
-    full_params = float(space.to_spec(space.largest()).num_params())
-    sizes = {i: _spec_of(space, rows[i]).num_params() for i in front}
+    full_params = float(space.num_params(space.largest()))
+    sizes = {i: space.num_params(_config_of(space, rows[i])) for i in front}
     quality = quality_objective(objectives)
     chosen, reason = choose_pick(rows, front, rule, quality, objectives, sizes, full_params, bounds)
     if rule.max_params is not None and sizes[chosen] > rule.max_params:
@@ -238,17 +261,20 @@ def _write_results(cfg: RunConfig, dense: LoadedModel, space: SearchSpace, rows:
     writer.writeheader()
     writer.writerows(front_rows)
     write_text(out / "pareto.csv", buffer.getvalue())
-    write_json(out / "pareto.json", {"objectives": objectives, "front": front_rows, "hypervolume": hv,
+    write_json(out / "pareto.json", {"weights": args.weights, "objectives": objectives, "front": front_rows,
+                                     "hypervolume": hv,
                                      "reference": reference,
                                      "sparsity_range": list(args.sparsity_range or ()) or FULL_SPACE,
                                      "params_range": list(bounds or (0, 1)),
                                      "pick": rule.form, "pick_max_params": rule.max_params, "pick_folder": rule.folder,
                                      "pick_rule": rule.describe(quality), "pick_reason": reason,
                                      "picked_trial": rows[chosen]["trial"]})
-    spec = _spec_of(space, rows[chosen])
+    config = _config_of(space, rows[chosen])
     with memory.stage("export"):
-        picked = dense.adapter.slice(dense.model, spec)
-        export_checkpoint(picked, out / "picks" / rule.folder, tokenizer=dense.tokenizer, spec=spec, force=True)
+        spec, replace = space.stitch(config, dense.adapter)
+        export_sliced(dense.model, dense.adapter, spec, replace, out / "picks" / rule.folder,
+                      tokenizer=dense.tokenizer, force=True)
+        picked = space.slice(dense.model, dense.adapter, config)
         served = export_for_serving(out / "picks" / rule.folder, cfg.export.format, cfg.export.quant, force=True)
     serving = None if served is None else serving_record(served, out, cfg.export.format, cfg.export.quant)
     _plot(rows, front, chosen, objectives, out / "front.png")
@@ -258,17 +284,19 @@ def _write_results(cfg: RunConfig, dense: LoadedModel, space: SearchSpace, rows:
                  f"{share:.3f} of the dense parameters (as many as removing {sparsity_at_total(space.shape, sizes[chosen]):.0%} "
                  f"of the block parameters), exported to `picks/{rule.folder}/`.\n"
                  + (f"\n{serving_line(serving)}\n" if serving is not None else ""))
+    front_table = [{"trial": r["trial"], **{o: r[o] for o in objectives}, **space.summary(_config_of(space, r))}
+                   for r in front_rows]
     write_report(out / "report.md", f"evoprune nas: {cfg.model.source}", [
         ("Search", _search_section(space, args, bounds, len(rows))),
-        ("Pareto front", markdown_table(front_rows) + f"\nHypervolume {hv:.4g} (reference {reference}).\n\n"
-                                                       "![front](front.png)\n"),
+        ("Pareto front", markdown_table(front_table) + f"\nHypervolume {hv:.4g} (reference {reference}).\n\n"
+                                                        "![front](front.png)\n"),
         ("Pick", pick_text),
         *_evaluate_pick(cfg, dense, picked, full_label, out, serving)])
 
 
-def _spec_of(space: SearchSpace, row: dict):
-    """The SubnetSpec of a trial row (its configuration is the row's search-space keys)."""
-    return space.to_spec({k: row[k] for k in space.dimensions()})
+def _config_of(space: SearchSpace | LevelSpace, row: dict) -> dict:
+    """The configuration of a trial row: the row's search-space keys."""
+    return {k: row[k] for k in space.dimensions()}
 
 
 def _plot(rows: list[dict], front: list[int], chosen: int, objectives: list[str], path: Path) -> None:

@@ -2,11 +2,14 @@
 
 Not settings: `--trials` (raising it extends the study), `--pick` and the size target `--sparsity` /
 `--target-params` (the pick is chosen from the front after the search), `data.batch_size` (the scores are
-per block). The defaults of `--sampler` and `--sparsity-range` are saved as the values they stand for, so a rerun of the same command resumes only while the
+per block), `database.store` (where the database is kept). The defaults of `--sampler`, `--sparsity-range`
+and `--weights` are saved as the values they stand for, so a rerun of the same command resumes only while the
 defaults stay the same; the saved file notes which values were defaults (`notes`, not compared).
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict
 
 import torch
 
@@ -14,7 +17,7 @@ from ..config import RunConfig
 from ..fingerprint import tokens_fingerprint
 from ..models import LoadedModel
 from ..obs.database import model_fingerprint
-from .arguments import DEFAULT_SAMPLER, DEFAULT_SPARSITY_RANGE, FULL_SPACE, NasArguments
+from .arguments import DEFAULT_SAMPLER, DEFAULT_SPARSITY_RANGE, DEFAULT_WEIGHTS, FULL_SPACE, NasArguments
 
 MARKER = "nas_run.json"
 
@@ -31,6 +34,9 @@ def run_settings(cfg: RunConfig, args: NasArguments) -> dict:
                 "prune": {"multiple": cfg.prune.multiple}, "eval": {}}
     if cfg.search.space != "full":  # left out at its default, so that runs saved before it existed resume
         settings["prune"]["space"] = cfg.search.space
+    if args.weights != "importance":  # left out as runs saved before it existed had it (inside `prune`, which is
+        settings["prune"]["weights"] = args.weights  # compared whole: either way round a change is refused)
+        settings["database"] = {k: v for k, v in asdict(cfg.database).items() if k != "store"}
     if "kl" in objectives:
         settings["eval"]["top_k"] = cfg.eval.top_k
     if "latency" in objectives:
@@ -45,6 +51,8 @@ def saved_form(settings: dict) -> dict:
     notes = {}
     if settings["sampler"] == DEFAULT_SAMPLER:
         notes["sampler"] = "the default"
+    if settings["prune"].get("weights", "importance") == DEFAULT_WEIGHTS:
+        notes["weights"] = "the default"
     if settings["sparsity_range"] == list(DEFAULT_SPARSITY_RANGE):
         notes["sparsity_range"] = ("the default with params among the objectives (fractions of the block parameters "
                                    f"removed); --sparsity-range {FULL_SPACE} searches the whole space")

@@ -16,6 +16,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from transformers import PreTrainedModel
+
+from ..arch.adapter import ModelAdapter
 from ..arch.shape import ModelShape
 from ..arch.spec import LayerSpec, SubnetSpec
 from ..errors import UserError
@@ -84,6 +87,33 @@ class SearchSpace:
                                                 list(range(self._pick(config, "mlp", i)))))
         hidden = None if config["hidden"] == self.shape.hidden_size else list(range(config["hidden"]))
         return SubnetSpec(self.shape, layers, hidden, {"method": "nas", "config": dict(config)}).validate()
+
+    def num_params(self, config: dict) -> int:
+        return self.to_spec(config).num_params()
+
+    def flops_per_token(self, config: dict) -> int:
+        return self.to_spec(config).flops_per_token()
+
+    def stitch(self, config: dict, adapter: ModelAdapter) -> tuple[SubnetSpec, dict]:
+        """The sub-network of `config`, and no replacement weights (as `LevelSpace.stitch`)."""
+        return self.to_spec(config), {}
+
+    def slice(self, model: PreTrainedModel, adapter: ModelAdapter, config: dict) -> PreTrainedModel:
+        """The sub-network of `config` of the sorted `model`, as a model of its own."""
+        return adapter.slice(model, self.to_spec(config))
+
+    def summary(self, config: dict) -> dict:
+        """`config` in a report table's columns: its dimensions as they are."""
+        return dict(config)
+
+    def starting_points(self, feasible=None) -> list[dict]:
+        """No configurations to start from: the samplers choose every trial (`LevelSpace.starting_points`)."""
+        return []
+
+    def constraint(self, bounds: tuple[float, float] | None, named: str | None = None):
+        """The test every searched configuration passes: with `bounds`, `params_range_check`'s; without, None
+        (every configuration is searched)."""
+        return self.params_range_check(*bounds, named=named) if bounds else None
 
     def sample(self, rng: random.Random) -> dict:
         return {k: rng.choice(v) for k, v in self.dimensions().items()}

@@ -2,7 +2,8 @@
 
 Samplers: random search, NSGA-II (optuna's) and multi-objective local search (`local_search`).
 Every dimension is a categorical distribution over its values, so every value (the top one
-included) can be sampled. The budget counts completed trials.
+included) can be sampled. The budget counts completed trials; a space's starting points (the
+database's uniform genotypes) are a new study's first trials, whatever the sampler.
 
 A killed search resumes exactly: the random and NSGA-II samplers draw each trial from the seed
 and the trial's place in the study (`resumable_samplers`), the local search from the seed and the
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..config import NAS_SAMPLERS
 from ..errors import UserError
+from .level_space import LevelSpace
 from .local_search import LocalSearchSampler
 from .resumable_samplers import PositionSeededSampler, TrialOrderNSGAIISampler
 from .space import SearchSpace
@@ -108,10 +110,13 @@ def _interrupted(study: optuna.Study, names: set[str]) -> list[FrozenTrial]:
     return [t for t in stale if set(t.params) == names]
 
 
-def run_study(study: optuna.Study, space: SearchSpace, evaluate: Callable[[dict], Sequence[float]], budget: int,
-              stop_after: int | None = None, feasible: Callable[[dict], bool] | None = None,
-              max_rejected: int = 20_000, progress: bool = False) -> optuna.Study:
+def run_study(study: optuna.Study, space: SearchSpace | LevelSpace, evaluate: Callable[[dict], Sequence[float]],
+              budget: int, stop_after: int | None = None, feasible: Callable[[dict], bool] | None = None,
+              max_rejected: int = 20_000, progress: bool = False, start: Sequence[dict] = ()) -> optuna.Study:
     """Ask, evaluate and tell until `budget` trials are complete (`stop_after`: end after that many evaluations).
+
+    `start`: configurations a new study evaluates first, whatever the sampler (enqueued once, so they are in
+    the study from then on, and a resumed study goes on where it was).
 
     The caller must be the study's only writer (`nas` holds the run directory's lock): a trial
     found running was left by a killed process, and is evaluated and finished first. A
@@ -122,6 +127,9 @@ def run_study(study: optuna.Study, space: SearchSpace, evaluate: Callable[[dict]
         raise UserError(f"the search budget must be a positive number of evaluations, got {budget}")
     dimensions = space.dimensions()
     _check_dimensions(study, dimensions)
+    if not study.get_trials(deepcopy=False):
+        for config in start:
+            study.enqueue_trial(config)
     distributions = {k: CategoricalDistribution(v) for k, v in dimensions.items()}
     interrupted = _interrupted(study, set(distributions))
     done_trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
