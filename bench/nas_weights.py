@@ -26,8 +26,8 @@ import optuna
 from optuna.trial import TrialState
 
 import evoprune
-from evoprune.atomic import staged_file, write_json
-from evoprune.report import markdown_table
+from evoprune.atomic import write_json
+from evoprune.report import markdown_table, save_png
 from evoprune.whittle.pareto import hypervolume
 from evoprune.whittle.study import STUDY_NAME, storage_url
 
@@ -106,9 +106,7 @@ def plot(results: dict[str, dict], path: Path) -> None:
         ax.plot(*zip(*front), "o-", ms=3, label=f"--weights {weights}")
     ax.set(xlabel="parameters (M)", ylabel="search KL", title="nas fronts by weight source")
     ax.legend(fontsize=8)
-    with staged_file(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main() -> None:
