@@ -332,6 +332,17 @@ def sparsity_range_problems(value: Any, name: str = "nas.sparsity_range (--spars
 
 
 @dataclass
+class RefitConfig:
+    # After darwin chooses its model (every size of a family): re-solve each kept output projection (o_proj,
+    # down_proj) layer by layer on the pruned model's own inputs, on the database's calibration blocks
+    # (obs/refit.py). none | self: the module's dense output on those inputs (the level's OBS problem with
+    # the layer's new Hessian, SparseGPT's sequential mode) | dense: the dense module's output on the dense
+    # model's inputs | residual: the dense model's residual stream after the module
+    target: str = "none"
+    percdamp: float = 0.01  # dampening as a fraction of mean(diag H), pulling towards the database's weights
+
+
+@dataclass
 class ExportConfig:
     # What a prune / slice / darwin / search / nas run writes beside its HF `model/` folder (never part of a
     # run's resume identity: it only changes the last step). hf: nothing more | gguf: `model-gguf/model.gguf`
@@ -349,6 +360,7 @@ class RunConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     nas: NasConfig = field(default_factory=NasConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    refit: RefitConfig = field(default_factory=RefitConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     seed: int = 0  # for every random choice
     # Budget (GiB) of anonymous memory per stage of darwin / database / search, checked before work starts
@@ -401,6 +413,9 @@ class RunConfig:
         check_choice(p, "database.method", db.method, ("obs", "activation"))
         check_choice(p, "database.attention_units", db.attention_units, ("groups", "query_heads"))
         check_choice(p, "database.storage_dtype", db.storage_dtype, ("model", "bfloat16", "float16", "float32"))
+        check_choice(p, "refit.target", self.refit.target, ("none", "self", "dense", "residual"))
+        if not 0 < self.refit.percdamp < math.inf:
+            p.append(f"refit.percdamp must be positive, got {self.refit.percdamp}")
         if not isinstance(db.store, str) or not db.store:
             p.append(f"database.store must be shared, run or a folder, got {db.store!r}")
         if se.profile not in PROFILES:

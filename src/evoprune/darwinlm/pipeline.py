@@ -38,6 +38,7 @@ from ..models import LoadedModel
 from ..data import data_blocks
 from ..models import load_source
 from ..obs.database import Database, DatabaseSettings, planned_costs
+from ..obs.refit import refit, refitted_weights
 from ..obs.run_database import build_database, database_settings
 from ..obs.store import building
 from ..arch.target import Target, resolve_target
@@ -105,7 +106,7 @@ def evolution_settings(cfg: RunConfig, spent_seconds: float = 0.0) -> EvolutionS
 # settings added after runs were saved: left out at their default value, so that those runs still resume
 ADDED_RUN_SETTINGS = {"database": {"storage_dtype": "model"},
                       "search": {"train_embeddings": False, "space": "full", "latency_engine": "torch"},
-                      "eval": {"top_k": 1024}}
+                      "eval": {"top_k": 1024}, "refit": {"target": "none", "percdamp": 0.01}}
 
 
 # The family's predicted front (`run_predicted_front`): no size's search depends on them, and the front keeps
@@ -126,7 +127,8 @@ def search_config(cfg: RunConfig) -> dict:
               "search": {**{k: v for k, v in to_dict(cfg.search).items() if k not in FRONT_FIELDS},
                          **cfg.search.resolved()},
               "target": [cfg.prune.sparsity, cfg.prune.target_params], "seed": cfg.seed,
-              "eval": {"top_k": cfg.eval.top_k}}  # the fitness teachers keep top_k log-probs
+              "eval": {"top_k": cfg.eval.top_k},  # the fitness teachers keep top_k log-probs
+              "refit": to_dict(cfg.refit)}
     former = {new: old for old, new in RENAMED_PROFILES.items()}
     # a profile keeps the name it had when runs were first saved, so those runs (and their caches) still resume
     config["search"]["profile"] = former.get(cfg.search.profile, cfg.search.profile)
@@ -134,7 +136,7 @@ def search_config(cfg: RunConfig) -> dict:
     config["search"]["latency_engine"] = SAVED_LATENCY_ENGINES.get(engine, engine)
     for section, added in ADDED_RUN_SETTINGS.items():
         config[section] = {k: v for k, v in config[section].items() if added.get(k, object()) != v}
-        if not config[section] and section == "eval":  # a section added whole: absent while at its defaults
+        if not config[section] and section in ("eval", "refit"):  # added whole: absent while at its defaults
             del config[section]
     return config
 
@@ -143,6 +145,7 @@ def search_identity(cfg: RunConfig) -> dict:
     """`search_config` without the target and the held-out blocks: what two searches at any budget share."""
     identity = search_config(cfg)
     del identity["target"]
+    identity.pop("refit", None)  # chosen after the search
     identity["data"] = {k: v for k, v in identity["data"].items() if k != "eval_blocks"}
     return identity
 
@@ -420,6 +423,10 @@ def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: Load
                                         "genotype": result.best.to_dict()})
         spec.meta["target_report"] = target.report(spec.block_params(), dense_blocks)
         pruned = inference_slice(dense.model, dense.adapter, spec, replace)
+    refit_record = None
+    if cfg.refit.target != "none":
+        with memory.stage("re-fit"):
+            pruned, replace, refit_record = refit_chosen(cfg, dense, pruned, progress)
     with memory.stage("evaluation"):
         eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
         teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size, progress)
@@ -448,6 +455,8 @@ def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: Load
                "database": {"bytes": db.size_bytes(), "dense_weight_bytes": sum(
                    p.numel() * p.element_size() for p in dense.model.parameters())},
                "wall_time_s": round(time.time() - started, 1), "memory": memory.summary()}
+    if refit_record is not None:
+        metrics["refit"] = refit_record
     if table.metric != "params":
         metrics["budget"] = budget_record(cfg, table, budget, result.best)
     if unseen is not None:
@@ -458,6 +467,21 @@ def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: Load
     write_text(out / "config.yaml", dump_config(cfg))
     write_darwin_report(out, spec, rows, metrics, result.state.history, unseen)
     return out
+
+
+def refit_chosen(cfg: RunConfig, dense: LoadedModel, pruned, progress: bool):
+    """`pruned` with its output projections re-solved on its own inputs (`obs/refit.py`), the weights to export,
+    and what the re-fit did."""
+    started = time.time()
+    blocks = data_blocks(cfg, dense.tokenizer, "calibration", cfg.data.calibration_blocks)
+    modules = refit(dense.model, pruned, dense.adapter, blocks, cfg.data.batch_size, cfg.refit.target,
+                    cfg.refit.percdamp, progress)
+    replace = refitted_weights(pruned, dense.adapter, dense.adapter.parameter_name)
+    record = {"target": cfg.refit.target, "seconds": round(time.time() - started, 1), "tokens": blocks.numel(),
+              "mean_error_before": round(sum(m.error_before for m in modules) / max(len(modules), 1), 6),
+              "mean_error_after": round(sum(m.error_after for m in modules) / max(len(modules), 1), 6),
+              "modules": [m.to_dict() for m in modules]}
+    return pruned, replace, record
 
 
 def _private_copy(search_dir: Path) -> Path:

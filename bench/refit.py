@@ -1,0 +1,82 @@
+"""What the sequential re-fit adds to a darwin run's model: every re-fit target beside the database's weights.
+
+    python bench/refit.py --run runs/darwin-50                 # results/refit.{md,json}
+    python bench/refit.py --run runs/family/sparsity-0.25 --out /tmp/refit-25 --targets self,dense
+
+The run's chosen genotype is stitched from its database again, then re-fitted (`obs/refit.py`) with each
+target on the run's calibration blocks, and every variant is measured in one evaluation: KL to the dense
+model and perplexity on the held-out split, the *dev* text (news, how-to, math: the genres settings
+are chosen on) and the *test* text (the held-back Austen novels: nothing is chosen on them). Decide on
+dev; read test. Re-fit seconds are measured in this call (noisy machine: the load average is kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from evoprune.atomic import write_json, write_text
+from evoprune.config import load_config
+from evoprune.darwinlm.pipeline import refit_chosen
+from evoprune.data import data_blocks
+from evoprune.evaluation.suite import evaluate_models, teacher_for
+from evoprune.evaluation.unseen import load_unseen
+from evoprune.models import load_source
+from evoprune.obs.run_database import build_database
+from evoprune.report import markdown_table
+from evoprune.weights.compute_dtype import inference_slice
+from evoprune.arch.spec import SubnetSpec
+
+COLUMNS = ["weights", "kl_to_teacher", "perplexity", "perplexity_ci95", "unseen_ppl_mean", "unseen_ppl_mean_ci95",
+           "heldback_perplexity", "heldback_ci95", "refit_seconds", "mean_error_before", "mean_error_after"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, required=True, help="a finished darwin run (or one size of a family)")
+    p.add_argument("--targets", default="self,dense,residual")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results" / "refit")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. refit.percdamp=0.1")
+    a = p.parse_args()
+    cfg = load_config(a.run / "config.yaml", a.overrides)
+    dense = load_source(cfg)
+    db = build_database(cfg, dense, a.run / "database", progress=False)
+    genotype = SubnetSpec.load(a.run / "spec.json").meta["genotype"]
+    spec, replace = db.stitch(genotype["attention"], genotype["mlp"], dense.adapter)
+    models, records = {"database (one-shot OBS)": inference_slice(dense.model, dense.adapter, spec, replace)}, {}
+    for target in a.targets.split(","):
+        cfg.refit.target = target
+        pruned = inference_slice(dense.model, dense.adapter, spec, replace)
+        load = os.getloadavg()[0]
+        pruned, _, record = refit_chosen(cfg, dense, pruned, progress=True)
+        record["load_before"] = round(load, 2)
+        models[f"re-fit: {target}"], records[f"re-fit: {target}"] = pruned, record
+    eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
+    teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size)
+    started = time.time()
+    rows = evaluate_models(models, eval_blocks, teacher, cfg.eval, cfg.data.batch_size,
+                           unseen=load_unseen(cfg, dense.tokenizer))
+    table = []
+    for name, row in rows.items():
+        record = records.get(name, {})
+        table.append({"weights": name, **{c: row.get(c) for c in COLUMNS[1:8]},
+                      "refit_seconds": record.get("seconds"), "mean_error_before": record.get("mean_error_before"),
+                      "mean_error_after": record.get("mean_error_after")})
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(a.out.with_suffix(".json"), {"run": str(a.run), "overrides": a.overrides, "rows": table,
+                                            "refit": records, "evaluation_seconds": round(time.time() - started)})
+    lines = [f"# Sequential re-fit of `{a.run}`", "",
+             f"{spec.num_params() / 1e6:.1f}M parameters, {spec.block_sparsity():.1%} of block parameters removed; "
+             f"re-fit on {cfg.data.calibration_blocks} calibration blocks of {cfg.data.seq_len} tokens "
+             f"(refit.percdamp={cfg.refit.percdamp}). *Dev*: unseen_ppl_mean (news, how-to, math). *Test*: "
+             f"heldback_perplexity (Austen). Errors are per-module relative squared errors to the target.", "",
+             markdown_table(table, COLUMNS), ""]
+    write_text(a.out.with_suffix(".md"), "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
