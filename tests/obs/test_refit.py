@@ -85,3 +85,16 @@ def test_sliced_hidden_channels_are_refused(tiny_llama):
     pruned = inference_slice(tiny_llama, adapter, spec, {})
     with pytest.raises(ValueError, match="hidden"):
         refit(tiny_llama, pruned, adapter, torch.randint(0, 99, (2, 8)), progress=False)
+
+
+def test_the_dense_model_and_the_stitched_weights_are_left_unchanged(tiny_llama):
+    adapter = adapter_for(tiny_llama.config)
+    spec = random_spec(adapter.shape(tiny_llama), random.Random(5), keep_hidden=True, p_no_attention=0, p_no_mlp=0)
+    name = adapter.parameter_name(0, "mlp_output")
+    replace = {name: torch.randn(32, len(spec.layers[0].neurons))}
+    stitched, dense_state = replace[name].clone(), {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    pruned = inference_slice(tiny_llama, adapter, spec, replace)
+    refit(tiny_llama, pruned, adapter, torch.randint(0, 99, (4, 16)), batch_size=2, target="dense", progress=False)
+    assert torch.equal(replace[name], stitched)
+    assert all(torch.equal(v, dense_state[k]) for k, v in tiny_llama.state_dict().items())
+    assert not torch.equal(adapter.mlp_output(adapter.layers(pruned)[0]).weight, stitched)

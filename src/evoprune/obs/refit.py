@@ -247,8 +247,7 @@ def _apply(fit: _LeastSquares, proj: nn.Linear, i: int, kind: str, percdamp: flo
     w0 = proj.weight.detach()
     before = fit.error(w0)
     w = fit.solve(w0, percdamp)
-    with torch.no_grad():
-        proj.weight.copy_(w.to(proj.weight.dtype))
+    proj.weight.data = w.to(proj.weight.dtype)  # new storage: the slice may share the stitched tensors
     return ModuleRefit(i, kind, proj.in_features, before, fit.error(w))
 
 
