@@ -69,13 +69,14 @@ def timed_run(name: str, args: list[str], src: Path, work: Path) -> dict:
 
 
 def stage_seconds(out: Path) -> dict[str, float]:
-    """Seconds per stage of a run folder (a family's sizes are summed into one row per stage)."""
+    """Seconds per stage of a run folder. A family's sizes each record the stages of the whole process so far,
+    so the last size's (the largest) figures are the family's."""
     folders = [out] if (out / "metrics.json").is_file() else sorted(p for p in out.iterdir()
                                                                      if (p / "metrics.json").is_file())
     total: dict[str, float] = {}
     for folder in folders:
         for stage in json.loads((folder / "metrics.json").read_text()).get("memory", {}).get("stages", []):
-            total[stage["stage"]] = round(total.get(stage["stage"], 0.0) + stage["seconds"], 1)
+            total[stage["stage"]] = round(max(total.get(stage["stage"], 0.0), stage["seconds"]), 1)
     return total
 
 
@@ -104,11 +105,13 @@ def write_report(runs: list[dict], out: Path, old: str, head: str) -> None:
     by_name = {r["name"]: r["seconds"] for r in runs}
     lines = [f"# Wall time of the main job: {head} beside {old}", "",
              f"2 CPU cores, every run in an empty cache of its own, one after another in one call of "
-             f"`bench/main_job.py`. Stage columns are seconds (a family's sizes summed).", "",
+             f"`bench/main_job.py`. Stage columns are seconds.", "",
              markdown_table(rows, list(rows[0])), ""]
     if f"family-{head}" in by_name:
-        ratio = by_name[f"family-{head}"] / by_name[f"main-{head}"]
-        lines += [f"Four sizes from one run take **{ratio:.2f}x** the wall time of one size.", ""]
+        family = by_name[f"family-{head}"]
+        lines += [f"Four sizes from one run take **{family / by_name[f'main-{old}']:.2f}x** the wall time of the "
+                  f"single-size main job at {old} (the issue's \"today\"), and {family / by_name[f'main-{head}']:.2f}x "
+                  f"that of the single-size main job at {head}.", ""]
     lines += [f"Main job today / before: **{by_name[f'main-{head}'] / by_name[f'main-{old}']:.2f}x**.", ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out.with_suffix(".json"), {"old": old, "head": head, "runs": runs})

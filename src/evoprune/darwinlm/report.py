@@ -60,6 +60,7 @@ def write_darwin_report(out: Path, spec, rows: dict, metrics: dict, history: lis
         ("Search", f"{search['generations']} generations, {search['evaluations']} candidate evaluations, "
                    f"{search['search_seconds']:.0f} s.{_first_parent(search)}{progress}\n\n"
                    "![search progress](fitness.png)\n"),
+        *([("Re-fit", _refit_line(metrics["refit"]))] if "refit" in metrics else []),
         ("What was kept", markdown_table([spec.summary()]) + "\n![kept per layer](kept_per_layer.png)\n"),
         ("Database", f"{db['bytes'] / 2**20:.1f} MB on disk ({db['bytes'] / db['dense_weight_bytes']:.2f}x the dense "
                      f"weights)."),
@@ -68,6 +69,13 @@ def write_darwin_report(out: Path, spec, rows: dict, metrics: dict, history: lis
     if "serving" in metrics:
         sections.insert(-1, ("Serving", serving_line(metrics["serving"]) + "\n"))
     write_report(out / "report.md", f"evoprune darwin: {spec.meta.get('source')}", sections)
+
+
+def _refit_line(refit: dict) -> str:
+    return (f"The output projections of the chosen model were re-solved layer by layer on its own inputs "
+            f"(target `{refit['target']}`, {refit['tokens']:,} calibration tokens, {refit['seconds']:.0f} s): the "
+            f"mean relative error of a module to its target went from {refit['mean_error_before']:.4f} to "
+            f"{refit['mean_error_after']:.4f}. The figures above are the re-fitted model's.\n")
 
 
 def _budget_line(budget: dict | None) -> str:
