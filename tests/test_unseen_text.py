@@ -160,7 +160,7 @@ must satisfy.
 1.1. Scope
 ==========
 
-Packages must be accompanied by a verbatim copy of their license  [1]
+Packages *must* be accompanied by a verbatim copy of their license  [1]
 in the file "/usr/share/doc/PACKAGE/copyright" of the binary package.
 
 The fields in this file are:

@@ -3,8 +3,9 @@
 The package ships the manual as Sphinx's plain-text rendering, `policy.txt.gz`: paragraphs wrapped at
 70 columns, headings underlined with `=`, `-` or `*`, lists as `* ` items, literal blocks and nested
 material indented, footnotes as `[n] ` paragraphs. Documents are the manual's prose paragraphs, in
-order: wrapped lines joined, footnote markers removed; headings, lists, indented blocks, paragraphs
-of fewer than `MIN_WORDS` words and the closing license chapter (the GPL's notice) are left out.
+order: wrapped lines joined, footnote markers and emphasis asterisks removed; headings, lists,
+indented blocks, paragraphs of fewer than `MIN_WORDS` words and the closing license chapter (the
+GPL's notice) are left out. About 1,000 paragraphs, 58k SmolLM2 tokens (policy 4.6.2.0).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ UNDERLINE = re.compile(r"^([=\-*~^\"#])\1+$")
 LIST_ITEM = re.compile(r"^(?:[*\-+] |\d+\. |[a-z]\. )")
 FOOTNOTE = re.compile(r"^\[(\d+|\*|#)\] ")
 FOOTNOTE_MARK = re.compile(r"\s*\[\d+\]")
+EMPHASIS = re.compile(r"\*(\S(?:[^*]*\S)?)\*")  # *words*: Sphinx's plain-text emphasis
 LICENSE_CHAPTER = re.compile(r"^\d+\. License$")
 
 
@@ -36,13 +38,22 @@ def policy_files() -> list[Path]:
     return [] if found is None else [found]
 
 
+def _blocks(text: str) -> list[list[str]]:
+    """Runs of non-blank lines, their indentation kept."""
+    blocks, current = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.strip():
+            current.append(line.rstrip())
+        elif current:
+            blocks.append(current)
+            current = []
+    return blocks
+
+
 def prose_paragraphs(text: str) -> list[str]:
     """The prose paragraphs of a Sphinx plain-text document (see the module docstring)."""
     paragraphs = []
-    for block in re.split(r"\n\s*\n", text):
-        lines = block.rstrip().splitlines()
-        if not lines or not lines[0].strip():
-            continue
+    for lines in _blocks(text):
         if len(lines) >= 2 and UNDERLINE.match(lines[-1].strip()):  # a heading
             if LICENSE_CHAPTER.match(lines[0].strip()):
                 break
@@ -56,7 +67,7 @@ def prose_paragraphs(text: str) -> list[str]:
             lines = [first, *rest]
         if first.startswith(" ") or LIST_ITEM.match(first) or any(line.startswith(" ") for line in lines[1:]):
             continue
-        prose = FOOTNOTE_MARK.sub("", " ".join(line.strip() for line in lines))
+        prose = EMPHASIS.sub(r"\1", FOOTNOTE_MARK.sub("", " ".join(line.strip() for line in lines)))
         if len(prose.split()) >= MIN_WORDS:
             paragraphs.append(prose)
     return paragraphs
