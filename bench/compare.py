@@ -253,7 +253,8 @@ def write_outputs(out: Path, args, cfg: RunConfig, rows: list[dict], tasks: list
                          f"after the {args.nas_blocks} the NAS objective scores",
              "kl": f"against the dense model's top-{ev.top_k} distribution",
              "unseen": "not measured (eval.unseen=false)" if unseen is None else "; ".join(
-                 f"{name}{' (held back)' if d['heldback'] else ''}: {d['tokens']} tokens of {d['origin']}"
+                 f"{name} ({d.get('split') or ('test' if d.get('heldback') else 'dev')}): "
+                 f"{d['tokens']} tokens of {d['origin']}"
                  for name, d in unseen.items()),
              "tasks": f"{args.tasks}, at most {args.limit} examples each (lm-eval, offline copies)",
              "latency": f"batch {ev.batch_size}, prompt {ev.prompt_len}, {ev.new_tokens} decode steps, median of "

@@ -137,6 +137,61 @@ def test_missing_assets_tell_the_user_to_fetch(cache, nothing_installed):
             missing()
 
 
+FAKE_TEXT = assets.DebText("evoprune-fake-text", Path("usr/share/doc/evoprune-fake-text"), "text.txt.gz", "fake-text")
+
+
+class FakeApt:
+    """Stands in for `subprocess.run` of `apt-get download` (writes a .deb) and `dpkg -x` (unpacks `files`)."""
+
+    def __init__(self, files: dict[str, bytes], fail: str | None = None):
+        self.files, self.fail, self.commands = files, fail, []
+
+    def __call__(self, command, cwd=None, **kwargs):
+        self.commands.append(command)
+        if command[0] == self.fail:
+            return subprocess.CompletedProcess(command, 100, "", "E: Unable to locate package evoprune-fake-text")
+        if command[:2] == ["apt-get", "download"]:
+            (Path(cwd) / f"{command[2]}_1.0_all.deb").write_bytes(b"!<arch>")
+        else:  # dpkg -x DEB ROOT
+            for name, data in self.files.items():
+                (Path(command[3]) / name).parent.mkdir(parents=True, exist_ok=True)
+                (Path(command[3]) / name).write_bytes(data)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+
+@pytest.fixture
+def apt_here(monkeypatch):
+    monkeypatch.setattr(assets.shutil, "which", lambda name: f"/usr/bin/{name}")
+
+
+def test_deb_text_is_unpacked_once_into_the_cache(cache, apt_here, monkeypatch):
+    apt = FakeApt({"usr/share/doc/evoprune-fake-text/text.txt.gz": b"gz", "usr/bin/tool": b"not kept"})
+    monkeypatch.setattr(assets.subprocess, "run", apt)
+    assert assets.fetch_deb_text(FAKE_TEXT) is None
+    assert FAKE_TEXT.found() == cache / "assets" / "fake-text" and not (cache / "assets" / "usr").exists()
+    assert [c[0] for c in apt.commands] == ["apt-get", "dpkg"]
+    assert [p.name for p in (cache / "assets").iterdir()] == ["fake-text"]  # no temporary folder left
+    assert assets.fetch_deb_text(FAKE_TEXT) is None and len(apt.commands) == 2  # already there: nothing run
+
+
+@pytest.mark.parametrize("fail", ["apt-get", "dpkg", "empty package"])
+def test_a_test_text_that_cannot_be_had_is_one_line_and_leaves_nothing(cache, apt_here, monkeypatch, fail):
+    files = {} if fail == "empty package" else {"usr/share/doc/evoprune-fake-text/text.txt.gz": b"gz"}
+    monkeypatch.setattr(assets.subprocess, "run", FakeApt(files, fail=fail))
+    why = assets.fetch_deb_text(FAKE_TEXT)
+    assert why is not None and "\n" not in why and FAKE_TEXT.found() is None
+    assert ("evoprune-fake-text holds no" in why) if fail == "empty package" else (f"`{fail}" in why)
+    assert not (cache / "assets" / "fake-text").exists() and list((cache / "assets").iterdir()) == []
+
+
+def test_without_apt_every_test_text_says_why_in_one_line(cache, monkeypatch):
+    monkeypatch.setattr(assets.shutil, "which", lambda name: None)
+    monkeypatch.setattr(assets.DebText, "found", lambda self: None)
+    missing = assets.fetch_test_texts()
+    assert set(missing) == {"r-cran-janeaustenr", "debian-policy"}
+    assert all(why == f"no apt-get/dpkg on this machine to fetch {package}" for package, why in missing.items())
+
+
 def fake_conversion(calls: list):
     def convert(gguf: Path, out: Path) -> None:
         calls.append(out)

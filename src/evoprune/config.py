@@ -100,10 +100,11 @@ class EvalConfig:
     # null in both = no sweep; null in one = that list is just eval.batch_size / eval.prompt_len.
     latency_batch_sizes: list[int] | None = None
     latency_prompt_lens: list[int] | None = None
-    # Perplexity on text of other genres that the run never calibrates, searches or trains on (news,
-    # how-to, math; Jane Austen held back apart), beside the held-out figure; see data/unseen_sources.py.
+    # Perplexity on text of other genres that the run never calibrates, searches or trains on, beside the
+    # held-out figure: dev genres (news, how-to, math; settings are chosen on them) and test genres (Jane
+    # Austen, the Debian Policy Manual; nothing is chosen on them); see data/unseen_sources.py.
     unseen: bool = True
-    unseen_blocks: int = 8  # blocks of data.seq_len tokens per unseen domain (4 domains x 8 x 512 = 16k tokens a model)
+    unseen_blocks: int = 8  # blocks of data.seq_len tokens per unseen genre (5 genres x 8 x 512 = 20k tokens a model)
     # Perplexity (held-out and unseen text) layer by layer: every batch through one decoder layer before the
     # next, so weights larger than RAM are read once, not once per batch; the same numbers to float rounding.
     # true | false | auto = when the model's weights exceed half of MemAvailable (evaluate/streamed_choice.py).

@@ -23,7 +23,7 @@ from ..atomic import write_json, write_text  # noqa: E402
 from ..config import PruneConfig  # noqa: E402
 from ..report import markdown_table, save_png, write_report  # noqa: E402
 
-COLUMNS = ["size", "params", "block_sparsity", "kl_to_teacher", "perplexity", "unseen_ppl_mean",
+COLUMNS = ["size", "params", "block_sparsity", "kl_to_teacher", "perplexity", "unseen_ppl_mean", "test_ppl_mean",
            "heldback_perplexity", "decode_speedup", "prefill_speedup", "llamacpp_decode_speedup",
            "llamacpp_prefill_speedup", "uniform_kl", "uniform_perplexity"]
 
@@ -39,7 +39,8 @@ def front_row(folder: Path, label: str) -> dict:
     pruned, uniform, target = metrics["pruned"], metrics["uniform_same_database"], metrics.get("target") or {}
     return {"size": label, "params": pruned["params"], "block_sparsity": target.get("achieved_sparsity"),
             "kl_to_teacher": pruned.get("kl_to_teacher"), "perplexity": pruned["perplexity"],
-            "unseen_ppl_mean": pruned.get("unseen_ppl_mean"), "heldback_perplexity": pruned.get("heldback_perplexity"),
+            "unseen_ppl_mean": pruned.get("unseen_ppl_mean"), "test_ppl_mean": pruned.get("test_ppl_mean"),
+            "heldback_perplexity": pruned.get("heldback_perplexity"),
             "decode_speedup": pruned.get("decode_speedup"), "prefill_speedup": pruned.get("prefill_speedup"),
             "uniform_kl": uniform.get("kl_to_teacher"), "uniform_perplexity": uniform["perplexity"],
             "folder": label}
@@ -57,8 +58,8 @@ def write_front(out: Path, labels: list[str], command: str = "", speeds: dict[st
     rows = sorted(({**front_row(out / label, label), **speeds.get(label, {})} for label in labels),
                   key=lambda r: -r["params"])
     dense = json.loads((out / labels[0] / "metrics.json").read_text())["dense"]
-    write_json(out / "front.json", {"dense": {**{k: dense.get(k) for k in ("params", "perplexity", "unseen_ppl_mean")},
-                                              **speeds.get("dense", {})}, "front": rows})
+    dense_figures = {k: dense.get(k) for k in ("params", "perplexity", "unseen_ppl_mean", "test_ppl_mean")}
+    write_json(out / "front.json", {"dense": {**dense_figures, **speeds.get("dense", {})}, "front": rows})
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS + ["folder"], lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
@@ -77,7 +78,7 @@ def write_front(out: Path, labels: list[str], command: str = "", speeds: dict[st
 
 
 def plot_front(rows: list[dict], dense: dict, path: Path) -> Path:
-    """KL, perplexity (held-out, unseen text) and decode speedup against parameters, with the uniform genotype
+    """KL, perplexity (held-out, dev and test text) and decode speedup against parameters, with the uniform genotype
     of each size."""
     params = [r["params"] / 1e6 for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), constrained_layout=True)
@@ -87,7 +88,9 @@ def plot_front(rows: list[dict], dense: dict, path: Path) -> Path:
     axes[1].plot(params, [r["perplexity"] for r in rows], "o-", color="#c44e52", label="darwin, held-out")
     axes[1].plot(params, [r["uniform_perplexity"] for r in rows], "s--", color="#888888", label="uniform, held-out")
     if all(r["unseen_ppl_mean"] is not None for r in rows):
-        axes[1].plot(params, [r["unseen_ppl_mean"] for r in rows], "^-", color="#4c72b0", label="darwin, unseen text")
+        axes[1].plot(params, [r["unseen_ppl_mean"] for r in rows], "^-", color="#4c72b0", label="darwin, dev text")
+    if all(r.get("test_ppl_mean") is not None for r in rows):
+        axes[1].plot(params, [r["test_ppl_mean"] for r in rows], "v-", color="#8172b2", label="darwin, test text")
     axes[1].axhline(dense["perplexity"], color="#55a868", lw=1, label=f"dense ({dense['params'] / 1e6:.0f}M)")
     axes[1].set(xlabel="parameters (M)", ylabel="perplexity", yscale="log")
     if all(r.get("decode_speedup") is not None for r in rows):

@@ -1,4 +1,4 @@
-"""Jane Austen's six novels, the held-back text: from the Debian package `r-cran-janeaustenr`.
+"""Jane Austen's six novels, a test genre (19th-century fiction): from the Debian package `r-cran-janeaustenr`.
 
 The package keeps each novel as an R character vector of lines in the lazy-load database
 `data/Rdata.rdb` (index `Rdata.rdx`: a gzip-compressed serialized list of object offsets;
@@ -13,7 +13,7 @@ import struct
 import zlib
 from pathlib import Path
 
-from ..assets import AUSTEN_DIR_IN_DEB, assets_dir
+from ..assets import AUSTEN_TEXT
 from ..errors import UserError
 
 NOVELS = ("sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey", "persuasion")
@@ -21,7 +21,7 @@ NOVELS = ("sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northa
 
 def austen_package_dirs() -> list[Path]:
     """Where the R package may be: installed system-wide (apt), else unpacked by `evoprune fetch-assets`."""
-    return [Path("/") / AUSTEN_DIR_IN_DEB, assets_dir() / "janeaustenr"]
+    return AUSTEN_TEXT.dirs()
 
 
 def austen_data_dir() -> Path | None:

@@ -41,7 +41,7 @@ class UnseenDomain:
     name: str
     genre: str
     origin: str
-    heldback: bool
+    split: str  # dev (settings are chosen on it) or test (nothing is ever chosen on it): see unseen_sources
     blocks: torch.Tensor | None
     documents: int = 0  # documents packed into the blocks
     dropped: int = 0  # documents left out because the run's data holds them
@@ -49,7 +49,7 @@ class UnseenDomain:
 
     def describe(self) -> dict:
         """What metrics.json records about the domain."""
-        return {"genre": self.genre, "origin": self.origin, "heldback": self.heldback,
+        return {"genre": self.genre, "origin": self.origin, "split": self.split,
                 "blocks": 0 if self.blocks is None else int(self.blocks.shape[0]),
                 "tokens": 0 if self.blocks is None else int(self.blocks.numel()),
                 "documents": self.documents, "dropped_as_in_run_data": self.dropped, "notes": self.notes}
@@ -116,7 +116,7 @@ def _read_cached(source: UnseenSource, key: str) -> UnseenDomain | None:
             raise ValueError("written for another key")
         blocks = load_file(str(path))["blocks"]
         notes = [n for n in meta.get("notes", "").split("\n") if n]
-        return UnseenDomain(source.name, source.genre, source.origin, source.heldback, blocks,
+        return UnseenDomain(source.name, source.genre, source.origin, source.split, blocks,
                             int(meta["documents"]), int(meta["dropped"]), notes)
     except Exception as e:  # any damage means: rebuild
         log.warning("rebuilding unseen-text cache %s: %s", path, e)
@@ -132,7 +132,7 @@ def _write_cached(key: str, domain: UnseenDomain) -> None:
 
 def _unavailable(source: UnseenSource, note: str, dropped: int = 0) -> UnseenDomain:
     log.warning("unseen text %s left out: %s", source.name, note)
-    return UnseenDomain(source.name, source.genre, source.origin, source.heldback, None, 0, dropped, [note])
+    return UnseenDomain(source.name, source.genre, source.origin, source.split, None, 0, dropped, [note])
 
 
 def unseen_domains(tokenizer, run_source: str, text_field: str, seq_len: int, n_blocks: int) -> list[UnseenDomain]:
@@ -174,7 +174,7 @@ def unseen_domains(tokenizer, run_source: str, text_field: str, seq_len: int, n_
             notes.append(f"{dropped} documents left out because {run_source} holds them")
         if blocks.shape[0] < n_blocks:
             notes.append(f"only {blocks.shape[0]} of {n_blocks} blocks of {seq_len} tokens available")
-        domain = UnseenDomain(source.name, source.genre, source.origin, source.heldback, blocks, used, dropped, notes)
+        domain = UnseenDomain(source.name, source.genre, source.origin, source.split, blocks, used, dropped, notes)
         _write_cached(key, domain)
         domains.append(domain)
     return domains

@@ -27,7 +27,7 @@ from .teacher import TeacherCache
 
 log = logging.getLogger(__name__)
 
-FORMAT = "evoprune.quality/2"  # 2: with the held-out intervals
+FORMAT = "evoprune.quality/3"  # 2: with the held-out intervals; 3: dev and test genres (test_perplexity, test_ppl_mean)
 
 
 def quality_key(model: nn.Module, eval_blocks: torch.Tensor, teacher: TeacherCache | None, batch_size: int,
@@ -36,7 +36,7 @@ def quality_key(model: nn.Module, eval_blocks: torch.Tensor, teacher: TeacherCac
             "blocks": tokens_fingerprint(eval_blocks), "teacher": str(teacher.path) if teacher is not None else None,
             "batch_size": batch_size, "streamed": bool(streamed),
             "unseen": None if unseen is None else [
-                [d.name, d.heldback, None if d.blocks is None else tokens_fingerprint(d.blocks)] for d in unseen]}
+                [d.name, d.split, None if d.blocks is None else tokens_fingerprint(d.blocks)] for d in unseen]}
 
 
 def cached_quality(key: dict, measure: Callable[[], dict]) -> dict:

@@ -59,10 +59,11 @@ class RecoveryConfig:
 
 @dataclass
 class RecoveryEvalConfig:
-    # Perplexity on text of other genres than the run's data (news, how-to, math; Jane Austen held back
-    # apart) before and after training, as every other command reports it; see data/unseen_sources.py.
+    # Perplexity on text of other genres than the run's data (dev: news, how-to, math; test: Jane Austen,
+    # the Debian Policy Manual) before and after training, as every other command reports it; see
+    # data/unseen_sources.py.
     unseen: bool = True
-    unseen_blocks: int = 8  # blocks of data.seq_len tokens per unseen domain
+    unseen_blocks: int = 8  # blocks of data.seq_len tokens per unseen genre
 
 
 @dataclass

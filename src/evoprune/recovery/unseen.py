@@ -63,10 +63,12 @@ class UnseenFigures:
         return {"unseen_start": self.start, "unseen_final": self.final, "unseen_text": describe_unseen(self.domains)}
 
     def summary(self) -> dict:
-        """The summary row's unseen mean and held-back perplexity, at the start and at the end."""
+        """The summary row's dev and test means and the Austen test genre (`heldback`), at the start and at the end."""
         start = self.start or {}
         return {"start_unseen_ppl_mean": start.get("unseen_ppl_mean"),
                 "final_unseen_ppl_mean": self.final["unseen_ppl_mean"],
+                "start_test_ppl_mean": start.get("test_ppl_mean"),
+                "final_test_ppl_mean": self.final.get("test_ppl_mean"),
                 "start_heldback_ppl": start.get("heldback_perplexity"),
                 "final_heldback_ppl": self.final["heldback_perplexity"]}
 
