@@ -48,19 +48,20 @@ def main() -> None:
     db = build_database(cfg, dense, a.run / "database", progress=False)
     genotype = SubnetSpec.load(a.run / "spec.json").meta["genotype"]
     spec, replace = db.stitch(genotype["attention"], genotype["mlp"], dense.adapter)
-    models, records = {"database (one-shot OBS)": inference_slice(dense.model, dense.adapter, spec, replace)}, {}
-    for target in a.targets.split(","):
+    models = {"dense": dense.model, "database (one-shot OBS)": inference_slice(dense.model, dense.adapter, spec, replace)}
+    records: dict[str, dict] = {}
+    for target in [t for t in a.targets.split(",") if t]:
         cfg.refit.target = target
         pruned = inference_slice(dense.model, dense.adapter, spec, replace)
         load = os.getloadavg()[0]
-        pruned, _, record = refit_chosen(cfg, dense, pruned, progress=True)
+        pruned, _, record = refit_chosen(cfg, dense, spec, pruned, progress=True)
         record["load_before"] = round(load, 2)
         models[f"re-fit: {target}"], records[f"re-fit: {target}"] = pruned, record
     eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
     teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size)
     started = time.time()
     rows = evaluate_models(models, eval_blocks, teacher, cfg.eval, cfg.data.batch_size,
-                           unseen=load_unseen(cfg, dense.tokenizer))
+                           unseen=load_unseen(cfg, dense.tokenizer), unchanged=frozenset({"dense"}))
     table = []
     for name, row in rows.items():
         record = records.get(name, {})

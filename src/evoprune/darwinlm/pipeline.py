@@ -426,7 +426,7 @@ def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: Load
     refit_record = None
     if cfg.refit.target != "none":
         with memory.stage("re-fit"):
-            pruned, replace, refit_record = refit_chosen(cfg, dense, pruned, progress)
+            pruned, replace, refit_record = refit_chosen(cfg, dense, spec, pruned, progress)
     with memory.stage("evaluation"):
         eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
         teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size, progress)
@@ -469,14 +469,15 @@ def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: Load
     return out
 
 
-def refit_chosen(cfg: RunConfig, dense: LoadedModel, pruned, progress: bool):
+def refit_chosen(cfg: RunConfig, dense: LoadedModel, spec, pruned, progress: bool):
     """`pruned` with its output projections re-solved on its own inputs (`obs/refit.py`), the weights to export,
     and what the re-fit did."""
     started = time.time()
     blocks = data_blocks(cfg, dense.tokenizer, "calibration", cfg.data.calibration_blocks)
-    modules = refit(dense.model, pruned, dense.adapter, blocks, cfg.data.batch_size, cfg.refit.target,
+    kept = spec.kept_layers()
+    modules = refit(dense.model, pruned, dense.adapter, kept, blocks, cfg.data.batch_size, cfg.refit.target,
                     cfg.refit.percdamp, progress)
-    replace = refitted_weights(pruned, dense.adapter, dense.adapter.parameter_name)
+    replace = refitted_weights(pruned, dense.adapter, kept, dense.adapter.parameter_name)
     record = {"target": cfg.refit.target, "seconds": round(time.time() - started, 1), "tokens": blocks.numel(),
               "mean_error_before": round(sum(m.error_before for m in modules) / max(len(modules), 1), 6),
               "mean_error_after": round(sum(m.error_after for m in modules) / max(len(modules), 1), 6),

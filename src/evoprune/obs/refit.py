@@ -104,11 +104,11 @@ class _LeastSquares:
         return torch.cholesky_solve(rhs.T, chol).T.to(w0.dtype)
 
 
-def refit(dense: PreTrainedModel, pruned: PreTrainedModel, adapter: ModelAdapter, blocks: torch.Tensor,
-          batch_size: int = 4, target: str = "self", percdamp: float = 0.01,
+def refit(dense: PreTrainedModel, pruned: PreTrainedModel, adapter: ModelAdapter, kept_layers: list[int],
+          blocks: torch.Tensor, batch_size: int = 4, target: str = "self", percdamp: float = 0.01,
           progress: bool = True) -> list[ModuleRefit]:
-    """Re-solve the output projections of `pruned` (sliced from `dense`, same hidden size) in place, layer by
-    layer on `blocks`; returns what changed per module."""
+    """Re-solve the output projections of `pruned` (sliced from `dense`, same hidden size; its layer j is dense
+    layer `kept_layers[j]`) in place, layer by layer on `blocks`; returns what changed per module."""
     if target not in REFIT_TARGETS:
         raise ValueError(f"unknown re-fit target {target!r}; choose one of {', '.join(REFIT_TARGETS)}")
     if dense.config.hidden_size != pruned.config.hidden_size:
@@ -117,11 +117,15 @@ def refit(dense: PreTrainedModel, pruned: PreTrainedModel, adapter: ModelAdapter
     with eval_mode(dense), eval_mode(pruned), torch.inference_mode():
         d_hidden, d_masks = _first_inputs(dense, adapter, blocks, batch_size)
         p_hidden, p_masks = _first_inputs(pruned, adapter, blocks, batch_size)
-        pairs = list(zip(adapter.layers(dense), adapter.layers(pruned)))
-        for i, (d_layer, p_layer) in enumerate(tqdm(pairs, desc="re-fit", disable=not progress)):
+        pruned_of = {i: j for j, i in enumerate(kept_layers)}
+        for i, d_layer in enumerate(tqdm(adapter.layers(dense), desc="re-fit", disable=not progress)):
             d_call = _caller(d_layer, d_masks, layer_type(dense.config, i))
-            p_call = _caller(p_layer, p_masks, layer_type(pruned.config, i))
             d_out, d_attn, d_mlp = _dense_pass(adapter, d_layer, d_call, d_hidden)
+            if i not in pruned_of:  # a layer the pruned model dropped: only the dense stream moves on
+                d_hidden = d_out
+                continue
+            p_layer = adapter.layers(pruned)[pruned_of[i]]
+            p_call = _caller(p_layer, p_masks, layer_type(pruned.config, pruned_of[i]))
             if adapter.attention(p_layer) is not None:
                 y = (_dense_attention_on(adapter, d_layer, d_call, p_hidden) if target == "self" else
                      [a + (h - p) for a, h, p in zip(d_attn, d_hidden, p_hidden)] if target == "residual" else d_attn)
@@ -251,11 +255,11 @@ def _apply(fit: _LeastSquares, proj: nn.Linear, i: int, kind: str, percdamp: flo
     return ModuleRefit(i, kind, proj.in_features, before, fit.error(w))
 
 
-def refitted_weights(pruned: PreTrainedModel, adapter: ModelAdapter, dense_names: Callable[[int, str], str]
-                     ) -> dict[str, torch.Tensor]:
+def refitted_weights(pruned: PreTrainedModel, adapter: ModelAdapter, kept_layers: list[int],
+                     dense_names: Callable[[int, str], str]) -> dict[str, torch.Tensor]:
     """The output projections of `pruned` keyed by the dense model's parameter names (`replace` of a stitch)."""
     out = {}
-    for i, layer in enumerate(adapter.layers(pruned)):
+    for i, layer in zip(kept_layers, adapter.layers(pruned)):
         for kind, part in (("attention", "attention_output"), ("mlp", "mlp_output")):
             block = adapter.attention(layer) if kind == "attention" else adapter.mlp(layer)
             if block is not None:
