@@ -344,6 +344,21 @@ class RefitConfig:
 
 
 @dataclass
+class BldConfig:
+    # Blockwise local distillation (Puzzle's BLD), after darwin chooses its model and after the re-fit: every
+    # kept decoder layer trained alone (AdamW, cosine to lr/10) to reproduce the dense layer's output, on
+    # train-split blocks (training/blockwise.py). Tokens each layer trains on; 0 = off
+    tokens: int = 0
+    lr: float = 1e-4  # peak AdamW learning rate
+    weights: str = "all"  # all: every weight of the layer (projections, biases, norms) | outputs: o_proj, down_proj
+    # dense: each layer's input is the dense model's hidden states (layers independent, could run in parallel) |
+    # pruned: the pruned model's own, through the layers already trained (sequential)
+    inputs: str = "dense"
+    loss: str = "nmse"  # nmse: squared error / squared dense change of the layer (Puzzle's normalized MSE) | mse
+    blocks: int | None = None  # distinct train blocks whose hidden states are held (cycled); None = one pass
+
+
+@dataclass
 class ExportConfig:
     # What a prune / slice / darwin / search / nas run writes beside its HF `model/` folder (never part of a
     # run's resume identity: it only changes the last step). hf: nothing more | gguf: `model-gguf/model.gguf`
@@ -362,6 +377,7 @@ class RunConfig:
     nas: NasConfig = field(default_factory=NasConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     refit: RefitConfig = field(default_factory=RefitConfig)
+    bld: BldConfig = field(default_factory=BldConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     seed: int = 0  # for every random choice
     # Budget (GiB) of anonymous memory per stage of darwin / database / search, checked before work starts
@@ -417,6 +433,7 @@ class RunConfig:
         check_choice(p, "refit.target", self.refit.target, ("none", "self", "dense", "residual"))
         if not 0 < self.refit.percdamp < math.inf:
             p.append(f"refit.percdamp must be positive, got {self.refit.percdamp}")
+        p += bld_problems(self.bld)
         if not isinstance(db.store, str) or not db.store:
             p.append(f"database.store must be shared, run or a folder, got {db.store!r}")
         if se.profile not in PROFILES:
@@ -492,6 +509,21 @@ def check_choice(problems: list[str], name: str, value: Any, options: tuple | li
     if value not in options:
         choices = ", ".join(map(str, options[:-1])) + f" or {options[-1]}" if len(options) > 1 else str(options[0])
         problems.append(f"{name} must be {choices}, got {value!r}")
+
+
+def bld_problems(bld: BldConfig) -> list[str]:
+    """What is wrong with a `bld` section (the choices are training/blockwise.py's)."""
+    p: list[str] = []
+    if isinstance(bld.tokens, bool) or not isinstance(bld.tokens, int) or bld.tokens < 0:
+        p.append(f"bld.tokens must be 0 (off) or a positive number of tokens per layer, got {bld.tokens!r}")
+    if not 0 < bld.lr < math.inf:
+        p.append(f"bld.lr must be positive and finite, got {bld.lr}")
+    check_choice(p, "bld.weights", bld.weights, ("all", "outputs"))
+    check_choice(p, "bld.inputs", bld.inputs, ("dense", "pruned"))
+    check_choice(p, "bld.loss", bld.loss, ("nmse", "mse"))
+    if bld.blocks is not None and bld.blocks <= 0:
+        p.append(f"bld.blocks must be positive (or null for one pass over bld.tokens), got {bld.blocks}")
+    return p
 
 
 def to_dict(cfg: Any) -> dict:

@@ -59,6 +59,7 @@ from .replace_one import ReplaceOneScores, replace_one_scores, stored_scores_pat
 from ..serving.deploy import check_format_before_work, export_for_serving, serving_record
 from ..arch.nemotron_format import check_space_fits
 from ..training import TrainConfig
+from ..training.blockwise import BlockwiseSettings, blockwise_distill
 from ..weights.compute_dtype import compute_dtype_of, inference_slice
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,9 @@ def evolution_settings(cfg: RunConfig, spent_seconds: float = 0.0) -> EvolutionS
 # settings added after runs were saved: left out at their default value, so that those runs still resume
 ADDED_RUN_SETTINGS = {"database": {"storage_dtype": "model"},
                       "search": {"train_embeddings": False, "space": "full", "latency_engine": "torch"},
-                      "eval": {"top_k": 1024}, "refit": {"target": "none", "percdamp": 0.01}}
+                      "eval": {"top_k": 1024}, "refit": {"target": "none", "percdamp": 0.01},
+                      "bld": {"tokens": 0, "lr": 1e-4, "weights": "all", "inputs": "dense", "loss": "nmse",
+                              "blocks": None}}
 
 
 # The family's predicted front (`run_predicted_front`): no size's search depends on them, and the front keeps
@@ -128,7 +131,7 @@ def search_config(cfg: RunConfig) -> dict:
                          **cfg.search.resolved()},
               "target": [cfg.prune.sparsity, cfg.prune.target_params], "seed": cfg.seed,
               "eval": {"top_k": cfg.eval.top_k},  # the fitness teachers keep top_k log-probs
-              "refit": to_dict(cfg.refit)}
+              "refit": to_dict(cfg.refit), "bld": to_dict(cfg.bld)}
     former = {new: old for old, new in RENAMED_PROFILES.items()}
     # a profile keeps the name it had when runs were first saved, so those runs (and their caches) still resume
     config["search"]["profile"] = former.get(cfg.search.profile, cfg.search.profile)
@@ -136,7 +139,7 @@ def search_config(cfg: RunConfig) -> dict:
     config["search"]["latency_engine"] = SAVED_LATENCY_ENGINES.get(engine, engine)
     for section, added in ADDED_RUN_SETTINGS.items():
         config[section] = {k: v for k, v in config[section].items() if added.get(k, object()) != v}
-        if not config[section] and section in ("eval", "refit"):  # added whole: absent while at its defaults
+        if not config[section] and section in ("eval", "refit", "bld"):  # added whole: absent while at its defaults
             del config[section]
     return config
 
@@ -146,6 +149,7 @@ def search_identity(cfg: RunConfig) -> dict:
     identity = search_config(cfg)
     del identity["target"]
     identity.pop("refit", None)  # chosen after the search
+    identity.pop("bld", None)
     identity["data"] = {k: v for k, v in identity["data"].items() if k != "eval_blocks"}
     return identity
 
@@ -427,6 +431,10 @@ def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: Load
     if cfg.refit.target != "none":
         with memory.stage("re-fit"):
             pruned, replace, refit_record = refit_chosen(cfg, dense, spec, pruned, progress)
+    bld_record = None
+    if cfg.bld.tokens > 0:
+        with memory.stage("blockwise distillation"):
+            pruned, replace, bld_record = distill_chosen(cfg, dense, pruned, spec, replace, progress)
     with memory.stage("evaluation"):
         eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
         teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size, progress)
@@ -457,6 +465,8 @@ def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: Load
                "wall_time_s": round(time.time() - started, 1), "memory": memory.summary()}
     if refit_record is not None:
         metrics["refit"] = refit_record
+    if bld_record is not None:
+        metrics["bld"] = bld_record
     if table.metric != "params":
         metrics["budget"] = budget_record(cfg, table, budget, result.best)
     if unseen is not None:
@@ -483,6 +493,25 @@ def refit_chosen(cfg: RunConfig, dense: LoadedModel, spec, pruned, progress: boo
               "mean_error_after": round(sum(m.error_after for m in modules) / max(len(modules), 1), 6),
               "modules": [m.to_dict() for m in modules]}
     return pruned, replace, record
+
+
+def distill_chosen(cfg: RunConfig, dense: LoadedModel, pruned, spec, replace: dict, progress: bool):
+    """`pruned` with each kept layer trained alone to reproduce the dense layer (`training/blockwise.py`), on
+    train-split blocks; the weights to export (`replace` with the trained tensors over it), and a record."""
+    started = time.time()
+    b = cfg.bld
+    n_blocks = b.blocks or math.ceil(b.tokens / cfg.data.seq_len)
+    blocks = data_blocks(cfg, dense.tokenizer, "train", n_blocks)
+    settings = BlockwiseSettings(b.tokens, b.lr, b.weights, b.inputs, b.loss, cfg.seed)
+    result = blockwise_distill(dense.model, pruned, dense.adapter, spec.kept_layers(), blocks, cfg.data.batch_size,
+                               settings, progress=progress)
+    layers = result.layers
+    record = {**to_dict(b), "seconds": round(time.time() - started, 1), "train_blocks": len(blocks),
+              "steps_per_layer": layers[0].steps if layers else 0,
+              "mean_error_before": round(sum(r.error_before for r in layers) / max(len(layers), 1), 6),
+              "mean_error_after": round(sum(r.error_after for r in layers) / max(len(layers), 1), 6),
+              "layers": [r.to_dict() for r in layers]}
+    return pruned, {**replace, **result.weights}, record
 
 
 def _private_copy(search_dir: Path) -> Path:
