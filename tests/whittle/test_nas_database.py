@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from evoprune.cli import main
 from evoprune.config import load_config
 from evoprune.darwinlm.fitness import CandidateEvaluator
-from evoprune.darwinlm.genotype import Genotype
+from evoprune.levels.genotype import Genotype
 from evoprune.data import data_blocks
 from evoprune.evaluation.suite import teacher_for
 from evoprune.models import load_source
