@@ -154,6 +154,7 @@ def test_the_search_starts_from_the_mip_assemblies_of_the_replace_one_scores(dat
     start = json.loads((database_run / "pareto.json").read_text())["start_trials"]
     assert json.loads((database_run / "nas_run.json").read_text())["start"]["method"] == "mip"
     assert set(start["sparsities"]) <= set(mip_sparsities((0.1, 0.75), 0.1))
+    assert start["sparsities"][0] == 0.5  # the pick's size (prune.sparsity's default) first, then the range
     subset = replace_one_blocks(blocks, teacher, 1024)
     scores = replace_one_scores(dense.model, dense.adapter, db, subset.blocks, subset, batch_size=2, progress=False)
     stored = json.loads((database_run / "replace_one.json").read_text())["layers"]  # the scores it assembled from

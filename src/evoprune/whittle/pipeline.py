@@ -133,7 +133,7 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = T
         start = [] if args.start == "mip" else space.starting_points(feasible)  # enqueued by a new study only
         if args.start == "mip" and not study.get_trials(deepcopy=False):  # (a resumed one scores nothing)
             with memory.stage("replace-one scores and MIP start"):
-                start = _mip_configs(cfg, dense, space, calib, args, feasible, out, study, progress)
+                start = _mip_configs(cfg, dense, space, calib, args, feasible, out, study, progress, rule)
         with memory.stage("search"):
             run_study(study, space, evaluate, args.trials, feasible=feasible, progress=progress, start=start)
         _write_results(cfg, dense, space, trial_rows(study, objectives), args, rule, bounds, out,
@@ -195,13 +195,18 @@ def _prepare_search(cfg: RunConfig, dense: LoadedModel, calib: torch.Tensor, obj
 
 
 def _mip_configs(cfg: RunConfig, dense: LoadedModel, space: LevelSpace, calib: torch.Tensor, args: NasArguments,
-                 feasible: Callable[[dict], bool], out: Path, study: optuna.Study, progress: bool) -> list[dict]:
-    """The MIP assemblies a new study evaluates first (`mip_start`), recorded in the study's `start` attribute."""
+                 feasible: Callable[[dict], bool], out: Path, study: optuna.Study, progress: bool,
+                 rule: PickRule) -> list[dict]:
+    """The MIP assemblies a new study evaluates first (`mip_start`; the one at the pick's size, if any, before the
+    others), recorded in the study's `start` attribute."""
+    first = None if rule.max_params is None else sparsity_at_total(space.shape, rule.max_params)  # the pick's size
+    if first is not None and not 0 < first < 1:  # (a target outside the blocks' reach: the pick takes the smallest)
+        first = None
     search_blocks = calib[cfg.data.calibration_blocks:]
     teacher = teacher_for(dense.model, str(dense.path), search_blocks, cfg.eval, cfg.data.batch_size, progress)
     found = mip_start(dense, space, search_blocks, teacher, args.sparsity_range, args.mip_step,
                       cfg.search.replace_one_tokens, cfg.search.replace_one_all_levels, feasible, out,
-                      cfg.data.batch_size, progress)
+                      cfg.data.batch_size, progress, first)
     study.set_user_attr("start", {"method": "mip", "sparsities": found.sparsities, "trials": len(found.configs),
                                   "replace_one_seconds": round(found.scores_seconds, 1),
                                   "replace_one_reused": found.scores_reused})
