@@ -29,7 +29,7 @@ from evoprune.whittle.arguments import sparsity_range_of_params
 from evoprune.whittle.pipeline import run as run_nas
 from evoprune.obs.database import Database
 from evoprune.arch.target import resolve_target
-from evoprune.darwinlm.budget import make_budget
+from evoprune.levels.budget import make_budget
 from evoprune.darwinlm.random_search import random_search, selection_evaluations
 
 log = logging.getLogger(__name__)

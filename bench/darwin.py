@@ -45,7 +45,7 @@ from evoprune.baselines.depth import depth_spec
 from evoprune.arch.target import resolve_target
 from evoprune.baselines.uniform import uniform_spec
 from evoprune.report import markdown_table
-from evoprune.darwinlm.budget import make_budget, uniform_genotype
+from evoprune.levels.budget import make_budget, uniform_genotype
 from evoprune.darwinlm.evolution import evolve
 from evoprune.darwinlm.fitness import Stage
 from evoprune.darwinlm.random_search import random_search

@@ -39,9 +39,9 @@ from evoprune.baselines.depth import depth_spec
 from evoprune.arch.target import resolve_target
 from evoprune.baselines.uniform import uniform_spec
 from evoprune.report import markdown_table, plot_bars
-from evoprune.darwinlm.budget import make_budget, uniform_genotype
+from evoprune.levels.budget import make_budget, uniform_genotype
 from evoprune.darwinlm.evolution import evolve
-from evoprune.darwinlm.genotype import Genotype
+from evoprune.levels.genotype import Genotype
 
 # the quick profile until issue 17 (bench/darwin.py's tables were made with it)
 OLD_QUICK = ["search.offspring=8", "search.generations=8", "search.train_tokens=[0,2048,4096]",

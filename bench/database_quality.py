@@ -27,7 +27,7 @@ from evoprune.config import load_config
 from evoprune.models import load_source
 from evoprune.arch.target import resolve_target
 from evoprune.report import markdown_table
-from evoprune.darwinlm.budget import make_budget, uniform_genotype
+from evoprune.levels.budget import make_budget, uniform_genotype
 
 SETTINGS = {
     "default": [],

@@ -43,8 +43,8 @@ from evoprune.data import data_blocks  # noqa: E402
 from evoprune.models import load_source  # noqa: E402
 from evoprune.arch.target import resolve_target  # noqa: E402
 from evoprune.report import markdown_table  # noqa: E402
-from evoprune.darwinlm.budget import make_budget, uniform_genotype  # noqa: E402
-from evoprune.darwinlm.genotype import Genotype  # noqa: E402
+from evoprune.levels.budget import make_budget, uniform_genotype  # noqa: E402
+from evoprune.levels.genotype import Genotype  # noqa: E402
 from evoprune.darwinlm.mutation import mutate, random_genotype  # noqa: E402
 from evoprune.training import TrainConfig, train_on_blocks  # noqa: E402
 

@@ -30,9 +30,9 @@ from evoprune.data import data_blocks
 from evoprune.models import load_source
 from evoprune.arch.target import resolve_target
 from evoprune.report import markdown_table
-from evoprune.darwinlm.assemble import assemble
-from evoprune.darwinlm.budget import make_budget, uniform_genotype
-from evoprune.darwinlm.genotype import Genotype
+from evoprune.levels.assemble import assemble
+from evoprune.levels.budget import make_budget, uniform_genotype
+from evoprune.levels.genotype import Genotype
 
 
 def best_of(repeats: int, fn) -> tuple[float, float]:

@@ -102,7 +102,7 @@ def _darwin_bench_dir(compare, root: Path, bench: Path, sparsity: float, **ident
     from evoprune.config import load_config
     from evoprune.models import load_source
     from evoprune.arch.target import resolve_target
-    from evoprune.darwinlm.budget import make_budget, uniform_genotype
+    from evoprune.levels.budget import make_budget, uniform_genotype
 
     import compare_methods
 

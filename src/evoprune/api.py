@@ -241,7 +241,8 @@ def evaluate(model, out: str | Path, *, teacher: str | None = None, tasks: str |
 
 def nas(model, out: str | Path, *, objectives: str | list[str] | None = None, trials: int | None = None,
         sampler: str | None = None, pick: str | None = None, supernet_steps: int | None = None,
-        weights: str | None = None, sparsity: float | None = None, target_params: int | None = None,
+        weights: str | None = None, start: str | None = None,
+        sparsity: float | None = None, target_params: int | None = None,
         sparsity_range: tuple[float, float] | list[float] | str | None = None,
         params_range: tuple[float, float] | str | None = None, data: str | None = None,
         config: str | Path | None = None, overrides: dict | None = None, force: bool = False,
@@ -262,6 +263,9 @@ def nas(model, out: str | Path, *, objectives: str | list[str] | None = None, tr
         supernet_steps: weight-sharing training steps before the search (`nas.supernet_steps`).
         weights: `database` (every module's levels in the second-order database, weights updated by OBS)
             or `importance` (first-k slices of the importance-sorted model, weights unchanged) (`nas.weights`).
+        start: the first trials with weights `database`: `mip` (the MIP assembly of replace-one KLs at every
+            `nas.mip_step` of block sparsity in the range) or `uniform` (the uniform genotypes) (`nas.start`);
+            None: mip.
         sparsity: the size target, the fraction of the block parameters removed (`prune.sparsity`).
         target_params: or total parameters kept (`prune.target_params`).
         sparsity_range: (low, high) sparsities to search, `"LOW,HIGH"`, or `"full"` for the whole space
@@ -284,7 +288,7 @@ def nas(model, out: str | Path, *, objectives: str | list[str] | None = None, tr
         raise UserError("--params-range is the former spelling of --sparsity-range; give only --sparsity-range")
     named = {"nas.objectives": None if objectives is None else list(objectives), "nas.trials": trials,
              "nas.sampler": sampler, "nas.pick": None if former_pick else pick, "nas.supernet_steps": supernet_steps,
-             "nas.weights": weights,
+             "nas.weights": weights, "nas.start": start,
              "nas.sparsity_range": list(sparsity_range) if isinstance(sparsity_range, (tuple, list)) else sparsity_range,
              "prune.sparsity": sparsity, "prune.target_params": target_params, "data.source": data}
     with _prepared(model, out, tokenizer, config, overrides, named) as cfg:

@@ -14,7 +14,8 @@ import re
 import sys
 import typing
 
-from .config import DEFAULT_SPARSITY_RANGE, ENGINES, GGUF_QUANTS, NAS_SAMPLERS, NAS_WEIGHTS, SERVING_FORMATS, NasConfig
+from .config import (DEFAULT_SPARSITY_RANGE, ENGINES, GGUF_QUANTS, NAS_SAMPLERS, NAS_STARTS, NAS_WEIGHTS,
+                     SERVING_FORMATS, NasConfig)
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the sub-networks and their weights: database (every module's levels in the second-order "
                         "database, weights updated by OBS, as darwin's) or importance (first-k slices of the "
                         f"importance-sorted model, weights unchanged); default {NasConfig.weights} (nas.weights)")
+    p.add_argument("--start", choices=list(NAS_STARTS),
+                   help="the first trials with --weights database: mip (the MIP assembly of replace-one KLs, as "
+                        "darwin's mip profile, every nas.mip_step of block sparsity in the range) or uniform (the "
+                        "uniform genotypes); default mip (nas.start)")
     p.add_argument("--multiple", type=int, help=MULTIPLE_HELP)
     p.add_argument("--space", choices=["full", "nemotron-nas"], help=SPACE_HELP)
     low, high = DEFAULT_SPARSITY_RANGE
@@ -247,7 +252,8 @@ def _overrides(args: argparse.Namespace) -> dict:
                       "num_fewshot": "eval.num_fewshot", "engine": "eval.engine", "tokenizer": "eval.tokenizer"})
     if args.command == "nas":
         flags.update({"trials": "nas.trials", "sampler": "nas.sampler", "supernet_steps": "nas.supernet_steps",
-                      "sparsity_range": "nas.sparsity_range", "weights": "nas.weights"})
+                      "sparsity_range": "nas.sparsity_range", "weights": "nas.weights",
+                      "start": "nas.start"})
     base = {key: getattr(args, attr) for attr, key in flags.items() if getattr(args, attr, None) is not None}
     if args.command == "nas":
         base.update(_nas_overrides(args))

@@ -228,6 +228,7 @@ NAS_COST = ("params", "flops", "latency")  # and cost
 NAS_SAMPLERS = ("local", "nsga2", "random")
 NAS_PICKS = ("target", "knee")
 NAS_WEIGHTS = ("database", "importance")
+NAS_STARTS = ("mip", "uniform")
 FULL_SPACE = "full"
 
 
@@ -255,6 +256,12 @@ class NasConfig:
     # | importance (first-k slices of the importance-sorted model: hidden size, layers, heads, MLP width; weights
     # unchanged)
     weights: str = "database"
+    # the first trials of a new study with weights database: mip (the MIP assembly of replace-one KLs, as darwin's mip
+    # profile, one genotype every mip_step of block sparsity across the searched range; the scores are shared
+    # with darwin through the database's store; search.replace_one_tokens and search.replace_one_all_levels set
+    # them) | uniform (every module at the same share of its ladder); null = mip with weights database
+    start: str | None = None
+    mip_step: float = 0.05  # start mip: block sparsity between two MIP genotypes (0.1, 0.15, ... inside the range)
 
     def __post_init__(self):
         text = self.sparsity_range
@@ -283,6 +290,13 @@ class NasConfig:
                      f"got {self.supernet_steps}")
         check_choice(p, "nas.sampler (--sampler)", self.sampler, NAS_SAMPLERS)
         check_choice(p, "nas.weights (--weights)", self.weights, NAS_WEIGHTS)
+        if self.start is not None:
+            check_choice(p, "nas.start (--start)", self.start, NAS_STARTS)
+            if self.weights != "database":
+                p.append(f"nas.start (--start) {self.start} chooses the first genotypes of the database's levels; give "
+                         "--weights database with it, or no --start (the importance space starts from the sampler)")
+        if not 0 < self.mip_step < 1:
+            p.append(f"nas.mip_step must be a block sparsity between 0 and 1 (exclusive), got {self.mip_step}")
         if self.weights == "database" and self.supernet_steps:
             p.append("nas.supernet_steps (--supernet-steps) trains the importance-sorted weights; give --weights "
                      "importance with it, or no supernet steps")
@@ -305,6 +319,12 @@ class NasConfig:
             return None
         low, high = r
         return None if low <= 0 and high >= 1 else (float(low), float(high))
+
+    def start_method(self) -> str | None:
+        """The first trials of a new study: mip or uniform with weights database (null resolved), else None."""
+        if self.weights != "database":
+            return None
+        return self.start or "mip"
 
     def pick_rule(self) -> str:
         """The pick asked for: target or knee (null resolved)."""

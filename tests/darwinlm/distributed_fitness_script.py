@@ -16,7 +16,7 @@ from evoprune.config import load_config
 from evoprune.models import load_model
 from evoprune.obs.database import Database
 from evoprune.arch.target import resolve_target
-from evoprune.darwinlm.budget import make_budget, uniform_genotype
+from evoprune.levels.budget import make_budget, uniform_genotype
 from evoprune.darwinlm.distributed_fitness import DistributedCandidateEvaluator
 from evoprune.darwinlm.evolution import EvolutionSettings, evolve
 from evoprune.darwinlm.fitness import select

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evoprune.errors import UserError
-from evoprune.darwinlm.budget import CostTable, make_budget, uniform_genotype
-from evoprune.darwinlm.genotype import Genotype
+from evoprune.levels.budget import CostTable, make_budget, uniform_genotype
+from evoprune.levels.genotype import Genotype
 from evoprune.darwinlm.mutation import mutate, num_switches
 
 ATTENTION = [0, 148, 295, 443, 590, 664, 885]  # SmolLM2-like: uneven GQA steps

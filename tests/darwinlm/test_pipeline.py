@@ -18,9 +18,9 @@ from evoprune.models import load_model
 from evoprune.data import data_blocks
 from evoprune.models import load_source
 from evoprune.obs.database import Database, DatabaseSettings
-from evoprune.darwinlm.budget import make_budget, uniform_genotype
+from evoprune.levels.budget import make_budget, uniform_genotype
 from evoprune.darwinlm.fitness import select
-from evoprune.darwinlm.genotype import Genotype
+from evoprune.levels.genotype import Genotype
 
 TINY = ["data.seq_len=32", "data.calibration_blocks=4", "data.eval_blocks=4", "data.batch_size=2",
         "eval.latency=false", "database.num_levels=5", "search.offspring=3", "search.generations=3",

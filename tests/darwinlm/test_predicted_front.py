@@ -13,8 +13,8 @@ import pytest
 from evoprune.api import darwin
 from evoprune.config import ConfigError, RunConfig, load_config
 from evoprune.darwinlm import pipeline
-from evoprune.darwinlm.budget import KINDS, CostTable, make_budget
-from evoprune.darwinlm.genotype import Genotype
+from evoprune.levels.budget import KINDS, CostTable, make_budget
+from evoprune.levels.genotype import Genotype
 from evoprune.darwinlm.predicted_front import (DEFAULT_SPARSITIES, predicted_front, report_section, spearman,
                                                spread)
 from evoprune.errors import UserError

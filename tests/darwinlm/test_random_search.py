@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from evoprune.errors import UserError
-from evoprune.darwinlm.budget import CostTable, make_budget
+from evoprune.levels.budget import CostTable, make_budget
 from evoprune.darwinlm.fitness import Stage
 from evoprune.darwinlm.random_search import pool_for_evaluations, random_search, selection_evaluations
 

@@ -13,10 +13,10 @@ from evoprune.errors import UserError
 from evoprune.evaluation.suite import teacher_for
 from evoprune.evaluation.teacher import kl_to_teacher
 from evoprune.obs.database import Database
-from evoprune.darwinlm.assemble import assemble
-from evoprune.darwinlm.budget import Budget, CostTable, make_budget
-from evoprune.darwinlm.genotype import Genotype
-from evoprune.darwinlm.replace_one import interpolated, measured_levels, replace_one_scores
+from evoprune.levels.assemble import assemble
+from evoprune.levels.budget import Budget, CostTable, make_budget
+from evoprune.levels.genotype import Genotype
+from evoprune.levels.replace_one import interpolated, measured_levels, replace_one_scores
 from darwinlm.test_pipeline import config
 
 

@@ -9,7 +9,7 @@ import weakref
 import torch
 
 from evoprune.darwinlm.fitness import CandidateEvaluator, Stage, select
-from evoprune.darwinlm.genotype import Genotype
+from evoprune.levels.genotype import Genotype
 
 
 class Candidate:

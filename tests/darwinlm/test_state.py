@@ -7,7 +7,7 @@ import random
 import pytest
 
 from evoprune.errors import UserError
-from evoprune.darwinlm.genotype import Genotype
+from evoprune.levels.genotype import Genotype
 from evoprune.darwinlm.state import SearchState
 from evoprune.training.rng import rng_state
 

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from evoprune.arch.export import export_checkpoint
 from evoprune.arch.streamed_export import export_sliced
 from evoprune.errors import UserError
-from evoprune.darwinlm.budget import make_budget, uniform_genotype
+from evoprune.levels.budget import make_budget, uniform_genotype
 from evoprune.darwinlm import pipeline as darwin
 
 from .test_streamed_kl import _random_genotype

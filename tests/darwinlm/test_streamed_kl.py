@@ -9,7 +9,7 @@ import torch
 
 from evoprune.evaluation.streamed_kl import streamed_kl
 from evoprune.evaluation.teacher import kl_to_teacher
-from evoprune.darwinlm.genotype import Genotype
+from evoprune.levels.genotype import Genotype
 
 
 def _random_genotype(db, seed: int) -> Genotype:

@@ -7,7 +7,7 @@ import random
 
 from evoprune.darwinlm import pipeline as darwin
 from evoprune.darwinlm.fitness import CandidateEvaluator, Stage, select
-from evoprune.darwinlm.genotype import Genotype
+from evoprune.levels.genotype import Genotype
 
 
 class InMemory(CandidateEvaluator):

@@ -100,7 +100,7 @@ def test_a_second_builder_waits_for_the_first_then_reuses_its_database(model_dir
 
 def test_darwin_runs_at_two_targets_build_the_database_and_scores_once(tiny_run_inputs, tmp_path, builds,
                                                                       monkeypatch):
-    import evoprune.darwinlm.replace_one as replace_one
+    import evoprune.levels.replace_one as replace_one
 
     scored = []
     original = replace_one._score

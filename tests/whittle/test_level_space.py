@@ -11,7 +11,7 @@ import torch
 
 from evoprune.config import load_config
 from evoprune.darwinlm.fitness import CandidateEvaluator
-from evoprune.darwinlm.genotype import Genotype
+from evoprune.levels.genotype import Genotype
 from evoprune.errors import UserError
 from evoprune.evaluation.teacher import TeacherCache
 from evoprune.obs.run_database import database_settings

@@ -1,7 +1,7 @@
 """`evoprune nas --objectives kl,params --trials N` with nothing else: local search over the database's levels (from
-its uniform genotypes) within sparsities 0.1-0.75 (fractions of the block parameters removed), the pick the lowest-KL
-front point within the default size target prune.sparsity 0.5; `--sparsity-range full` the whole space; `--sparsity` /
-`--target-params` choose the pick."""
+the MIP assemblies of its replace-one KLs) within sparsities 0.1-0.75 (fractions of the block parameters removed),
+the pick the lowest-KL front point within the default size target prune.sparsity 0.5; `--sparsity-range full` the
+whole space; `--sparsity` / `--target-params` choose the pick."""
 
 from __future__ import annotations
 
@@ -69,13 +69,18 @@ def test_the_default_run_searches_the_database_levels_inside_the_default_range(d
     assert settings["sparsity_range"] == [0.1, 0.75] and settings["sampler"] == "local"
     assert settings["prune"]["weights"] == "database" and settings["notes"]["weights"] == "the default"
     assert "default" in settings["notes"]["sparsity_range"] and settings["notes"]["sampler"] == "the default"
+    assert settings["start"]["method"] == "mip" and settings["notes"]["start"] == "the default with weights database"
     sizes = completed_params(default_run)
     low, high = total_at_sparsity(shape, 0.75), total_at_sparsity(shape, 0.1)
     assert len(sizes) == 6 and all(low <= p <= high for p in sizes)
-    # the search starts at the uniform genotypes inside the range, the largest first; the ones the budget did not
-    # reach stay queued for a rerun with more trials
+    # the search starts at the MIP assemblies inside the range: the one at the pick's size (0.5), the largest, the
+    # smallest, then ever finer between them, so 6 trials span the range; the ones the budget did not reach stay
+    # queued for a rerun with more trials
     states = [state for _, state, _, _ in trials(default_run)]
-    assert states[:6] == ["COMPLETE"] * 6 and set(states[6:]) == {"WAITING"} and sizes == sorted(sizes, reverse=True)
+    assert states[:6] == ["COMPLETE"] * 6 and set(states[6:]) == {"WAITING"}
+    start = json.loads((default_run / "pareto.json").read_text())["start_trials"]
+    assert start["sparsities"][0] == 0.5 and sizes[0] <= total_at_sparsity(shape, 0.5)
+    assert sizes[1] == max(sizes) and sizes[2] == min(sizes) <= total_at_sparsity(shape, 0.6)
     assert all("attention_0" in params for _, state, params, _ in trials(default_run) if state == "COMPLETE")
 
 
@@ -141,14 +146,15 @@ def test_the_same_settings_given_explicitly_resume_the_default_run(tiny_run_inpu
     assert front["pick"] == "knee" and front["pick_max_params"] is None and (out / "picks" / "knee").is_dir()
 
 
-def test_sparsity_range_full_searches_the_whole_space(tiny_run_inputs, tmp_path):
+def test_sparsity_range_full_searches_the_whole_space(tiny_run_inputs, tmp_path, shape):
     out = tmp_path / "n"
     assert main(default_argv(tiny_run_inputs, out, "--sparsity-range", "full", "--trials", "3")) == 0
     settings = json.loads((out / "nas_run.json").read_text())
     assert settings["sparsity_range"] is None and settings["notes"]["sparsity_range"] == "the whole space"
     total = dense_params(out)
     sizes = completed_params(out)
-    assert sizes[0] == total and sizes == sorted(sizes, reverse=True)  # the uniform genotypes, the largest first
+    # the MIP assemblies: the one at the pick's size (0.5), then the largest and the smallest
+    assert sizes[0] <= total_at_sparsity(shape, 0.5) and sizes[1] == max(sizes) <= total and sizes[2] == min(sizes)
     assert "over the whole space" in (out / "report.md").read_text()
     assert main(default_argv(tiny_run_inputs, out, "--sparsity-range", "0,1", "--trials", "3")) == 0  # the same
 

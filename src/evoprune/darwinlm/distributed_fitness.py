@@ -25,7 +25,7 @@ import torch.distributed as dist
 from transformers import PreTrainedModel
 
 from .fitness import CandidateEvaluator, Stage
-from .genotype import Genotype
+from ..levels.genotype import Genotype
 
 
 # How long a process waits in a collective: the other ranks wait while rank 0 alone builds the

@@ -1,7 +1,7 @@
 """The evolutionary search loop (DarwinLM): mutate the parent, select among offspring, repeat.
 
 The search starts from the uniform genotype (DarwinLM) or a given one (e.g. the MIP assembly of
-replace-one scores, `assemble.py`). The first parent is that start, or the winner of one selection
+replace-one scores, `levels/assemble.py`). The first parent is that start, or the winner of one selection
 among the start, the uniform genotype and `init_samples` random genotypes inside the budget (random
 walks of level switches from the start, from a few steps to `init_walk`). Each generation makes
 `offspring` level-switch mutations of the parent; the parent competes with them (elitism) through
@@ -22,10 +22,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..atomic import write_text
-from .budget import Budget, CostTable, uniform_genotype
+from ..levels.budget import Budget, CostTable, uniform_genotype
 from .distributed_fitness import agreed
 from .fitness import CandidateEvaluator, Stage, select
-from .genotype import Genotype
+from ..levels.genotype import Genotype
 from .mutation import mutate, random_genotype
 from ..training.rng import rng_state
 from .state import SearchState

@@ -17,7 +17,7 @@ from ..evaluation.teacher import TeacherCache, kl_to_teacher
 from ..evaluation.teacher_subset import TeacherSubset
 from ..obs.database import Database
 from ..training import TrainConfig, train_on_blocks
-from .genotype import Genotype
+from ..levels.genotype import Genotype
 from .survivors import SurvivorStore
 
 

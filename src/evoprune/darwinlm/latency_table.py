@@ -36,7 +36,7 @@ from ..atomic import write_json
 from ..errors import UserError
 from ..modes import eval_mode
 from ..obs.database import Database
-from .budget import KINDS, CostTable
+from ..levels.budget import KINDS, CostTable
 
 log = logging.getLogger(__name__)
 

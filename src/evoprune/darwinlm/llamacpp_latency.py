@@ -39,7 +39,7 @@ from ..arch.export import export_checkpoint
 from ..arch.spec import LayerSpec, SubnetSpec
 from ..errors import UserError
 from ..obs.database import Database
-from .budget import CostTable
+from ..levels.budget import CostTable
 from .latency_table import (MODES, SAMPLE_SECONDS, LatencySettings, cached_cost_table, distinct_shapes,
                                     machine_description, monotone_costs)
 from ..serving.engine_gguf import default_threads, llama_cpp_version

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import random
 
-from .budget import KINDS, Budget, CostTable
-from .genotype import Genotype
+from ..levels.budget import KINDS, Budget, CostTable
+from ..levels.genotype import Genotype
 
 
 def num_switches(rng: random.Random) -> int:

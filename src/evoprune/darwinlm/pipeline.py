@@ -44,18 +44,18 @@ from ..obs.store import building
 from ..arch.target import Target, resolve_target
 from ..rundir import ResumableRun, run_lock
 from ..evaluation.teacher_subset import TeacherSubset
-from .assemble import assemble
-from .budget import Budget, CostTable, make_budget, uniform_genotype
+from ..levels.assemble import assemble
+from ..levels.budget import Budget, CostTable, make_budget, uniform_genotype
 from .distributed_fitness import (DistributedCandidateEvaluator, barrier, init_distributed,
                                          main_process_first)
 from .evolution import EvolutionSettings, evolve
 from .family import size_label, write_front
 from .family_speed import llamacpp_speeds
 from .fitness import CandidateEvaluator, FitnessPool, Stage
-from .genotype import Genotype
+from ..levels.genotype import Genotype
 from .predicted_front import PredictedFront, predicted_front, report_section
 from .latency_table import LatencySettings, latency_cost_table
-from .replace_one import ReplaceOneScores, replace_one_scores, stored_scores_path
+from ..levels.replace_one import ReplaceOneScores, replace_one_scores, stored_scores_path
 from ..serving.deploy import check_format_before_work, export_for_serving, serving_record
 from ..arch.nemotron_format import check_space_fits
 from ..training import TrainConfig

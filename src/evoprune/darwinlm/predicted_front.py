@@ -1,7 +1,7 @@
 """The MIP as a front generator: its assembly at many sizes, the KL it predicts, and how well that ranks the KL
 measured on held-out text.
 
-Solving the assembly (`assemble.py`) for one budget takes seconds, so it draws a dense front: the genotype
+Solving the assembly (`levels/assemble.py`) for one budget takes seconds, so it draws a dense front: the genotype
 whose summed replace-one KLs are least at every 2.5% of block sparsity from 20% to 80%. That sum is the
 MIP's prediction of the genotype's KL. It ignores how modules interact, so a subset of the points, spread
 evenly over the front, is measured (the genotype's one-shot KL on held-out blocks), and the Spearman rank
@@ -33,9 +33,9 @@ from tqdm.auto import tqdm  # noqa: E402
 from ..atomic import staged_file, write_json, write_text  # noqa: E402
 from ..errors import UserError  # noqa: E402
 from ..report import markdown_table  # noqa: E402
-from .assemble import assemble  # noqa: E402
-from .budget import KINDS, CostTable, make_budget  # noqa: E402
-from .genotype import Genotype  # noqa: E402
+from ..levels.assemble import assemble  # noqa: E402
+from ..levels.budget import KINDS, CostTable, make_budget  # noqa: E402
+from ..levels.genotype import Genotype  # noqa: E402
 
 FORMAT = "evoprune.predicted_front/1"
 DEFAULT_SPARSITIES = tuple(round(0.2 + 0.025 * i, 4) for i in range(25))  # 20%, 22.5%, ... 80%

@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 
 from ..errors import UserError
-from .budget import Budget, CostTable, uniform_genotype
+from ..levels.budget import Budget, CostTable, uniform_genotype
 from .fitness import CandidateEvaluator, Stage, select
-from .genotype import Genotype
+from ..levels.genotype import Genotype
 from .mutation import random_genotype
 
 

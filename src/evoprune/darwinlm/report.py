@@ -18,9 +18,9 @@ from ..evaluation.teacher_subset import TeacherSubset
 from ..memory import memory_section
 from ..evaluation.suite import METRIC_COLUMNS
 from ..report import markdown_table, plot_bars, plot_kept_per_layer, save_png, write_report
-from .budget import format_cost
+from ..levels.budget import format_cost
 from .fitness import CandidateEvaluator
-from .genotype import Genotype
+from ..levels.genotype import Genotype
 from ..serving.deploy import serving_line
 
 PROGRESS_BLOCKS = 4  # held-out blocks every parent is scored on

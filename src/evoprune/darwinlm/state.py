@@ -11,7 +11,7 @@ from ..atomic import write_json
 from ..errors import UserError
 from ..rundir import refuse_changed
 from ..training.rng import restore_rng
-from .genotype import Genotype
+from ..levels.genotype import Genotype
 
 FORMAT = "evoprune.search_state/1"
 

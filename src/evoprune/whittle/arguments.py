@@ -80,6 +80,9 @@ class NasArguments:
     sparsity_range: tuple[float, float] | None  # the sparsities searched; None: the whole space
     range_default: bool  # nas.sparsity_range was null
     weights: str  # database | importance
+    start: str | None = None  # mip | uniform (weights database), None (importance)
+    start_default: bool = True  # nas.start was null
+    mip_step: float = 0.05  # start mip: block sparsity between two MIP genotypes
 
 
 def check_arguments(cfg: RunConfig) -> NasArguments:
@@ -90,7 +93,8 @@ def check_arguments(cfg: RunConfig) -> NasArguments:
     if problems:
         raise UserError("invalid configuration: " + "; ".join(problems))
     args = NasArguments(tuple(nas.objectives), nas.trials, nas.sampler, nas.pick_rule(), nas.pick is None,
-                        nas.supernet_steps, nas.searched_range(), nas.sparsity_range is None, nas.weights)
+                        nas.supernet_steps, nas.searched_range(), nas.sparsity_range is None, nas.weights,
+                        nas.start_method(), nas.start is None, nas.mip_step)
     if args.pick == "target":
         cfg.prune.one_size("nas")
         if cfg.prune.sparsity is None and cfg.prune.target_params is None:

@@ -8,7 +8,8 @@ embeddings and LM head), so they need no model built. A configuration keeping no
 refused (as darwin's budget does): such a model cannot mix tokens.
 
 Random configurations of this many dimensions concentrate near half the block parameters, so the search
-starts from the uniform genotypes (every module at the same level; `starting_points`) and moves from there.
+starts from chosen genotypes and moves from there: the MIP assemblies of replace-one KLs (`mip_start`, the default)
+or the uniform genotypes (every module at the same level; `starting_points`, `nas.start: uniform`).
 """
 
 from __future__ import annotations

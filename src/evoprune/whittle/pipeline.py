@@ -3,7 +3,8 @@
 
 Run directory: `nas_run.json` (the settings, `run_settings`), `study.db` (optuna, resumable), `database`
 (with nas.weights database: a link to the shared store, as darwin's), `latency.json`, `pareto.csv` /
-`pareto.json`, `front.png`, `report.md`, and `picks/<name>/` exported checkpoints. One process writes it at
+`pareto.json`, `front.png`, `report.md`, `replace_one.json` (with `--start mip`: the scores the MIP start was
+assembled from), and `picks/<name>/` exported checkpoints. One process writes it at
 a time (`rundir.run_lock`). Rerunning the same command resumes the study (with larger --trials, extends it);
 a changed setting is refused; `--force` starts over.
 """
@@ -47,6 +48,7 @@ from .arguments import (DEFAULT_SAMPLER, DEFAULT_WEIGHTS, FULL_SPACE, NasArgumen
                         params_bounds, pick_rule, quality_objective, range_text)
 from .importance import importance_from_stats, permute_model
 from .level_space import LevelSpace
+from .mip_start import mip_start
 from .objectives import make_objectives
 from .pareto import hypervolume, pareto_front
 from .pick import choose_pick
@@ -128,11 +130,14 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool = T
         if args.supernet_steps:
             with memory.stage("supernet training"):
                 supernet_step(cfg, dense, space, args.supernet_steps, out / "supernet", progress, feasible)
+        start = [] if args.start == "mip" else space.starting_points(feasible)  # enqueued by a new study only
+        if args.start == "mip" and not study.get_trials(deepcopy=False):  # (a resumed one scores nothing)
+            with memory.stage("replace-one scores and MIP start"):
+                start = _mip_configs(cfg, dense, space, calib, args, feasible, out, study, progress, rule)
         with memory.stage("search"):
-            run_study(study, space, evaluate, args.trials, feasible=feasible, progress=progress,
-                      start=space.starting_points(feasible))
+            run_study(study, space, evaluate, args.trials, feasible=feasible, progress=progress, start=start)
         _write_results(cfg, dense, space, trial_rows(study, objectives), args, rule, bounds, out,
-                       args.supernet_steps > 0)
+                       args.supernet_steps > 0, study.user_attrs.get("start"))
     return out
 
 
@@ -189,6 +194,25 @@ def _prepare_search(cfg: RunConfig, dense: LoadedModel, calib: torch.Tensor, obj
     return space, evaluate
 
 
+def _mip_configs(cfg: RunConfig, dense: LoadedModel, space: LevelSpace, calib: torch.Tensor, args: NasArguments,
+                 feasible: Callable[[dict], bool], out: Path, study: optuna.Study, progress: bool,
+                 rule: PickRule) -> list[dict]:
+    """The MIP assemblies a new study evaluates first (`mip_start`; the one at the pick's size, if any, before the
+    others), recorded in the study's `start` attribute."""
+    first = None if rule.max_params is None else sparsity_at_total(space.shape, rule.max_params)  # the pick's size
+    if first is not None and not 0 < first < 1:  # (a target outside the blocks' reach: the pick takes the smallest)
+        first = None
+    search_blocks = calib[cfg.data.calibration_blocks:]
+    teacher = teacher_for(dense.model, str(dense.path), search_blocks, cfg.eval, cfg.data.batch_size, progress)
+    found = mip_start(dense, space, search_blocks, teacher, args.sparsity_range, args.mip_step,
+                      cfg.search.replace_one_tokens, cfg.search.replace_one_all_levels, feasible, out,
+                      cfg.data.batch_size, progress, first)
+    study.set_user_attr("start", {"method": "mip", "sparsities": found.sparsities, "trials": len(found.configs),
+                                  "replace_one_seconds": round(found.scores_seconds, 1),
+                                  "replace_one_reused": found.scores_reused})
+    return found.configs
+
+
 def _evaluate_pick(cfg: RunConfig, dense: LoadedModel, picked, full_label: str, out: Path,
                    serving: dict | None = None) -> list[tuple[str, str]]:
     """metrics.json: the full model and the pick on the held-out split and on unseen text; report sections.
@@ -217,14 +241,14 @@ def _evaluate_pick(cfg: RunConfig, dense: LoadedModel, picked, full_label: str, 
 
 
 def _search_section(space: SearchSpace | LevelSpace, args: NasArguments, bounds: tuple[float, float] | None,
-                    trials: int) -> str:
-    """What was searched, and which of it is a default, for report.md."""
+                    trials: int, start: dict | None = None) -> str:
+    """What was searched, and which of it is a default, for report.md (`start`: the study's MIP start record)."""
     sampler_note = " (the default)" if args.sampler == DEFAULT_SAMPLER else ""
     weights_note = " (the default)" if args.weights == DEFAULT_WEIGHTS else ""
     if isinstance(space, LevelSpace):
         weights = (f"Weights `database`{weights_note}: one level per module (attention and MLP of each of "
                    f"{space.shape.num_layers} layers) from the second-order database (`database/`), the kept weights "
-                   "updated by OBS; the search starts from the uniform genotypes inside the range.\n\n")
+                   f"updated by OBS; {_start_text(args, start)}.\n\n")
     else:
         weights = (f"Weights `importance`{weights_note}: first-k slices of the importance-sorted model (hidden size, "
                    "layers, heads, MLP width), weights unchanged.\n\n")
@@ -240,9 +264,24 @@ def _search_section(space: SearchSpace | LevelSpace, args: NasArguments, bounds:
             "others are skipped unevaluated.\n")
 
 
+def _start_text(args: NasArguments, start: dict | None) -> str:
+    """The first trials of the study, in a sentence."""
+    note = " (the default)" if args.start_default else ""
+    if args.start != "mip":
+        return f"the search starts from the uniform genotypes inside the range (`--start uniform`{note})"
+    text = (f"the search starts from the MIP assembly of replace-one KLs (`--start mip`{note}, as darwin's `mip` "
+            f"profile) every {args.mip_step:g} of block sparsity inside the range")
+    if start:
+        text += (f": {start['trials']} distinct genotypes, assembled at sparsities "
+                 f"{', '.join(f'{s:g}' for s in sorted(start['sparsities']))} (scores in `replace_one.json`, "
+                 + ("read from the database's store)" if start.get("replace_one_reused") else
+                    f"{start['replace_one_seconds']:.0f} s of scoring)"))
+    return text
+
+
 def _write_results(cfg: RunConfig, dense: LoadedModel, space: SearchSpace | LevelSpace, rows: list[dict],
                    args: NasArguments, rule: PickRule, bounds: tuple[float, float] | None, out: Path,
-                   supernet_trained: bool = False) -> None:
+                   supernet_trained: bool = False, start: dict | None = None) -> None:
     """pareto.csv / pareto.json, the picked sub-network as a checkpoint, metrics.json, the plots and report.md."""
     objectives = list(args.objectives)
     front = pareto_front([[r[o] for o in objectives] for r in rows])
@@ -261,7 +300,8 @@ def _write_results(cfg: RunConfig, dense: LoadedModel, space: SearchSpace | Leve
     writer.writeheader()
     writer.writerows(front_rows)
     write_text(out / "pareto.csv", buffer.getvalue())
-    write_json(out / "pareto.json", {"weights": args.weights, "objectives": objectives, "front": front_rows,
+    write_json(out / "pareto.json", {"weights": args.weights, "start": args.start, "start_trials": start,
+                                     "objectives": objectives, "front": front_rows,
                                      "hypervolume": hv,
                                      "reference": reference,
                                      "sparsity_range": list(args.sparsity_range or ()) or FULL_SPACE,
@@ -287,7 +327,7 @@ def _write_results(cfg: RunConfig, dense: LoadedModel, space: SearchSpace | Leve
     front_table = [{"trial": r["trial"], **{o: r[o] for o in objectives}, **space.summary(_config_of(space, r))}
                    for r in front_rows]
     write_report(out / "report.md", f"evoprune nas: {cfg.model.source}", [
-        ("Search", _search_section(space, args, bounds, len(rows))),
+        ("Search", _search_section(space, args, bounds, len(rows), start)),
         ("Pareto front", markdown_table(front_table) + f"\nHypervolume {hv:.4g} (reference {reference}).\n\n"
                                                         "![front](front.png)\n"),
         ("Pick", pick_text),

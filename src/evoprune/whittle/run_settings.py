@@ -2,9 +2,10 @@
 
 Not settings: `--trials` (raising it extends the study), `--pick` and the size target `--sparsity` /
 `--target-params` (the pick is chosen from the front after the search), `data.batch_size` (the scores are
-per block), `database.store` (where the database is kept). The defaults of `--sampler`, `--sparsity-range`
-and `--weights` are saved as the values they stand for, so a rerun of the same command resumes only while the
-defaults stay the same; the saved file notes which values were defaults (`notes`, not compared).
+per block), `database.store` (where the database is kept). The defaults of `--sampler`, `--sparsity-range`,
+`--weights` and `--start` are saved as the values they stand for, so a rerun of the same command resumes only
+while the defaults stay the same; the saved file notes which values were defaults (`notes`, not compared).
+A run saved before `--start` existed started from the uniform genotypes: it resumes with `--start uniform`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ def run_settings(cfg: RunConfig, args: NasArguments) -> dict:
     if args.weights != "importance":  # left out as runs saved before it existed had it (inside `prune`, which is
         settings["prune"]["weights"] = args.weights  # compared whole: either way round a change is refused)
         settings["database"] = {k: v for k, v in asdict(cfg.database).items() if k != "store"}
+    if args.start == "mip":  # left out for uniform, the start of runs saved before it existed
+        settings["start"] = {"method": "mip", "mip_step": args.mip_step,
+                             "replace_one_tokens": cfg.search.replace_one_tokens,
+                             "replace_one_all_levels": cfg.search.replace_one_all_levels}
     if "kl" in objectives:
         settings["eval"]["top_k"] = cfg.eval.top_k
     if "latency" in objectives:
@@ -53,6 +58,8 @@ def saved_form(settings: dict) -> dict:
         notes["sampler"] = "the default"
     if settings["prune"].get("weights", "importance") == DEFAULT_WEIGHTS:
         notes["weights"] = "the default"
+    if settings.get("start", {}).get("method") == "mip":
+        notes["start"] = "the default with weights database"
     if settings["sparsity_range"] == list(DEFAULT_SPARSITY_RANGE):
         notes["sparsity_range"] = ("the default with params among the objectives (fractions of the block parameters "
                                    f"removed); --sparsity-range {FULL_SPACE} searches the whole space")

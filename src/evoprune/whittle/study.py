@@ -2,8 +2,8 @@
 
 Samplers: random search, NSGA-II (optuna's) and multi-objective local search (`local_search`).
 Every dimension is a categorical distribution over its values, so every value (the top one
-included) can be sampled. The budget counts completed trials; a space's starting points (the
-database's uniform genotypes) are a new study's first trials, whatever the sampler.
+included) can be sampled. The budget counts completed trials; the start (the
+database's MIP assemblies or uniform genotypes) is a new study's first trials, whatever the sampler.
 
 A killed search resumes exactly: the random and NSGA-II samplers draw each trial from the seed
 and the trial's place in the study (`resumable_samplers`), the local search from the seed and the

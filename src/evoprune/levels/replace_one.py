@@ -42,6 +42,7 @@ from ..obs.database import Database, stamped_settings
 from ..arch.hf.modeling_evoprune import layer_type
 from ..weights.layerwise import LayerMasks, capture_first_layer_inputs
 from ..obs.module_levels import head_columns
+from ..obs.store import building
 from .budget import KINDS
 
 FORMAT = "evoprune.replace_one/1"
@@ -247,3 +248,15 @@ def _layer_inputs(model: PreTrainedModel, adapter: ModelAdapter, blocks: torch.T
             current = [(o[0] if isinstance(o, tuple) else o) for o in
                        (layer(h, **masks.kwargs(j, kind)) for j, h in enumerate(current))]
     return out, per_layer
+
+
+def scores_in_store(model: PreTrainedModel, adapter: ModelAdapter, db: Database, blocks: torch.Tensor,
+                    teacher: TeacherCache, batch_size: int = 4, progress: bool = True,
+                    all_levels: bool = False) -> tuple[ReplaceOneScores, Path]:
+    """The replace-one scores of `db` on `blocks`, read from beside the database (`stored_scores_path`) or scored
+    and kept there; a run scoring the same database and blocks at the same time is waited for, then read.
+    Returns the scores and their file."""
+    stored = stored_scores_path(db, blocks, teacher, all_levels)
+    with building(stored):
+        scores = replace_one_scores(model, adapter, db, blocks, teacher, batch_size, stored, progress, all_levels)
+    return scores, stored
