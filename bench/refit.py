@@ -14,7 +14,6 @@ dev; read test. Re-fit seconds are measured in this call (noisy machine: the loa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
