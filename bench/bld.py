@@ -19,15 +19,9 @@ import os
 import time
 from pathlib import Path
 
-from evoprune.arch.spec import SubnetSpec
 from evoprune.atomic import write_json, write_text
-from evoprune.config import load_config
+from evoprune.darwinlm.chosen import evaluate_beside, stitched_run
 from evoprune.darwinlm.pipeline import distill_chosen, refit_chosen
-from evoprune.data import data_blocks
-from evoprune.evaluation.suite import evaluate_models, teacher_for
-from evoprune.evaluation.unseen import load_unseen
-from evoprune.models import load_source
-from evoprune.obs.run_database import build_database
 from evoprune.report import markdown_table
 from evoprune.weights.compute_dtype import inference_slice
 
@@ -43,11 +37,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results" / "bld")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. bld.lr=3e-4 bld.weights=outputs")
     a = p.parse_args()
-    cfg = load_config(a.run / "config.yaml", a.overrides)
-    dense = load_source(cfg)
-    db = build_database(cfg, dense, a.run / "database", progress=False)
-    genotype = SubnetSpec.load(a.run / "spec.json").meta["genotype"]
-    spec, stitched = db.stitch(genotype["attention"], genotype["mlp"], dense.adapter)
+    cfg, dense, spec, stitched = stitched_run(a.run, a.overrides)
     models, records, refitted = {}, {}, None
     for variant in a.variants.split(","):
         record: dict = {}
@@ -69,11 +59,8 @@ def main() -> None:
         name = variant if "bld:" not in variant else \
             f"{variant} ({cfg.bld.weights}, inputs {cfg.bld.inputs}, lr {cfg.bld.lr:g})"
         models[name], records[name] = pruned, record
-    eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
-    teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size)
     started = time.time()
-    rows = evaluate_models(models, eval_blocks, teacher, cfg.eval, cfg.data.batch_size,
-                           unseen=load_unseen(cfg, dense.tokenizer))
+    rows = evaluate_beside(cfg, dense, models)
     table = []
     for name, row in rows.items():
         refit, bld = records[name].get("refit", {}), records[name].get("bld", {})

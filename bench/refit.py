@@ -19,16 +19,10 @@ import time
 from pathlib import Path
 
 from evoprune.atomic import write_json, write_text
-from evoprune.config import load_config
+from evoprune.darwinlm.chosen import evaluate_beside, stitched_run
 from evoprune.darwinlm.pipeline import refit_chosen
-from evoprune.data import data_blocks
-from evoprune.evaluation.suite import evaluate_models, teacher_for
-from evoprune.evaluation.unseen import load_unseen
-from evoprune.models import load_source
-from evoprune.obs.run_database import build_database
 from evoprune.report import markdown_table
 from evoprune.weights.compute_dtype import inference_slice
-from evoprune.arch.spec import SubnetSpec
 
 COLUMNS = ["weights", "kl_to_teacher", "perplexity", "perplexity_ci95", "unseen_ppl_mean", "unseen_ppl_mean_ci95",
            "heldback_perplexity", "test_ppl_mean", "test_ppl_mean_ci95", "refit_seconds", "mean_error_before",
@@ -42,11 +36,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results" / "refit")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. refit.percdamp=0.1")
     a = p.parse_args()
-    cfg = load_config(a.run / "config.yaml", a.overrides)
-    dense = load_source(cfg)
-    db = build_database(cfg, dense, a.run / "database", progress=False)
-    genotype = SubnetSpec.load(a.run / "spec.json").meta["genotype"]
-    spec, replace = db.stitch(genotype["attention"], genotype["mlp"], dense.adapter)
+    cfg, dense, spec, replace = stitched_run(a.run, a.overrides)
     models = {"dense": dense.model, "database (one-shot OBS)": inference_slice(dense.model, dense.adapter, spec, replace)}
     records: dict[str, dict] = {}
     for target in [t for t in a.targets.split(",") if t]:
@@ -56,11 +46,8 @@ def main() -> None:
         pruned, _, record = refit_chosen(cfg, dense, spec, pruned, progress=True)
         record["load_before"] = round(load, 2)
         models[f"re-fit: {target}"], records[f"re-fit: {target}"] = pruned, record
-    eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
-    teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size)
     started = time.time()
-    rows = evaluate_models(models, eval_blocks, teacher, cfg.eval, cfg.data.batch_size,
-                           unseen=load_unseen(cfg, dense.tokenizer), unchanged=frozenset({"dense"}))
+    rows = evaluate_beside(cfg, dense, models)
     table = []
     for name, row in rows.items():
         record = records.get(name, {})

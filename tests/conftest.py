@@ -191,3 +191,16 @@ def tiny_dense_and_db(run_inputs, folder, num_levels: int):
     db = Database.build(dense.model, dense.adapter, torch.randint(0, 50, (4, 32)), darwin.database_settings(cfg),
                         folder, batch_size=2, progress=False)
     return dense, db
+
+
+def stitched_first_mlp(model) -> tuple:
+    """(adapter, spec, parameter name, replace, copy of the stitched tensor, copy of the dense state) for `model` with
+    a random spec keeping every block and a random stitched down_proj in layer 0: what a re-fit or a distillation
+    of the sliced model must leave unchanged."""
+    from evoprune.arch.adapter import adapter_for
+
+    adapter = adapter_for(model.config)
+    spec = random_spec(adapter.shape(model), random.Random(5), keep_hidden=True, p_no_attention=0, p_no_mlp=0)
+    name = adapter.parameter_name(0, "mlp_output")
+    replace = {name: torch.randn(model.config.hidden_size, len(spec.layers[0].neurons))}
+    return adapter, spec, name, replace, replace[name].clone(), {k: v.clone() for k, v in model.state_dict().items()}

@@ -12,7 +12,7 @@ from evoprune.arch.adapter import adapter_for
 from evoprune.arch.spec import LayerSpec, SubnetSpec
 from evoprune.obs.refit import REFIT_TARGETS, _LeastSquares, refit, refitted_weights
 from evoprune.weights.compute_dtype import inference_slice
-from evoprune_tests import random_spec
+from evoprune_tests import random_spec, stitched_first_mlp
 
 
 def test_least_squares_equals_lstsq_without_damping():
@@ -92,11 +92,7 @@ def test_sliced_hidden_channels_are_refused(tiny_llama):
 
 
 def test_the_dense_model_and_the_stitched_weights_are_left_unchanged(tiny_llama):
-    adapter = adapter_for(tiny_llama.config)
-    spec = random_spec(adapter.shape(tiny_llama), random.Random(5), keep_hidden=True, p_no_attention=0, p_no_mlp=0)
-    name = adapter.parameter_name(0, "mlp_output")
-    replace = {name: torch.randn(32, len(spec.layers[0].neurons))}
-    stitched, dense_state = replace[name].clone(), {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    adapter, spec, name, replace, stitched, dense_state = stitched_first_mlp(tiny_llama)
     pruned = inference_slice(tiny_llama, adapter, spec, replace)
     refit(tiny_llama, pruned, adapter, spec.kept_layers(), torch.randint(0, 99, (4, 16)), batch_size=2,
           target="dense", progress=False)

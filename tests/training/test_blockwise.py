@@ -14,7 +14,7 @@ from evoprune.config import RunConfig, bld_problems
 from evoprune.darwinlm import pipeline as darwin
 from evoprune.training.blockwise import BlockwiseSettings, blockwise_distill
 from evoprune.weights.compute_dtype import inference_slice
-from evoprune_tests import random_spec
+from evoprune_tests import random_spec, stitched_first_mlp
 
 
 def _logits(model, blocks):
@@ -76,11 +76,7 @@ def test_no_tokens_is_a_no_op_and_an_unpruned_model_stays_as_it_is(tiny_llama):
 
 
 def test_the_dense_model_and_the_stitched_weights_are_left_unchanged(tiny_llama):
-    adapter = adapter_for(tiny_llama.config)
-    spec = random_spec(adapter.shape(tiny_llama), random.Random(5), keep_hidden=True, p_no_attention=0, p_no_mlp=0)
-    name = adapter.parameter_name(0, "mlp_output")
-    replace = {name: torch.randn(32, len(spec.layers[0].neurons))}
-    stitched, dense_state = replace[name].clone(), {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    adapter, spec, name, replace, stitched, dense_state = stitched_first_mlp(tiny_llama)
     pruned = inference_slice(tiny_llama, adapter, spec, replace)
     result = _distill(tiny_llama, pruned, adapter, spec, torch.randint(0, 99, (4, 16)))
     assert torch.equal(replace[name], stitched)
