@@ -141,19 +141,19 @@ def test_yaml_sets_the_nas_and_eval_fields_and_the_flags_override_them(command, 
     config.write_text(yaml.safe_dump({
         "prune": {"sparsity": 0.4, "multiple": 2},
         "nas": {"objectives": ["kl", "params", "flops"], "trials": 7, "sampler": "random", "pick": "knee",
-                "supernet_steps": 3, "sparsity_range": [0.2, 0.6], "weights": "importance"},
+                "supernet_steps": 3, "sparsity_range": [0.2, 0.6], "weights": "importance", "mip_step": 0.1},
         "eval": {"teacher": dense, "tasks": "quick", "limit": 5, "num_fewshot": 1}}))
     cfg, _ = command("nas", "--config", config)
     assert dataclasses.asdict(cfg.nas) == {"objectives": ["kl", "params", "flops"], "trials": 7, "sampler": "random",
                                            "pick": "knee", "supernet_steps": 3, "sparsity_range": [0.2, 0.6],
-                                           "weights": "importance"}
+                                           "weights": "importance", "start": None, "mip_step": 0.1}
     assert (cfg.prune.sparsity, cfg.prune.multiple) == (0.4, 2)
     cfg, _ = command("nas", "--config", config, "--objectives", "kl,params", "--trials", "9", "--sampler", "nsga2",
                      "--pick", "target", "--supernet-steps", "0", "--sparsity-range", "0.3,0.7", "--sparsity", "0.5",
-                     "--multiple", "4", "--weights", "database")
+                     "--multiple", "4", "--weights", "database", "--start", "mip")
     assert dataclasses.asdict(cfg.nas) == {"objectives": ["kl", "params"], "trials": 9, "sampler": "nsga2",
                                            "pick": "target", "supernet_steps": 0, "sparsity_range": [0.3, 0.7],
-                                           "weights": "database"}
+                                           "weights": "database", "start": "mip", "mip_step": 0.1}
     assert (cfg.prune.sparsity, cfg.prune.target_params, cfg.prune.multiple) == (0.5, None, 4)
     assert command("nas", "--config", config, "--target-params", "30000")[0].prune.sparsity is None
     assert command("nas", "--config", config, "--sparsity-range", "full")[0].nas.searched_range() is None
