@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 
 from evoprune.atomic import write_json, write_text
-from evoprune.darwinlm.chosen import evaluate_beside, stitched_run
-from evoprune.darwinlm.pipeline import distill_chosen, refit_chosen
+from evoprune.darwinlm.chosen import evaluate_beside, stitched_run, distill_chosen, refit_chosen
 from evoprune.report import markdown_table
 from evoprune.weights.compute_dtype import inference_slice
 

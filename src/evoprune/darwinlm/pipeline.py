@@ -38,7 +38,6 @@ from ..models import LoadedModel
 from ..data import data_blocks
 from ..models import load_source
 from ..obs.database import Database, DatabaseSettings, planned_costs
-from ..obs.refit import refit, refitted_weights
 from ..obs.run_database import build_database, database_settings
 from ..obs.store import building
 from ..arch.target import Target, resolve_target
@@ -46,6 +45,7 @@ from ..rundir import ResumableRun, run_lock
 from ..evaluation.teacher_subset import TeacherSubset
 from ..levels.assemble import assemble
 from ..levels.budget import Budget, CostTable, make_budget, uniform_genotype
+from .chosen import distill_chosen, refit_chosen
 from .distributed_fitness import (DistributedCandidateEvaluator, barrier, init_distributed,
                                          main_process_first)
 from .evolution import EvolutionSettings, evolve
@@ -59,7 +59,6 @@ from ..levels.replace_one import ReplaceOneScores, replace_one_scores, stored_sc
 from ..serving.deploy import check_format_before_work, export_for_serving, serving_record
 from ..arch.nemotron_format import check_space_fits
 from ..training import TrainConfig
-from ..training.blockwise import BlockwiseSettings, blockwise_distill
 from ..weights.compute_dtype import compute_dtype_of, inference_slice
 
 log = logging.getLogger(__name__)
@@ -477,41 +476,6 @@ def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: Load
     write_text(out / "config.yaml", dump_config(cfg))
     write_darwin_report(out, spec, rows, metrics, result.state.history, unseen)
     return out
-
-
-def refit_chosen(cfg: RunConfig, dense: LoadedModel, spec, pruned, progress: bool):
-    """`pruned` with its output projections re-solved on its own inputs (`obs/refit.py`), the weights to export,
-    and what the re-fit did."""
-    started = time.time()
-    blocks = data_blocks(cfg, dense.tokenizer, "calibration", cfg.data.calibration_blocks)
-    kept = spec.kept_layers()
-    modules = refit(dense.model, pruned, dense.adapter, kept, blocks, cfg.data.batch_size, cfg.refit.target,
-                    cfg.refit.percdamp, progress)
-    replace = refitted_weights(pruned, dense.adapter, kept, dense.adapter.parameter_name)
-    record = {"target": cfg.refit.target, "seconds": round(time.time() - started, 1), "tokens": blocks.numel(),
-              "mean_error_before": round(sum(m.error_before for m in modules) / max(len(modules), 1), 6),
-              "mean_error_after": round(sum(m.error_after for m in modules) / max(len(modules), 1), 6),
-              "modules": [m.to_dict() for m in modules]}
-    return pruned, replace, record
-
-
-def distill_chosen(cfg: RunConfig, dense: LoadedModel, pruned, spec, replace: dict, progress: bool):
-    """`pruned` with each kept layer trained alone to reproduce the dense layer (`training/blockwise.py`), on
-    train-split blocks; the weights to export (`replace` with the trained tensors over it), and a record."""
-    started = time.time()
-    b = cfg.bld
-    n_blocks = b.blocks or math.ceil(b.tokens / cfg.data.seq_len)
-    blocks = data_blocks(cfg, dense.tokenizer, "train", n_blocks)
-    settings = BlockwiseSettings(b.tokens, b.lr, b.weights, b.inputs, b.loss, cfg.seed)
-    result = blockwise_distill(dense.model, pruned, dense.adapter, spec.kept_layers(), blocks, cfg.data.batch_size,
-                               settings, progress=progress)
-    layers = result.layers
-    record = {**to_dict(b), "seconds": round(time.time() - started, 1), "train_blocks": len(blocks),
-              "steps_per_layer": layers[0].steps if layers else 0,
-              "mean_error_before": round(sum(r.error_before for r in layers) / max(len(layers), 1), 6),
-              "mean_error_after": round(sum(r.error_after for r in layers) / max(len(layers), 1), 6),
-              "layers": [r.to_dict() for r in layers]}
-    return pruned, {**replace, **result.weights}, record
 
 
 def _private_copy(search_dir: Path) -> Path:
