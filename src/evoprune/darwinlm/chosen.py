@@ -52,8 +52,7 @@ def refit_chosen(cfg: RunConfig, dense: LoadedModel, spec, pruned, progress: boo
                     cfg.refit.percdamp, progress)
     replace = refitted_weights(pruned, dense.adapter, kept, dense.adapter.parameter_name)
     record = {"target": cfg.refit.target, "seconds": round(time.time() - started, 1), "tokens": blocks.numel(),
-              "mean_error_before": round(sum(m.error_before for m in modules) / max(len(modules), 1), 6),
-              "mean_error_after": round(sum(m.error_after for m in modules) / max(len(modules), 1), 6),
+              **_mean_errors(modules),
               "modules": [m.to_dict() for m in modules]}
     return pruned, replace, record
 
@@ -71,7 +70,13 @@ def distill_chosen(cfg: RunConfig, dense: LoadedModel, pruned, spec, replace: di
     layers = result.layers
     record = {**to_dict(b), "seconds": round(time.time() - started, 1), "train_blocks": len(blocks),
               "steps_per_layer": layers[0].steps if layers else 0,
-              "mean_error_before": round(sum(r.error_before for r in layers) / max(len(layers), 1), 6),
-              "mean_error_after": round(sum(r.error_after for r in layers) / max(len(layers), 1), 6),
+              **_mean_errors(layers),
               "layers": [r.to_dict() for r in layers]}
     return pruned, {**replace, **result.weights}, record
+
+
+def _mean_errors(parts: list) -> dict[str, float]:
+    """Mean error before and after over the modules or layers a re-fit or a distillation changed."""
+    n = max(len(parts), 1)
+    return {"mean_error_before": round(sum(p.error_before for p in parts) / n, 6),
+            "mean_error_after": round(sum(p.error_after for p in parts) / n, 6)}
