@@ -58,7 +58,7 @@ VARIANTS = {
     "kl-uniform": ("evolution KL-only from the uniform parent", None,
                    [*EVOPRESS_KL, "search.first_parent=uniform"], True),
     "quick-v1": ("the former quick profile (training-aware, 8 generations)", None, OLD_QUICK, False),
-    "reference": ("DarwinLM's settings (configs/darwinlm_reference.yaml)", "configs/darwinlm_reference.yaml",
+    "reference": ("DarwinLM's settings (the shipped config darwinlm_reference)", "darwinlm_reference",
                   [], True),
 }
 FIXED_BASELINES = ("uniform (activation)", "depth (ShortGPT)")  # measured once per sparsity

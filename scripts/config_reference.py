@@ -23,7 +23,8 @@ PAGE = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 
 HEADER = """# Configuration reference
 
-Every run is configured by one YAML file (`--config FILE`, e.g. `configs/*.yaml`) whose sections map
+Every run is configured by one YAML file (`--config FILE`, or a shipped config's name such as `smollm2_uniform50`:
+`src/evoprune/configs/*.yaml`) whose sections map
 one to one to the dataclasses below; any field can also be set on the command line as
 `section.field=value` (e.g. `search.generations=6 data.seq_len=256`) or from Python as
 `overrides={"section.field": value}`. Flags such as `--sparsity` set the fields they name. Unknown

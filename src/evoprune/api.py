@@ -14,7 +14,7 @@ Arguments common to every call:
         `PreTrainedModel` (saved to a temporary folder for the run; pass `tokenizer=` when its
         `name_or_path` folder has none).
     out: the run directory (never overwritten without `force=True`; an interrupted run resumes).
-    config: a YAML file of config fields (`configs/*.yaml`, docs/config.md).
+    config: a YAML file of config fields (docs/config.md), or a shipped config's name (`smollm2_uniform50`).
     overrides: config fields as a dict, e.g. `{"data.seq_len": 256, "search.generations": 6}`;
         they win over `config` and lose to the named arguments.
     progress: progress bars.

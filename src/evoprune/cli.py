@@ -40,7 +40,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
-    p.add_argument("--config", help="YAML run configuration (see configs/)")
+    p.add_argument("--config", help="YAML run configuration: a file, or a shipped config's name (smollm2_uniform50, "
+                   "smollm2_quick_debug, darwinlm_reference)")
     p.add_argument("--model", help="smollm2-135m, a local HF folder, or a model id in the local HF cache")
     p.add_argument("--data", help="text source: embedded[:boolq|sciq|lambada], .txt/.jsonl/.parquet, or a datasets folder")
     p.add_argument("--seq-len", type=int, help="tokens per block")

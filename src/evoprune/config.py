@@ -679,10 +679,29 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+SHIPPED_CONFIGS = Path(__file__).with_name("configs")  # the YAML files installed with the package
+
+
+def shipped_configs() -> list[str]:
+    """The names of the configs installed with evoprune (`--config NAME` from any directory)."""
+    return sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
+
+
+def config_file(path: str | Path) -> Path:
+    """The YAML file `path` names: a file if there is one, else a shipped config named by `NAME`, `NAME.yaml`
+    or `configs/NAME.yaml` (the repository's spelling, so its commands work from an installed package)."""
+    path = Path(path)
+    if path.is_file() or path.parent not in (Path("."), Path("configs")):
+        return path
+    shipped = SHIPPED_CONFIGS / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    return shipped if shipped.is_file() else path
+
+
 def read_yaml_file(path: Path) -> dict:
     """The mapping in YAML file `path`; a one-line ConfigError naming the file when it cannot be used."""
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path} (a YAML file, or a shipped config: "
+                          f"{', '.join(shipped_configs())})")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -701,8 +720,9 @@ def read_yaml_file(path: Path) -> dict:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = RunConfig,
                 base: dict | None = None) -> Any:
-    """Read YAML `path` (or defaults), apply `overrides` then `base`-level edits, validate, and return `cls`."""
-    data = read_yaml_file(Path(path)) if path is not None else {}
+    """Read YAML `path` (a file or a shipped config's name; or defaults), apply `overrides` then `base`-level
+    edits, validate, and return `cls`."""
+    data = read_yaml_file(config_file(path)) if path is not None else {}
     problems: list[str] = []
     _rename_former_fields(data, problems)
     for key_path, value in [parse_override(o) for o in overrides or []] + list((base or {}).items()):
