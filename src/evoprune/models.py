@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 
 from .arch.adapter import ModelAdapter, adapter_for
 from .arch.export import register_pruned_classes
-from .config import device_problems
+from .device import choose_device
 from .data import check_seq_len
 from .errors import UserError
 from .weights.compute_dtype import compute_in
@@ -159,19 +159,8 @@ def check_tokenizer_code(path: Path, trust_remote_code: bool) -> None:
 
 
 def check_device(device: str) -> None:
-    """Refuse a device name torch does not know (as the config's validation does) or this machine does not have."""
-    problems = device_problems(device)
-    if problems:
-        raise UserError(problems[0])
-    if device.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(device.partition(":")[2] or 0)
-        if index >= count:
-            have = (f"{count} CUDA GPU(s), cuda:0 to cuda:{count - 1}" if count else
-                    "no CUDA GPU" + (" (this PyTorch is built without CUDA)" if torch.version.cuda is None else ""))
-            raise UserError(f"device {device} is not available: this machine has {have}; use --device cpu")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise UserError("device mps is not available on this machine; use --device cpu")
+    """Refuse a device name torch does not know (as the config's validation does) or this process cannot have."""
+    choose_device(device)
 
 
 def check_model_source(source: str, allow_pickle: bool = False, trust_remote_code: bool = False,
@@ -209,7 +198,7 @@ def load_model(source: str, dtype: str = "float32", device: str = "cpu", allow_p
     Args:
         source: `smollm2-135m`, a local folder, or a model id in the local HF cache.
         dtype: float32 / bfloat16 / float16.
-        device: where to put the model.
+        device: where to put the model (`device.choose_device`: cpu, cuda = the local rank's GPU, cuda:N, mps).
         allow_pickle: accept *.bin checkpoints (unsafe: pickle can run code).
         trust_remote_code: accept folders that ship their own modeling code (other than evoprune's).
         with_tokenizer: also load the tokenizer (None if the folder has none, unless `require_tokenizer`).
@@ -227,7 +216,7 @@ def load_model(source: str, dtype: str = "float32", device: str = "cpu", allow_p
         raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if compute_dtype != "auto" and compute_dtype not in DTYPES:
         raise UserError(f"unknown compute dtype {compute_dtype!r}; choose auto or one of {', '.join(DTYPES)}")
-    check_device(str(device))
+    device = choose_device(str(device))  # a bare `cuda` is this torchrun process's own GPU
     path, config = check_model_source(source, allow_pickle, trust_remote_code, with_tokenizer)
     tokenizer = None
     if with_tokenizer or require_tokenizer:

@@ -8,15 +8,15 @@ candidate's training and score depend only on its weights, the stage seed and th
 never on which other candidates a process holds — so the gathered scores, and hence the ranking
 and every selection, equal those of one process.
 
-Launch with `torchrun --nproc_per_node N ...` (gloo on CPU, NCCL on GPUs); without a launcher it
-is one process and behaves exactly like `CandidateEvaluator`. `evoprune darwin` under torchrun
+Launch with `torchrun --nproc_per_node N ...` (gloo on CPU, NCCL on GPUs with each process on its
+`cuda:LOCAL_RANK`, see `device.distributed_backend`); without a launcher it is one process and
+behaves exactly like `CandidateEvaluator`. `evoprune darwin` under torchrun
 uses it by itself (see `darwin.make_evaluator`); there only rank 0 writes the run directory.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from datetime import timedelta
 from typing import Iterator
 
@@ -25,6 +25,7 @@ import torch.distributed as dist
 from transformers import PreTrainedModel
 
 from .fitness import CandidateEvaluator, Stage
+from ..device import distributed_backend, torchrun_launch
 from ..levels.genotype import Genotype
 
 
@@ -35,8 +36,11 @@ WAIT_TIMEOUT = timedelta(hours=6)
 
 def init_distributed() -> tuple[int, int]:
     """Join the torchrun process group if launched by one (idempotent); return (rank, world_size)."""
-    if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=WAIT_TIMEOUT)
+    if dist.is_available() and not dist.is_initialized() and torchrun_launch().world_size > 1:
+        backend, gpu = distributed_backend()
+        if gpu is not None:  # NCCL binds each process to the current GPU: its own, not every rank on cuda:0
+            torch.cuda.set_device(gpu)
+        dist.init_process_group(backend, timeout=WAIT_TIMEOUT)
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1

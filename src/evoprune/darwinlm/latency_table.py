@@ -33,6 +33,7 @@ from ..arch.adapter import ModelAdapter
 from ..arch.hf.modeling_evoprune import CACHE_ARG
 from ..arch.spec import LayerSpec, SubnetSpec
 from ..atomic import write_json
+from ..device import synchronize
 from ..errors import UserError
 from ..modes import eval_mode
 from ..obs.database import Database
@@ -112,13 +113,11 @@ class _BlockTimer:
 
     def __call__(self) -> float:
         """Seconds per call, over one sample of `calls` calls."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)
         started = time.perf_counter()
         for _ in range(self.calls):
             self._once()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)
         return (time.perf_counter() - started) / self.calls
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..arch.hf.modeling_evoprune import CACHE_ARG
+from ..device import synchronize
 from ..errors import UserError
 from .blocks import eval_mode, model_device, model_dtype
 
@@ -145,27 +146,23 @@ class _Workload:
         self.kv_cache_bytes = 0
         self.cuda_working_bytes: int | None = None
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def run(self, record: bool) -> None:
         """One prefill of the prompt, then `new_tokens` greedy decode steps through the KV cache."""
-        self._sync()
+        synchronize(self.device)
         if self.device.type == "cuda":
             resident = torch.cuda.memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         started = time.perf_counter()
         out = self.model(input_ids=self.prompt, use_cache=True, **self.prefill_kwargs)
         next_ids = out.logits[:, -1].argmax(dim=-1, keepdim=True)
-        self._sync()
+        synchronize(self.device)
         prefilled = time.perf_counter()
         past = getattr(out, CACHE_ARG)
         for _ in range(self.new_tokens):
             out = self.model(input_ids=next_ids, **{CACHE_ARG: past}, use_cache=True)
             past = getattr(out, CACHE_ARG)
             next_ids = out.logits[:, -1].argmax(dim=-1, keepdim=True)
-        self._sync()
+        synchronize(self.device)
         decoded = time.perf_counter()
         if record:
             self.prefill_s.append(prefilled - started)

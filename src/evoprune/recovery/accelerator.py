@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
+from ..device import choose_device
 from ..errors import UserError
 from .config import RecoveryConfig
 
@@ -19,7 +18,7 @@ def make_accelerator(cfg: RecoveryConfig, device: str = "cpu"):
     # Accelerate keeps one global state per process; allow another precision in a later run of this process.
     AcceleratorState._reset_state()
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one INFO line per saved file otherwise
-    cpu = device == "cpu" or not torch.cuda.is_available()
+    cpu = choose_device(device).type != "cuda"  # Accelerate itself puts each torchrun process on its local rank's GPU
     plugin = None
     if cfg.distributed == "fsdp":
         if cpu:
