@@ -132,9 +132,10 @@ def entry(name: str, obj, level: str = "###") -> str:
     parts += [section_markdown(title, text) for title, text in sections]
     if inspect.isclass(obj):
         for method_name, method in vars(obj).items():
-            if method_name.startswith("_") or not (inspect.isfunction(method) or isinstance(method, (classmethod, staticmethod))):
+            wrapped = isinstance(method, (classmethod, staticmethod))
+            if method_name.startswith("_") or not (inspect.isfunction(method) or wrapped):
                 continue
-            func = method.__func__ if isinstance(method, (classmethod, staticmethod)) else method
+            func = method.__func__ if wrapped else method
             parts.append(entry(f"{name}.{method_name}", getattr(obj, method_name), level="####").replace(
                 f"(function, `{func.__module__}`)", "(method)"))
     return "\n".join(parts)

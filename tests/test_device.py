@@ -29,7 +29,7 @@ def test_each_torchrun_process_gets_its_local_ranks_gpu(local_rank, node):
 
 
 def test_a_local_rank_without_a_gpu_is_one_line():
-    with pytest.raises(UserError, match=r"local rank 4 has no GPU of its own.*4 CUDA GPU\(s\).*--nproc_per_node 4") as e:
+    with pytest.raises(UserError, match=r"local rank 4 has no GPU of its own.*4 CUDA GPU\(s\).*nproc_per_node 4") as e:
         choose_device("cuda", torchrun_env(4, nproc=5), cuda_count=4)
     assert "\n" not in str(e.value)
     with pytest.raises(UserError, match="local rank 1 has no GPU"):  # only one GPU visible of the four

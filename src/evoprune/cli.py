@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 EPILOG = ("Every flag sets a config field (docs/config.md); any field can be set as key.sub=value, e.g. "
           "data.seq_len=256 eval.latency=false seed=3, or in a --config YAML file (flags win).")
 # One wording per flag, whatever the command: the flag sets the same field everywhere.
-DEVICE_HELP = "cpu (default) | cuda | cuda:N | mps (model.device)"
+DEVICE_HELP = ("cpu (default) | cuda (under torchrun: each process's own GPU, cuda:LOCAL_RANK) | cuda:N | mps "
+               "(model.device)")
 SPARSITY_HELP = "fraction of the transformer-block parameters to remove, in (0, 1) (prune.sparsity; default 0.5)"
 TARGET_PARAMS_HELP = "total parameters to keep, embeddings included, instead of --sparsity (prune.target_params)"
 MULTIPLE_HELP = ("keep MLP widths at multiples of this (nas --weights importance: the hidden size too; "

@@ -37,7 +37,7 @@ class ModelConfig:
     source: str = "smollm2-135m"  # embedded default, a local HF folder, or a model id in the local HF cache
     dtype: str = "float32"  # float32 | bfloat16 | float16: the dtype weights are loaded (and kept) in
     compute_dtype: str = "auto"  # dtype layers run in, converted a module at a time; auto: float32 on CPU, else dtype
-    device: str = "cpu"  # cpu | cuda | cuda:N | mps
+    device: str = "cpu"  # cpu | cuda (under torchrun: cuda:LOCAL_RANK, docs/gpu.md) | cuda:N | mps
     allow_pickle: bool = False  # accept *.bin checkpoints (pickle can run code)
     trust_remote_code: bool = False  # accept folders that ship their own modeling code
 

@@ -106,7 +106,8 @@ def choose_device(requested: str | None = None, env: Mapping[str, str] = os.envi
     return torch.device("cuda", index)
 
 
-def distributed_backend(env: Mapping[str, str] = os.environ, cuda_count: int | None = None) -> tuple[str, torch.device | None]:
+def distributed_backend(env: Mapping[str, str] = os.environ,
+                        cuda_count: int | None = None) -> tuple[str, torch.device | None]:
     """The torch.distributed backend of this process, and the GPU it must select before joining the group.
 
     NCCL when every process on this machine has a GPU of its own (`cuda:LOCAL_RANK`), gloo otherwise
