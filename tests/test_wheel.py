@@ -21,8 +21,6 @@ from evoprune.config import SHIPPED_CONFIGS, ConfigError, config_file, load_conf
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "evoprune"
 OPTIONAL = {"llama_cpp", "mlx", "mlx_lm"}  # the `serving` extra: imported only when an engine is asked for
-TINY = ["data.seq_len=32", "data.calibration_blocks=4", "data.eval_blocks=4", "data.batch_size=2", "eval.repeats=1",
-        "eval.prompt_len=8", "eval.new_tokens=4", "eval.top_k=16", "--quiet"]
 
 
 def third_party_imports() -> set[str]:
@@ -160,10 +158,13 @@ def test_the_built_wheel_installs_and_runs_outside_the_source_tree(tiny_run_inpu
     assert found <= before, found - before
     assert json.loads(_run([python, "-c", UNMET], where, env).stdout) == []
 
-    out = where / "run"
-    _run([evoprune, "prune", "--config", "smollm2_uniform50", "--model", tiny_run_inputs / "dense", "--data",
-          tiny_run_inputs / "corpus.txt", "--out", out, *TINY], where, env)
+    out = where / "run"  # the shipped quick config's short blocks and few repeats, on the tiny model
+    _run([evoprune, "prune", "--config", "smollm2_quick_debug", "--model", tiny_run_inputs / "dense", "--data",
+          tiny_run_inputs / "corpus.txt", "--out", out, "--quiet"], where, env)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["pruned"]["block_params"] < metrics["dense"]["block_params"]
-    saved = (out / "config.yaml").read_text()
-    assert "method: uniform" in saved and "sparsity: 0.5" in saved and "multiple: 1" in saved  # the shipped file's
+    shipped = load_config(SHIPPED_CONFIGS / "smollm2_quick_debug.yaml")
+    assert shipped.data.seq_len != load_config(None).data.seq_len  # so the run shows which file it read
+    run = load_config(out / "config.yaml")
+    assert (run.data.seq_len, run.data.calibration_blocks, run.eval.repeats, run.prune.method) == (
+        shipped.data.seq_len, shipped.data.calibration_blocks, shipped.eval.repeats, shipped.prune.method)
