@@ -50,6 +50,8 @@ def test_every_imported_package_is_declared():
         assert dists, f"no installed distribution provides {name}"
         wanted = extras if name in OPTIONAL else declared
         assert dists & wanted, f"{name} (from {sorted(dists)}) is imported but not in pyproject's dependencies"
+    imported = {normalized(d) for name in third_party_imports() for d in providers.get(name, [])}
+    assert declared <= imported, f"declared but never imported: {sorted(declared - imported)}"
 
 
 def test_sources_parse_as_the_lowest_stated_python():
