@@ -70,7 +70,8 @@ def resolve_model_path(source: str) -> Path:
     raise UserError(f"model folder not found: {path} (or use '{EMBEDDED_MODEL}')")
 
 
-EVOPRUNE_CODE = ("configuration_evoprune", "modeling_evoprune")  # the files an evoprune export ships (arch/hf/)
+EVOPRUNE_CODE = ("configuration_evoprune", "modeling_evoprune")  # the files an evoprune export ships (arch/hf/),
+# with their per-family companions (modeling_evoprune_phi3 ...)
 
 
 def read_config(path: Path, trust_remote_code: bool = False) -> PretrainedConfig:
@@ -89,7 +90,7 @@ def read_config(path: Path, trust_remote_code: bool = False) -> PretrainedConfig
         if not model_type.startswith("evoprune_"):
             raise UserError(f"{path} needs its own remote code ({model_type!r}); pass --trust-remote-code if you "
                             "trust it")
-        foreign = sorted(str(v) for v in auto_map.values() if str(v).split(".")[0] not in EVOPRUNE_CODE)
+        foreign = sorted(str(v) for v in auto_map.values() if not str(v).split(".")[0].startswith(EVOPRUNE_CODE))
         if foreign:
             raise UserError(f"{path} says it is an evoprune model ({model_type!r}) but its auto_map points to other "
                             f"code ({', '.join(foreign)}); pass --trust-remote-code if you trust it")
