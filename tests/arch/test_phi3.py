@@ -4,12 +4,10 @@ with longrope scaling)."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
-from evoprune_tests import CASES_BY_ID, PHI3_CASES, random_spec
+from evoprune_tests import CASES_BY_ID, PHI3_CASES
 from evoprune.arch.adapter import adapter_for
 from evoprune.arch.spec import LayerSpec, SubnetSpec
 
@@ -29,6 +27,7 @@ from .test_slicing import (  # noqa: F401  (collected again here, on Phi-3)
     test_hidden_slicing_composes,
     test_identity_spec_reproduces_dense_logits,
     test_random_spec_equals_masked_dense,
+    test_streamed_layers_equal_the_sliced_model,
     test_whole_blocks_and_layers_removed_equal_masked_dense,
     tokens,
 )
@@ -82,14 +81,3 @@ def test_uniform_spec_gives_the_stock_class():
     assert adapter_for(sliced.config).shape(sliced) == spec.result_shape()
     ids = tokens()
     torch.testing.assert_close(logits(sliced, ids), logits(masked_copy(dense, spec), ids), atol=ATOL, rtol=0)
-
-
-def test_streamed_layers_equal_the_sliced_model(tiny_model):
-    """sliced_layers (one layer at a time, as the database and the re-fit use it) builds the sliced model's layers."""
-    adapter = adapter_for(tiny_model.config)
-    spec = random_spec(adapter.shape(tiny_model), random.Random(7), keep_hidden=True)
-    whole = adapter.slice(tiny_model, spec)
-    for built, expected in zip(adapter.sliced_layers(tiny_model, spec), adapter.layers(whole), strict=True):
-        assert built.state_dict().keys() == expected.state_dict().keys()
-        for name, tensor in built.state_dict().items():
-            assert torch.equal(tensor, expected.state_dict()[name]), name

@@ -194,6 +194,17 @@ def test_hidden_slicing_composes(tiny_model):
                                tiny_model.get_input_embeddings().weight[:, hidden])
 
 
+def test_streamed_layers_equal_the_sliced_model(tiny_model):
+    """sliced_layers (one layer at a time, as the database and the re-fit use it) builds the sliced model's layers."""
+    adapter = adapter_for(tiny_model.config)
+    spec = random_spec(adapter.shape(tiny_model), random.Random(7), keep_hidden=True)
+    whole = adapter.slice(tiny_model, spec)
+    for built, expected in zip(adapter.sliced_layers(tiny_model, spec), adapter.layers(whole), strict=True):
+        assert built.state_dict().keys() == expected.state_dict().keys()
+        for name, tensor in built.state_dict().items():
+            assert torch.equal(tensor, expected.state_dict()[name]), name
+
+
 # ---- which class comes out ---------------------------------------------------------------------
 
 def test_uniform_specs_give_the_stock_class(tiny_model):
