@@ -9,3 +9,4 @@ from transformers import Olmo2Config
 from .configuration_evoprune import _pruned_config
 
 EvopruneOlmo2Config = _pruned_config(Olmo2Config, "Olmo2")
+EvopruneOlmo2Config.__module__ = __name__  # the export's auto_map names the file that defines the class

@@ -19,3 +19,4 @@ class Phi3ConfigWithHeadDim(Phi3Config):
 
 
 EvoprunePhi3Config = _pruned_config(Phi3ConfigWithHeadDim, "Phi3")
+EvoprunePhi3Config.__module__ = __name__  # the export's auto_map names the file that defines the class

@@ -3,8 +3,8 @@
 OLMo-2 normalizes the output of each block before adding it to the residual stream
 (`post_attention_layernorm`, `post_feedforward_layernorm`) and has no input norms; a missing block
 takes its norm with it. Its q/k norms span all heads of the layer, so they are sized per layer like
-the projections. Embedding, RoPE, masks and cache come from modeling_evoprune.py, attention and MLP
-from stock OLMo-2. This file imports only torch, transformers and its sibling modeling_evoprune.py.
+the projections. Embedding, RoPE, masks and cache come from modeling_evoprune.py, attention and the
+MLP from stock OLMo-2. This file imports only torch, transformers and its sibling modeling_evoprune.py.
 """
 
 from transformers.modeling_layers import GradientCheckpointingLayer
