@@ -72,7 +72,8 @@ def test_heterogeneous_exports_ship_their_modeling_files(exported):
         folder, family = exported[name]["folder"], exported[name]["spec"].source.family
         config = json.loads((folder / "config.json").read_text())
         assert config["model_type"] == f"evoprune_{family}"
-        assert config["auto_map"]["AutoModelForCausalLM"] == f"modeling_evoprune_{family}.Evoprune{family.capitalize()}ForCausalLM"
+        lm_class = f"Evoprune{family.capitalize()}ForCausalLM"
+        assert config["auto_map"]["AutoModelForCausalLM"] == f"modeling_evoprune_{family}.{lm_class}"
         assert config["auto_map"]["AutoConfig"].startswith(f"configuration_evoprune_{family}.")
         assert config["layer_num_attention_heads"][0] == 0 and config["layer_intermediate_sizes"][2] == 0
         for f in (f"modeling_evoprune_{family}.py", f"configuration_evoprune_{family}.py", "modeling_evoprune.py",

@@ -2,8 +2,8 @@
 
 The stock Phi3Config with the per-layer lists of configuration_evoprune.py. Phi-3 checks the length
 of longrope's factors against `hidden_size // num_attention_heads`, which stops being the head size
-once heads are pruned, so the pruned config uses transformers' generic check, which reads `head_dim`. This file imports only
-transformers and its sibling configuration_evoprune.py.
+once heads are pruned, so the pruned config uses transformers' generic check, which reads `head_dim`.
+This file imports only transformers and its sibling configuration_evoprune.py.
 """
 
 from transformers import Phi3Config
