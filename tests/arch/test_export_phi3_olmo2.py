@@ -15,6 +15,7 @@ import torch
 from evoprune_tests import CASES_BY_ID
 from evoprune.arch.adapter import adapter_for
 from evoprune.arch.export import export_checkpoint
+from evoprune.arch.streamed_export import export_sliced
 from evoprune.arch.spec import LayerSpec, SubnetSpec
 
 from .test_export import ATOL, IDS, LOADER, hetero_spec, logits, models_module  # noqa: F401  (a fixture)
@@ -110,3 +111,14 @@ def test_load_model_reads_exports_without_remote_code(exported, models_module):
         assert loaded.adapter.shape(loaded.model) == e["spec"].result_shape()
         assert numel(loaded.model) == e["params"] == e["spec"].num_params()
         torch.testing.assert_close(logits(loaded.model), e["logits"], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("case_id", ["phi3-gqa-partial-longrope", "olmo2-mha-bias-tied"])
+def test_streamed_export_equals_the_sliced_model(case_id, tmp_path, models_module):
+    dense = CASES_BY_ID[case_id].build()
+    adapter = adapter_for(dense.config)
+    spec = hetero_spec(adapter.shape(dense), seed=3)
+    folder = export_sliced(dense, adapter, spec, {}, tmp_path / "streamed", max_shard_bytes=20_000)
+    assert len(list(folder.glob("*.safetensors"))) > 1
+    loaded = models_module.load_model(str(folder), with_tokenizer=False)
+    torch.testing.assert_close(logits(loaded.model), logits(adapter.slice(dense, spec)), atol=ATOL, rtol=0)
