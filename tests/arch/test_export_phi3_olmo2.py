@@ -122,3 +122,17 @@ def test_streamed_export_equals_the_sliced_model(case_id, tmp_path, models_modul
     assert len(list(folder.glob("*.safetensors"))) > 1
     loaded = models_module.load_model(str(folder), with_tokenizer=False)
     torch.testing.assert_close(logits(loaded.model), logits(adapter.slice(dense, spec)), atol=ATOL, rtol=0)
+
+
+def test_hub_folder_shipping_old_phi3_code_loads_with_stock_classes(tmp_path, models_module):
+    """Phi-3's hub folders carry an auto_map to their own (pre-transformers) code: without --trust-remote-code they
+    load with transformers' Phi3 classes, as transformers itself does."""
+    dense = CASES_BY_ID["phi3-gqa"].build()
+    dense.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_phi3.Phi3Config",
+                          "AutoModelForCausalLM": "modeling_phi3.Phi3ForCausalLM"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = models_module.load_model(str(tmp_path), with_tokenizer=False)
+    assert type(loaded.model).__module__ == "transformers.models.phi3.modeling_phi3"
+    torch.testing.assert_close(logits(loaded.model), logits(dense), atol=ATOL, rtol=0)
