@@ -13,6 +13,7 @@ from transformers import Olmo2Config, Olmo2ForCausalLM, Phi3Config, Phi3ForCausa
 import evoprune
 from evoprune.arch.adapter import adapter_for
 from evoprune.cli import main
+from evoprune.errors import UserError
 from evoprune.models import load_model
 from evoprune.obs.database import Database, DatabaseSettings
 from evoprune_tests import CASES_BY_ID
@@ -98,3 +99,12 @@ def test_nas_importance_weights_refused(family_dir, tiny_run_inputs, tmp_path, c
     assert code == 2 and len(err.splitlines()) == 1
     assert f"not {family_dir.name}" in err and "--weights database" in err
     assert not (tmp_path / "nas").exists()
+
+
+@pytest.mark.parametrize("family_dir", ["olmo2"], indirect=True)
+def test_darwin_refuses_the_residual_refit_on_olmo2_before_work(family_dir, tiny_run_inputs, tmp_path):
+    with pytest.raises(UserError, match="olmo2 normalizes each block's output") as info:
+        evoprune.darwin(str(family_dir), tmp_path / "run", sparsity=0.4, data=str(tiny_run_inputs / "corpus.txt"),
+                        overrides={**SEARCH, "refit.target": "residual"}, progress=False)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

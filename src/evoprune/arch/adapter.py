@@ -24,6 +24,7 @@ class ModelAdapter(ABC):
 
     name: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]  # config.model_type values this adapter handles
+    block_outputs_normalized: ClassVar[bool] = False  # a norm sits between o_proj / down_proj and the residual add
 
     def matches(self, config: PretrainedConfig) -> bool:
         return config.model_type in self.model_types

@@ -39,6 +39,7 @@ class Olmo2Adapter(LayerTableAdapter):
     model_types = ("olmo2", "evoprune_olmo2")
     families = FAMILIES
     layer_slices = LAYER_SLICES
+    block_outputs_normalized = True
 
     def shape_flags(self, attns: list, mlps: list) -> dict:
         return dict(qkv_bias=any(a.q_proj.bias is not None for a in attns),
