@@ -14,6 +14,10 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    Olmo2Config,
+    Olmo2ForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
@@ -84,6 +88,24 @@ TINY_CASES = [
     TinyCase("qwen3-mha-tied", Qwen3Config, Qwen3ForCausalLM, dict(num_key_value_heads=4, tie_word_embeddings=True)),
 ]
 CASES_BY_ID = {c.id: c for c in TINY_CASES}
+
+# Phi-3 (fused qkv / gate_up projections) and OLMo-2 (post-norms, q/k norms over all heads), tested in
+# tests/arch/test_phi3.py and test_olmo2.py. The longrope variant uses RoPE on half of each head.
+PHI3_LONGROPE = dict(rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.5, short_factor=[1.0, 1.5],
+                     long_factor=[2.0, 3.0])
+PHI3_CASES = [
+    TinyCase("phi3-gqa", Phi3Config, Phi3ForCausalLM, dict(num_key_value_heads=2)),
+    TinyCase("phi3-mha-sw4-tied", Phi3Config, Phi3ForCausalLM,
+             dict(num_key_value_heads=4, sliding_window=4, tie_word_embeddings=True)),
+    TinyCase("phi3-gqa-partial-longrope", Phi3Config, Phi3ForCausalLM,
+             dict(num_key_value_heads=2, original_max_position_embeddings=32, rope_parameters=PHI3_LONGROPE)),
+]
+OLMO2_CASES = [
+    TinyCase("olmo2-gqa", Olmo2Config, Olmo2ForCausalLM, dict(num_key_value_heads=2)),
+    TinyCase("olmo2-mha-bias-tied", Olmo2Config, Olmo2ForCausalLM,
+             dict(num_key_value_heads=4, attention_bias=True, tie_word_embeddings=True)),
+]
+CASES_BY_ID.update({c.id: c for c in PHI3_CASES + OLMO2_CASES})
 
 
 @pytest.fixture(autouse=True)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .arch.adapter import ModelAdapter, adapter_for
 from .arch.export import register_pruned_classes
@@ -70,7 +71,9 @@ def resolve_model_path(source: str) -> Path:
     raise UserError(f"model folder not found: {path} (or use '{EMBEDDED_MODEL}')")
 
 
-EVOPRUNE_CODE = ("configuration_evoprune", "modeling_evoprune")  # the files an evoprune export ships (arch/hf/)
+EVOPRUNE_CODE = ("configuration_evoprune", "modeling_evoprune",  # the files an evoprune export ships (arch/hf/)
+                 "configuration_evoprune_phi3", "modeling_evoprune_phi3",
+                 "configuration_evoprune_olmo2", "modeling_evoprune_olmo2")
 
 
 def read_config(path: Path, trust_remote_code: bool = False) -> PretrainedConfig:
@@ -85,7 +88,9 @@ def read_config(path: Path, trust_remote_code: bool = False) -> PretrainedConfig
         raise UserError(f"corrupt config.json in {path}: {e}") from None
     model_type = raw.get("model_type", "")
     auto_map = raw.get("auto_map") or {}
-    if auto_map and not trust_remote_code:
+    # a type transformers implements loads with its stock classes, whatever code the folder ships (Phi-3's hub folders)
+    native = model_type in CONFIG_MAPPING and not model_type.startswith("evoprune_")
+    if auto_map and not trust_remote_code and not native:
         if not model_type.startswith("evoprune_"):
             raise UserError(f"{path} needs its own remote code ({model_type!r}); pass --trust-remote-code if you "
                             "trust it")

@@ -10,11 +10,12 @@ import torch
 
 from evoprune_tests import CASES_BY_ID, random_spec
 from evoprune.arch.adapter import adapter_for
+from evoprune.arch.slicing import head_rows
 from evoprune.arch.spec import LayerSpec, SubnetSpec
 from evoprune.errors import UserError
 
 ATOL = 1e-5
-PREFIX = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
+PREFIX = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "phi3": "Phi3", "olmo2": "Olmo2"}
 
 
 def tokens(batch=2, length=10, seed=0, vocab=99):
@@ -32,7 +33,8 @@ def masked_copy(model, spec: SubnetSpec):
 
     Removed query heads: their o_proj input columns are zeroed (a removed KV group removes its
     query heads). Removed neurons: their down_proj input columns are zeroed. A removed attention
-    / MLP block also loses its output bias. Hidden channels are not handled (must all be kept).
+    / MLP block also loses its output bias. Where q/k norms span all heads (OLMo-2), they normalize over the
+    kept heads only, as the sliced model's do. Hidden channels are not handled (must all be kept).
     """
     assert spec.hidden is None
     adapter = adapter_for(model.config)
@@ -49,7 +51,24 @@ def masked_copy(model, spec: SubnetSpec):
                 o_proj.bias.zero_()
             if not ls.has_mlp and down.bias is not None:
                 down.bias.zero_()
+            if spec.source.qk_norm_whole and ls.has_attention:
+                attn = adapter.attention(layer)
+                attn.q_norm = KeptChannelsRMSNorm(attn.q_norm, head_rows(ls.heads, hd))
+                attn.k_norm = KeptChannelsRMSNorm(attn.k_norm, head_rows(ls.kv_heads, hd))
     return masked
+
+
+class KeptChannelsRMSNorm(torch.nn.Module):
+    """`norm` (an RMSNorm) computing its mean square over the `kept` channels only."""
+
+    def __init__(self, norm, kept: torch.Tensor):
+        super().__init__()
+        self.norm, self.kept = norm, kept
+
+    def forward(self, x):
+        x32 = x.float()
+        mean_square = x32[..., self.kept].pow(2).mean(-1, keepdim=True)
+        return self.norm.weight * (x32 * torch.rsqrt(mean_square + self.norm.variance_epsilon)).to(x.dtype)
 
 
 def uniform_spec(shape, kv=(1,), slots=(0,), n_neurons=20, drop_layer=None, hidden=None):
@@ -173,6 +192,17 @@ def test_hidden_slicing_composes(tiny_model):
     assert at_once.get_input_embeddings().weight.shape == (shape.vocab_size, 20)
     torch.testing.assert_close(at_once.get_input_embeddings().weight,
                                tiny_model.get_input_embeddings().weight[:, hidden])
+
+
+def test_streamed_layers_equal_the_sliced_model(tiny_model):
+    """sliced_layers (one layer at a time, as the database and the re-fit use it) builds the sliced model's layers."""
+    adapter = adapter_for(tiny_model.config)
+    spec = random_spec(adapter.shape(tiny_model), random.Random(7), keep_hidden=True)
+    whole = adapter.slice(tiny_model, spec)
+    for built, expected in zip(adapter.sliced_layers(tiny_model, spec), adapter.layers(whole), strict=True):
+        assert built.state_dict().keys() == expected.state_dict().keys()
+        for name, tensor in built.state_dict().items():
+            assert torch.equal(tensor, expected.state_dict()[name]), name
 
 
 # ---- which class comes out ---------------------------------------------------------------------

@@ -26,6 +26,8 @@ def refused(folder, out, match, **kwargs):
 
 @pytest.mark.parametrize("case_id, match", [
     ("qwen3-gqa", "Qwen3 .*q_norm/k_norm"),
+    ("phi3-gqa", "llama.cpp's phi3 architecture has one attention width .* fused qkv"),
+    ("olmo2-gqa", "llama.cpp's olmo2 architecture has one attention width .* norms after the blocks"),
     ("mistral-gqa-sw4", r"sliding attention window of 4 tokens"),
     ("qwen2-mha-hybrid-sw4", r"layers \[1, 2\] use a sliding attention window"),
 ])

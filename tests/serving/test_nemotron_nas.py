@@ -118,6 +118,8 @@ def _pruned_hidden(shape):
     ("llama-gqa", _partial_heads, "layer 2 keeps 2 of 4 query heads; Nemotron-NAS engines keep all query heads"),
     ("llama-gqa", _pruned_hidden, "hidden size was pruned"),
     ("qwen3-gqa", in_space_spec, "q/k norms"),
+    ("phi3-gqa", in_space_spec, "Phi-3's fused qkv_proj"),
+    ("olmo2-gqa", in_space_spec, "OLMo-2's norms after each block"),
     ("mistral-gqa-sw4", in_space_spec, "layer 0 attends through a sliding window of 4 tokens"),
 ])
 def test_what_the_format_cannot_hold_is_refused_in_one_line(case_id, spec_of, message, tmp_path):

@@ -24,6 +24,7 @@ class ModelAdapter(ABC):
 
     name: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]  # config.model_type values this adapter handles
+    block_outputs_normalized: ClassVar[bool] = False  # a norm sits between o_proj / down_proj and the residual add
 
     def matches(self, config: PretrainedConfig) -> bool:
         return config.model_type in self.model_types
@@ -91,6 +92,11 @@ def register_adapter(adapter: ModelAdapter) -> ModelAdapter:
     return adapter
 
 
+def registered_adapters() -> list[ModelAdapter]:
+    _load_builtin()
+    return list(_REGISTRY)
+
+
 def supported_model_types() -> list[str]:
     _load_builtin()
     return sorted(t for a in _REGISTRY for t in a.model_types if not t.startswith("evoprune_"))
@@ -112,3 +118,4 @@ def adapter_for(config: PretrainedConfig) -> ModelAdapter:
 def _load_builtin() -> None:
     if not _REGISTRY:
         from . import llama  # noqa: F401  (registers itself)
+        from . import olmo2, phi3  # noqa: F401  (register themselves)

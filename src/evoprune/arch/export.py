@@ -19,7 +19,7 @@ from .spec import SubnetSpec
 
 
 def is_pruned_class(model: PreTrainedModel) -> bool:
-    return type(model).__module__.endswith("modeling_evoprune")
+    return type(model).__module__.rpartition(".")[2].startswith("modeling_evoprune")
 
 
 def export_checkpoint(model: PreTrainedModel, out: str | Path, tokenizer=None, spec: SubnetSpec | None = None,
@@ -67,9 +67,10 @@ def register_pruned_classes() -> None:
     """Make evoprune's own copies of the pruned classes known to the Auto classes (no remote code)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .llama import FAMILIES
+    from .adapter import registered_adapters
 
-    for family in FAMILIES.values():
+    families = [f for adapter in registered_adapters() for f in getattr(adapter, "families", {}).values()]
+    for family in families:
         model_type = family.pruned_config.model_type
         try:
             AutoConfig.register(model_type, family.pruned_config)

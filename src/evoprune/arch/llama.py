@@ -84,6 +84,7 @@ def source_layer_type(config: PretrainedConfig, layer_idx: int) -> str:
 class LlamaFamilyAdapter(ModelAdapter):
     name = "llama"
     model_types = tuple(FAMILIES) + tuple(f"evoprune_{f}" for f in FAMILIES)
+    families = FAMILIES  # source family name -> stock and pruned classes
 
     def layers(self, model):
         return list(model.model.layers)
@@ -162,7 +163,7 @@ class LlamaFamilyAdapter(ModelAdapter):
         src = model.state_dict()
         config = self.heterogeneous_config(model.config, spec)
         config._attn_implementation = model.config._attn_implementation  # the captured masks are made for it
-        layer_class = FAMILIES[spec.source.family].pruned_lm.model_class.decoder_layer_class
+        layer_class = self.families[spec.source.family].pruned_lm.model_class.decoder_layer_class
         for new_idx, old_idx in enumerate(spec.kept_layers()):
             state = self._layer_state(src, spec, old_idx, None, replace or {})
             with torch.device("meta"):
@@ -201,7 +202,7 @@ class LlamaFamilyAdapter(ModelAdapter):
 
     def pruned_config(self, config: PretrainedConfig, spec: SubnetSpec) -> tuple[PretrainedConfig, type]:
         """The config (and model class) of the sliced model: stock when uniform, evoprune otherwise."""
-        family = FAMILIES[spec.source.family]
+        family = self.families[spec.source.family]
         shape = spec.result_shape()
         base = self._base_config(config)
         sizes = self._sizes(shape)
@@ -243,7 +244,7 @@ class LlamaFamilyAdapter(ModelAdapter):
 
     def heterogeneous_config(self, config: PretrainedConfig, spec: SubnetSpec) -> PretrainedConfig:
         """The evoprune config of the sliced model, with per-layer sizes (valid for uniform specs too)."""
-        family = FAMILIES[spec.source.family]
+        family = self.families[spec.source.family]
         shape = spec.result_shape()
         sizes = self._sizes(shape)
         if sizes["num_attention_heads"] % sizes["num_key_value_heads"]:

@@ -98,6 +98,12 @@ def problem(config: PretrainedConfig) -> str | None:
     kind = family(config)
     if kind == "qwen3":
         return "Qwen3's per-head q/k norms have no place in the Nemotron-NAS format"
+    if kind == "phi3":
+        return ("Phi-3's fused qkv_proj / gate_up_proj and its longrope / partial RoPE are not written to the "
+                "Nemotron-NAS format")
+    if kind == "olmo2":
+        return ("OLMo-2's norms after each block and its q/k norms over all heads have no place in the "
+                "Nemotron-NAS format")
     if kind not in FAMILIES:
         return f"model type {config.model_type!r} is not a Llama-style model ({', '.join(FAMILIES)})"
     if config.hidden_act != "silu":

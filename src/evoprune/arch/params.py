@@ -21,7 +21,7 @@ def attention_params(shape: ModelShape, layer: LayerShape) -> int:
     if shape.o_bias:
         n += d
     if shape.qk_norm:
-        n += 2 * hd
+        n += q + kv if shape.qk_norm_whole else 2 * hd
     return n
 
 

@@ -36,6 +36,7 @@ class ModelShape:
     o_bias: bool = False
     mlp_bias: bool = False
     qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3): 2 * head_dim weights
+    qk_norm_whole: bool = False  # with qk_norm: q and k normalized over all heads (OLMo-2): (heads + kv) * head_dim
     gated_mlp: bool = True  # gate_proj + up_proj + down_proj (False: up + down)
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 

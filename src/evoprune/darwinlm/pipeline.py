@@ -38,6 +38,7 @@ from ..models import LoadedModel
 from ..data import data_blocks
 from ..models import load_source
 from ..obs.database import Database, DatabaseSettings, planned_costs
+from ..obs.refit import check_target as check_refit_target
 from ..obs.run_database import build_database, database_settings
 from ..obs.store import building
 from ..arch.target import Target, resolve_target
@@ -300,6 +301,7 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
         shape = dense.adapter.shape(dense.model)
         targets = [reachable_target(size, shape, len(sizes) > 1) for size in sizes]
         check_space_fits(cfg.search.space, dense.model.config)
+        check_refit_target(cfg.refit.target, dense.adapter)
         if cfg.max_memory_gib is not None:
             check_memory_budget(shape, cfg, cfg.model.device, next(dense.model.parameters()).element_size(),
                                 compute_dtype_of(dense.model).itemsize, int(cfg.max_memory_gib * 2**30), phase)

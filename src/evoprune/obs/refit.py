@@ -35,6 +35,7 @@ from transformers import PreTrainedModel
 
 from ..arch.adapter import ModelAdapter
 from ..arch.hf.modeling_evoprune import layer_type
+from ..errors import UserError
 from ..modes import eval_mode
 from ..weights.layerwise import LayerMasks, capture_first_layer_inputs
 from .solver import HessianAccumulator
@@ -111,6 +112,7 @@ def refit(dense: PreTrainedModel, pruned: PreTrainedModel, adapter: ModelAdapter
     layer `kept_layers[j]`) in place, layer by layer on `blocks`; returns what changed per module."""
     if target not in REFIT_TARGETS:
         raise ValueError(f"unknown re-fit target {target!r}; choose one of {', '.join(REFIT_TARGETS)}")
+    check_target(target, adapter)
     if dense.config.hidden_size != pruned.config.hidden_size:
         raise ValueError("the re-fit needs the dense hidden size (the pruned model's hidden channels are sliced)")
     report: list[ModuleRefit] = []
@@ -211,6 +213,13 @@ def _fit_attention(adapter: ModelAdapter, layer: nn.Module, call, hidden: list[t
             handle.remove()
         fit.add(inputs[0], _without_bias(targets[j], proj))
     return _apply(fit, proj, i, "attention", percdamp)
+
+
+def check_target(target: str, adapter: ModelAdapter) -> None:
+    """Refuse, in one line, the residual target where a norm sits between the output projections and the residual."""
+    if target == "residual" and adapter.block_outputs_normalized:
+        raise UserError(f"refit.target=residual fits o_proj / down_proj to the residual stream, but {adapter.name} "
+                        "normalizes each block's output before adding it; use refit.target=self or dense")
 
 
 def _fit_mlp(adapter: ModelAdapter, d_layer: nn.Module, p_layer: nn.Module, call, hidden: list[torch.Tensor],

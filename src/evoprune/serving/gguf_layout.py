@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 FAMILIES = ("llama", "mistral", "qwen2")  # families whose layers deci expresses exactly
 ROPE_TYPES = ("default", "llama3", "linear")
+NOT_IN_DECI = {"phi3": "the deci writer does not split Phi-3's fused qkv / gate_up projections",
+               "olmo2": "deci has no norms after the blocks nor q/k norms over all heads"}  # refused, and why
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,10 @@ def check_expressible(config: PretrainedConfig) -> None:
     if family == "qwen3":
         raise UserError("Qwen3 models normalize q and k per head (q_norm/k_norm), which llama.cpp's deci "
                         "architecture cannot express; GGUF export supports llama, mistral and qwen2 models")
+    if family in ("phi3", "olmo2"):
+        raise UserError(f"llama.cpp's {family} architecture has one attention width (the hidden size) and one MLP "
+                        f"width for all layers, and {NOT_IN_DECI[family]}; GGUF export supports "
+                        f"{', '.join(FAMILIES)} models (export {family} models as HF checkpoints)")
     if family not in FAMILIES:
         raise UserError(f"GGUF export supports {', '.join(FAMILIES)} models, not {config.model_type!r}")
     if getattr(config, "hidden_act", "silu") != "silu":

@@ -17,8 +17,19 @@ import torch
 from transformers import PreTrainedModel
 
 from ..arch.adapter import ModelAdapter
+from ..arch.shape import ModelShape
 from ..arch.slicing import head_rows
+from ..errors import UserError
 from ..obs.calibration import CalibrationStats
+
+SORTABLE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")  # pre-norm layers with separate q/k/v and gate/up
+
+
+def check_sortable(shape: ModelShape) -> None:
+    """Refuse, in one line, a family whose layers `permute_model` does not know (fused projections, post-norms)."""
+    if shape.family not in SORTABLE_FAMILIES:
+        raise UserError(f"importance-sorted weights (--weights importance) support {', '.join(SORTABLE_FAMILIES)} "
+                        f"models, not {shape.family}; use --weights database")
 
 
 @dataclass
@@ -70,6 +81,7 @@ def _reorder_projection(proj: torch.nn.Linear, out_rows: torch.Tensor | None, in
 def permute_model(model: PreTrainedModel, adapter: ModelAdapter, imp: Importance) -> PreTrainedModel:
     """Reorder `model`'s units in place by `imp` (function-preserving); returns the model."""
     shape = adapter.shape(model)
+    check_sortable(shape)
     hd = shape.head_dim
     hidden = torch.tensor(imp.hidden_order, dtype=torch.long)
     embed = model.get_input_embeddings().weight

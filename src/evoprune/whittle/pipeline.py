@@ -46,7 +46,7 @@ from ..arch.nemotron_format import check_space_fits
 from .supernet.train import SupernetConfig, train_supernet
 from .arguments import (DEFAULT_SAMPLER, DEFAULT_WEIGHTS, FULL_SPACE, NasArguments, PickRule, check_arguments,
                         params_bounds, pick_rule, quality_objective, range_text)
-from .importance import importance_from_stats, permute_model
+from .importance import check_sortable, importance_from_stats, permute_model
 from .level_space import LevelSpace
 from .mip_start import mip_start
 from .objectives import make_objectives
@@ -150,6 +150,7 @@ def _size_checks(cfg: RunConfig, args: NasArguments,
     if args.weights == "database":  # the levels the database will have (bad database settings refused here)
         space = LevelSpace.planned(shape, database_settings(cfg))
     else:
+        check_sortable(shape)
         space = SearchSpace(shape, tuple(range(len(shape.layers))), multiple=cfg.prune.multiple, space=cfg.search.space)
     if bounds:
         space.params_range_check(*bounds, named=_range_flag(args))
