@@ -6,6 +6,7 @@ with them set, through the real CLI or the library, as a user's process would.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -36,6 +37,20 @@ def parquet_bytes(documents: list[str]) -> bytes:
     return buffer.getvalue()
 
 
+WIKITEXT_README = """---
+configs:
+- config_name: wikitext-2-raw-v1
+  data_files:
+  - split: test
+    path: wikitext-2-raw-v1/test-*
+  - split: train
+    path: wikitext-2-raw-v1/train-*
+---
+"""
+PAPER_ROWS = [" = Heading = ", "", " w1 w2 w3 .", "", " w4 w5", ""]  # empty rows too, as the raw split has
+C4_ROWS = [f"document {i} w{i % 80}" for i in range(1200)]
+
+
 @pytest.fixture(scope="module")
 def hub(tiny_run_inputs, tmp_path_factory):
     """The tiny run's model (plus a pickle file that must not be fetched), a pickle-only model and the tiny
@@ -51,6 +66,15 @@ def hub(tiny_run_inputs, tmp_path_factory):
     torch.save(small.state_dict(), pickled / "pytorch_model.bin")
     stand_in.add_model("acme/pickle-only", pickled)
     stand_in.add_model("acme/never-fetched", tiny_run_inputs / "dense")
+    # the papers' sets in the layout of their hub repositories (WikiText-2's configs are declared in its README)
+    stand_in.add_dataset("Salesforce/wikitext", {
+        "README.md": WIKITEXT_README.encode(),
+        "wikitext-2-raw-v1/test-00000-of-00001.parquet": parquet_bytes(PAPER_ROWS),
+        "wikitext-2-raw-v1/train-00000-of-00001.parquet": parquet_bytes(["unused", ""])})
+    stand_in.add_dataset("allenai/c4", {
+        "en/c4-validation.00000-of-00008.json.gz": gzip.compress(
+            "".join(json.dumps({"text": t, "url": "u"}) + "\n" for t in C4_ROWS).encode()),
+        "en/c4-validation.00001-of-00008.json.gz": gzip.compress(b'{"text": "unused", "url": "u"}\n')})
     stand_in.add_dataset(DATASET_ID, {"data/train-00000-of-00001.parquet":
                                       parquet_bytes(corpus_documents(tiny_run_inputs))})
     stand_in.start()
@@ -72,7 +96,7 @@ def hub_env(hub: StandInHub, home: Path, offline: bool = False, endpoint: str | 
 # One process runs a list of jobs, as a user's shell would run commands one after another, so the suite pays
 # for importing torch and transformers once per environment: `cli` runs `evoprune.cli.main(argv)` and keeps its
 # exit status and stderr; `logits` loads a model source and saves its logits on fixed ids; `blocks` saves the
-# token blocks of each split of data sources given as config overrides.
+# token blocks of each split of data sources given as config overrides; `paper` saves the papers' joined texts.
 RUNNER = """
 import contextlib, io, json, sys, torch
 from evoprune.cli import main
@@ -95,6 +119,11 @@ for job in json.loads(sys.argv[1]):
         with torch.no_grad():
             torch.save({"ids": ids, "logits": loaded.model(ids).logits}, job["out"])
         results.append({"path": str(loaded.path)})
+    elif job["kind"] == "paper":
+        from evoprune.evaluation.paper_perplexity import PAPER_SETS, paper_text
+        texts = {name: paper_text(PAPER_SETS[name]) for name in job["sets"]}
+        open(job["out"], "w").write(json.dumps(texts))
+        results.append({})
     else:
         tokenizer = AutoTokenizer.from_pretrained(job["tokenizer"])
         blocks = {}
@@ -151,7 +180,8 @@ def online(hub, tiny_run_inputs, tmp_path_factory):
             "eval_local": eval_argv(dense, str(local), home / "eval-local"),
             "absent": eval_argv("acme/absent", corpus, home / "absent"),
             "pickle_only": eval_argv("acme/pickle-only", corpus, home / "pickle"),
-            "no_field": eval_argv(dense, DATASET_ID, home / "no-field", "data.text_field=body")}
+            "no_field": eval_argv(dense, DATASET_ID, home / "no-field", "data.text_field=body"),
+            "paper": {"kind": "paper", "sets": ["wikitext2", "c4"], "out": str(home / "paper.json")}}
     results = dict(zip(jobs, run_jobs(list(jobs.values()), hub_env(hub, home), home)))
     return home, results, len(hub.requests)
 
@@ -243,3 +273,9 @@ def test_hub_dataset_through_the_cli_scores_as_the_local_file(online):
 def test_missing_text_field_of_a_hub_dataset_is_one_line(online):
     line = one_line_error(online[1]["no_field"])
     assert DATASET_ID in line and "'body'" in line and "text" in line
+
+
+def test_the_papers_sets_are_read_from_the_hub_as_the_papers_read_them(online):
+    texts = json.loads((online[0] / "paper.json").read_text())
+    assert texts["wikitext2"] == "\n\n".join(PAPER_ROWS)
+    assert texts["c4"] == " ".join(C4_ROWS[:1100])
