@@ -8,7 +8,7 @@ from typing import Mapping
 import torch
 
 from ..errors import UserError
-from .hub import HubDataset, hub_documents, hub_fingerprint, is_hub_source
+from .hub import HubDataset, hub_documents, hub_fingerprint, hub_of, is_hub_source
 from .cache import blocks_key, blocks_path, read_cached, source_fingerprint, tokenizer_identity, write_cached
 from .packing import PackedSplit, pack_documents
 from .sources import load_documents
@@ -51,7 +51,7 @@ def pack_split(tokenizer, source: str, split: str, seq_len: int, text_field: str
     check_split(split)
     check_seq_len(seq_len, None)
     fractions = SplitFractions.coerce(fractions)
-    hub = (hub or HubDataset.of(source, text_field=text_field)) if is_hub_source(source) else None
+    hub = (hub or hub_of(source, text_field=text_field)) if is_hub_source(source) else None
     fingerprint = hub_fingerprint(hub) if hub else source_fingerprint(source, text_field)
     key = blocks_key(fingerprint, tokenizer_identity(tokenizer), split, seq_len, fractions)
     path = blocks_path(key)
@@ -91,6 +91,5 @@ def token_blocks(tokenizer, source: str, split: str, seq_len: int, max_blocks: i
 
 def data_blocks(cfg, tokenizer, split: str, n: int) -> torch.Tensor:
     """`n` blocks of `cfg.data.seq_len` tokens of `cfg.data.source`'s `split` (a RunConfig's data section)."""
-    hub = HubDataset.of(cfg.data.source, cfg.data) if is_hub_source(cfg.data.source) else None
     return token_blocks(tokenizer, cfg.data.source, split, cfg.data.seq_len, max_blocks=n,
-                        text_field=cfg.data.text_field, hub=hub)
+                        text_field=cfg.data.text_field, hub=hub_of(cfg.data.source, cfg.data))

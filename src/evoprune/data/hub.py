@@ -64,6 +64,11 @@ class HubDataset:
         return "/".join(p for p in parts if p) + (f"@{self.revision}" if self.revision else "")
 
 
+def hub_of(source: str, data=None, text_field: str = "text") -> HubDataset | None:
+    """The hub dataset `source` names, read as `data` (a DataConfig) says; None when `source` is not one."""
+    return HubDataset.of(source, data, text_field) if is_hub_source(source) else None
+
+
 def hub_fingerprint(dataset: HubDataset) -> str:
     """What determines the documents read: the dataset's commit, configuration, split, field and budget."""
     return "|".join(["hub", dataset.repo_id, dataset.config or "", dataset.split, dataset_commit(dataset),
