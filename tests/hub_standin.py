@@ -5,7 +5,8 @@ reads it once, at import).
 Served: `GET /api/{models|datasets}/{repo}[/revision/{rev}]` (repo info with `sha` and `siblings`),
 `GET /api/{type}s/{repo}/tree/{rev}[/{path}]` (the file listing), `POST /api/{type}s/{repo}/paths-info/{rev}`,
 `HEAD|GET /[datasets/]{repo}/resolve/{rev}/{file}` (with `X-Repo-Commit`, `ETag`, `Content-Length` and byte
-ranges). An unknown repository is a 404 with `X-Error-Code: RepoNotFound`, as the hub answers.
+ranges). An unknown repository is a 404 with `X-Error-Code: RepoNotFound`, a gated one a 401 with `GatedRepo`,
+as the hub answers.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Repo:
 class StandInHub:
     models: dict[str, Repo] = field(default_factory=dict)
     datasets: dict[str, Repo] = field(default_factory=dict)
+    gated: set[str] = field(default_factory=set)  # repository ids answered as gated for a caller without access
     requests: list[str] = field(default_factory=list)
     url: str = ""
 
@@ -124,6 +126,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._error(404, "RepoNotFound")
 
     def _repo(self, kind: str, repo_id: str, revision: str | None) -> Repo | None:
+        if repo_id in self.store.gated:
+            self._error(401, "GatedRepo")
+            return None
         repo = getattr(self.store, kind).get(repo_id)
         if repo is None:
             self._error(404, "RepoNotFound")

@@ -66,6 +66,7 @@ def hub(tiny_run_inputs, tmp_path_factory):
     torch.save(small.state_dict(), pickled / "pytorch_model.bin")
     stand_in.add_model("acme/pickle-only", pickled)
     stand_in.add_model("acme/never-fetched", tiny_run_inputs / "dense")
+    stand_in.gated.add("acme/gated")
     # the papers' sets in the layout of their hub repositories (WikiText-2's configs are declared in its README)
     stand_in.add_dataset("Salesforce/wikitext", {
         "README.md": WIKITEXT_README.encode(),
@@ -181,6 +182,8 @@ def online(hub, tiny_run_inputs, tmp_path_factory):
             "eval_local": eval_argv(dense, str(local), home / "eval-local", "eval.unseen=true"),
             "absent": eval_argv("acme/absent", corpus, home / "absent"),
             "pickle_only": eval_argv("acme/pickle-only", corpus, home / "pickle"),
+            "gated": eval_argv("acme/gated", corpus, home / "gated"),
+            "absent_dataset": eval_argv(dense, "acme/no-such-data", home / "absent-data"),
             "no_field": eval_argv(dense, DATASET_ID, home / "no-field", "data.text_field=body"),
             "paper": {"kind": "paper", "sets": ["wikitext2", "c4"], "out": str(home / "paper.json")}}
     results = dict(zip(jobs, run_jobs(list(jobs.values()), hub_env(hub, home), home)))
@@ -230,8 +233,10 @@ def test_offline_with_nothing_cached_is_one_line(online, offline):
 
 
 @pytest.mark.parametrize("job, model_id, expected", [("absent", "acme/absent", "not found on"),
-                                                     ("pickle_only", "acme/pickle-only", "only pickle weights")])
-def test_missing_or_pickle_only_repo_is_one_line(online, job, model_id, expected):
+                                                     ("pickle_only", "acme/pickle-only", "only pickle weights"),
+                                                     ("gated", "acme/gated", "is gated"),
+                                                     ("absent_dataset", "acme/no-such-data", "not found on")])
+def test_missing_gated_or_pickle_only_repo_is_one_line(online, job, model_id, expected):
     home, results, _ = online
     line = one_line_error(results[job])
     assert model_id in line and expected in line

@@ -138,8 +138,9 @@ class hub_errors:
         if isinstance(error, errors.RevisionNotFoundError):
             return f"{what} has no revision {self.revision!r} on {endpoint()}; give a branch, tag or commit it has"
         if isinstance(error, errors.RepositoryNotFoundError):
-            return (f"{what} not found on {endpoint()} (or private: set HF_TOKEN to a token that may read it); "
-                    "check the id")
+            local = "folder" if self.kind == "model" else "path"
+            return (f"{what} is not a local {local} and not found on {endpoint()} (a private one needs HF_TOKEN set "
+                    "to a token that may read it); check the path or id")
         if isinstance(error, errors.LocalEntryNotFoundError) or _is_connection_error(error):
             return (f"cannot reach {endpoint()} to download {what}, and it is not in the local HF cache; check the "
                     "network (or HF_ENDPOINT), or pass a local folder")
