@@ -120,6 +120,13 @@ for job in json.loads(sys.argv[1]):
         with torch.no_grad():
             torch.save({"ids": ids, "logits": loaded.model(ids).logits}, job["out"])
         results.append({"path": str(loaded.path)})
+    elif job["kind"] == "mark":  # a request the test finds in the stand-in's log, between other jobs' requests
+        import os, urllib.error, urllib.request
+        try:
+            urllib.request.urlopen(os.environ["HF_ENDPOINT"] + "/mark/" + job["name"])
+        except urllib.error.HTTPError:
+            pass
+        results.append({})
     elif job["kind"] == "paper":
         from evoprune.evaluation.paper_perplexity import PAPER_SETS, paper_text
         texts = {name: paper_text(PAPER_SETS[name]) for name in job["sets"]}
@@ -175,11 +182,13 @@ def online(hub, tiny_run_inputs, tmp_path_factory):
                "local_budget": [f"data.source={home / 'budget.jsonl'}"]}
     corpus = str(tiny_run_inputs / "corpus.txt")
     dense = str(tiny_run_inputs / "dense")
-    jobs = {"logits": {"kind": "logits", "source": MODEL_ID, "out": str(home / "logits.pt")},
-            "blocks": {"kind": "blocks", "tokenizer": dense, "sources": sources, "out": str(home / "blocks.pt")},
+    jobs = {"local_start": {"kind": "mark", "name": "local-start"},
             # unseen text on: its leak check reads the run's data (the genres themselves are not in this cache)
-            "eval_hub": eval_argv(dense, DATASET_ID, home / "eval-hub", "eval.unseen=true"),
             "eval_local": eval_argv(dense, str(local), home / "eval-local", "eval.unseen=true"),
+            "local_end": {"kind": "mark", "name": "local-end"},
+            "logits": {"kind": "logits", "source": MODEL_ID, "out": str(home / "logits.pt")},
+            "blocks": {"kind": "blocks", "tokenizer": dense, "sources": sources, "out": str(home / "blocks.pt")},
+            "eval_hub": eval_argv(dense, DATASET_ID, home / "eval-hub", "eval.unseen=true"),
             "absent": eval_argv("acme/absent", corpus, home / "absent"),
             "pickle_only": eval_argv("acme/pickle-only", corpus, home / "pickle"),
             "gated": eval_argv("acme/gated", corpus, home / "gated"),
@@ -285,3 +294,10 @@ def test_the_papers_sets_are_read_from_the_hub_as_the_papers_read_them(online):
     texts = json.loads((online[0] / "paper.json").read_text())
     assert texts["wikitext2"] == "\n\n".join(PAPER_ROWS)
     assert texts["c4"] == " ".join(C4_ROWS[:1100])
+
+
+def test_a_local_model_and_local_data_make_no_request_online(hub, online):
+    """HF_HUB_OFFLINE is no longer forced: a run on local files must still not touch the hub."""
+    start, end = hub.requests.index("GET /mark/local-start"), hub.requests.index("GET /mark/local-end")
+    assert end == start + 1, hub.requests[start:end + 1]
+    assert online[1]["eval_local"]["code"] == 0
