@@ -58,6 +58,7 @@ def hub(tiny_run_inputs, tmp_path_factory):
     stand_in = StandInHub()
     stand_in.add_model(MODEL_ID, tiny_run_inputs / "dense")
     stand_in.models[MODEL_ID].files["training_args.bin"] = b"pickle bytes never fetched"
+    stand_in.models[MODEL_ID].files["consolidated.safetensors"] = b"another layout, never fetched"
     stand_in.models[MODEL_ID].__post_init__()
     pickled = tmp_path_factory.mktemp("pickled")
     small = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -229,6 +230,7 @@ def test_hub_id_is_downloaded_then_loaded_offline_from_the_cache(hub, tiny_run_i
     fetched = sorted(p.name for p in folder.iterdir())
     assert "model.safetensors" in fetched and "tokenizer.json" in fetched
     assert "training_args.bin" not in fetched  # only safetensors, config and tokenizer files are downloaded
+    assert "consolidated.safetensors" not in fetched
 
     offline_results, requests_after = offline
     assert Path(offline_results["logits"]["path"]) == folder

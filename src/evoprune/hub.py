@@ -21,6 +21,9 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as the hub 
 MODEL_FILES = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.txt"]
 PICKLE_WEIGHTS = (".bin", ".pt", ".pth")
 CODE_FILES = ["*.py"]  # only with trust_remote_code
+# Copies of the weights in other layouts that some repositories ship beside the HF ones (Mistral's consolidated
+# file, Meta's original/ folder): never read, so never fetched.
+OTHER_LAYOUTS = ["consolidated*", "original/*"]
 
 
 def is_repo_id(source: str) -> bool:
@@ -79,7 +82,8 @@ def model_snapshot(repo_id: str, revision: str | None = None, allow_pickle: bool
             return cached
         log.info("fetching %s%s from %s (cache: %s)", repo_id, f"@{revision}" if revision else "", endpoint(),
                  cache_dir() or "the HF default")
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, cache_dir=cache_dir()))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
+                                      ignore_patterns=OTHER_LAYOUTS, cache_dir=cache_dir()))
 
 
 def _cached_snapshot(repo_id: str, revision: str | None, allow_pickle: bool, trust_remote_code: bool) -> Path | None:
@@ -90,7 +94,7 @@ def _cached_snapshot(repo_id: str, revision: str | None, allow_pickle: bool, tru
     for allow in [patterns] + ([patterns + [f"*{s}" for s in PICKLE_WEIGHTS]] if allow_pickle else []):
         try:
             return Path(snapshot_download(repo_id, revision=revision, local_files_only=True, cache_dir=cache_dir(),
-                                          allow_patterns=allow))
+                                          allow_patterns=allow, ignore_patterns=OTHER_LAYOUTS))
         except Exception:  # not cached, or cached incomplete (an interrupted download)
             continue
     return None
@@ -101,7 +105,8 @@ def _model_patterns(repo_id: str, revision: str | None, allow_pickle: bool, trus
     weight is downloaded."""
     from huggingface_hub import HfApi
 
-    files = [s.rfilename for s in HfApi(endpoint=endpoint()).model_info(repo_id, revision=revision).siblings or []]
+    info = HfApi(endpoint=endpoint()).model_info(repo_id, revision=revision)
+    files = [s.rfilename for s in info.siblings or [] if not s.rfilename.startswith(("consolidated", "original/"))]
     patterns = MODEL_FILES + (CODE_FILES if trust_remote_code else [])
     if any(f.endswith(".safetensors") for f in files):
         return patterns
