@@ -127,11 +127,15 @@ def _prepared(model, out, tokenizer, config, overrides, named: dict, cls=None, c
 
 
 def _checked(out, cfg, teacher: str | None = None) -> None:
+    from .data.hub import dataset_commit, hub_of
     from .models import check_device, check_model_source
     from .rundir import check_writable_out
 
     check_writable_out(out)
     check_device(cfg.model.device)
+    hub_data = hub_of(cfg.data.source, cfg.data)
+    if hub_data is not None:  # a dataset that is not there (or gated, or not cached offline) fails before any model
+        dataset_commit(hub_data)
     for source in (cfg.model.source, teacher):
         if source:
             check_model_source(source, cfg.model.allow_pickle, cfg.model.trust_remote_code,

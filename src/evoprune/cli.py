@@ -404,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         return stop.code if isinstance(stop.code, int) else 0
     logging.basicConfig(level=logging.WARNING if args.__dict__.get("quiet") else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    for client in ("httpx", "httpx2"):  # one INFO line per HTTP request of a hub download: only their warnings
+        logging.getLogger(client).setLevel(logging.WARNING)
     if args.__dict__.get("quiet"):
         from transformers.utils import logging as hf_logging
 
