@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
@@ -120,40 +121,36 @@ def _model_patterns(repo_id: str, revision: str | None, allow_pickle: bool, trus
     return patterns + [f"*{suffix}" for suffix in PICKLE_WEIGHTS]
 
 
-class hub_errors:
-    """Turns huggingface_hub's and the network's exceptions into one-line UserErrors naming `kind` `repo_id`."""
+@contextmanager
+def hub_errors(kind: str, repo_id: str, revision: str | None = None):
+    """Turns huggingface_hub's and the network's exceptions inside into one-line UserErrors naming `kind` `repo_id`."""
+    try:
+        yield
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # huggingface_hub, datasets and the HTTP client raise many types
+        raise UserError(_message(e, kind, repo_id, revision)) from None
 
-    def __init__(self, kind: str, repo_id: str, revision: str | None = None):
-        self.kind, self.repo_id, self.revision = kind, repo_id, revision
 
-    def __enter__(self):
-        return self
+def _message(error: BaseException, kind: str, repo_id: str, revision: str | None) -> str:
+    from huggingface_hub import errors
 
-    def __exit__(self, kind, error, tb):
-        if error is None or isinstance(error, (UserError, KeyboardInterrupt)):
-            return False
-        raise UserError(self.message(error)) from None
-
-    def message(self, error: BaseException) -> str:
-        from huggingface_hub import errors
-
-        what = f"{self.kind} {self.repo_id!r}"
-        if isinstance(error, errors.GatedRepoError):
-            return f"{what} is gated: accept its conditions on the hub page and set HF_TOKEN to a token that may read it"
-        if isinstance(error, errors.RevisionNotFoundError):
-            return f"{what} has no revision {self.revision!r} on {endpoint()}; give a branch, tag or commit it has"
-        if isinstance(error, errors.RepositoryNotFoundError):
-            local = "folder" if self.kind == "model" else "path"
-            return (f"{what} is not a local {local} and not found on {endpoint()} (a private one needs HF_TOKEN set "
-                    "to a token that may read it); check the path or id")
-        if isinstance(error, errors.LocalEntryNotFoundError) or _is_connection_error(error):
-            return (f"cannot reach {endpoint()} to download {what}, and it is not in the local HF cache; check the "
-                    "network (or HF_ENDPOINT), or pass a local folder")
-        if isinstance(error, errors.HfHubHTTPError):
-            first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            return f"cannot download {what} from {endpoint()}: {first}"
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        return f"cannot download {what}: {first}"
+    what = f"{kind} {repo_id!r}"
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if isinstance(error, errors.GatedRepoError):
+        return f"{what} is gated: accept its conditions on the hub page and set HF_TOKEN to a token that may read it"
+    if isinstance(error, errors.RevisionNotFoundError):
+        return f"{what} has no revision {revision!r} on {endpoint()}; give a branch, tag or commit it has"
+    if isinstance(error, errors.RepositoryNotFoundError):
+        local = "folder" if kind == "model" else "path"
+        return (f"{what} is not a local {local} and not found on {endpoint()} (a private one needs HF_TOKEN set "
+                "to a token that may read it); check the path or id")
+    if isinstance(error, errors.LocalEntryNotFoundError) or _is_connection_error(error):
+        return (f"cannot reach {endpoint()} to download {what}, and it is not in the local HF cache; check the "
+                "network (or HF_ENDPOINT), or pass a local folder")
+    if isinstance(error, errors.HfHubHTTPError):
+        return f"cannot download {what} from {endpoint()}: {first}"
+    return f"cannot download {what}: {first}"
 
 
 def _is_connection_error(error: BaseException) -> bool:
