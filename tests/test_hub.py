@@ -193,6 +193,7 @@ def online(hub, tiny_run_inputs, tmp_path_factory):
             "absent": eval_argv("acme/absent", corpus, home / "absent"),
             "pickle_only": eval_argv("acme/pickle-only", corpus, home / "pickle"),
             "gated": eval_argv("acme/gated", corpus, home / "gated"),
+            "bad_revision": eval_argv(MODEL_ID, corpus, home / "bad-revision", "--revision", "v9"),
             "absent_dataset": eval_argv(dense, "acme/no-such-data", home / "absent-data"),
             "no_field": eval_argv(dense, DATASET_ID, home / "no-field", "data.text_field=body"),
             "paper": {"kind": "paper", "sets": ["wikitext2", "c4"], "out": str(home / "paper.json")}}
@@ -246,8 +247,9 @@ def test_offline_with_nothing_cached_is_one_line(online, offline):
 @pytest.mark.parametrize("job, model_id, expected", [("absent", "acme/absent", "not found on"),
                                                      ("pickle_only", "acme/pickle-only", "only pickle weights"),
                                                      ("gated", "acme/gated", "is gated"),
+                                                     ("bad_revision", MODEL_ID, "has no revision 'v9'"),
                                                      ("absent_dataset", "acme/no-such-data", "not found on")])
-def test_missing_gated_or_pickle_only_repo_is_one_line(online, job, model_id, expected):
+def test_missing_gated_pickle_only_or_bad_revision_is_one_line(online, job, model_id, expected):
     home, results, _ = online
     line = one_line_error(results[job])
     assert model_id in line and expected in line
