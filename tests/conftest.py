@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import random
-import sys
+import os
+
+# The suite never touches the network: huggingface_hub (and so transformers and datasets) reads this once, at
+# import, and it reaches every subprocess. The download tests point HF_ENDPOINT at a local stand-in and unset it.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import random  # noqa: E402
+import sys  # noqa: E402
 from dataclasses import dataclass, field
 
 import pytest

@@ -127,14 +127,19 @@ def _prepared(model, out, tokenizer, config, overrides, named: dict, cls=None, c
 
 
 def _checked(out, cfg, teacher: str | None = None) -> None:
+    from .data.hub import dataset_commit, hub_of
     from .models import check_device, check_model_source
     from .rundir import check_writable_out
 
     check_writable_out(out)
     check_device(cfg.model.device)
+    hub_data = hub_of(cfg.data.source, cfg.data)
+    if hub_data is not None:  # a dataset that is not there (or gated, or not cached offline) fails before any model
+        dataset_commit(hub_data)
     for source in (cfg.model.source, teacher):
         if source:
-            check_model_source(source, cfg.model.allow_pickle, cfg.model.trust_remote_code)
+            check_model_source(source, cfg.model.allow_pickle, cfg.model.trust_remote_code,
+                               revision=cfg.model.revision if source == cfg.model.source else None)
 
 
 def darwin(model, out: str | Path, *, sparsity: float | list[float] | None = None,
@@ -226,6 +231,8 @@ def evaluate(model, out: str | Path, *, teacher: str | None = None, tasks: str |
     with _prepared(model, out, tokenizer, config, overrides, named, check=False) as cfg:
         ev = cfg.eval
         if ev.engine == "llamacpp":
+            if ev.paper_ppl:
+                raise UserError("--paper-ppl runs in transformers only; drop it with --engine llamacpp")
             from .rundir import check_writable_out
             from .serving.engine_eval import evaluate_gguf
 

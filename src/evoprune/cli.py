@@ -43,7 +43,9 @@ class OneLineParser(argparse.ArgumentParser):
 def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
     p.add_argument("--config", help="YAML run configuration: a file, or a shipped config's name (smollm2_uniform50, "
                    "smollm2_quick_debug, darwinlm_reference)")
-    p.add_argument("--model", help="smollm2-135m, a local HF folder, or a model id in the local HF cache")
+    p.add_argument("--model", help="smollm2-135m, a local HF folder, or a hub id (owner/name), downloaded on first "
+                                   "use unless HF_HUB_OFFLINE=1 (model.source)")
+    p.add_argument("--revision", help="hub id: branch, tag or commit (default main) (model.revision)")
     p.add_argument("--data", help="text source: embedded[:boolq|sciq|lambada], .txt/.jsonl/.parquet, or a datasets folder")
     p.add_argument("--seq-len", type=int, help="tokens per block")
     p.add_argument("--dtype", help="float32 | bfloat16 | float16")
@@ -115,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="at most this many examples per task (quick: 100) (eval.limit)")
     p.add_argument("--num-fewshot", type=int,
                    help="few-shot examples for every task (default: the preset's) (eval.num_fewshot)")
+    p.add_argument("--paper-ppl", help="also WikiText-2 / C4 perplexity as the papers compute it: a comma list of "
+                                       "wikitext2, c4 (data from the hub, cached once) (eval.paper_ppl)")
     p.add_argument("--engine", choices=list(ENGINES),
                    help="run the model in transformers (default; an HF folder) or llama.cpp (--model and --teacher "
                         "are .gguf files or folders holding model.gguf) (eval.engine)")
@@ -242,7 +246,7 @@ def export(args: argparse.Namespace) -> None:
 
 def _overrides(args: argparse.Namespace) -> dict:
     """The config fields the flags set (flags left out set nothing, so a --config file's values stay)."""
-    flags = {"model": "model.source", "data": "data.source", "seq_len": "data.seq_len", "dtype": "model.dtype",
+    flags = {"model": "model.source", "revision": "model.revision", "data": "data.source", "seq_len": "data.seq_len", "dtype": "model.dtype",
              "device": "model.device", "method": "prune.method", "profile": "search.profile",
              "metric": "search.metric", "levels": "database.num_levels", "db_method": "database.method",
              "max_memory": "max_memory_gib", "space": "search.space", "multiple": "prune.multiple",
@@ -251,7 +255,8 @@ def _overrides(args: argparse.Namespace) -> dict:
         flags.update({"format": "export.format", "quant": "export.quant"})
     if args.command == "eval":
         flags.update({"teacher": "eval.teacher", "tasks": "eval.tasks", "limit": "eval.limit",
-                      "num_fewshot": "eval.num_fewshot", "engine": "eval.engine", "tokenizer": "eval.tokenizer"})
+                      "num_fewshot": "eval.num_fewshot", "engine": "eval.engine", "tokenizer": "eval.tokenizer",
+                      "paper_ppl": "eval.paper_ppl"})
     if args.command == "nas":
         flags.update({"trials": "nas.trials", "sampler": "nas.sampler", "supernet_steps": "nas.supernet_steps",
                       "sparsity_range": "nas.sparsity_range", "weights": "nas.weights",
@@ -394,7 +399,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _quiet_transformers()
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -402,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         return stop.code if isinstance(stop.code, int) else 0
     logging.basicConfig(level=logging.WARNING if args.__dict__.get("quiet") else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    for client in ("httpx", "httpx2"):  # one INFO line per HTTP request of a hub download: only their warnings
+        logging.getLogger(client).setLevel(logging.WARNING)
     if args.__dict__.get("quiet"):
         from transformers.utils import logging as hf_logging
 

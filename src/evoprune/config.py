@@ -34,7 +34,9 @@ class ConfigError(UserError):
 
 @dataclass
 class ModelConfig:
-    source: str = "smollm2-135m"  # embedded default, a local HF folder, or a model id in the local HF cache
+    source: str = "smollm2-135m"  # embedded default, a local HF folder, or a hub id (owner/name: downloaded once
+    # into the HF cache; HF_HUB_OFFLINE=1 looks in the cache only; HF_TOKEN, HF_HOME, HF_ENDPOINT are honoured)
+    revision: str | None = None  # hub id: branch, tag or commit to fetch; null = main
     dtype: str = "float32"  # float32 | bfloat16 | float16: the dtype weights are loaded (and kept) in
     compute_dtype: str = "auto"  # dtype layers run in, converted a module at a time; auto: float32 on CPU, else dtype
     device: str = "cpu"  # cpu | cuda (under torchrun: cuda:LOCAL_RANK, docs/gpu.md) | cuda:N | mps
@@ -44,8 +46,15 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "embedded"  # embedded[:boolq|sciq|lambada], a .txt/.jsonl/.parquet file, or a save_to_disk folder
-    text_field: str = "text"  # column holding the text in jsonl / parquet / datasets sources
+    # embedded[:boolq|sciq|lambada], a .txt/.jsonl/.parquet file, a save_to_disk folder, or a hub dataset
+    # (owner/name or hf:name, read with datasets.load_dataset; HF_HUB_OFFLINE=1: only what an earlier run cached)
+    source: str = "embedded"
+    text_field: str = "text"  # column holding the text in jsonl / parquet / datasets / hub sources
+    hub_config: str | None = None  # hub dataset: its configuration (subset), e.g. wikitext-2-raw-v1 or sample-10BT
+    hub_split: str = "train"  # hub dataset: the split read (then cut into evoprune's calibration / train / eval)
+    streaming: bool = False  # hub dataset: stream rows up to data.max_tokens instead of downloading it whole
+    max_tokens: int | None = None  # hub dataset: read rows until this many tokens (whole rows); null = all rows
+    revision: str | None = None  # hub dataset: branch, tag or commit; null = main
     seq_len: int = 512  # tokens per packed block
     calibration_blocks: int = 32  # blocks for importance statistics (and the teacher cache)
     eval_blocks: int = 32  # held-out blocks for perplexity and KL
@@ -89,6 +98,12 @@ class EvalConfig:
     tasks: str | None = None
     limit: int | None = None  # at most this many examples per task; null = the preset's (quick: 100) or all
     num_fewshot: int | None = None  # few-shot examples for every task; null = the preset's
+    # `evoprune eval`: WikiText-2 / C4 perplexity as the pruning papers compute it (evaluation/paper_perplexity.py):
+    # a comma list of wikitext2, c4; null = none. The data comes from the hub (cached once) or the sources below.
+    paper_ppl: str | None = None
+    paper_seq_len: int = 2048  # window length of paper_ppl (the papers' 2048), or the model's maximum if smaller
+    wikitext2_source: str | None = None  # a local copy of WikiText-2 raw's test split (parquet, json, txt, folder)
+    c4_source: str | None = None  # a local copy of C4's en/c4-validation.00000-of-00008.json.gz
     top_k: int = 1024  # teacher log-probs kept per position on disk (top-64 under-reports KL by 15-23%, 1024 by ~3%)
     latency: bool = True  # measure prefill / decode speed of dense and pruned side by side
     prompt_len: int = 128  # prefill length for latency
@@ -417,9 +432,13 @@ class RunConfig:
                             ("prune.multiple", pr.multiple), ("eval.top_k", ev.top_k),
                             ("eval.prompt_len", ev.prompt_len), ("eval.new_tokens", ev.new_tokens),
                             ("eval.repeats", ev.repeats), ("eval.batch_size", ev.batch_size),
-                            ("eval.unseen_blocks", ev.unseen_blocks)):
+                            ("eval.unseen_blocks", ev.unseen_blocks), ("eval.paper_seq_len", ev.paper_seq_len)):
             if value <= 0:
                 p.append(f"{name} must be positive, got {value}")
+        if d.max_tokens is not None and d.max_tokens <= 0:
+            p.append(f"data.max_tokens must be positive (or null: all rows), got {d.max_tokens}")
+        if d.streaming and d.max_tokens is None:
+            p.append("data.streaming reads a hub dataset up to data.max_tokens: set data.max_tokens too")
         if self.max_memory_gib is not None and not 0 < self.max_memory_gib < math.inf:
             p.append(f"max_memory_gib (--max-memory) must be a positive, finite number of GiB, got {self.max_memory_gib}")
         if ev.streamed not in (True, False, "auto"):

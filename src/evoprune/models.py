@@ -1,15 +1,14 @@
-"""Find and load a model from a local source, always offline.
+"""Find and load a model from its source.
 
-A source is one of: the embedded default (`smollm2-135m`), a local HF folder, or a model id
-already in the local HF cache. Problems are reported as UserError before weights are read
-wherever possible.
+A source is one of: the embedded default (`smollm2-135m`), a local HF folder, or a hub model id, downloaded on
+first use into the HF cache (`hub.py`; with HF_HUB_OFFLINE=1 only the cache is looked in). Problems are reported
+as UserError before weights are read wherever possible.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from .arch.export import register_pruned_classes
 from .device import choose_device
 from .data import check_seq_len
 from .errors import UserError
+from .hub import is_repo_id, model_snapshot
 from .weights.compute_dtype import compute_in
 from .weights.shard_index import check_sharded_index
 
@@ -47,8 +47,10 @@ class LoadedModel:
     name: str  # what the user called it
 
 
-def resolve_model_path(source: str) -> Path:
-    """Turn a model source into a local folder (no network)."""
+def resolve_model_path(source: str, revision: str | None = None, allow_pickle: bool = False,
+                       trust_remote_code: bool = False) -> Path:
+    """Turn a model source into a local folder: the embedded model and local folders as they are, a hub id
+    (`owner/name`, at `revision`) from the HF cache, downloaded first unless HF_HUB_OFFLINE is set."""
     from .assets import EMBEDDED_MODEL, embedded_model_dir
 
     if source == EMBEDDED_MODEL:
@@ -58,17 +60,9 @@ def resolve_model_path(source: str) -> Path:
         if not path.is_dir():
             raise UserError(f"model path {path} is a file; pass the folder that holds config.json")
         return path
-    if source.count("/") == 1 and not source.startswith((".", "/")):
-        from huggingface_hub import snapshot_download
-
-        try:
-            return Path(snapshot_download(source, local_files_only=True, cache_dir=os.environ.get("HF_HUB_CACHE")))
-        except Exception:
-            raise UserError(
-                f"model {source!r} is not a local folder and not in the local HF cache "
-                f"(evoprune never downloads); pass a folder or '{EMBEDDED_MODEL}'"
-            ) from None
-    raise UserError(f"model folder not found: {path} (or use '{EMBEDDED_MODEL}')")
+    if is_repo_id(source):
+        return model_snapshot(source, revision, allow_pickle, trust_remote_code)
+    raise UserError(f"model folder not found: {path} (or use '{EMBEDDED_MODEL}' or a hub id such as owner/name)")
 
 
 EVOPRUNE_CODE = ("configuration_evoprune", "modeling_evoprune",  # the files an evoprune export ships (arch/hf/)
@@ -169,9 +163,10 @@ def check_device(device: str) -> None:
 
 
 def check_model_source(source: str, allow_pickle: bool = False, trust_remote_code: bool = False,
-                       with_tokenizer: bool = True) -> tuple[Path, PretrainedConfig]:
-    """Every check on a model source that needs no weights loaded: its folder, config, weight files and tokenizer."""
-    path = resolve_model_path(source)
+                       with_tokenizer: bool = True, revision: str | None = None) -> tuple[Path, PretrainedConfig]:
+    """Every check on a model source that needs no weights loaded: its folder (a hub id downloaded), config, weight
+    files and tokenizer."""
+    path = resolve_model_path(source, revision, allow_pickle, trust_remote_code)
     config = read_config(path, trust_remote_code)
     check_weight_files(path, allow_pickle)
     check_sharded_index(path)
@@ -197,11 +192,13 @@ def check_weight_files(path: Path, allow_pickle: bool) -> None:
 
 def load_model(source: str, dtype: str = "float32", device: str = "cpu", allow_pickle: bool = False,
                trust_remote_code: bool = False, with_tokenizer: bool = True, mapped: bool = True,
-               compute_dtype: str = "auto", require_tokenizer: bool = False) -> LoadedModel:
-    """Load a causal LM and its tokenizer from a local source.
+               compute_dtype: str = "auto", require_tokenizer: bool = False,
+               revision: str | None = None) -> LoadedModel:
+    """Load a causal LM and its tokenizer.
 
     Args:
-        source: `smollm2-135m`, a local folder, or a model id in the local HF cache.
+        source: `smollm2-135m`, a local folder, or a hub model id (downloaded on first use; only the HF cache is
+            looked in when HF_HUB_OFFLINE is set).
         dtype: float32 / bfloat16 / float16.
         device: where to put the model (`device.choose_device`: cpu, cuda = the local rank's GPU, cuda:N, mps).
         allow_pickle: accept *.bin checkpoints (unsafe: pickle can run code).
@@ -212,17 +209,17 @@ def load_model(source: str, dtype: str = "float32", device: str = "cpu", allow_p
             RAM, whenever their stored dtype is `dtype` and the checkpoint needs no conversion.
         compute_dtype: dtype the layers run in, converted one module at a time (`weights.compute_dtype`):
             auto = float32 on CPU (which has no fast bf16/fp16 matrix units in general), else `dtype`.
+        revision: branch, tag or commit of a hub id (default: main).
 
     Raises:
         UserError: for every problem with the source.
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if compute_dtype != "auto" and compute_dtype not in DTYPES:
         raise UserError(f"unknown compute dtype {compute_dtype!r}; choose auto or one of {', '.join(DTYPES)}")
     device = choose_device(str(device))  # a bare `cuda` is this torchrun process's own GPU
-    path, config = check_model_source(source, allow_pickle, trust_remote_code, with_tokenizer)
+    path, config = check_model_source(source, allow_pickle, trust_remote_code, with_tokenizer, revision)
     tokenizer = None
     if with_tokenizer or require_tokenizer:
         try:
@@ -278,7 +275,9 @@ def load_source(cfg: RunConfig, source: str | None = None) -> LoadedModel:
     """The model `source` (default `cfg.model.source`) loaded as `cfg.model` says, with a tokenizer and a context
     long enough for `cfg.data.seq_len`."""
     m = cfg.model
-    loaded = load_model(source or m.source, dtype=m.dtype, device=m.device, allow_pickle=m.allow_pickle,
-                        trust_remote_code=m.trust_remote_code, compute_dtype=m.compute_dtype, require_tokenizer=True)
+    source = source or m.source
+    loaded = load_model(source, dtype=m.dtype, device=m.device, allow_pickle=m.allow_pickle,
+                        trust_remote_code=m.trust_remote_code, compute_dtype=m.compute_dtype, require_tokenizer=True,
+                        revision=m.revision if source == m.source else None)
     check_seq_len(cfg.data.seq_len, getattr(loaded.model.config, "max_position_embeddings", None))
     return loaded

@@ -1,6 +1,6 @@
 """Text for calibration, training and evaluation, as packed token blocks.
 
-A source string names the text (`embedded`, a file, a folder, a `save_to_disk` dataset);
+A source string names the text (`embedded`, a file, a folder, a `save_to_disk` dataset, a hub dataset);
 `load_documents` reads it into documents, `split_documents` assigns each document to exactly one
 of the `calibration` / `train` / `eval` splits by a hash of its text, and `token_blocks` returns
 one split tokenized and packed into `[n, seq_len]` blocks, cached on disk.

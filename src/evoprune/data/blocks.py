@@ -8,6 +8,7 @@ from typing import Mapping
 import torch
 
 from ..errors import UserError
+from .hub import HubDataset, hub_documents, hub_fingerprint, hub_of, is_hub_source
 from .cache import blocks_key, blocks_path, read_cached, source_fingerprint, tokenizer_identity, write_cached
 from .packing import PackedSplit, pack_documents
 from .sources import load_documents
@@ -30,16 +31,19 @@ def check_seq_len(seq_len: int, max_positions: int | None) -> None:
 
 
 def pack_split(tokenizer, source: str, split: str, seq_len: int, text_field: str = "text",
-               fractions: SplitFractions | Mapping[str, float] = DEFAULT_FRACTIONS) -> PackedSplit:
+               fractions: SplitFractions | Mapping[str, float] = DEFAULT_FRACTIONS,
+               hub: HubDataset | None = None) -> PackedSplit:
     """All of one split of `source`, tokenized and packed, from the cache when possible.
 
     Args:
         tokenizer: a HF tokenizer; its EOS token separates documents.
-        source: a text source string (see `load_documents`).
+        source: a text source string (see `load_documents`), or a hub dataset id (see `data.hub`).
         split: `calibration`, `train` or `eval`.
         seq_len: tokens per block.
         text_field: the text column of json, parquet and datasets sources.
         fractions: share of documents per split.
+        hub: how a hub dataset `source` is read (configuration, split, streaming, token budget); None: its whole
+            train split.
 
     Raises:
         UserError: for a bad source, split or length, or when the split holds less than one block.
@@ -47,12 +51,15 @@ def pack_split(tokenizer, source: str, split: str, seq_len: int, text_field: str
     check_split(split)
     check_seq_len(seq_len, None)
     fractions = SplitFractions.coerce(fractions)
-    key = blocks_key(source_fingerprint(source, text_field), tokenizer_identity(tokenizer), split, seq_len, fractions)
+    hub = (hub or hub_of(source, text_field=text_field)) if is_hub_source(source) else None
+    fingerprint = hub_fingerprint(hub) if hub else source_fingerprint(source, text_field)
+    key = blocks_key(fingerprint, tokenizer_identity(tokenizer), split, seq_len, fractions)
     path = blocks_path(key)
     cached = read_cached(path, key)
     if cached is not None:
         return cached
-    documents = split_documents(load_documents(source, text_field), fractions)[split]
+    documents = hub_documents(hub, tokenizer) if hub else load_documents(source, text_field)
+    documents = split_documents(documents, fractions)[split]
     packed = pack_documents(tokenizer, documents, split, seq_len)
     if packed.blocks.shape[0] == 0:
         raise UserError(f"the {split} split of {source} has {packed.tokens} tokens ({packed.documents} documents) "
@@ -64,8 +71,8 @@ def pack_split(tokenizer, source: str, split: str, seq_len: int, text_field: str
 
 
 def token_blocks(tokenizer, source: str, split: str, seq_len: int, max_blocks: int | None = None,
-                 text_field: str = "text", fractions: SplitFractions | Mapping[str, float] = DEFAULT_FRACTIONS
-                 ) -> torch.Tensor:
+                 text_field: str = "text", fractions: SplitFractions | Mapping[str, float] = DEFAULT_FRACTIONS,
+                 hub: HubDataset | None = None) -> torch.Tensor:
     """The first `max_blocks` (default all) `[n, seq_len]` LongTensor blocks of one split of `source`.
 
     Splits never share a document (see `split_documents`), and blocks are ordered by document
@@ -74,7 +81,7 @@ def token_blocks(tokenizer, source: str, split: str, seq_len: int, max_blocks: i
     if max_blocks is not None and (isinstance(max_blocks, bool) or not isinstance(max_blocks, int)
                                    or max_blocks <= 0):
         raise UserError(f"the number of {split} blocks must be a positive integer, got {max_blocks!r}")
-    packed = pack_split(tokenizer, source, split, seq_len, text_field, fractions)
+    packed = pack_split(tokenizer, source, split, seq_len, text_field, fractions, hub)
     available = packed.blocks.shape[0]
     if max_blocks is not None and max_blocks > available:
         log.warning("the %s split of %s has only %d blocks of %d tokens (%d asked); using all of them",
@@ -85,4 +92,4 @@ def token_blocks(tokenizer, source: str, split: str, seq_len: int, max_blocks: i
 def data_blocks(cfg, tokenizer, split: str, n: int) -> torch.Tensor:
     """`n` blocks of `cfg.data.seq_len` tokens of `cfg.data.source`'s `split` (a RunConfig's data section)."""
     return token_blocks(tokenizer, cfg.data.source, split, cfg.data.seq_len, max_blocks=n,
-                        text_field=cfg.data.text_field)
+                        text_field=cfg.data.text_field, hub=hub_of(cfg.data.source, cfg.data))

@@ -3,7 +3,7 @@
 Accepted sources: `embedded` / `embedded:<name>`; a `.txt` file (documents separated by blank
 lines) or a folder of `.txt` files; `.jsonl`, `.jsonl.gz`, `.json` and `.parquet` files with a
 text field; a `datasets.save_to_disk` folder (a Dataset, or a DatasetDict from which the
-`train` split, else the first one, is read).
+`train` split, else the first one, is read). Hub datasets are read by `hub.py`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from .embedded import embedded_documents, is_embedded
 log = logging.getLogger(__name__)
 
 ROW_FORMATS = (".jsonl", ".jsonl.gz", ".json", ".parquet")
-ACCEPTED = ("'embedded[:boolq|sciq|lambada]', a .txt/.jsonl/.jsonl.gz/.json/.parquet file, a folder of .txt files "
-            "or a datasets.save_to_disk folder")
+ACCEPTED = ("'embedded[:boolq|sciq|lambada]', a .txt/.jsonl/.jsonl.gz/.json/.parquet file, a folder of .txt files, "
+            "a datasets.save_to_disk folder or a hub dataset id (owner/name or hf:name)")
 PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
 
 

@@ -24,6 +24,7 @@ from ..errors import UserError
 from ..fingerprint import files_fingerprint
 from .cache import CACHE_VERSION, blocks_path, source_fingerprint, tokenizer_identity
 from .packing import separator_id, tokenize_documents
+from .hub import HubDataset, hub_documents, hub_fingerprint, hub_of, is_hub_source
 from .sources import PARAGRAPH_BREAK, load_documents
 from .splits import document_digest
 from .unseen_sources import UNSEEN_SOURCES, UNSEEN_VERSION, UnseenSource
@@ -135,13 +136,15 @@ def _unavailable(source: UnseenSource, note: str, dropped: int = 0) -> UnseenDom
     return UnseenDomain(source.name, source.genre, source.origin, source.split, None, 0, dropped, [note])
 
 
-def unseen_domains(tokenizer, run_source: str, text_field: str, seq_len: int, n_blocks: int) -> list[UnseenDomain]:
+def unseen_domains(tokenizer, run_source: str, text_field: str, seq_len: int, n_blocks: int,
+                   hub: HubDataset | None = None) -> list[UnseenDomain]:
     """Every unseen domain, disjoint from `run_source`, as at most `n_blocks` blocks of `seq_len` tokens.
 
     A domain whose text is not on this machine, or that the run's data holds entirely, comes back
-    with `blocks=None` and a note instead of failing the run.
+    with `blocks=None` and a note instead of failing the run. `hub`: how a hub dataset `run_source` is read.
     """
-    run_id = source_fingerprint(run_source, text_field)
+    hub = (hub or hub_of(run_source, text_field=text_field)) if is_hub_source(run_source) else None
+    run_id = hub_fingerprint(hub) if hub else source_fingerprint(run_source, text_field)
     tokenizer_id = tokenizer_identity(tokenizer)
     taken: set[str] | None = None
     domains = []
@@ -162,7 +165,7 @@ def unseen_domains(tokenizer, run_source: str, text_field: str, seq_len: int, n_
             domains.append(_unavailable(source, str(e)))
             continue
         if taken is None:
-            taken = source_digests(load_documents(run_source, text_field))
+            taken = source_digests(hub_documents(hub, tokenizer) if hub else load_documents(run_source, text_field))
         documents, dropped = disjoint_documents(texts, taken)
         blocks, used = pack_prefix(tokenizer, documents, seq_len, n_blocks)
         if blocks.shape[0] == 0:

@@ -15,6 +15,7 @@ from ..models import load_source
 from ..report import markdown_table, plot_bars, write_report
 from ..rundir import holding_run_lock
 from .latency_sweep import check_sweep, sweep_latency, sweep_rows
+from .paper_report import paper_section
 from .suite import METRIC_COLUMNS, evaluate_models, teacher_for
 from .sweep_report import sweep_section
 from .task_report import task_section
@@ -40,6 +41,12 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
 
         resolve_tasks(tasks, num_fewshot)  # bad names fail before any model is loaded
         task_configs_dir()
+    papers = None
+    if cfg.eval.paper_ppl:  # the data is read before any model is loaded, so a missing set fails first
+        from .paper_perplexity import paper_sets, paper_text
+
+        papers = {paper: paper_text(paper, getattr(cfg.eval, f"{paper.name}_source"))
+                  for paper in paper_sets(cfg.eval.paper_ppl)}
     started = time.time()
     with memory.stage("load model"):
         student = load_source(cfg, model)
@@ -79,6 +86,14 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
         metrics.update(task_scores["model"])
         if "teacher" in task_scores:
             metrics["teacher_tasks"] = task_scores["teacher"]
+    if papers is not None:
+        from .paper_perplexity import paper_perplexity
+
+        with memory.stage("paper perplexity"):
+            metrics["paper_perplexity"] = {
+                name: {paper.name: paper_perplexity(m.model, m.tokenizer, paper, text, cfg.eval.paper_seq_len,
+                                                    cfg.data.batch_size) for paper, text in papers.items()}
+                for name, m in loaded.items()}
     if grid is not None:
         with memory.stage("latency sweep"):
             sweep = sweep_latency(models, *grid, new_tokens=cfg.eval.new_tokens, warmup=cfg.eval.warmup,
@@ -97,6 +112,8 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
             sections.append(("Unseen text", unseen_section(rows, unseen, tmp / "unseen.png")))
         if task_scores:
             sections.append(("Tasks (lm-evaluation-harness, offline)", task_section(task_scores, tmp / "tasks.png")))
+        if papers is not None:
+            sections.append(("Perplexity as the papers compute it", paper_section(metrics["paper_perplexity"])))
         if grid is not None:
             ideal = {name: row["ideal_speedup"] for name, row in rows.items()}
             sections.append(("Latency sweep", sweep_section(metrics["latency_sweep"], ideal, tmp / "latency_sweep.png",

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..config import RunConfig
+from ..data.hub import hub_of
 from ..data.unseen import UnseenDomain, unseen_domains
 from ..data.unseen_sources import DEV, HELDBACK_SOURCE, TEST
 from .heldout import perplexity_interval
@@ -22,7 +23,8 @@ def load_unseen(cfg: RunConfig, tokenizer) -> list[UnseenDomain] | None:
     """The run's unseen-text domains, or None when `eval.unseen` is off."""
     if not cfg.eval.unseen:
         return None
-    return unseen_domains(tokenizer, cfg.data.source, cfg.data.text_field, cfg.data.seq_len, cfg.eval.unseen_blocks)
+    return unseen_domains(tokenizer, cfg.data.source, cfg.data.text_field, cfg.data.seq_len, cfg.eval.unseen_blocks,
+                          hub_of(cfg.data.source, cfg.data))
 
 
 def unseen_nlls(model: nn.Module, domains: list[UnseenDomain], batch_size: int, progress: bool = False,
