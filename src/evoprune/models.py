@@ -70,7 +70,8 @@ def resolve_model_path(source: str) -> Path:
     raise UserError(f"model folder not found: {path} (or use '{EMBEDDED_MODEL}')")
 
 
-EVOPRUNE_CODE = ("configuration_evoprune", "modeling_evoprune")  # the files an evoprune export ships (arch/hf/)
+EVOPRUNE_CODE = ("configuration_evoprune", "modeling_evoprune",
+                 "configuration_evoprune_gemma", "modeling_evoprune_gemma")  # the files an evoprune export ships (arch/hf/)
 
 
 def read_config(path: Path, trust_remote_code: bool = False) -> PretrainedConfig:

@@ -112,3 +112,4 @@ def adapter_for(config: PretrainedConfig) -> ModelAdapter:
 def _load_builtin() -> None:
     if not _REGISTRY:
         from . import llama  # noqa: F401  (registers itself)
+        from . import gemma  # noqa: F401  (registers itself)

@@ -19,7 +19,7 @@ from .spec import SubnetSpec
 
 
 def is_pruned_class(model: PreTrainedModel) -> bool:
-    return type(model).__module__.endswith("modeling_evoprune")
+    return type(model).__module__.rpartition(".")[2].startswith("modeling_evoprune")
 
 
 def export_checkpoint(model: PreTrainedModel, out: str | Path, tokenizer=None, spec: SubnetSpec | None = None,
@@ -58,18 +58,20 @@ def _check_complete(folder: Path, needs_code: bool) -> None:
         missing = [f for f in ("modeling_evoprune.py", "configuration_evoprune.py") if not (folder / f).exists()]
         if missing or "auto_map" not in config:
             raise RuntimeError(f"export of a pruned model lacks its remote code: {missing or 'auto_map'}")
-        source = (folder / "modeling_evoprune.py").read_text()
-        if "import evoprune" in source or "from evoprune" in source:
-            raise RuntimeError("exported modeling code must not import evoprune")
+        for code in folder.glob("*.py"):
+            source = code.read_text()
+            if "import evoprune" in source or "from evoprune" in source:
+                raise RuntimeError(f"exported code must not import evoprune: {code.name}")
 
 
 def register_pruned_classes() -> None:
     """Make evoprune's own copies of the pruned classes known to the Auto classes (no remote code)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from .gemma import FAMILIES as GEMMA_FAMILIES
     from .llama import FAMILIES
 
-    for family in FAMILIES.values():
+    for family in [*FAMILIES.values(), *GEMMA_FAMILIES.values()]:
         model_type = family.pruned_config.model_type
         try:
             AutoConfig.register(model_type, family.pruned_config)

@@ -84,6 +84,9 @@ def source_layer_type(config: PretrainedConfig, layer_idx: int) -> str:
 class LlamaFamilyAdapter(ModelAdapter):
     name = "llama"
     model_types = tuple(FAMILIES) + tuple(f"evoprune_{f}" for f in FAMILIES)
+    families = FAMILIES
+    layer_slices = LAYER_SLICES
+    attention_parts = ("self_attn.", "input_layernorm.")  # layer parameters that go with the attention block
 
     def layers(self, model):
         return list(model.model.layers)
@@ -162,7 +165,7 @@ class LlamaFamilyAdapter(ModelAdapter):
         src = model.state_dict()
         config = self.heterogeneous_config(model.config, spec)
         config._attn_implementation = model.config._attn_implementation  # the captured masks are made for it
-        layer_class = FAMILIES[spec.source.family].pruned_lm.model_class.decoder_layer_class
+        layer_class = self.families[spec.source.family].pruned_lm.model_class.decoder_layer_class
         for new_idx, old_idx in enumerate(spec.kept_layers()):
             state = self._layer_state(src, spec, old_idx, None, replace or {})
             with torch.device("meta"):
@@ -170,8 +173,7 @@ class LlamaFamilyAdapter(ModelAdapter):
             layer.load_state_dict(state, strict=True, assign=True)
             yield layer.to(dtype=dtype or next(model.parameters()).dtype).eval()
 
-    @staticmethod
-    def _layer_state(src: dict[str, torch.Tensor], spec: SubnetSpec, old_idx: int, hidden: torch.Tensor | None,
+    def _layer_state(self, src: dict[str, torch.Tensor], spec: SubnetSpec, old_idx: int, hidden: torch.Tensor | None,
                      replace: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Source layer `old_idx`'s tensors, sliced to what `spec` keeps (names relative to the layer)."""
         ls = spec.layers[old_idx]
@@ -182,12 +184,12 @@ class LlamaFamilyAdapter(ModelAdapter):
         out = {}
         for key in [k for k in src if k.startswith(prefix)]:
             name = key[len(prefix):]
-            if name not in LAYER_SLICES:
+            if name not in self.layer_slices:
                 raise RuntimeError(f"don't know how to slice parameter {key}")
-            in_attention = name.startswith(("self_attn.", "input_layernorm."))
+            in_attention = name.startswith(self.attention_parts)
             if (in_attention and not ls.has_attention) or (not in_attention and not ls.has_mlp):
                 continue
-            rows, cols = LAYER_SLICES[name]
+            rows, cols = self.layer_slices[name]
             if key in replace:
                 expected = (len(index[rows]) if index[rows] is not None else src[key].shape[0],
                             *([len(index[cols])] if index[cols] is not None else src[key].shape[1:]))
@@ -201,7 +203,7 @@ class LlamaFamilyAdapter(ModelAdapter):
 
     def pruned_config(self, config: PretrainedConfig, spec: SubnetSpec) -> tuple[PretrainedConfig, type]:
         """The config (and model class) of the sliced model: stock when uniform, evoprune otherwise."""
-        family = FAMILIES[spec.source.family]
+        family = self.families[spec.source.family]
         shape = spec.result_shape()
         base = self._base_config(config)
         sizes = self._sizes(shape)
@@ -243,7 +245,7 @@ class LlamaFamilyAdapter(ModelAdapter):
 
     def heterogeneous_config(self, config: PretrainedConfig, spec: SubnetSpec) -> PretrainedConfig:
         """The evoprune config of the sliced model, with per-layer sizes (valid for uniform specs too)."""
-        family = FAMILIES[spec.source.family]
+        family = self.families[spec.source.family]
         shape = spec.result_shape()
         sizes = self._sizes(shape)
         if sizes["num_attention_heads"] % sizes["num_key_value_heads"]:

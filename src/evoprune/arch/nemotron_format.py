@@ -98,6 +98,8 @@ def problem(config: PretrainedConfig) -> str | None:
     kind = family(config)
     if kind == "qwen3":
         return "Qwen3's per-head q/k norms have no place in the Nemotron-NAS format"
+    if kind in ("gemma2", "gemma3_text"):
+        return "Gemma's norms around each block, soft-capping and scaled embedding have no place in the format"
     if kind not in FAMILIES:
         return f"model type {config.model_type!r} is not a Llama-style model ({', '.join(FAMILIES)})"
     if config.hidden_act != "silu":

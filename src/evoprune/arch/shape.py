@@ -37,6 +37,7 @@ class ModelShape:
     mlp_bias: bool = False
     qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3): 2 * head_dim weights
     gated_mlp: bool = True  # gate_proj + up_proj + down_proj (False: up + down)
+    norms_per_block: int = 1  # RMSNorms that go with each attention / MLP block (Gemma: 2, before and after)
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property

@@ -137,6 +137,10 @@ def check_expressible(config: PretrainedConfig) -> None:
     if family == "qwen3":
         raise UserError("Qwen3 models normalize q and k per head (q_norm/k_norm), which llama.cpp's deci "
                         "architecture cannot express; GGUF export supports llama, mistral and qwen2 models")
+    if family in ("gemma2", "gemma3_text"):
+        raise UserError(f"llama.cpp's {family.removesuffix('_text')} graph takes one head count and MLP width for "
+                        "every layer and deci has no Gemma norms or soft-capping; GGUF export supports llama, "
+                        "mistral and qwen2 models")
     if family not in FAMILIES:
         raise UserError(f"GGUF export supports {', '.join(FAMILIES)} models, not {config.model_type!r}")
     if getattr(config, "hidden_act", "silu") != "silu":
