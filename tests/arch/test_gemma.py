@@ -300,3 +300,20 @@ def test_gguf_and_nemotron_refuse_gemma(exported):
             export_nemotron_nas(folder, folder.parent / f"{name}_nemotron")
         assert "\n" not in str(info.value)
         assert not (folder.parent / f"{name}_nemotron").exists()
+
+
+# ---- layer by layer (databases, streamed evaluation) --------------------------------------------------
+
+@pytest.mark.parametrize("case_id", list(CASES))
+def test_streamed_perplexity_equals_the_whole_model(case_id):
+    """The replayed layer inputs carry each attention type's RoPE and mask, and the head its soft-cap."""
+    from evoprune.evaluation.perplexity import mean_nll
+    from evoprune.evaluation.streamed_perplexity import streamed_mean_nll
+
+    dense = CASES[case_id].build()
+    blocks = torch.randint(0, 99, (3, 20), generator=torch.Generator().manual_seed(0))
+    assert streamed_mean_nll(dense, blocks, batch_size=2) == pytest.approx(mean_nll(dense, blocks, 2), rel=1e-6)
+    adapter = adapter_for(dense.config)
+    spec = hetero_spec(adapter.shape(dense), 3)  # layer 0 without attention: every type's inputs are rebuilt
+    whole = mean_nll(adapter.slice(dense, spec), blocks, 2)
+    assert streamed_mean_nll(dense, blocks, batch_size=2, spec=spec) == pytest.approx(whole, rel=1e-6)

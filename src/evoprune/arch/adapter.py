@@ -78,6 +78,10 @@ class ModelAdapter(ABC):
     def final_norm(self, model: PreTrainedModel) -> nn.Module:
         """The normalization between the last decoder layer and the LM head."""
 
+    def output_head(self, model: PreTrainedModel) -> nn.Module:
+        """Final-normed hidden states -> logits, exactly as the model's forward computes them (LM head, soft-cap)."""
+        return model.get_output_embeddings()
+
     @abstractmethod
     def position_embeddings(self, model: PreTrainedModel, hidden: torch.Tensor, position_ids: torch.Tensor) -> object:
         """What an attention block takes as `position_embeddings` (RoPE cos/sin), to run one block alone."""

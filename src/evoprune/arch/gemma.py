@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+from torch import nn
 from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedModel
 
 from ..errors import UserError
@@ -46,6 +47,21 @@ MLP_SLICES = {
 }
 
 
+class SoftCappedHead(nn.Module):
+    """The LM head followed by Gemma-2's final logit soft-capping: cap * tanh(logits / cap)."""
+
+    def __init__(self, lm_head: nn.Module, cap: float):
+        super().__init__()
+        self.lm_head, self.cap = lm_head, cap
+
+    @property
+    def weight(self) -> torch.Tensor:  # [vocab, hidden], as callers read it off an LM head
+        return self.lm_head.weight
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.lm_head(hidden) / self.cap) * self.cap
+
+
 class GemmaFamilyAdapter(LlamaFamilyAdapter):
     name = "gemma"
     model_types = tuple(FAMILIES) + tuple(f"evoprune_{f}" for f in FAMILIES)
@@ -55,6 +71,10 @@ class GemmaFamilyAdapter(LlamaFamilyAdapter):
 
     def shape(self, model: PreTrainedModel) -> ModelShape:
         return replace(super().shape(model), norms_per_block=2)
+
+    def output_head(self, model: PreTrainedModel) -> nn.Module:
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        return SoftCappedHead(model.get_output_embeddings(), cap) if cap else model.get_output_embeddings()
 
     def position_embeddings(self, model: PreTrainedModel, hidden: torch.Tensor, position_ids: torch.Tensor):
         rotary = model.model.rotary_emb
