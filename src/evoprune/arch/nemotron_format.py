@@ -99,7 +99,7 @@ def problem(config: PretrainedConfig) -> str | None:
     if kind == "qwen3":
         return "Qwen3's per-head q/k norms have no place in the Nemotron-NAS format"
     if kind in ("gemma2", "gemma3_text"):
-        return "Gemma's norms around each block, soft-capping and scaled embedding have no place in the format"
+        return "Gemma's norms around each block and scaled embedding (and Gemma-2's soft-capping) have no place in it"
     if kind not in FAMILIES:
         return f"model type {config.model_type!r} is not a Llama-style model ({', '.join(FAMILIES)})"
     if config.hidden_act != "silu":
