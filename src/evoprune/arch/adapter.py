@@ -24,6 +24,7 @@ class ModelAdapter(ABC):
 
     name: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]  # config.model_type values this adapter handles
+    prunes_hidden: ClassVar[bool] = True  # whether `slice` can remove hidden channels
 
     def matches(self, config: PretrainedConfig) -> bool:
         return config.model_type in self.model_types
@@ -98,6 +99,12 @@ def register_adapter(adapter: ModelAdapter) -> ModelAdapter:
 def supported_model_types() -> list[str]:
     _load_builtin()
     return sorted(t for a in _REGISTRY for t in a.model_types if not t.startswith("evoprune_"))
+
+
+def can_prune_hidden(family: str) -> bool:
+    """Whether models of `family` (a ModelShape's family, e.g. "gemma2") can lose hidden channels."""
+    _load_builtin()
+    return all(a.prunes_hidden for a in _REGISTRY if family in a.model_types)
 
 
 def adapter_for(config: PretrainedConfig) -> ModelAdapter:

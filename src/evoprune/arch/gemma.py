@@ -68,6 +68,7 @@ class GemmaFamilyAdapter(LlamaFamilyAdapter):
     families = FAMILIES
     layer_slices = {**ATTENTION_SLICES, **MLP_SLICES}
     attention_parts = ("self_attn.", "input_layernorm.", "post_attention_layernorm.")
+    prunes_hidden = False
 
     def shape(self, model: PreTrainedModel) -> ModelShape:
         return replace(super().shape(model), norms_per_block=2)
