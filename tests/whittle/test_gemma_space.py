@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from arch.test_gemma import CASES, tokens
+from evoprune_tests import random_spec
 from evoprune.arch.adapter import adapter_for
 from evoprune.whittle.importance import permute_model
 from evoprune.whittle.space import SearchSpace
+from evoprune.whittle.supernet.masked import MaskedSubnet
 
 from .test_importance import random_importance
 
@@ -42,3 +44,21 @@ def test_gemma_space_keeps_the_hidden_size_and_every_config_slices():
         assert space.to_spec(config).hidden is None
         with torch.no_grad():
             assert torch.isfinite(space.slice(model, adapter, config)(input_ids=ids).logits).all()
+
+
+@pytest.mark.parametrize("case_id", ["gemma2-softcap", "gemma3-local-rope"])
+def test_masked_view_equals_the_slice(case_id):
+    """The supernet's hooks (masked heads, neurons and whole blocks) compute what the sliced Gemma computes."""
+    model = CASES[case_id].build()
+    adapter = adapter_for(model.config)
+    shape = adapter.shape(model)
+    rng = random.Random(7)
+    ids = tokens(length=12)
+    view = MaskedSubnet(model, adapter)
+    with torch.no_grad():
+        for _ in range(3):
+            spec = random_spec(shape, rng, keep_hidden=True)
+            view.use(spec)
+            torch.testing.assert_close(model(input_ids=ids).logits, adapter.slice(model, spec)(input_ids=ids).logits,
+                                       atol=1e-5, rtol=0)
+    view.remove()
