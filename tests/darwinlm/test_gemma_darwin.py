@@ -12,6 +12,7 @@ from darwinlm.test_pipeline import TINY
 from evoprune.config import load_config
 from evoprune.darwinlm import pipeline as darwin
 from evoprune.arch.spec import SubnetSpec
+from evoprune.cli import main
 from evoprune.levels.genotype import Genotype
 from evoprune.models import load_model
 from evoprune.obs.database import Database
@@ -72,3 +73,16 @@ def test_darwin_run_exports_a_model_that_reloads(tiny_run_inputs, tmp_path_facto
     with torch.no_grad():
         assert torch.isfinite(loaded.model(ids).logits).all()
     assert (out / "report.md").is_file() and (out / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("command", ["darwin", "nas"])
+def test_gguf_format_is_refused_before_any_work(tiny_run_inputs, tmp_path_factory, tmp_path, capsys, command):
+    root = gemma_inputs(tiny_run_inputs, tmp_path_factory, "gemma2-softcap")
+    out = tmp_path / "run"
+    capsys.readouterr()  # the checkpoint's writing progress
+    code = main([command, "--model", str(root / "dense"), "--data", str(root / "corpus.txt"), "--format", "gguf",
+                 "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "llama.cpp's gemma2 graph takes one head count and MLP width for every layer" in err
+    assert not out.exists()
