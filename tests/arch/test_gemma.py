@@ -18,6 +18,7 @@ from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gem
 from evoprune_tests import random_spec
 from evoprune.arch.adapter import adapter_for
 from evoprune.arch.export import export_checkpoint
+from evoprune.arch.shape import ModelShape
 from evoprune.arch.spec import LayerSpec, SubnetSpec
 from evoprune.errors import UserError
 
@@ -156,6 +157,14 @@ def test_whole_blocks_and_layers_removed_equal_masked_dense(gemma):
 
 def test_dense_parameter_count_matches_the_formula(gemma):
     assert n_params(gemma) == SubnetSpec.full(adapter_for(gemma.config).shape(gemma)).num_params()
+
+
+def test_shape_records_two_norms_per_block_and_llama_shapes_keep_their_keys(gemma, tiny_llama):
+    shape = adapter_for(gemma.config).shape(gemma)
+    assert shape.norms_per_block == 2 and ModelShape.from_dict(shape.to_dict()) == shape
+    llama = adapter_for(tiny_llama.config).shape(tiny_llama)
+    assert "norms_per_block" not in llama.to_dict()  # database fingerprints and cache keys of Llama models unchanged
+    assert ModelShape.from_dict(llama.to_dict()) == llama
 
 
 # ---- which class comes out -----------------------------------------------------------------------

@@ -47,6 +47,8 @@ class ModelShape:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["layers"] = [asdict(layer) for layer in self.layers]
+        if d["norms_per_block"] == 1:  # as before the field existed: fingerprints and cache keys stay the same
+            del d["norms_per_block"]
         return d
 
     @classmethod
