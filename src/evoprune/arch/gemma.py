@@ -69,6 +69,7 @@ class GemmaFamilyAdapter(LlamaFamilyAdapter):
     layer_slices = {**ATTENTION_SLICES, **MLP_SLICES}
     attention_parts = ("self_attn.", "input_layernorm.", "post_attention_layernorm.")
     prunes_hidden = False
+    block_outputs_normalized = True  # a norm sits between o_proj / down_proj and the residual add
 
     def shape(self, model: PreTrainedModel) -> ModelShape:
         return replace(super().shape(model), norms_per_block=2)
