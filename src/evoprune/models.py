@@ -67,7 +67,8 @@ def resolve_model_path(source: str, revision: str | None = None, allow_pickle: b
 
 EVOPRUNE_CODE = ("configuration_evoprune", "modeling_evoprune",  # the files an evoprune export ships (arch/hf/)
                  "configuration_evoprune_phi3", "modeling_evoprune_phi3",
-                 "configuration_evoprune_olmo2", "modeling_evoprune_olmo2")
+                 "configuration_evoprune_olmo2", "modeling_evoprune_olmo2",
+                 "configuration_evoprune_gemma", "modeling_evoprune_gemma")
 
 
 def read_config(path: Path, trust_remote_code: bool = False) -> PretrainedConfig:

@@ -25,6 +25,7 @@ class ModelAdapter(ABC):
     name: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]  # config.model_type values this adapter handles
     block_outputs_normalized: ClassVar[bool] = False  # a norm sits between o_proj / down_proj and the residual add
+    prunes_hidden: ClassVar[bool] = True  # whether `slice` can remove hidden channels
 
     def matches(self, config: PretrainedConfig) -> bool:
         return config.model_type in self.model_types
@@ -79,6 +80,10 @@ class ModelAdapter(ABC):
     def final_norm(self, model: PreTrainedModel) -> nn.Module:
         """The normalization between the last decoder layer and the LM head."""
 
+    def output_head(self, model: PreTrainedModel) -> nn.Module:
+        """Final-normed hidden states -> logits, exactly as the model's forward computes them (LM head, soft-cap)."""
+        return model.get_output_embeddings()
+
     @abstractmethod
     def position_embeddings(self, model: PreTrainedModel, hidden: torch.Tensor, position_ids: torch.Tensor) -> object:
         """What an attention block takes as `position_embeddings` (RoPE cos/sin), to run one block alone."""
@@ -102,6 +107,12 @@ def supported_model_types() -> list[str]:
     return sorted(t for a in _REGISTRY for t in a.model_types if not t.startswith("evoprune_"))
 
 
+def can_prune_hidden(family: str) -> bool:
+    """Whether models of `family` (a ModelShape's family, e.g. "gemma2") can lose hidden channels."""
+    _load_builtin()
+    return all(a.prunes_hidden for a in _REGISTRY if family in a.model_types)
+
+
 def adapter_for(config: PretrainedConfig) -> ModelAdapter:
     """The adapter for `config`, or a UserError naming the supported architectures."""
     _load_builtin()
@@ -119,3 +130,4 @@ def _load_builtin() -> None:
     if not _REGISTRY:
         from . import llama  # noqa: F401  (registers itself)
         from . import olmo2, phi3  # noqa: F401  (register themselves)
+        from . import gemma  # noqa: F401  (registers itself)

@@ -58,9 +58,10 @@ def _check_complete(folder: Path, needs_code: bool) -> None:
         missing = [f for f in ("modeling_evoprune.py", "configuration_evoprune.py") if not (folder / f).exists()]
         if missing or "auto_map" not in config:
             raise RuntimeError(f"export of a pruned model lacks its remote code: {missing or 'auto_map'}")
-        source = (folder / "modeling_evoprune.py").read_text()
-        if "import evoprune" in source or "from evoprune" in source:
-            raise RuntimeError("exported modeling code must not import evoprune")
+        for code in folder.glob("*.py"):
+            source = code.read_text()
+            if "import evoprune" in source or "from evoprune" in source:
+                raise RuntimeError(f"exported code must not import evoprune: {code.name}")
 
 
 def register_pruned_classes() -> None:

@@ -85,6 +85,8 @@ class LlamaFamilyAdapter(ModelAdapter):
     name = "llama"
     model_types = tuple(FAMILIES) + tuple(f"evoprune_{f}" for f in FAMILIES)
     families = FAMILIES  # source family name -> stock and pruned classes
+    layer_slices = LAYER_SLICES
+    attention_parts = ("self_attn.", "input_layernorm.")  # layer parameters that go with the attention block
 
     def layers(self, model):
         return list(model.model.layers)
@@ -171,8 +173,7 @@ class LlamaFamilyAdapter(ModelAdapter):
             layer.load_state_dict(state, strict=True, assign=True)
             yield layer.to(dtype=dtype or next(model.parameters()).dtype).eval()
 
-    @staticmethod
-    def _layer_state(src: dict[str, torch.Tensor], spec: SubnetSpec, old_idx: int, hidden: torch.Tensor | None,
+    def _layer_state(self, src: dict[str, torch.Tensor], spec: SubnetSpec, old_idx: int, hidden: torch.Tensor | None,
                      replace: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Source layer `old_idx`'s tensors, sliced to what `spec` keeps (names relative to the layer)."""
         ls = spec.layers[old_idx]
@@ -183,12 +184,12 @@ class LlamaFamilyAdapter(ModelAdapter):
         out = {}
         for key in [k for k in src if k.startswith(prefix)]:
             name = key[len(prefix):]
-            if name not in LAYER_SLICES:
+            if name not in self.layer_slices:
                 raise RuntimeError(f"don't know how to slice parameter {key}")
-            in_attention = name.startswith(("self_attn.", "input_layernorm."))
+            in_attention = name.startswith(self.attention_parts)
             if (in_attention and not ls.has_attention) or (not in_attention and not ls.has_mlp):
                 continue
-            rows, cols = LAYER_SLICES[name]
+            rows, cols = self.layer_slices[name]
             if key in replace:
                 expected = (len(index[rows]) if index[rows] is not None else src[key].shape[0],
                             *([len(index[cols])] if index[cols] is not None else src[key].shape[1:]))

@@ -104,6 +104,8 @@ def problem(config: PretrainedConfig) -> str | None:
     if kind == "olmo2":
         return ("OLMo-2's norms after each block and its q/k norms over all heads have no place in the "
                 "Nemotron-NAS format")
+    if kind in ("gemma2", "gemma3_text"):
+        return "Gemma's norms around each block and scaled embedding (and Gemma-2's soft-capping) have no place in it"
     if kind not in FAMILIES:
         return f"model type {config.model_type!r} is not a Llama-style model ({', '.join(FAMILIES)})"
     if config.hidden_act != "silu":

@@ -10,12 +10,12 @@ from .shape import LayerShape, ModelShape
 
 
 def attention_params(shape: ModelShape, layer: LayerShape) -> int:
-    """q/k/v/o projections (+ biases, q/k norms) and the input RMSNorm of one layer."""
+    """q/k/v/o projections (+ biases, q/k norms) and the RMSNorm(s) of the attention block of one layer."""
     if layer.num_kv_heads == 0:
         return 0
     d, hd = shape.hidden_size, shape.head_dim
     q, kv = layer.num_heads * hd, layer.num_kv_heads * hd
-    n = d * q + 2 * d * kv + q * d + d
+    n = d * q + 2 * d * kv + q * d + shape.norms_per_block * d
     if shape.qkv_bias:
         n += q + 2 * kv
     if shape.o_bias:
@@ -26,13 +26,13 @@ def attention_params(shape: ModelShape, layer: LayerShape) -> int:
 
 
 def mlp_params(shape: ModelShape, layer: LayerShape) -> int:
-    """gate/up/down projections (+ biases) and the post-attention RMSNorm of one layer."""
+    """gate/up/down projections (+ biases) and the RMSNorm(s) of the MLP block of one layer."""
     m = layer.intermediate_size
     if m == 0:
         return 0
     d = shape.hidden_size
     n_in = 2 if shape.gated_mlp else 1
-    n = (n_in + 1) * d * m + d
+    n = (n_in + 1) * d * m + shape.norms_per_block * d
     if shape.mlp_bias:
         n += n_in * m + d
     return n

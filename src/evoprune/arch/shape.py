@@ -38,6 +38,7 @@ class ModelShape:
     qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3): 2 * head_dim weights
     qk_norm_whole: bool = False  # with qk_norm: q and k normalized over all heads (OLMo-2): (heads + kv) * head_dim
     gated_mlp: bool = True  # gate_proj + up_proj + down_proj (False: up + down)
+    norms_per_block: int = 1  # RMSNorms that go with each attention / MLP block (Gemma: 2, before and after)
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -47,6 +48,8 @@ class ModelShape:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["layers"] = [asdict(layer) for layer in self.layers]
+        if d["norms_per_block"] == 1:  # as before the field existed: fingerprints and cache keys stay the same
+            del d["norms_per_block"]
         return d
 
     @classmethod

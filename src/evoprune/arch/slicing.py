@@ -56,8 +56,11 @@ def _tied_keys(model: PreTrainedModel) -> list[str]:
 def _rebuild_meta_buffers(model: nn.Module, config: PretrainedConfig, device: torch.device) -> None:
     for name, module in model.named_modules():
         if any(b.is_meta for b in module.buffers(recurse=False)):
+            if hasattr(module, "scalar_embed_scale"):  # Gemma's scaled embedding keeps its scale as a buffer
+                module.embed_scale = torch.tensor(module.scalar_embed_scale, device=device)
+                continue
             if "config" not in type(module).__init__.__code__.co_varnames:
                 raise RuntimeError(f"cannot rebuild buffers of {name} ({type(module).__name__})")
-            fresh = type(module)(config=config).to(device)
+            fresh = type(module)(config=getattr(module, "config", config)).to(device)
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, child, fresh)

@@ -84,7 +84,7 @@ def stream_blocks(model: PreTrainedModel, adapter: ModelAdapter, blocks: torch.T
                     out = layer(h, **masks.kwargs(j, attention_type))
                     hidden[j] = out[0] if isinstance(out, tuple) else out
             del layer
-        norm, head = adapter.final_norm(model), model.get_output_embeddings()
+        norm, head = adapter.final_norm(model), adapter.output_head(model)
         values = torch.zeros(len(blocks), dtype=torch.float64)
         start = 0
         with weights_in(norm, dtype), weights_in(head, dtype):  # converted once, not once per batch

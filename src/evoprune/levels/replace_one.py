@@ -80,7 +80,7 @@ class _Tail(nn.Module):
         for layer, kwargs in zip(self.adapter.layers(self.model)[self.first:], self.kwargs[self.first:]):
             out = layer(h, **_batch_kwargs(kwargs, len(index)))
             h = out[0] if isinstance(out, tuple) else out
-        logits = self.model.get_output_embeddings()(self.adapter.final_norm(self.model)(h))
+        logits = self.adapter.output_head(self.model)(self.adapter.final_norm(self.model)(h))
         return _Logits(logits)
 
 

@@ -24,11 +24,17 @@ def check_format_before_work(cfg: RunConfig, searched: bool) -> None:
             A prune or slice result is checked only by the exporter, at the end.
 
     Raises:
-        UserError: `--format nemotron-nas` on a search outside the nemotron-nas space.
+        UserError: `--format nemotron-nas` on a search outside the nemotron-nas space; `--format gguf` for a
+            model whose family, sliding windows or RoPE llama.cpp's deci graph cannot run, pruned or not.
     """
     if searched and cfg.export.format == SPACE and cfg.search.space != SPACE:
         raise UserError(f"--format {SPACE} needs a search in that format's space: add --space {SPACE} "
                         f"(search.space={SPACE}), or export later with `evoprune export --format {SPACE}`")
+    if searched and cfg.export.format == "gguf":
+        from ..models import read_config, resolve_model_path
+        from .gguf_layout import check_expressible
+
+        check_expressible(read_config(resolve_model_path(cfg.model.source), cfg.model.trust_remote_code))
 
 
 def export_for_serving(model_dir: Path, fmt: str, quant: str | None = None, force: bool = False) -> Path | None:

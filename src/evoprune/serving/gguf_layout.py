@@ -143,6 +143,10 @@ def check_expressible(config: PretrainedConfig) -> None:
         raise UserError(f"llama.cpp's {family} architecture has one attention width (the hidden size) and one MLP "
                         f"width for all layers, and {NOT_IN_DECI[family]}; GGUF export supports "
                         f"{', '.join(FAMILIES)} models (export {family} models as HF checkpoints)")
+    if family in ("gemma2", "gemma3_text"):
+        raise UserError(f"llama.cpp's {family.removesuffix('_text')} graph takes one head count and MLP width for "
+                        "every layer and deci has no Gemma norms or soft-capping; GGUF export supports llama, "
+                        "mistral and qwen2 models")
     if family not in FAMILIES:
         raise UserError(f"GGUF export supports {', '.join(FAMILIES)} models, not {config.model_type!r}")
     if getattr(config, "hidden_act", "silu") != "silu":

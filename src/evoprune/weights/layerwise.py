@@ -43,13 +43,15 @@ class LayerMasks:
 
     Layer 0's are captured from the model's forward; a layer of another type (a Qwen2 hybrid's sliding
     layers after full ones, or any layer of a pruned model whose layer 0 lost its attention) gets the
-    mask its decoder stack would make for that type, made as the stack makes it.
+    mask its decoder stack would make for that type, made as the stack makes it (and the RoPE of that
+    type, where the model keeps one per type).
     """
 
     def __init__(self, model: PreTrainedModel, hidden: list[torch.Tensor], kwargs: list[dict[str, Any]],
                  first_type: str, dtype: torch.dtype):
         self.config, self.hidden, self.captured, self.first_type, self.dtype = (model.config, hidden, kwargs,
                                                                                  first_type, dtype)
+        self.model = model
         self.made: dict[tuple[int, str], dict[str, Any]] = {}
 
     def kwargs(self, batch: int, attention_type: str) -> dict[str, Any]:
@@ -61,7 +63,20 @@ class LayerMasks:
             mask = make(config=self.config, inputs_embeds=self.hidden[batch], attention_mask=None,
                         position_ids=k.get("position_ids"), **{CACHE_ARG: None})
             self.made[batch, attention_type] = {**k, "attention_mask": cast_floats(mask, self.dtype)}
+            rope = rope_of_type(self.model, self.hidden[batch], k.get("position_ids"), attention_type)
+            if rope is not None:
+                self.made[batch, attention_type]["position_embeddings"] = cast_floats(rope, self.dtype)
         return self.made[batch, attention_type]
+
+
+def rope_of_type(model: PreTrainedModel, hidden: torch.Tensor, position_ids: torch.Tensor | None,
+                 attention_type: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """RoPE (cos, sin) of `attention_type` where the model keeps one per type (Gemma-3: a local base for sliding
+    layers), else None: layer 0's captured RoPE serves every layer."""
+    rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
+    if position_ids is None or attention_type not in getattr(rotary, "layer_types", ()):
+        return None
+    return rotary(hidden, position_ids, attention_type)
 
 
 @torch.inference_mode()

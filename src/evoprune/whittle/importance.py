@@ -22,7 +22,7 @@ from ..arch.slicing import head_rows
 from ..errors import UserError
 from ..obs.calibration import CalibrationStats
 
-SORTABLE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")  # pre-norm layers with separate q/k/v and gate/up
+SORTABLE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text")  # separate q/k/v and gate/up
 
 
 def check_sortable(shape: ModelShape) -> None:
@@ -95,8 +95,9 @@ def permute_model(model: PreTrainedModel, adapter: ModelAdapter, imp: Importance
         q_heads = [g * s + slot for g in imp.kv_order[i] for slot in imp.slot_order[i]]
         q_rows, kv_rows = head_rows(q_heads, hd), head_rows(imp.kv_order[i], hd)
         attn, mlp = adapter.attention(layer), adapter.mlp(layer)
-        _reorder(layer.input_layernorm.weight, hidden, 0)
-        _reorder(layer.post_attention_layernorm.weight, hidden, 0)
+        for name, norm in layer.named_parameters():
+            if name.endswith("layernorm.weight"):  # every norm over the hidden channels (Gemma has four)
+                _reorder(norm, hidden, 0)
         neurons = torch.tensor(imp.neuron_order[i], dtype=torch.long)
         for proj, rows in ((attn.q_proj, q_rows), (attn.k_proj, kv_rows), (attn.v_proj, kv_rows),
                            (mlp.gate_proj, neurons), (mlp.up_proj, neurons)):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedModel
 
-from ..arch.adapter import ModelAdapter
+from ..arch.adapter import ModelAdapter, can_prune_hidden
 from ..arch.shape import ModelShape
 from ..arch.spec import LayerSpec, SubnetSpec
 from ..errors import UserError
@@ -54,7 +54,8 @@ class SearchSpace:
         ref = self.shape.layers[0]
         fixed = self.space == nemotron_format.SPACE
         hidden = self.shape.hidden_size
-        dims = {"hidden": [hidden] if fixed else _values(hidden, self.multiple),
+        keep_hidden = fixed or not can_prune_hidden(self.shape.family)  # Gemma: its embedding scale needs all
+        dims = {"hidden": [hidden] if keep_hidden else _values(hidden, self.multiple),
                 "layers": list(range(self.min_layers, len(self.shape.layers) + 1))}
         per = range(len(self.shape.layers)) if self.per_layer else [None]
         for i in per:
