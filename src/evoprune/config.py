@@ -37,6 +37,10 @@ class ModelConfig:
     source: str = "smollm2-135m"  # embedded default, a local HF folder, or a model id in the local HF cache
     dtype: str = "float32"  # float32 | bfloat16 | float16: the dtype weights are loaded (and kept) in
     compute_dtype: str = "auto"  # dtype layers run in, converted a module at a time; auto: float32 on CPU, else dtype
+    # prune, slice, database: keep bf16/fp16 weights memory-mapped as stored and run them in dtype one module at a
+    # time (the same numbers as a copy in dtype): true | false | auto = when a copy would not fit --max-memory, or
+    # without a budget would take more than half of MemAvailable (memory_plan.py)
+    bounded: bool | str = "auto"
     device: str = "cpu"  # cpu | cuda | cuda:N | mps
     allow_pickle: bool = False  # accept *.bin checkpoints (pickle can run code)
     trust_remote_code: bool = False  # accept folders that ship their own modeling code
@@ -412,6 +416,8 @@ class RunConfig:
         if self.model.compute_dtype not in ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"):
             p.append(f"model.compute_dtype must be auto, float32, bfloat16 or float16, got {self.model.compute_dtype!r}")
         p += device_problems(self.model.device)
+        if self.model.bounded not in (True, False, "auto"):
+            p.append(f"model.bounded must be true, false or auto, got {self.model.bounded!r}")
         for name, value in (("data.seq_len", d.seq_len), ("data.calibration_blocks", d.calibration_blocks),
                             ("data.eval_blocks", d.eval_blocks), ("data.batch_size", d.batch_size),
                             ("prune.multiple", pr.multiple), ("eval.top_k", ev.top_k),

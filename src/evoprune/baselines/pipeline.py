@@ -24,6 +24,7 @@ from ..evaluation.suite import METRIC_COLUMNS, evaluate_models, teacher_for
 from ..evaluation.unseen import describe_unseen, load_unseen
 from ..evaluation.unseen_report import unseen_section
 from ..memory import memory_section, watched
+from ..memory_plan import choose_bounded
 from ..models import LoadedModel, load_source
 from ..obs.calibration import collect_stats
 from .depth import depth_spec
@@ -68,7 +69,7 @@ def prune(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool =
     torch.manual_seed(cfg.seed)
     started = time.time()
     with memory.stage("load model"):
-        dense = load_source(cfg)
+        dense = load_source(cfg, bounded=choose_bounded(cfg, "prune"))
     with memory.stage("calibration"):
         spec = make_spec(cfg, dense, progress)
     return _finish(cfg, dense, spec, Path(out), force, progress, started)
@@ -82,7 +83,7 @@ def slice_with_spec(cfg: RunConfig, spec_path: str | Path, out: str | Path, forc
     check_output_dir(out, force)
     spec = SubnetSpec.load(spec_path)
     with memory.stage("load model"):
-        dense = load_source(cfg)
+        dense = load_source(cfg, bounded=choose_bounded(cfg, "slice"))
     spec.validate(dense.adapter.shape(dense.model))
     return _finish(cfg, dense, spec, Path(out), force, progress, time.time())
 

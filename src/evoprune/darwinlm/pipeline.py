@@ -34,6 +34,7 @@ from ..evaluation.unseen import describe_unseen, load_unseen
 from ..fingerprint import tokens_fingerprint
 from ..memory import watched
 from ..memory_estimate import check_memory_budget
+from ..memory_plan import choose_bounded
 from ..models import LoadedModel
 from ..data import data_blocks
 from ..models import load_source
@@ -295,8 +296,8 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
         if main:
             run_dir.holds_run(settings, force)
         started = time.time()
-        with memory.stage("load model"):
-            dense = load_source(cfg)
+        with memory.stage("load model"):  # the database phase only runs the dense model: it may stay mapped
+            dense = load_source(cfg, bounded=phase == "database" and choose_bounded(cfg, "database"))
         shape = dense.adapter.shape(dense.model)
         targets = [reachable_target(size, shape, len(sizes) > 1) for size in sizes]
         check_space_fits(cfg.search.space, dense.model.config)

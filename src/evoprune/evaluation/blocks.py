@@ -9,7 +9,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..arch.adapter import adapter_for
 from ..errors import UserError
+from ..weights.compute_dtype import compute_dtype_of, weights_in
+from ..weights.final_hidden import final_hidden
+from .streamed_layers import LOGITS_CHUNK_BYTES
 from ..modes import eval_mode  # noqa: F401  (re-exported for the evaluate modules)
 
 
@@ -86,6 +90,49 @@ def next_token_logits(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """
     logits = model(input_ids=batch, use_cache=False).logits
     return logits[:, :-1].float()
+
+
+def next_token_logit_chunks(model: nn.Module, batch: torch.Tensor, chunk_bytes: int = LOGITS_CHUNK_BYTES
+                            ) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """`next_token_logits` a chunk of positions at a time, so the [batch, seq_len, vocab] logits never exist.
+
+    The layers run once (`final_hidden`); the LM head, in the model's compute dtype, then runs on at
+    most `chunk_bytes` of fp32 logits at a time. A model of no supported family (no adapter) gives its
+    logits in one chunk.
+
+    Yields:
+        (p, q, fp32 logits [batch, q - p, vocab]) for consecutive p < q covering 0 .. seq_len - 1.
+    """
+    positions = batch.shape[1] - 1
+    if not has_adapter(model):
+        yield 0, positions, next_token_logits(model, batch)
+        return
+    hidden = final_hidden(model, batch)
+    head = model.get_output_embeddings()
+    chunk = max(1, chunk_bytes // (4 * head.weight.shape[0] * len(batch)))
+    with weights_in(head, compute_dtype_of(model)):  # converted once, not once per chunk
+        for p in range(0, positions, chunk):
+            q = min(positions, p + chunk)
+            yield p, q, head(hidden[:, p:q]).float()
+
+
+def next_token_logprob_chunks(model: nn.Module, batch: torch.Tensor, chunk_bytes: int = LOGITS_CHUNK_BYTES
+                              ) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(p, q, fp32 log-softmax of `next_token_logit_chunks`' logits [batch, q - p, vocab])."""
+    for p, q, logits in next_token_logit_chunks(model, batch, chunk_bytes):
+        yield p, q, torch.log_softmax(logits, dim=-1)
+
+
+def has_adapter(model: nn.Module) -> bool:
+    """Whether `model` is of a family evoprune has an adapter for."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "get_output_embeddings"):
+        return False
+    try:
+        adapter_for(config)
+    except UserError:
+        return False
+    return True
 
 
 def next_token_logprobs(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:

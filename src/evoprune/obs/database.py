@@ -30,6 +30,7 @@ from ..arch.spec import LayerSpec, SubnetSpec
 from ..atomic import staged_file, write_json
 from ..errors import UserError
 from ..fingerprint import tokens_fingerprint, weights_fingerprint
+from ..weights.compute_dtype import loaded_dtype_of, weights_in
 from ..weights.layerwise import run_layer_by_layer
 from .levels import (ATTENTION_UNITS, attention_cost, attention_ladder, check_levels, check_space, mlp_cost,
                      mlp_ladder)
@@ -120,7 +121,7 @@ class Database:
         fingerprint = model_fingerprint(model, adapter)
         calibration = tokens_fingerprint(blocks)
         stamp = database_stamp(fingerprint, calibration, settings)
-        dtype = STORAGE_DTYPES[settings.storage_dtype] or next(model.parameters()).dtype
+        dtype = STORAGE_DTYPES[settings.storage_dtype] or loaded_dtype_of(model)
         done = {i for i in range(shape.num_layers) if _shard_stamp(path / _shard_name(i)) == stamp}
         if done:
             log.info("database: reusing %d solved layers in %s", len(done), path)
@@ -143,7 +144,8 @@ class Database:
             tensors, table = {}, {}
             for kind in KINDS:
                 acc = hessians.pop(kind, None)
-                levels = _solve(kind, i, layer, adapter, shape, settings, acc)
+                with weights_in(layer, loaded_dtype_of(model)):  # a bounded model's layer as the copied model's
+                    levels = _solve(kind, i, layer, adapter, shape, settings, acc)
                 table[kind] = []
                 for k, (level, weight) in enumerate(levels):
                     if weight is not None:
