@@ -15,6 +15,11 @@ the per-stage figures come from the run's own metrics.json (`evoprune.memory`). 
   `--database-layers` layers (per-layer time, to extrapolate), then stopped.
 * `embedded`: the README's main job (SmolLM2-135M, quick) at `--before` and at HEAD, side by side
   (both at once, one core each): the same genotype, and the wall-time ratio.
+* `wide`: a wide, shallow Llama-3-style shape (hidden 2048, MLP 8192, 6 layers, vocabulary 128,256,
+  untied: 0.89B parameters, bf16): `prune --method uniform` and `database`, each unbounded and under
+  `--max-memory` (2 GiB), every stage's estimate (`memory_plan.plan_estimates`) beside its measured peak
+  anonymous memory above the process's own at the start of the run (Python, torch: ≈ 0.3 GiB, measured),
+  each run with a cache of its own (no teacher, quality or database cache from an earlier run).
 * `8b-wide4`: the 8B width with 4 layers (every memory term but depth is the 8B one): database,
   a tiny search, the streamed export, and reload of the export with stock transformers in a fresh
   process (layer count, shapes, one forward on a short prompt).
@@ -48,7 +53,13 @@ CASES = {
     "8b-database": ("Llama-3.1-8B shape (32 layers), first database layers", LLAMA_3_1_8B),
     "8b-wide4": ("Llama-3.1-8B width, 4 layers: database, search, export, reload", with_layers(LLAMA_3_1_8B, 4)),
     "embedded": ("SmolLM2-135M, the main job before and after the memory-bounded chain", None),
+    "wide": ("wide 0.89B: prune uniform and database, unbounded and under --max-memory",
+             {**with_layers(LLAMA_3_2_1B, 6), "tie_word_embeddings": False}),
 }
+WIDE_COMMANDS = {"prune": ["prune", "--method", "uniform", "--sparsity", "0.5", "data.calibration_blocks=4",
+                           "data.eval_blocks=2"],
+                 "database": ["database", "--sparsity", "0.5", "data.calibration_blocks=4", "database.store=run"]}
+WIDE_COLUMNS = ["command", "budget", "dense model", "stage", "estimate GiB", "measured GiB", "ratio"]
 
 
 class Sampled:
@@ -198,7 +209,62 @@ def run_embedded(model: Path, work: Path, env: dict, rows: list[dict], args) -> 
                  "peak anon GiB": ""})
 
 
-RUNNERS = {"1b": run_1b, "8b-database": run_8b_database, "8b-wide4": run_8b_wide4, "embedded": run_embedded}
+def own_cache(work: Path, name: str) -> Path:
+    """A fresh evoprune cache sharing the unpacked assets and models of the user's (nothing computed is reused)."""
+    from evoprune.assets import cache_dir
+
+    cache = work / f"cache-{name}"
+    if cache.exists():
+        subprocess.run(["rm", "-rf", str(cache)], check=True)
+    cache.mkdir(parents=True)
+    for shared in ("assets", "models"):
+        if (cache_dir() / shared).exists():
+            (cache / shared).symlink_to(cache_dir() / shared)
+    return cache
+
+
+def run_wide(model: Path, work: Path, env: dict, rows: list[dict], args) -> None:
+    from evoprune.config import load_config
+    from evoprune.memory_plan import plan_estimates
+
+    wide_rows = []
+    for command, cli in WIDE_COMMANDS.items():
+        for budget in (None, args.max_memory):
+            label = f"wide-{command}-{budget or 'unbounded'}"
+            out = work / label
+            flags = [] if budget is None else ["--max-memory", str(budget)]
+            step = Sampled(evoprune(*cli, "--model", str(model), "--out", str(out), "--force", *flags),
+                           {**env, "EVOPRUNE_CACHE": str(own_cache(work, label))}, work / f"{label}.log")
+            rows.append(step.row("wide", f"{command}, {'--max-memory ' + str(budget) if budget else 'unbounded'}"))
+            memory = json.loads((out / ("metrics.json" if command == "prune" else "database_memory.json"))
+                                .read_text())
+            if command == "prune":
+                memory = memory["memory"]
+            overrides = [a for a in cli if "=" in a] + [f"model.source={model}", "prune.sparsity=0.5"]
+            if budget is not None:
+                overrides.append(f"max_memory_gib={budget}")
+            _, copied, bounded = plan_estimates(load_config(None, overrides), command)
+            kept = memory.get("bounded")
+            estimates = bounded if kept else copied
+            base = memory["start_anon_bytes"]
+            for stage in memory["stages"]:
+                if stage["stage"] not in estimates:
+                    continue
+                measured = stage["peak_anon_bytes"] - base
+                wide_rows.append({"command": command, "budget": f"{budget} GiB" if budget else "none",
+                                  "dense model": "mapped (bounded)" if kept else "copied in fp32",
+                                  "stage": stage["stage"], "estimate GiB": round(estimates[stage["stage"]] / GIB, 2),
+                                  "measured GiB": round(measured / GIB, 2),
+                                  "ratio": round(estimates[stage["stage"]] / measured, 2) if measured > 0 else ""})
+            wide_rows.append({"command": command, "budget": f"{budget} GiB" if budget else "none",
+                              "dense model": "whole process",
+                              "stage": f"peak anonymous (at the start {base / GIB:.2f})",
+                              "estimate GiB": "", "measured GiB": round(step.peak_anon / GIB, 2), "ratio": ""})
+    write_json(Path(args.out) / "scale_rows" / "wide-stages.json", wide_rows)
+
+
+RUNNERS = {"1b": run_1b, "8b-database": run_8b_database, "8b-wide4": run_8b_wide4, "embedded": run_embedded,
+           "wide": run_wide}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -208,6 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--database-layers", type=int, default=2, help="8b-database: layers to build before stopping")
     ap.add_argument("--replace-one-tokens", type=int, default=512, help="1b: tokens of the replace-one scores")
     ap.add_argument("--before", default="1d151f3", help="embedded: the commit before the memory-bounded chain")
+    ap.add_argument("--max-memory", type=float, default=2.0, help="wide: the budget of the bounded runs (GiB)")
     ap.add_argument("--work", default="results/tmp/scale")
     ap.add_argument("--out", default="results")
     args = ap.parse_args(argv)
@@ -228,6 +295,15 @@ def main(argv: list[str] | None = None) -> None:
              f"`python bench/scale.py` on this machine ({os.cpu_count()} cores); random-init bf16 checkpoints "
              "with the real configs, computed in fp32 one layer at a time.", "",
              markdown_table(all_rows, COLUMNS)]
+    stages = out / "scale_rows" / "wide-stages.json"
+    if stages.is_file():
+        lines += ["", "## Wide 0.89B shape: estimate and measured peak per stage", "",
+                  "Hidden 2048, MLP 8192, 6 layers, vocabulary 128,256, untied, bf16 (`model.dtype` float32, the "
+                  "default). Measured: the stage's peak anonymous memory (sampled every 25 ms by `evoprune.memory`) "
+                  "minus the process's own when the run started (Python, torch, tokenizer); estimate: "
+                  "`memory_plan.plan_estimates`, the formulas of docs/memory.md for the path the run took. "
+                  "`--max-memory` compares estimate + the process's own with the budget.", "",
+                  markdown_table(json.loads(stages.read_text()), WIDE_COLUMNS)]
     write_text(out / "scale.md", "\n".join(lines) + "\n")
     print((out / "scale.md").read_text())
 

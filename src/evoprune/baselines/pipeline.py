@@ -33,7 +33,7 @@ from .uniform import uniform_spec
 from ..report import markdown_table, plot_bars, plot_kept_per_layer, write_report
 from ..rundir import holding_run_lock
 from ..serving.deploy import export_for_serving, serving_line, serving_record
-from ..weights.compute_dtype import inference_slice
+from ..weights.compute_dtype import LOADED_AS, inference_slice
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def _finish(cfg: RunConfig, dense: LoadedModel, spec: SubnetSpec, out: Path, for
             served = export_for_serving(tmp / "model", cfg.export.format, cfg.export.quant)
             if served is not None:
                 metrics["serving"] = serving_record(served, tmp, cfg.export.format, cfg.export.quant)
-        metrics["memory"] = memory.summary()
+        metrics["memory"] = {**memory.summary(), "bounded": getattr(dense.model, LOADED_AS, None) is not None}
         write_json(tmp / "metrics.json", metrics)
         write_text(tmp / "config.yaml", dump_config(cfg))
         _prune_report(tmp, cfg, spec, rows, metrics, unseen)

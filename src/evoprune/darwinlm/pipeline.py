@@ -60,10 +60,17 @@ from ..levels.replace_one import ReplaceOneScores, replace_one_scores, stored_sc
 from ..serving.deploy import check_format_before_work, export_for_serving, serving_record
 from ..arch.nemotron_format import check_space_fits
 from ..training import TrainConfig
-from ..weights.compute_dtype import compute_dtype_of, inference_slice
+from ..weights.compute_dtype import LOADED_AS, compute_dtype_of, inference_slice
 
 log = logging.getLogger(__name__)
 RUN_MARKER = "darwin_run.json"
+DATABASE_MEMORY = "database_memory.json"  # `evoprune database`: its per-stage memory (evoprune.memory)
+
+
+def write_database_memory(out: Path, dense: LoadedModel) -> None:
+    """`evoprune database`'s memory per stage, and whether the dense model stayed mapped (`memory_plan.py`)."""
+    bounded = getattr(dense.model, LOADED_AS, None) is not None
+    write_json(out / DATABASE_MEMORY, {**memory.summary(), "bounded": bounded})
 
 
 def cost_table(db: Database, metric: str) -> CostTable:
@@ -341,6 +348,8 @@ def _family(out: Path, sizes: list[RunConfig], dense: LoadedModel, targets: list
     with main_process_first(), memory.stage("database"):  # the one database of every size
         db = build_database(sizes[0], dense, out / "database", progress)
     if phase == "database":
+        if main:
+            write_database_memory(out, dense)
         return out
     labels = []
     for cfg, target in zip(sizes, targets):
@@ -394,6 +403,8 @@ def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: Load
     with main_process_first(), memory.stage("database"):
         db = build_database(cfg, dense, out / "database", progress)
     if phase == "database":
+        if main:  # what the database command cost, as a whole run's metrics.json says it
+            write_database_memory(out, dense)
         return out
     with main_process_first(), memory.stage("cost table"):
         table = search_cost_table(cfg, dense, db, out / "search", progress)

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from ..arch.adapter import adapter_for
 from ..errors import UserError
-from ..weights.compute_dtype import compute_dtype_of, weights_in
+from ..weights.compute_dtype import compute_dtype_of, head_logits
 from ..weights.final_hidden import final_hidden
 from .streamed_layers import LOGITS_CHUNK_BYTES
 from ..modes import eval_mode  # noqa: F401  (re-exported for the evaluate modules)
@@ -96,8 +96,8 @@ def next_token_logit_chunks(model: nn.Module, batch: torch.Tensor, chunk_bytes: 
                             ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """`next_token_logits` a chunk of positions at a time, so the [batch, seq_len, vocab] logits never exist.
 
-    The layers run once (`final_hidden`); the LM head, in the model's compute dtype, then runs on at
-    most `chunk_bytes` of fp32 logits at a time. A model of no supported family (no adapter) gives its
+    The layers run once (`final_hidden`); the LM head, in the model's compute dtype and converted a slice of
+    rows at a time (`head_logits`), then runs on at most `chunk_bytes` of fp32 logits at a time. A model of no supported family (no adapter) gives its
     logits in one chunk.
 
     Yields:
@@ -108,12 +108,11 @@ def next_token_logit_chunks(model: nn.Module, batch: torch.Tensor, chunk_bytes: 
         yield 0, positions, next_token_logits(model, batch)
         return
     hidden = final_hidden(model, batch)
-    head = model.get_output_embeddings()
+    head, dtype = model.get_output_embeddings(), compute_dtype_of(model)
     chunk = max(1, chunk_bytes // (4 * head.weight.shape[0] * len(batch)))
-    with weights_in(head, compute_dtype_of(model)):  # converted once, not once per chunk
-        for p in range(0, positions, chunk):
-            q = min(positions, p + chunk)
-            yield p, q, head(hidden[:, p:q]).float()
+    for p in range(0, positions, chunk):
+        q = min(positions, p + chunk)
+        yield p, q, head_logits(head, hidden[:, p:q], dtype).float()
 
 
 def next_token_logprob_chunks(model: nn.Module, batch: torch.Tensor, chunk_bytes: int = LOGITS_CHUNK_BYTES

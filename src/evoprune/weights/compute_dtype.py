@@ -11,10 +11,12 @@ For inference only: a model that trains must hold its weights in the dtype it co
 
 from __future__ import annotations
 
+import types
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -24,6 +26,7 @@ ATTRIBUTE = "evoprune_compute_dtype"  # set on a model whose modules run in anot
 # set on a model kept in its stored dtype although it was asked for in another (`models.load_model(bounded=True)`):
 # the dtype whose numbers it must give, in which its database levels and its export are written
 LOADED_AS = "evoprune_loaded_dtype"
+HEAD_SLICE_BYTES = 64 * 2**20  # LM head rows converted at once
 
 
 def cast_floats(value, dtype: torch.dtype):
@@ -62,12 +65,31 @@ def compute_in(model: PreTrainedModel, adapter: ModelAdapter, dtype: torch.dtype
     """
     if getattr(model, ATTRIBUTE, None) is not None or next(model.parameters()).dtype == dtype:
         return model
-    for module in [*adapter.layers(model), adapter.final_norm(model), model.get_output_embeddings()]:
+    for module in [*adapter.layers(model), adapter.final_norm(model)]:
         _hook(module, dtype)
+    head = model.get_output_embeddings()  # never converted whole: 1 GiB in fp32 for 128k x 2048
+    setattr(head, ATTRIBUTE, dtype)
+    head.forward = types.MethodType(_sliced_head_forward, head)  # a bound method: a deepcopy rebinds it
     if embeddings:
         model.get_input_embeddings().register_forward_hook(lambda mod, args, output: cast_floats(output, dtype))
     setattr(model, ATTRIBUTE, dtype)
     return model
+
+
+def head_logits(head: nn.Linear, hidden: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`head(hidden)` computed in `dtype`, its weight converted HEAD_SLICE_BYTES of vocabulary rows at a time."""
+    weight, bias = head.weight, head.bias
+    rows = max(1, HEAD_SLICE_BYTES // (weight.shape[1] * dtype.itemsize))
+    hidden = hidden.to(dtype)
+    out = hidden.new_empty(*hidden.shape[:-1], weight.shape[0])
+    for first in range(0, weight.shape[0], rows):
+        part = slice(first, first + rows)
+        out[..., part] = F.linear(hidden, weight[part].to(dtype), None if bias is None else bias[part].to(dtype))
+    return out
+
+
+def _sliced_head_forward(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
+    return head_logits(head, hidden, getattr(head, ATTRIBUTE))
 
 
 def loaded_dtype_of(model: nn.Module) -> torch.dtype:
