@@ -15,11 +15,16 @@ from .arch.params import layer_params
 from .arch.shape import ModelShape
 from .config import RunConfig
 from .errors import UserError
+from .weights.compute_dtype import HEAD_SLICE_BYTES
 
 GIB = 2**30
 LOGITS_CHUNK = 128 * 2**20  # streamed KL: at most one 128 MiB chunk of logits (evaluate/streamed_kl.py)
 EXPORT_SHARD = 2 * GIB  # streamed export writes 2 GiB shards (arch/streamed_export.py)
 EXPORT_CHUNK = 64 * 2**20  # ... converting 64 MiB of a tensor at a time
+# a chunk of logits exists ~6 times at the held-out figures' peak: logits, log-probs, the NLL's and the KL's
+# temporaries (gather, scatter, logsumexp) (measured: tests/test_memory_promise.py)
+LOGIT_COPIES = 6
+LOADED_OBJECTS = 64 * 2**20  # the tokenizer and the model's Python objects (measured: 45-60 MiB for 49k tokens)
 ACTIVATION_BYTES = 54  # per token, hidden unit and layer, in 16-bit elements (docs/memory.md)
 
 # Stage names in pipeline order, with the setting that lowers each one's estimate.
@@ -121,7 +126,8 @@ def estimate_command(command: str, shape: ModelShape, cfg: RunConfig, stored_byt
             (`models.load_model(bounded=True)`); otherwise it is copied into the asked dtype.
 
     Returns:
-        stage name (`COMMAND_STAGES`) -> bytes: the dense copy (none when bounded), the stage's own tensors.
+        stage name (`COMMAND_STAGES`) -> bytes: the dense copy (none when bounded) and the tokenizer, plus the
+        stage's own tensors.
     """
     d, V, S, B = shape.hidden_size, shape.vocab_size, cfg.data.seq_len, cfg.data.batch_size
     c = compute_bytes
@@ -129,18 +135,22 @@ def estimate_command(command: str, shape: ModelShape, cfg: RunConfig, stored_byt
     converted = held != c
     layers = [layer_params(shape, layer) for layer in shape.layers]
     P_b, P_l, P_e = sum(layers), max(layers, default=0), V * d
-    dense = 0 if bounded else (P_b + P_e * (1 if shape.tied_embeddings else 2)) * asked_bytes
+    dense = (0 if bounded else (P_b + P_e * (1 if shape.tied_embeddings else 2)) * asked_bytes) + LOADED_OBJECTS
     layer = P_l * c if converted else 0  # one decoder layer converted while it runs
-    head = P_e * c if converted else 0  # the LM head converted while it runs
+    head = min(HEAD_SLICE_BYTES, P_e * c) if converted else 0  # the LM head converted a slice of rows at a time
+    storage = {"model": asked_bytes, "bfloat16": 2, "float16": 2, "float32": 4}
+    stored_levels = storage.get(cfg.database.storage_dtype, asked_bytes)
     if command == "database":
         return {"load model": dense,
-                "database": dense + _database_bytes(shape, cfg, c, converted) + forward_bytes(shape, B, S, c)}
+                "database": dense + _database_bytes(shape, cfg, c, converted, stored_levels,
+                                                    forward_bytes(shape, B, S, c))}
     size = cfg.prune.one_size(command) if command == "prune" else cfg.prune
     rho = 1 - size.sparsity if size.sparsity is not None else 0.5
     pruned = int(rho * P_b * held)
     eval_batch = min(B, cfg.data.eval_blocks)
     layers_part = layer + forward_bytes(shape, B, S, c)
-    head_part = head + 3 * LOGITS_CHUNK + eval_batch * S * d * c  # logits, log-probs and KL of one chunk
+    logits = min(LOGITS_CHUNK, B * (S - 1) * V * 4)  # one chunk of positions (evaluation.blocks)
+    head_part = head + LOGIT_COPIES * logits + eval_batch * S * d * c
     estimates = {"load model": dense,
                  "calibration": dense + layers_part,
                  "slice": dense + pruned,
@@ -149,17 +159,29 @@ def estimate_command(command: str, shape: ModelShape, cfg: RunConfig, stored_byt
     return {k: v for k, v in estimates.items() if k in COMMAND_STAGES[command]}
 
 
-def _database_bytes(shape: ModelShape, cfg: RunConfig, c: int, converted: bool) -> int:
-    """The database stage's own tensors (docs/memory.md): one layer in c, the Hessians and the OBS work of its
-    largest module, the calibration tokens' hidden states entering and leaving the layer."""
-    d = shape.hidden_size
+def _database_bytes(shape: ModelShape, cfg: RunConfig, c: int, converted: bool, stored: int, forward: int) -> int:
+    """The database stage's own tensors at its largest layer (obs/database.py), the larger of two moments.
+
+    While the layer runs on the calibration batches: the layer in c, one batch's activations (`forward`) and each
+    module's Hessian sums (n² in the solver's dtype b(n)). While a module is solved: the layer in c, its
+    Hessian, Cholesky factor, triangular inverse and inverse (4·n²·b(n)), the other module's sums, and the
+    compensated weights of every level of both modules (Σ of kept widths ≈ n·levels/2, d rows, in b(n), and
+    again in the database's `stored` bytes when they differ). Both with the calibration tokens' hidden states
+    entering and leaving the layer.
+    """
+    d, half = shape.hidden_size, cfg.database.num_levels / 2
     T_c = cfg.data.calibration_blocks * cfg.data.seq_len
     biggest = 0
     for layer in shape.layers:
-        I, q = layer.intermediate_size, layer.num_heads * shape.head_dim
-        biggest = max(biggest, (layer_params(shape, layer) * c if converted else 0)
-                      + 3 * I * I * hessian_element_bytes(I) + d * I * 8 + 3 * q * q * hessian_element_bytes(q))
-    return biggest + 2 * T_c * d * c
+        sizes = [layer.intermediate_size, layer.num_heads * shape.head_dim]
+        sums = [n * n * hessian_element_bytes(n) for n in sizes]
+        levels = sum(d * n * half * (hessian_element_bytes(n) + (stored if stored != hessian_element_bytes(n) else 0))
+                     for n in sizes)
+        own = layer_params(shape, layer) * c if converted else 0
+        running = own + forward + sum(sums)
+        solving = own + max(4 * x + sum(sums) - x for x in sums) + levels
+        biggest = max(biggest, running, solving)
+    return int(biggest + 2 * T_c * d * c)
 
 
 def format_gib(n: float) -> str:

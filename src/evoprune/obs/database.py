@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
 from ..arch.adapter import ModelAdapter
 from ..arch.shape import ModelShape
 from ..arch.spec import LayerSpec, SubnetSpec
 from ..atomic import staged_file, write_json
+from ..safetensors_stream import write_tensors
 from ..errors import UserError
 from ..fingerprint import tokens_fingerprint, weights_fingerprint
 from ..weights.compute_dtype import loaded_dtype_of, weights_in
@@ -146,6 +146,7 @@ class Database:
                 acc = hessians.pop(kind, None)
                 with weights_in(layer, loaded_dtype_of(model)):  # a bounded model's layer as the copied model's
                     levels = _solve(kind, i, layer, adapter, shape, settings, acc)
+                del acc  # the Hessian is not needed while the levels are written
                 table[kind] = []
                 for k, (level, weight) in enumerate(levels):
                     if weight is not None:
@@ -154,7 +155,7 @@ class Database:
                         tensors[f"{kind}.{k}.neurons"] = torch.tensor(level.neurons, dtype=torch.int32)
                     table[kind].append({**asdict(level), "neurons": None})
             with staged_file(path / _shard_name(i)) as tmp:
-                save_file(tensors, tmp, metadata={"levels": json.dumps(table), "stamp": stamp})
+                write_tensors(tmp, tensors, {"levels": json.dumps(table), "stamp": stamp})
 
         run_layer_by_layer(model, adapter, blocks, batch_size, attach, finish, progress, desc="database")
         write_json(path / "index.json", {"format": FORMAT, "shape": shape.to_dict(), "fingerprint": fingerprint,
@@ -276,7 +277,7 @@ def _solve(kind: str, i: int, layer, adapter: ModelAdapter, shape: ModelShape, s
             return [(Level(0, 0, 0.0), None)]
         ladder = attention_ladder(shape, layer_shape, settings.num_levels, settings.spacing,
                                   settings.attention_units, settings.space)
-        solved = solve_attention_levels(adapter.attention_output(layer).weight, acc.hessian(settings.percdamp),
+        solved = solve_attention_levels(adapter.attention_output(layer).weight, acc.take_hessian(settings.percdamp),
                                         layer_shape, shape.head_dim, ladder, settings.method)
         return [(Level(attention_cost(shape, layer_shape, s.shape, "params") if s.shape else 0,
                        attention_cost(shape, layer_shape, s.shape, "flops") if s.shape else 0,
@@ -284,7 +285,7 @@ def _solve(kind: str, i: int, layer, adapter: ModelAdapter, shape: ModelShape, s
     if adapter.mlp(layer) is None:
         return [(Level(0, 0, 0.0, neurons=[]), None)]
     widths = mlp_ladder(layer_shape, settings.num_levels, settings.multiple, settings.space)
-    solved = solve_mlp_levels(adapter.mlp_output(layer).weight, acc.hessian(settings.percdamp), widths,
+    solved = solve_mlp_levels(adapter.mlp_output(layer).weight, acc.take_hessian(settings.percdamp), widths,
                               settings.method, settings.neuron_step)
     return [(Level(mlp_cost(shape, n, "params"), mlp_cost(shape, n, "flops"), s.error,
                    neurons=s.kept if 0 < n < widths[-1] else None, width=n), s.weight)
