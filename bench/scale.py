@@ -56,9 +56,11 @@ CASES = {
     "wide": ("wide 0.89B: prune uniform and database, unbounded and under --max-memory",
              {**with_layers(LLAMA_3_2_1B, 6), "tie_word_embeddings": False}),
 }
+# eval.unseen_blocks / repeats / warmup: fewer batches of the same size (the peaks are per batch), to save time
 WIDE_COMMANDS = {"prune": ["prune", "--method", "uniform", "--sparsity", "0.5", "data.calibration_blocks=4",
-                           "data.eval_blocks=2"],
+                           "data.eval_blocks=2", "eval.unseen_blocks=2", "eval.repeats=1", "eval.warmup=1"],
                  "database": ["database", "--sparsity", "0.5", "data.calibration_blocks=4", "database.store=run"]}
+WIDE_MEMORY = {"prune": "metrics.json", "database": "database_memory.json"}  # where each run writes its memory
 WIDE_COLUMNS = ["command", "budget", "dense model", "stage", "estimate GiB", "measured GiB", "ratio"]
 
 
@@ -227,39 +229,47 @@ def run_wide(model: Path, work: Path, env: dict, rows: list[dict], args) -> None
     from evoprune.config import load_config
     from evoprune.memory_plan import plan_estimates
 
+    runs = [(command, cli, budget) for command, cli in WIDE_COMMANDS.items() for budget in (None, args.max_memory)]
+
+    def start(run):
+        command, cli, budget = run
+        label = f"wide-{command}-{budget or 'unbounded'}"
+        if args.reuse and (work / label / WIDE_MEMORY[command]).is_file():
+            return None
+        flags = [] if budget is None else ["--max-memory", str(budget)]
+        return Sampled(evoprune(*cli, "--model", str(model), "--out", str(work / label), "--force", *flags),
+                       {**env, "EVOPRUNE_CACHE": str(own_cache(work, label))}, work / f"{label}.log")
+
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:  # a run's memory is its own: measured alike
+        steps = list(pool.map(start, runs))
     wide_rows = []
-    for command, cli in WIDE_COMMANDS.items():
-        for budget in (None, args.max_memory):
-            label = f"wide-{command}-{budget or 'unbounded'}"
-            out = work / label
-            flags = [] if budget is None else ["--max-memory", str(budget)]
-            step = Sampled(evoprune(*cli, "--model", str(model), "--out", str(out), "--force", *flags),
-                           {**env, "EVOPRUNE_CACHE": str(own_cache(work, label))}, work / f"{label}.log")
+    for (command, cli, budget), step in zip(runs, steps):
+        out = work / f"wide-{command}-{budget or 'unbounded'}"
+        if step is not None:
             rows.append(step.row("wide", f"{command}, {'--max-memory ' + str(budget) if budget else 'unbounded'}"))
-            memory = json.loads((out / ("metrics.json" if command == "prune" else "database_memory.json"))
-                                .read_text())
-            if command == "prune":
-                memory = memory["memory"]
-            overrides = [a for a in cli if "=" in a] + [f"model.source={model}", "prune.sparsity=0.5"]
-            if budget is not None:
-                overrides.append(f"max_memory_gib={budget}")
-            _, copied, bounded = plan_estimates(load_config(None, overrides), command)
-            kept = memory.get("bounded")
-            estimates = bounded if kept else copied
-            base = memory["start_anon_bytes"]
-            for stage in memory["stages"]:
-                if stage["stage"] not in estimates:
-                    continue
-                measured = stage["peak_anon_bytes"] - base
-                wide_rows.append({"command": command, "budget": f"{budget} GiB" if budget else "none",
-                                  "dense model": "mapped (bounded)" if kept else "copied in fp32",
-                                  "stage": stage["stage"], "estimate GiB": round(estimates[stage["stage"]] / GIB, 2),
-                                  "measured GiB": round(measured / GIB, 2),
-                                  "ratio": round(estimates[stage["stage"]] / measured, 2) if measured > 0 else ""})
+        memory = json.loads((out / WIDE_MEMORY[command]).read_text())
+        if command == "prune":
+            memory = memory["memory"]
+        overrides = [a for a in cli if "=" in a] + [f"model.source={model}", "prune.sparsity=0.5"]
+        if budget is not None:
+            overrides.append(f"max_memory_gib={budget}")
+        _, copied, bounded = plan_estimates(load_config(None, overrides), command)
+        kept = memory.get("bounded")
+        estimates = bounded if kept else copied
+        base = memory["start_anon_bytes"]
+        for stage in memory["stages"]:
+            if stage["stage"] not in estimates:
+                continue
+            measured = stage["peak_anon_bytes"] - base
             wide_rows.append({"command": command, "budget": f"{budget} GiB" if budget else "none",
-                              "dense model": "whole process",
-                              "stage": f"peak anonymous (at the start {base / GIB:.2f})",
-                              "estimate GiB": "", "measured GiB": round(step.peak_anon / GIB, 2), "ratio": ""})
+                              "dense model": "mapped (bounded)" if kept else "copied in fp32",
+                              "stage": stage["stage"], "estimate GiB": round(estimates[stage["stage"]] / GIB, 2),
+                              "measured GiB": round(measured / GIB, 2),
+                              "ratio": round(estimates[stage["stage"]] / measured, 2) if measured > 0 else ""})
+        wide_rows.append({"command": command, "budget": f"{budget} GiB" if budget else "none",
+                          "dense model": "whole process",
+                          "stage": f"peak anonymous, absolute (at the start: {base / GIB:.2f})",
+                          "estimate GiB": "", "measured GiB": round(memory["peak_anon_bytes"] / GIB, 2), "ratio": ""})
     write_json(Path(args.out) / "scale_rows" / "wide-stages.json", wide_rows)
 
 
@@ -275,6 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--replace-one-tokens", type=int, default=512, help="1b: tokens of the replace-one scores")
     ap.add_argument("--before", default="1d151f3", help="embedded: the commit before the memory-bounded chain")
     ap.add_argument("--max-memory", type=float, default=2.0, help="wide: the budget of the bounded runs (GiB)")
+    ap.add_argument("--parallel", type=int, default=1, help="wide: runs at once (memory is per process)")
+    ap.add_argument("--reuse", action="store_true", help="wide: tabulate a finished run found in --work, not rerun it")
     ap.add_argument("--work", default="results/tmp/scale")
     ap.add_argument("--out", default="results")
     args = ap.parse_args(argv)

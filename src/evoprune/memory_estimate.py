@@ -108,11 +108,11 @@ COMMAND_STAGES = {"prune": ("load model", "calibration", "slice", "evaluation", 
 def forward_bytes(shape: ModelShape, blocks: int, seq_len: int, c: int) -> int:
     """Activations of one decoder layer's forward on `blocks` x `seq_len` tokens in compute bytes `c`: the
     hidden states, q/k/v and norms (≈ 4·d per token), the MLP's gate, up and product (3·I), and the attention
-    weights (h·S per token)."""
+    scores, their softmax and the mask of SDPA's math kernel on CPU (3·h·S per token)."""
     d = shape.hidden_size
     I = max((layer.intermediate_size for layer in shape.layers), default=0)
     h = max((layer.num_heads for layer in shape.layers), default=0)
-    return blocks * seq_len * (4 * d + 3 * I + h * seq_len) * c
+    return blocks * seq_len * (4 * d + 3 * I + 3 * h * seq_len) * c
 
 
 def estimate_command(command: str, shape: ModelShape, cfg: RunConfig, stored_bytes: int, asked_bytes: int,
@@ -160,27 +160,30 @@ def estimate_command(command: str, shape: ModelShape, cfg: RunConfig, stored_byt
 
 
 def _database_bytes(shape: ModelShape, cfg: RunConfig, c: int, converted: bool, stored: int, forward: int) -> int:
-    """The database stage's own tensors at its largest layer (obs/database.py), the larger of two moments.
+    """The database stage's own tensors at its largest layer (obs/database.py), the largest of three moments.
 
     While the layer runs on the calibration batches: the layer in c, one batch's activations (`forward`) and each
-    module's Hessian sums (n² in the solver's dtype b(n)). While a module is solved: the layer in c, its
-    Hessian, Cholesky factor, triangular inverse and inverse (4·n²·b(n)), the other module's sums, and the
-    compensated weights of every level of both modules (Σ of kept widths ≈ n·levels/2, d rows, in b(n), and
-    again in the database's `stored` bytes when they differ). Both with the calibration tokens' hidden states
-    entering and leaving the layer.
+    module's Hessian sums (n² in the solver's dtype b(n)). While the attention, then the MLP is solved: the
+    solved projection in c; its Hessian, Cholesky factor, triangular inverse, a contiguous copy of the factor's
+    trailing block and the inverse (5·n²·b(n)) while it is inverted, then the Hessian, the inverse and the compensated weights of every level (Σ of kept widths ≈
+    n·levels/2, d rows, in b(n)); the MLP's sums waiting, or the attention's levels done (in `stored` bytes).
+    All with the calibration tokens' hidden states entering and leaving the layer.
     """
     d, half = shape.hidden_size, cfg.database.num_levels / 2
     T_c = cfg.data.calibration_blocks * cfg.data.seq_len
     biggest = 0
     for layer in shape.layers:
-        sizes = [layer.intermediate_size, layer.num_heads * shape.head_dim]
-        sums = [n * n * hessian_element_bytes(n) for n in sizes]
-        levels = sum(d * n * half * (hessian_element_bytes(n) + (stored if stored != hessian_element_bytes(n) else 0))
-                     for n in sizes)
-        own = layer_params(shape, layer) * c if converted else 0
-        running = own + forward + sum(sums)
-        solving = own + max(4 * x + sum(sums) - x for x in sums) + levels
-        biggest = max(biggest, running, solving)
+        q, I = layer.num_heads * shape.head_dim, layer.intermediate_size
+        running = (layer_params(shape, layer) * c if converted else 0) + forward + sum(
+            n * n * hessian_element_bytes(n) for n in (q, I))
+
+        def solving(n: int) -> float:
+            b = hessian_element_bytes(n)
+            return (d * n * c if converted else 0) + max(5 * n * n * b, 2 * n * n * b + d * n * half * b)
+
+        attention = solving(q) + I * I * hessian_element_bytes(I)
+        mlp = solving(I) + d * q * half * stored
+        biggest = max(biggest, running, attention, mlp)
     return int(biggest + 2 * T_c * d * c)
 
 

@@ -13,6 +13,8 @@ its level table in the file metadata, and `index.json` written last.
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 import logging
@@ -144,7 +146,8 @@ class Database:
             tensors, table = {}, {}
             for kind in KINDS:
                 acc = hessians.pop(kind, None)
-                with weights_in(layer, loaded_dtype_of(model)):  # a bounded model's layer as the copied model's
+                solved = _solved_projection(kind, layer, adapter)  # of a bounded model: as the copied model's
+                with weights_in(solved, loaded_dtype_of(model)) if solved is not None else contextlib.nullcontext():
                     levels = _solve(kind, i, layer, adapter, shape, settings, acc)
                 del acc  # the Hessian is not needed while the levels are written
                 table[kind] = []
@@ -266,6 +269,13 @@ def planned_costs(shape: ModelShape, settings: DatabaseSettings, metric: str) ->
             if layer.intermediate_size else [0]
         costs["mlp"].append([mlp_cost(shape, n, metric) for n in widths])
     return costs
+
+
+def _solved_projection(kind: str, layer, adapter: ModelAdapter):
+    """The projection whose weights `_solve` compensates (attention's output, the MLP's down), or None."""
+    if kind == "attention":
+        return adapter.attention_output(layer) if adapter.attention(layer) is not None else None
+    return adapter.mlp_output(layer) if adapter.mlp(layer) is not None else None
 
 
 def _solve(kind: str, i: int, layer, adapter: ModelAdapter, shape: ModelShape, settings: DatabaseSettings,
