@@ -60,6 +60,17 @@ CASES = {
 WIDE_COMMANDS = {"prune": ["prune", "--method", "uniform", "--sparsity", "0.5", "data.calibration_blocks=4",
                            "data.eval_blocks=2", "eval.unseen_blocks=2", "eval.repeats=1", "eval.warmup=1"],
                  "database": ["database", "--sparsity", "0.5", "data.calibration_blocks=4", "database.store=run"]}
+# What held the memory of `prune` and `database` on the wide shape before the bounded path (issue 30: 7.33 and
+# 5.36 GiB peak anonymous; 7.41 GiB measured again here for prune), found by reading each stage's code against
+# its measured peak; sizes for the wide shape, batch 4 x 512 tokens.
+WIDE_HOLDERS = """| stage | what was resident at its peak | size | now |
+|---|---|---|---|
+| load model (every command) | the bf16 checkpoint copied into fp32: `model.dtype` defaults to float32 and a dtype other than the stored one bypassed the mapped loader | 3.56 GB | kept mapped as stored, each module run in fp32 when it runs (`model.bounded`, chosen by `--max-memory`): 0.06 GiB (the tokenizer) |
+| calibration | each batch's full-vocabulary logits (4 × 512 × 128,256 × 4 B), which the statistics never read | 1.05 GB | the forward stops after the final norm |
+| evaluation (teacher cache, held-out figures, unseen text) | a batch's logits and their log-softmax, [B, 511, 128,256] fp32 each, and the KL's temporaries of the same size | 2 × 0.5 GB (2 held-out blocks), 2 × 1.05 GB (unseen text, batch 4) | the LM head runs on 128 MiB of positions at a time, its weight converted 64 MiB of rows at a time |
+| export | the fp32 embedding and LM head together in one 2 GiB shard, and `save_file`'s bytes copy of that shard | 2.1 + 2.1 GB | each tensor written as it comes, 64 MiB converted at a time |
+| database | the fp32 copy; during the solve of a layer, the Hessian sums kept beside their dampened copy, the whole layer converted, and `save_file`'s copy of the levels | 3.56 + 0.27 + 0.24 + 0.4 GB | mapped; sums dampened in place; only the solved projection converted; levels streamed to the file |
+"""
 WIDE_MEMORY = {"prune": "metrics.json", "database": "database_memory.json"}  # where each run writes its memory
 WIDE_COLUMNS = ["command", "budget", "dense model", "stage", "estimate GiB", "measured GiB", "ratio"]
 
@@ -315,7 +326,8 @@ def main(argv: list[str] | None = None) -> None:
                   "minus the process's own when the run started (Python, torch, tokenizer); estimate: "
                   "`memory_plan.plan_estimates`, the formulas of docs/memory.md for the path the run took. "
                   "`--max-memory` compares estimate + the process's own with the budget.", "",
-                  markdown_table(json.loads(stages.read_text()), WIDE_COLUMNS)]
+                  markdown_table(json.loads(stages.read_text()), WIDE_COLUMNS), "", "What held the memory before:", "",
+                  WIDE_HOLDERS]
     write_text(out / "scale.md", "\n".join(lines) + "\n")
     print((out / "scale.md").read_text())
 
