@@ -9,7 +9,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..arch.adapter import adapter_for
 from ..errors import UserError
 from ..weights.compute_dtype import compute_dtype_of, head_logits
 from ..weights.final_hidden import final_hidden
@@ -104,10 +103,10 @@ def next_token_logit_chunks(model: nn.Module, batch: torch.Tensor, chunk_bytes: 
         (p, q, fp32 logits [batch, q - p, vocab]) for consecutive p < q covering 0 .. seq_len - 1.
     """
     positions = batch.shape[1] - 1
-    if not has_adapter(model):
+    hidden = final_hidden(model, batch) if hasattr(model, "get_output_embeddings") else None
+    if hidden is None:
         yield 0, positions, next_token_logits(model, batch)
         return
-    hidden = final_hidden(model, batch)
     head, dtype = model.get_output_embeddings(), compute_dtype_of(model)
     chunk = max(1, chunk_bytes // (4 * head.weight.shape[0] * len(batch)))
     for p in range(0, positions, chunk):
@@ -120,18 +119,6 @@ def next_token_logprob_chunks(model: nn.Module, batch: torch.Tensor, chunk_bytes
     """(p, q, fp32 log-softmax of `next_token_logit_chunks`' logits [batch, q - p, vocab])."""
     for p, q, logits in next_token_logit_chunks(model, batch, chunk_bytes):
         yield p, q, torch.log_softmax(logits, dim=-1)
-
-
-def has_adapter(model: nn.Module) -> bool:
-    """Whether `model` is of a family evoprune has an adapter for."""
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(model, "get_output_embeddings"):
-        return False
-    try:
-        adapter_for(config)
-    except UserError:
-        return False
-    return True
 
 
 def next_token_logprobs(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:

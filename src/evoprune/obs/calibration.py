@@ -113,7 +113,8 @@ def collect_stats(model: PreTrainedModel, adapter: ModelAdapter, blocks: torch.T
         with eval_mode(model):
             for start in tqdm(range(0, len(blocks), batch_size), desc="calibration", disable=not progress):
                 batch = blocks[start:start + batch_size].to(device)
-                final_hidden(model, batch)  # the hooks see every layer; the LM head's logits are not needed
+                if final_hidden(model, batch) is None:  # the hooks see every layer; the logits are not needed
+                    model(input_ids=batch, use_cache=False)
                 stats.tokens += batch.numel()
     finally:
         for h in handles:

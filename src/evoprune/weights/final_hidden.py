@@ -10,18 +10,34 @@ chunk of positions at a time (`evaluation.blocks.next_token_logprob_chunks`).
 from __future__ import annotations
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel
 
 from ..arch.adapter import adapter_for
+from ..errors import UserError
 
 
 class _Stopped(Exception):
     pass
 
 
-def final_hidden(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor:
-    """The output of `model`'s final norm, [batch, seq_len, hidden], for `input_ids`; the LM head never runs."""
-    norm = adapter_for(model.config).final_norm(model)
+def final_norm_of(model: nn.Module) -> nn.Module | None:
+    """`model`'s final norm where its family's adapter finds it; None for a model of no supported family or laid
+    out otherwise (a LoRA-wrapped model)."""
+    try:
+        return adapter_for(model.config).final_norm(model)
+    except (UserError, AttributeError):
+        return None
+
+
+def final_hidden(model: PreTrainedModel, input_ids: torch.Tensor) -> torch.Tensor | None:
+    """The output of `model`'s final norm, [batch, seq_len, hidden], for `input_ids`; the LM head never runs.
+
+    None, and nothing run, when the norm is not found (`final_norm_of`).
+    """
+    norm = final_norm_of(model)
+    if norm is None:
+        return None
     captured: list[torch.Tensor] = []
 
     def stop(module, args, output):
