@@ -404,8 +404,9 @@ class RunConfig:
     bld: BldConfig = field(default_factory=BldConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     seed: int = 0  # for every random choice
-    # Budget (GiB) of anonymous memory per stage of darwin / database / search, checked before work starts
-    # against the estimate of docs/memory.md (`memory_estimate.py`); None = no check.
+    # Budget (GiB) of anonymous memory per stage of darwin / database / search / prune / slice, checked before work
+    # starts against the estimate of docs/memory.md (`memory_estimate.py`); prune, slice and database keep the dense
+    # weights mapped when a copy would not fit (model.bounded=auto, `memory_plan.py`); None = no check.
     max_memory_gib: float | None = None
 
     def problems(self) -> list[str]:
