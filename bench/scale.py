@@ -15,6 +15,11 @@ the per-stage figures come from the run's own metrics.json (`evoprune.memory`). 
   `--database-layers` layers (per-layer time, to extrapolate), then stopped.
 * `embedded`: the README's main job (SmolLM2-135M, quick) at `--before` and at HEAD, side by side
   (both at once, one core each): the same genotype, and the wall-time ratio.
+* `wide`: a wide, shallow Llama-3-style shape (hidden 2048, MLP 8192, 6 layers, vocabulary 128,256,
+  untied: 0.89B parameters, bf16): `prune --method uniform` and `database`, each unbounded and under
+  `--max-memory` (2 GiB), every stage's estimate (`memory_plan.plan_estimates`) beside its measured peak
+  anonymous memory above the process's own at the start of the run (Python, torch: ≈ 0.3 GiB, measured),
+  each run with a cache of its own (no teacher, quality or database cache from an earlier run).
 * `8b-wide4`: the 8B width with 4 layers (every memory term but depth is the 8B one): database,
   a tiny search, the streamed export, and reload of the export with stock transformers in a fresh
   process (layer count, shapes, one forward on a short prompt).
@@ -48,7 +53,38 @@ CASES = {
     "8b-database": ("Llama-3.1-8B shape (32 layers), first database layers", LLAMA_3_1_8B),
     "8b-wide4": ("Llama-3.1-8B width, 4 layers: database, search, export, reload", with_layers(LLAMA_3_1_8B, 4)),
     "embedded": ("SmolLM2-135M, the main job before and after the memory-bounded chain", None),
+    "wide": ("wide 0.89B: prune uniform and database, unbounded and under --max-memory",
+             {**with_layers(LLAMA_3_2_1B, 6), "tie_word_embeddings": False}),
 }
+# eval.unseen_blocks / repeats / warmup: fewer batches of the same size (the peaks are per batch), to save time
+WIDE_COMMANDS = {"prune": ["prune", "--method", "uniform", "--sparsity", "0.5", "data.calibration_blocks=4",
+                           "data.eval_blocks=2", "eval.unseen_blocks=2", "eval.repeats=1", "eval.warmup=1"],
+                 "database": ["database", "--sparsity", "0.5", "data.calibration_blocks=4", "database.store=run"]}
+# What held the memory of `prune` and `database` on the wide shape before the bounded path (issue 30: 7.33 and
+# 5.36 GiB peak anonymous; 7.41 GiB measured again here for prune), found by reading each stage's code against
+# its measured peak; sizes for the wide shape, batch 4 x 512 tokens.
+WIDE_HOLDERS = """| stage | what was resident at its peak | size | now |
+|---|---|---|---|
+| load model (every command) | the bf16 checkpoint copied into fp32: `model.dtype` defaults to float32 and a dtype other than the stored one bypassed the mapped loader | 3.56 GB | kept mapped as stored, each module run in fp32 when it runs (`model.bounded`, chosen by `--max-memory`): 0.06 GiB (the tokenizer) |
+| calibration | each batch's full-vocabulary logits (4 × 512 × 128,256 × 4 B), which the statistics never read | 1.05 GB | the forward stops after the final norm |
+| evaluation (teacher cache, held-out figures, unseen text) | a batch's logits and their log-softmax, [B, 511, 128,256] fp32 each, and the KL's temporaries of the same size | 2 × 0.5 GB (2 held-out blocks), 2 × 1.05 GB (unseen text, batch 4) | the LM head runs on 128 MiB of positions at a time, its weight converted 64 MiB of rows at a time |
+| export | the fp32 embedding and LM head together in one 2 GiB shard, and `save_file`'s bytes copy of that shard | 2.1 + 2.1 GB | each tensor written as it comes, 64 MiB converted at a time |
+| database | the fp32 copy; during the solve of a layer, the Hessian sums kept beside their dampened copy, the whole layer converted, and `save_file`'s copy of the levels | 3.56 + 0.27 + 0.24 + 0.4 GB | mapped; sums dampened in place; only the solved projection converted; levels streamed to the file |
+"""
+WIDE_NOTES = (
+    "Commands: `evoprune prune --method uniform --sparsity 0.5 data.calibration_blocks=4 data.eval_blocks=2` (with "
+    "eval.unseen_blocks=2 eval.repeats=1 eval.warmup=1: fewer batches of the same size) and `evoprune database "
+    "--sparsity 0.5 data.calibration_blocks=4 database.store=run`, each without a budget and with `--max-memory 2`. "
+    "Under the budget both took the mapped path and stayed under 2 GiB of peak anonymous memory (whole process, "
+    "Python and torch included), with the unbounded runs' results: the exported shards and spec.json byte for byte, "
+    "the dense and pruned perplexity and KL equal as floats, the six database layer files byte for byte "
+    "(`tests/weights/test_bounded_load.py` checks the same on a tiny model). Without a budget the copy is kept "
+    "(it fits half of MemAvailable here). The 2026-12-08 runs: four at once on a loaded machine; the unbounded "
+    "database run started before two database changes that do not change its values (Hessian sums dampened in "
+    "place, only the solved projection converted), so its measured peak is slightly above what the code now needs; "
+    "the bounded database run was started by hand with the same command and tabulated with `--reuse`.")
+WIDE_MEMORY = {"prune": "metrics.json", "database": "database_memory.json"}  # where each run writes its memory
+WIDE_COLUMNS = ["command", "budget", "dense model", "stage", "estimate GiB", "measured GiB", "ratio"]
 
 
 class Sampled:
@@ -198,7 +234,70 @@ def run_embedded(model: Path, work: Path, env: dict, rows: list[dict], args) -> 
                  "peak anon GiB": ""})
 
 
-RUNNERS = {"1b": run_1b, "8b-database": run_8b_database, "8b-wide4": run_8b_wide4, "embedded": run_embedded}
+def own_cache(work: Path, name: str) -> Path:
+    """A fresh evoprune cache sharing the unpacked assets and models of the user's (nothing computed is reused)."""
+    from evoprune.assets import cache_dir
+
+    cache = work / f"cache-{name}"
+    if cache.exists():
+        subprocess.run(["rm", "-rf", str(cache)], check=True)
+    cache.mkdir(parents=True)
+    for shared in ("assets", "models"):
+        if (cache_dir() / shared).exists():
+            (cache / shared).symlink_to(cache_dir() / shared)
+    return cache
+
+
+def run_wide(model: Path, work: Path, env: dict, rows: list[dict], args) -> None:
+    from evoprune.config import load_config
+    from evoprune.memory_plan import plan_estimates
+
+    runs = [(command, cli, budget) for command, cli in WIDE_COMMANDS.items() for budget in (None, args.max_memory)]
+
+    def start(run):
+        command, cli, budget = run
+        label = f"wide-{command}-{budget or 'unbounded'}"
+        if args.reuse and (work / label / WIDE_MEMORY[command]).is_file():
+            return None
+        flags = [] if budget is None else ["--max-memory", str(budget)]
+        return Sampled(evoprune(*cli, "--model", str(model), "--out", str(work / label), "--force", *flags),
+                       {**env, "EVOPRUNE_CACHE": str(own_cache(work, label))}, work / f"{label}.log")
+
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:  # a run's memory is its own: measured alike
+        steps = list(pool.map(start, runs))
+    wide_rows = []
+    for (command, cli, budget), step in zip(runs, steps):
+        out = work / f"wide-{command}-{budget or 'unbounded'}"
+        if step is not None:
+            rows.append(step.row("wide", f"{command}, {'--max-memory ' + str(budget) if budget else 'unbounded'}"))
+        memory = json.loads((out / WIDE_MEMORY[command]).read_text())
+        if command == "prune":
+            memory = memory["memory"]
+        overrides = [a for a in cli if "=" in a] + [f"model.source={model}", "prune.sparsity=0.5"]
+        if budget is not None:
+            overrides.append(f"max_memory_gib={budget}")
+        _, copied, bounded = plan_estimates(load_config(None, overrides), command)
+        kept = memory.get("bounded")
+        estimates = bounded if kept else copied
+        base = memory["start_anon_bytes"]
+        for stage in memory["stages"]:
+            if stage["stage"] not in estimates:
+                continue
+            measured = stage["peak_anon_bytes"] - base
+            wide_rows.append({"command": command, "budget": f"{budget} GiB" if budget else "none",
+                              "dense model": "mapped (bounded)" if kept else "copied in fp32",
+                              "stage": stage["stage"], "estimate GiB": round(estimates[stage["stage"]] / GIB, 2),
+                              "measured GiB": round(measured / GIB, 2),
+                              "ratio": round(estimates[stage["stage"]] / measured, 2) if measured > 0 else ""})
+        wide_rows.append({"command": command, "budget": f"{budget} GiB" if budget else "none",
+                          "dense model": "whole process",
+                          "stage": f"peak anonymous, absolute (at the start: {base / GIB:.2f})",
+                          "estimate GiB": "", "measured GiB": round(memory["peak_anon_bytes"] / GIB, 2), "ratio": ""})
+    write_json(Path(args.out) / "scale_rows" / "wide-stages.json", wide_rows)
+
+
+RUNNERS = {"1b": run_1b, "8b-database": run_8b_database, "8b-wide4": run_8b_wide4, "embedded": run_embedded,
+           "wide": run_wide}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -208,6 +307,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--database-layers", type=int, default=2, help="8b-database: layers to build before stopping")
     ap.add_argument("--replace-one-tokens", type=int, default=512, help="1b: tokens of the replace-one scores")
     ap.add_argument("--before", default="1d151f3", help="embedded: the commit before the memory-bounded chain")
+    ap.add_argument("--max-memory", type=float, default=2.0, help="wide: the budget of the bounded runs (GiB)")
+    ap.add_argument("--parallel", type=int, default=1, help="wide: runs at once (memory is per process)")
+    ap.add_argument("--reuse", action="store_true", help="wide: tabulate a finished run found in --work, not rerun it")
     ap.add_argument("--work", default="results/tmp/scale")
     ap.add_argument("--out", default="results")
     args = ap.parse_args(argv)
@@ -228,6 +330,16 @@ def main(argv: list[str] | None = None) -> None:
              f"`python bench/scale.py` on this machine ({os.cpu_count()} cores); random-init bf16 checkpoints "
              "with the real configs, computed in fp32 one layer at a time.", "",
              markdown_table(all_rows, COLUMNS)]
+    stages = out / "scale_rows" / "wide-stages.json"
+    if stages.is_file():
+        lines += ["", "## Wide 0.89B shape: estimate and measured peak per stage", "",
+                  "Hidden 2048, MLP 8192, 6 layers, vocabulary 128,256, untied, bf16 (`model.dtype` float32, the "
+                  "default). Measured: the stage's peak anonymous memory (sampled every 25 ms by `evoprune.memory`) "
+                  "minus the process's own when the run started (Python, torch, tokenizer); estimate: "
+                  "`memory_plan.plan_estimates`, the formulas of docs/memory.md for the path the run took. "
+                  "`--max-memory` compares estimate + the process's own with the budget.", "",
+                  markdown_table(json.loads(stages.read_text()), WIDE_COLUMNS), "", WIDE_NOTES, "",
+                  "What held the memory before:", "", WIDE_HOLDERS]
     write_text(out / "scale.md", "\n".join(lines) + "\n")
     print((out / "scale.md").read_text())
 

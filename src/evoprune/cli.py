@@ -58,6 +58,13 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _max_memory(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-memory", type=float, metavar="GIB",
+                   help="peak anonymous memory allowed: the dense model stays memory-mapped when a copy would not fit, "
+                        "and a run is refused before work starts when a stage needs more by the estimate of "
+                        "docs/memory.md")
+
+
 def _size(p: argparse.ArgumentParser, nas: bool = False, family: bool = False) -> None:
     """--sparsity and --target-params: the size, the same two fields for every command."""
     after = (": the exported front point is the lowest-KL one with at most the parameters this leaves (with params "
@@ -101,11 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["uniform", "depth"], help="uniform (same keep-ratio per layer) or depth (ShortGPT)")
     _size(p)
     p.add_argument("--multiple", type=int, help=MULTIPLE_HELP)
+    _max_memory(p)
     _serving_format(p)
 
     p = sub.add_parser("slice", help="cut a model down to a saved SubnetSpec, export and evaluate it", epilog=EPILOG)
     _common(p)
     p.add_argument("--spec", required=True, help="SubnetSpec JSON (spec.json of a run)")
+    _max_memory(p)
     _serving_format(p)
 
     p = sub.add_parser("eval", help="perplexity, KL to a dense teacher, size and latency of a model", epilog=EPILOG)
@@ -152,9 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--engine", dest="former_engine", choices=["torch", *ENGINES],
                        help=argparse.SUPPRESS)  # the former --latency-engine (torch: transformers)
         p.add_argument("--space", choices=["full", "nemotron-nas"], help=SPACE_HELP)
-        p.add_argument("--max-memory", type=float, metavar="GIB",
-                       help="refuse before work starts when a stage needs more memory than this by the estimate of "
-                            "docs/memory.md")
+        _max_memory(p)
         if name != "database":
             _serving_format(p)
 

@@ -39,6 +39,10 @@ class ModelConfig:
     revision: str | None = None  # hub id: branch, tag or commit to fetch; null = main
     dtype: str = "float32"  # float32 | bfloat16 | float16: the dtype weights are loaded (and kept) in
     compute_dtype: str = "auto"  # dtype layers run in, converted a module at a time; auto: float32 on CPU, else dtype
+    # prune, slice, database: keep bf16/fp16 weights memory-mapped as stored and run them in dtype one module at a
+    # time (the same numbers as a copy in dtype): true | false | auto = when a copy would not fit --max-memory, or
+    # without a budget would take more than half of MemAvailable (memory_plan.py)
+    bounded: bool | str = "auto"
     device: str = "cpu"  # cpu | cuda (under torchrun: cuda:LOCAL_RANK, docs/gpu.md) | cuda:N | mps
     allow_pickle: bool = False  # accept *.bin checkpoints (pickle can run code)
     trust_remote_code: bool = False  # accept folders that ship their own modeling code
@@ -415,8 +419,9 @@ class RunConfig:
     bld: BldConfig = field(default_factory=BldConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     seed: int = 0  # for every random choice
-    # Budget (GiB) of anonymous memory per stage of darwin / database / search, checked before work starts
-    # against the estimate of docs/memory.md (`memory_estimate.py`); None = no check.
+    # Budget (GiB) of anonymous memory per stage of darwin / database / search / prune / slice, checked before work
+    # starts against the estimate of docs/memory.md (`memory_estimate.py`); prune, slice and database keep the dense
+    # weights mapped when a copy would not fit (model.bounded=auto, `memory_plan.py`); None = no check.
     max_memory_gib: float | None = None
 
     def problems(self) -> list[str]:
@@ -427,6 +432,8 @@ class RunConfig:
         if self.model.compute_dtype not in ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"):
             p.append(f"model.compute_dtype must be auto, float32, bfloat16 or float16, got {self.model.compute_dtype!r}")
         p += device_problems(self.model.device)
+        if self.model.bounded not in (True, False, "auto"):
+            p.append(f"model.bounded must be true, false or auto, got {self.model.bounded!r}")
         for name, value in (("data.seq_len", d.seq_len), ("data.calibration_blocks", d.calibration_blocks),
                             ("data.eval_blocks", d.eval_blocks), ("data.batch_size", d.batch_size),
                             ("prune.multiple", pr.multiple), ("eval.top_k", ev.top_k),

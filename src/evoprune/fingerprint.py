@@ -37,10 +37,19 @@ def weights_fingerprint(model: nn.Module) -> str:
     memo = _weights_memo.get(model)
     if memo is not None and memo[0] == state:
         return memo[2]
+    # a model kept in its stored dtype but asked for in another (models.load_model(bounded=True)) gives the
+    # numbers of the model loaded in that dtype, so it hashes as that model: caches and databases are shared
+    loaded_as = getattr(model, "evoprune_loaded_dtype", None)
     h = hashlib.sha256(config.encode())
     for name, tensor in tensors:
-        h.update(f"\n{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
-        h.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+        dtype = loaded_as if loaded_as is not None and tensor.is_floating_point() else tensor.dtype
+        h.update(f"\n{name}|{dtype}|{tuple(tensor.shape)}\n".encode())
+        flat = tensor.detach().to("cpu").reshape(-1)
+        if dtype == tensor.dtype:
+            h.update(flat.contiguous().view(torch.uint8).numpy())
+            continue
+        for start in range(0, flat.numel(), _CHUNK):  # converted a chunk at a time
+            h.update(flat[start:start + _CHUNK].to(dtype).contiguous().view(torch.uint8).numpy())
     digest = h.hexdigest()[:32]
     # holding the tensors keeps their ids and storage from being reused by a replacement
     _weights_memo[model] = (state, [t for _, t in tensors], digest)

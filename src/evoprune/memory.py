@@ -176,7 +176,8 @@ class MemoryWatch:
             run = self.run.to_dict(now)
             return {"stages": [s.to_dict(now) for s in self.stages.values()], "seconds": run["seconds"],
                     "peak_rss_bytes": run["peak_rss_bytes"], "peak_anon_bytes": run["peak_anon_bytes"],
-                    "peak_file_bytes": run["peak_file_bytes"], "vm_hwm_bytes": hwm,
+                    "peak_file_bytes": run["peak_file_bytes"], "start_anon_bytes": run["start_anon_bytes"],
+                    "vm_hwm_bytes": hwm,
                     "sample_interval_s": self.interval, "samples": self.samples}
 
     def markdown_table(self) -> str:

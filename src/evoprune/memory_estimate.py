@@ -15,10 +15,16 @@ from .arch.params import layer_params
 from .arch.shape import ModelShape
 from .config import RunConfig
 from .errors import UserError
+from .weights.compute_dtype import HEAD_SLICE_BYTES
 
 GIB = 2**30
 LOGITS_CHUNK = 128 * 2**20  # streamed KL: at most one 128 MiB chunk of logits (evaluate/streamed_kl.py)
 EXPORT_SHARD = 2 * GIB  # streamed export writes 2 GiB shards (arch/streamed_export.py)
+EXPORT_CHUNK = 64 * 2**20  # ... converting 64 MiB of a tensor at a time
+# a chunk of logits exists ~6 times at the held-out figures' peak: logits, log-probs, the NLL's and the KL's
+# temporaries (gather, scatter, logsumexp) (measured: tests/test_memory_promise.py)
+LOGIT_COPIES = 6
+LOADED_OBJECTS = 64 * 2**20  # the tokenizer and the model's Python objects (measured: 45-60 MiB for 49k tokens)
 ACTIVATION_BYTES = 54  # per token, hidden unit and layer, in 16-bit elements (docs/memory.md)
 
 # Stage names in pipeline order, with the setting that lowers each one's estimate.
@@ -91,6 +97,94 @@ def estimate_stages(shape: ModelShape, cfg: RunConfig, device: str, stored_bytes
         dense = (P_b + P_e * (1 if shape.tied_embeddings else 2)) * s
         estimates = {k: v + dense for k, v in estimates.items()}
     return estimates
+
+
+# The stages of the commands that load the dense model for inference only, as memory.stage names them.
+COMMAND_STAGES = {"prune": ("load model", "calibration", "slice", "evaluation", "export"),
+                  "slice": ("load model", "slice", "evaluation", "export"),
+                  "database": ("load model", "database")}
+
+
+def forward_bytes(shape: ModelShape, blocks: int, seq_len: int, c: int) -> int:
+    """Activations of one decoder layer's forward on `blocks` x `seq_len` tokens in compute bytes `c`: the
+    hidden states, q/k/v and norms (≈ 4·d per token), the MLP's gate, up and product (3·I), and the attention
+    scores, their softmax and the mask of SDPA's math kernel on CPU (3·h·S per token)."""
+    d = shape.hidden_size
+    I = max((layer.intermediate_size for layer in shape.layers), default=0)
+    h = max((layer.num_heads for layer in shape.layers), default=0)
+    return blocks * seq_len * (4 * d + 3 * I + 3 * h * seq_len) * c
+
+
+def estimate_command(command: str, shape: ModelShape, cfg: RunConfig, stored_bytes: int, asked_bytes: int,
+                     compute_bytes: int, bounded: bool) -> dict[str, int]:
+    """Estimated anonymous bytes of each stage of `prune`, `slice` or `database`, beyond the process's own.
+
+    Args:
+        stored_bytes, asked_bytes, compute_bytes: bytes per element of the stored weights (s), of the dtype
+            the model is asked for (`model.dtype`, a) and of the one it computes in (c).
+        bounded: the dense model stays mapped as stored and runs one converted module at a time
+            (`models.load_model(bounded=True)`); otherwise it is copied into the asked dtype.
+
+    Returns:
+        stage name (`COMMAND_STAGES`) -> bytes: the dense copy (none when bounded) and the tokenizer, plus the
+        stage's own tensors.
+    """
+    d, V, S, B = shape.hidden_size, shape.vocab_size, cfg.data.seq_len, cfg.data.batch_size
+    c = compute_bytes
+    held = stored_bytes if bounded else asked_bytes  # bytes per element of the model's parameters
+    converted = held != c
+    layers = [layer_params(shape, layer) for layer in shape.layers]
+    P_b, P_l, P_e = sum(layers), max(layers, default=0), V * d
+    dense = (0 if bounded else (P_b + P_e * (1 if shape.tied_embeddings else 2)) * asked_bytes) + LOADED_OBJECTS
+    layer = P_l * c if converted else 0  # one decoder layer converted while it runs
+    head = min(HEAD_SLICE_BYTES, P_e * c) if converted else 0  # the LM head converted a slice of rows at a time
+    storage = {"model": asked_bytes, "bfloat16": 2, "float16": 2, "float32": 4}
+    stored_levels = storage.get(cfg.database.storage_dtype, asked_bytes)
+    if command == "database":
+        return {"load model": dense,
+                "database": dense + _database_bytes(shape, cfg, c, converted, stored_levels,
+                                                    forward_bytes(shape, B, S, c))}
+    size = cfg.prune.one_size(command) if command == "prune" else cfg.prune
+    rho = 1 - size.sparsity if size.sparsity is not None else 0.5
+    pruned = int(rho * P_b * held)
+    eval_batch = min(B, cfg.data.eval_blocks)
+    layers_part = layer + forward_bytes(shape, B, S, c)
+    logits = min(LOGITS_CHUNK, B * (S - 1) * V * 4)  # one chunk of positions (evaluation.blocks)
+    head_part = head + LOGIT_COPIES * logits + eval_batch * S * d * c
+    estimates = {"load model": dense,
+                 "calibration": dense + layers_part,
+                 "slice": dense + pruned,
+                 "evaluation": dense + pruned + max(layers_part, head_part),
+                 "export": dense + pruned + P_l * held + EXPORT_CHUNK}
+    return {k: v for k, v in estimates.items() if k in COMMAND_STAGES[command]}
+
+
+def _database_bytes(shape: ModelShape, cfg: RunConfig, c: int, converted: bool, stored: int, forward: int) -> int:
+    """The database stage's own tensors at its largest layer (obs/database.py), the largest of three moments.
+
+    While the layer runs on the calibration batches: the layer in c, one batch's activations (`forward`) and each
+    module's Hessian sums (n² in the solver's dtype b(n)). While the attention, then the MLP is solved: the
+    solved projection in c; its Hessian, Cholesky factor, triangular inverse, a contiguous copy of the factor's
+    trailing block and the inverse (5·n²·b(n)) while it is inverted, then the Hessian, the inverse and the compensated weights of every level (Σ of kept widths ≈
+    n·levels/2, d rows, in b(n)); the MLP's sums waiting, or the attention's levels done (in `stored` bytes).
+    All with the calibration tokens' hidden states entering and leaving the layer.
+    """
+    d, half = shape.hidden_size, cfg.database.num_levels / 2
+    T_c = cfg.data.calibration_blocks * cfg.data.seq_len
+    biggest = 0
+    for layer in shape.layers:
+        q, I = layer.num_heads * shape.head_dim, layer.intermediate_size
+        running = (layer_params(shape, layer) * c if converted else 0) + forward + sum(
+            n * n * hessian_element_bytes(n) for n in (q, I))
+
+        def solving(n: int) -> float:
+            b = hessian_element_bytes(n)
+            return (d * n * c if converted else 0) + max(5 * n * n * b, 2 * n * n * b + d * n * half * b)
+
+        attention = solving(q) + I * I * hessian_element_bytes(I)
+        mlp = solving(I) + d * q * half * stored
+        biggest = max(biggest, running, attention, mlp)
+    return int(biggest + 2 * T_c * d * c)
 
 
 def format_gib(n: float) -> str:

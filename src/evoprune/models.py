@@ -25,7 +25,7 @@ from .device import choose_device
 from .data import check_seq_len
 from .errors import UserError
 from .hub import is_repo_id, model_snapshot
-from .weights.compute_dtype import compute_in
+from .weights.compute_dtype import LOADED_AS, compute_in
 from .weights.shard_index import check_sharded_index
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ def check_weight_files(path: Path, allow_pickle: bool) -> None:
 def load_model(source: str, dtype: str = "float32", device: str = "cpu", allow_pickle: bool = False,
                trust_remote_code: bool = False, with_tokenizer: bool = True, mapped: bool = True,
                compute_dtype: str = "auto", require_tokenizer: bool = False,
-               revision: str | None = None) -> LoadedModel:
+               revision: str | None = None, bounded: bool = False) -> LoadedModel:
     """Load a causal LM and its tokenizer.
 
     Args:
@@ -211,6 +211,10 @@ def load_model(source: str, dtype: str = "float32", device: str = "cpu", allow_p
         compute_dtype: dtype the layers run in, converted one module at a time (`weights.compute_dtype`):
             auto = float32 on CPU (which has no fast bf16/fp16 matrix units in general), else `dtype`.
         revision: branch, tag or commit of a hub id (default: main).
+        bounded: for inference only (a model that trains must hold its weights in `dtype`): when the weights
+            are stored in a narrower float dtype than `dtype` (bf16 or fp16 for float32), keep them mapped as
+            stored and run every module in `dtype`, converted when it runs, instead of copying the whole model
+            into `dtype`. Every stored value is exact in `dtype`, so the numbers are those of the copied model.
 
     Raises:
         UserError: for every problem with the source.
@@ -230,12 +234,17 @@ def load_model(source: str, dtype: str = "float32", device: str = "cpu", allow_p
                 raise UserError(f"{path} has no usable tokenizer; evoprune needs one to read calibration text (add "
                                 "the tokenizer files of the model it came from)") from None
             log.debug("no usable tokenizer in %s: %s", path, e)
-    model = _load_weights(path, config, DTYPES[dtype], trust_remote_code, allow_pickle, mapped)
+    model = _load_weights(path, config, DTYPES[dtype], trust_remote_code, allow_pickle, mapped, bounded)
     model.to(device).eval()
     computed = resolve_compute_dtype(compute_dtype, DTYPES[dtype], str(device))
     check_compute_dtype(computed, str(device))
-    if computed != DTYPES[dtype]:
-        compute_in(model, adapter_for(config), computed)
+    kept_as_stored = next(model.parameters()).dtype != DTYPES[dtype]
+    if kept_as_stored:
+        setattr(model, LOADED_AS, DTYPES[dtype])
+        log.info("weights kept mapped in %s, computed in %s one module at a time (bounded memory)",
+                 next(model.parameters()).dtype, computed)
+    if computed != next(model.parameters()).dtype:
+        compute_in(model, adapter_for(config), computed, embeddings=kept_as_stored)
     return LoadedModel(model, tokenizer, adapter_for(config), path, source)
 
 
@@ -254,13 +263,14 @@ def check_compute_dtype(dtype: torch.dtype, device: str) -> None:
 
 
 def _load_weights(path: Path, config: PretrainedConfig, dtype: torch.dtype, trust_remote_code: bool,
-                  allow_pickle: bool, mapped: bool) -> PreTrainedModel:
+                  allow_pickle: bool, mapped: bool, bounded: bool = False) -> PreTrainedModel:
     has_safetensors = any(path.glob("*.safetensors"))
     if mapped and has_safetensors and not trust_remote_code and not getattr(config, "quantization_config", None):
         from .weights.mapped import MappedWeights, load_mapped_model
 
         weights = MappedWeights(path)  # headers only: nothing is read until a tensor is used
-        if weights.stored_dtype() == dtype:
+        stored = weights.stored_dtype()
+        if stored == dtype or (bounded and widens_exactly(stored, dtype)):
             model = load_mapped_model(weights, config)
             if model is not None:
                 return model
@@ -272,13 +282,18 @@ def _load_weights(path: Path, config: PretrainedConfig, dtype: torch.dtype, trus
         raise UserError(f"cannot load weights from {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
-def load_source(cfg: RunConfig, source: str | None = None) -> LoadedModel:
+def widens_exactly(stored: torch.dtype, dtype: torch.dtype) -> bool:
+    """Whether every value of float dtype `stored` is exact in `dtype` (bf16 and fp16 in float32)."""
+    return stored in (torch.bfloat16, torch.float16) and dtype == torch.float32
+
+
+def load_source(cfg: RunConfig, source: str | None = None, bounded: bool = False) -> LoadedModel:
     """The model `source` (default `cfg.model.source`) loaded as `cfg.model` says, with a tokenizer and a context
-    long enough for `cfg.data.seq_len`."""
+    long enough for `cfg.data.seq_len`; `bounded` as in `load_model` (inference only)."""
     m = cfg.model
     source = source or m.source
     loaded = load_model(source, dtype=m.dtype, device=m.device, allow_pickle=m.allow_pickle,
                         trust_remote_code=m.trust_remote_code, compute_dtype=m.compute_dtype, require_tokenizer=True,
-                        revision=m.revision if source == m.source else None)
+                        revision=m.revision if source == m.source else None, bounded=bounded)
     check_seq_len(cfg.data.seq_len, getattr(loaded.model.config, "max_position_embeddings", None))
     return loaded

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from evoprune.evaluation.safetensors_stream import SafetensorsStreamWriter
+from evoprune.safetensors_stream import SafetensorsStreamWriter
 
 
 def test_slices_written_out_of_order_read_back_exactly(tmp_path):

@@ -3,7 +3,8 @@
 The result is the same checkpoint folder `export_checkpoint(adapter.slice(...))` writes (same
 config, remote code for heterogeneous shapes, tokenizer, spec), with the weights in standard
 sharded safetensors (`model-0000k-of-0000N.safetensors` + `model.safetensors.index.json`, or one
-`model.safetensors` when they fit one shard). Peak memory is one shard plus one sliced layer.
+`model.safetensors` when they fit one shard). Each tensor is written as it comes, converted to the export
+dtype a chunk of rows at a time: peak memory is one sliced layer plus one chunk.
 """
 
 from __future__ import annotations
@@ -12,17 +13,18 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from transformers import PreTrainedModel
 from transformers.dynamic_module_utils import custom_object_save
 
 from ..atomic import staged_dir, write_json
+from ..safetensors_stream import SafetensorsStreamWriter
 from .adapter import ModelAdapter
 from .export import _check_complete, is_pruned_class
 from .slicing import take
 from .spec import SubnetSpec
 
 DEFAULT_SHARD_BYTES = 2 * 2**30
+CONVERT_CHUNK_BYTES = 64 * 2**20  # converted to the export dtype at once
 
 
 def export_sliced(dense: PreTrainedModel, adapter: ModelAdapter, spec: SubnetSpec, replace: dict[str, torch.Tensor],
@@ -38,7 +40,8 @@ def export_sliced(dense: PreTrainedModel, adapter: ModelAdapter, spec: SubnetSpe
         max_shard_bytes: largest shard (a tensor larger than this gets a shard of its own).
     """
     config, lm_class = adapter.pruned_config(dense.config, spec)
-    dtype = next(dense.parameters()).dtype
+    # a bounded model (models.load_model(bounded=True)) is exported in the dtype it was asked for
+    dtype = getattr(dense, "evoprune_loaded_dtype", None) or next(dense.parameters()).dtype
     config.dtype = str(dtype).removeprefix("torch.")
     with torch.device("meta"):
         skeleton = lm_class(config)
@@ -54,13 +57,13 @@ def export_sliced(dense: PreTrainedModel, adapter: ModelAdapter, spec: SubnetSpe
         tensors = _sliced_tensors(dense, adapter, spec, replace)
         pending: dict[str, torch.Tensor] = {}
         for names, file in zip(shards, files):
-            shard = {}
+            writer = SafetensorsStreamWriter(tmp / file, {name: (dtype, tuple(layout[name])) for name in names},
+                                             metadata={"format": "pt"})
             for name in names:
                 while name not in pending:
                     pending.update(next(tensors))
-                shard[name] = pending.pop(name).to(dtype).contiguous()
-            save_file(shard, tmp / file, metadata={"format": "pt"})
-            del shard
+                write_converted(writer, name, pending.pop(name), dtype)
+            writer.close()
         if len(files) > 1:
             write_json(tmp / "model.safetensors.index.json", {
                 "metadata": {"total_size": sum(math.prod(s) * dtype.itemsize for s in layout.values())},
@@ -71,6 +74,17 @@ def export_sliced(dense: PreTrainedModel, adapter: ModelAdapter, spec: SubnetSpe
         write_json(tmp / "evoprune_spec.json", spec.to_dict())
         _check_complete(tmp, needs_code=is_pruned_class(skeleton))
     return out
+
+
+def write_converted(writer: SafetensorsStreamWriter, name: str, tensor: torch.Tensor, dtype: torch.dtype) -> None:
+    """Write `tensor` as `dtype`, converted CONVERT_CHUNK_BYTES at a time (an fp32 copy of a 128k-row embedding is
+    1 GiB; a chunk of its rows is all that exists at once)."""
+    if tensor.dim() == 0:
+        tensor = tensor.reshape(1)
+    row_bytes = max(1, math.prod(tensor.shape[1:]) * dtype.itemsize)
+    rows = max(1, CONVERT_CHUNK_BYTES // row_bytes)
+    for first in range(0, len(tensor), rows):
+        writer.write_rows(name, first, tensor[first:first + rows].to(dtype))
 
 
 def _plan_shards(layout: dict[str, torch.Size], itemsize: int, max_bytes: int) -> list[list[str]]:

@@ -24,6 +24,7 @@ from ..evaluation.suite import METRIC_COLUMNS, evaluate_models, teacher_for
 from ..evaluation.unseen import describe_unseen, load_unseen
 from ..evaluation.unseen_report import unseen_section
 from ..memory import memory_section, watched
+from ..memory_plan import choose_bounded
 from ..models import LoadedModel, load_source
 from ..obs.calibration import collect_stats
 from .depth import depth_spec
@@ -32,7 +33,7 @@ from .uniform import uniform_spec
 from ..report import markdown_table, plot_bars, plot_kept_per_layer, write_report
 from ..rundir import holding_run_lock
 from ..serving.deploy import export_for_serving, serving_line, serving_record
-from ..weights.compute_dtype import inference_slice
+from ..weights.compute_dtype import LOADED_AS, inference_slice
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def prune(cfg: RunConfig, out: str | Path, force: bool = False, progress: bool =
     torch.manual_seed(cfg.seed)
     started = time.time()
     with memory.stage("load model"):
-        dense = load_source(cfg)
+        dense = load_source(cfg, bounded=choose_bounded(cfg, "prune"))
     with memory.stage("calibration"):
         spec = make_spec(cfg, dense, progress)
     return _finish(cfg, dense, spec, Path(out), force, progress, started)
@@ -82,7 +83,7 @@ def slice_with_spec(cfg: RunConfig, spec_path: str | Path, out: str | Path, forc
     check_output_dir(out, force)
     spec = SubnetSpec.load(spec_path)
     with memory.stage("load model"):
-        dense = load_source(cfg)
+        dense = load_source(cfg, bounded=choose_bounded(cfg, "slice"))
     spec.validate(dense.adapter.shape(dense.model))
     return _finish(cfg, dense, spec, Path(out), force, progress, time.time())
 
@@ -108,7 +109,7 @@ def _finish(cfg: RunConfig, dense: LoadedModel, spec: SubnetSpec, out: Path, for
             served = export_for_serving(tmp / "model", cfg.export.format, cfg.export.quant)
             if served is not None:
                 metrics["serving"] = serving_record(served, tmp, cfg.export.format, cfg.export.quant)
-        metrics["memory"] = memory.summary()
+        metrics["memory"] = {**memory.summary(), "bounded": getattr(dense.model, LOADED_AS, None) is not None}
         write_json(tmp / "metrics.json", metrics)
         write_text(tmp / "config.yaml", dump_config(cfg))
         _prune_report(tmp, cfg, spec, rows, metrics, unseen)

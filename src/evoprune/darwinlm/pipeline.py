@@ -34,6 +34,7 @@ from ..evaluation.unseen import describe_unseen, load_unseen
 from ..fingerprint import tokens_fingerprint
 from ..memory import watched
 from ..memory_estimate import check_memory_budget
+from ..memory_plan import choose_bounded
 from ..models import LoadedModel
 from ..data import data_blocks
 from ..models import load_source
@@ -60,10 +61,17 @@ from ..levels.replace_one import ReplaceOneScores, replace_one_scores, stored_sc
 from ..serving.deploy import check_format_before_work, export_for_serving, serving_record
 from ..arch.nemotron_format import check_space_fits
 from ..training import TrainConfig
-from ..weights.compute_dtype import compute_dtype_of, inference_slice
+from ..weights.compute_dtype import LOADED_AS, compute_dtype_of, inference_slice
 
 log = logging.getLogger(__name__)
 RUN_MARKER = "darwin_run.json"
+DATABASE_MEMORY = "database_memory.json"  # `evoprune database`: its per-stage memory (evoprune.memory)
+
+
+def write_database_memory(out: Path, dense: LoadedModel) -> None:
+    """`evoprune database`'s memory per stage, and whether the dense model stayed mapped (`memory_plan.py`)."""
+    bounded = getattr(dense.model, LOADED_AS, None) is not None
+    write_json(out / DATABASE_MEMORY, {**memory.summary(), "bounded": bounded})
 
 
 def cost_table(db: Database, metric: str) -> CostTable:
@@ -296,8 +304,8 @@ def run(cfg: RunConfig, out: str | Path, phase: str = "darwin", force: bool = Fa
         if main:
             run_dir.holds_run(settings, force)
         started = time.time()
-        with memory.stage("load model"):
-            dense = load_source(cfg)
+        with memory.stage("load model"):  # the database phase only runs the dense model: it may stay mapped
+            dense = load_source(cfg, bounded=phase == "database" and choose_bounded(cfg, "database"))
         shape = dense.adapter.shape(dense.model)
         targets = [reachable_target(size, shape, len(sizes) > 1) for size in sizes]
         check_space_fits(cfg.search.space, dense.model.config)
@@ -342,6 +350,8 @@ def _family(out: Path, sizes: list[RunConfig], dense: LoadedModel, targets: list
     with main_process_first(), memory.stage("database"):  # the one database of every size
         db = build_database(sizes[0], dense, out / "database", progress)
     if phase == "database":
+        if main:
+            write_database_memory(out, dense)
         return out
     labels = []
     for cfg, target in zip(sizes, targets):
@@ -395,6 +405,8 @@ def _database_search_export(out: Path, cfg: RunConfig, config: dict, dense: Load
     with main_process_first(), memory.stage("database"):
         db = build_database(cfg, dense, out / "database", progress)
     if phase == "database":
+        if main:  # what the database command cost, as a whole run's metrics.json says it
+            write_database_memory(out, dense)
         return out
     with main_process_first(), memory.stage("cost table"):
         table = search_cost_table(cfg, dense, db, out / "search", progress)

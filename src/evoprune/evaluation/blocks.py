@@ -10,6 +10,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import UserError
+from ..weights.compute_dtype import compute_dtype_of, head_logits
+from ..weights.final_hidden import final_hidden
+from .streamed_layers import LOGITS_CHUNK_BYTES
 from ..modes import eval_mode  # noqa: F401  (re-exported for the evaluate modules)
 
 
@@ -86,6 +89,36 @@ def next_token_logits(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """
     logits = model(input_ids=batch, use_cache=False).logits
     return logits[:, :-1].float()
+
+
+def next_token_logit_chunks(model: nn.Module, batch: torch.Tensor, chunk_bytes: int = LOGITS_CHUNK_BYTES
+                            ) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """`next_token_logits` a chunk of positions at a time, so the [batch, seq_len, vocab] logits never exist.
+
+    The layers run once (`final_hidden`); the LM head, in the model's compute dtype and converted a slice of
+    rows at a time (`head_logits`), then runs on at most `chunk_bytes` of fp32 logits at a time. A model of no supported family (no adapter) gives its
+    logits in one chunk.
+
+    Yields:
+        (p, q, fp32 logits [batch, q - p, vocab]) for consecutive p < q covering 0 .. seq_len - 1.
+    """
+    positions = batch.shape[1] - 1
+    hidden = final_hidden(model, batch) if hasattr(model, "get_output_embeddings") else None
+    if hidden is None:
+        yield 0, positions, next_token_logits(model, batch)
+        return
+    head, dtype = model.get_output_embeddings(), compute_dtype_of(model)
+    chunk = max(1, chunk_bytes // (4 * head.weight.shape[0] * len(batch)))
+    for p in range(0, positions, chunk):
+        q = min(positions, p + chunk)
+        yield p, q, head_logits(head, hidden[:, p:q], dtype).float()
+
+
+def next_token_logprob_chunks(model: nn.Module, batch: torch.Tensor, chunk_bytes: int = LOGITS_CHUNK_BYTES
+                              ) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(p, q, fp32 log-softmax of `next_token_logit_chunks`' logits [batch, q - p, vocab])."""
+    for p, q, logits in next_token_logit_chunks(model, batch, chunk_bytes):
+        yield p, q, torch.log_softmax(logits, dim=-1)
 
 
 def next_token_logprobs(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from scipy import stats
 from torch import nn
 
-from .blocks import batches, check_vocab, eval_mode, model_device, next_token_logits
+from .blocks import batches, check_vocab, eval_mode, model_device, next_token_logprob_chunks
 from .teacher import TeacherCache, check_kl_inputs, check_same_vocab, kl_per_position
 
 def interval95(per_block: torch.Tensor) -> tuple[float, float]:
@@ -63,10 +63,13 @@ def heldout_figures(model: nn.Module, blocks: torch.Tensor, teacher: TeacherCach
     positions = blocks.shape[1] - 1
     with eval_mode(model), torch.inference_mode():
         for start, batch in batches(blocks, batch_size, device, progress, desc="held-out"):
-            logprobs = torch.log_softmax(next_token_logits(model, batch), dim=-1)  # [batch, P, vocab]
-            check_same_vocab(logprobs, teacher)
-            token_nll = F.nll_loss(logprobs.transpose(1, 2), batch[:, 1:], reduction="none")  # [batch, P]
-            nll[start:start + len(batch)] = token_nll.double().sum(dim=-1).cpu() / positions
-            kl_rows = kl_per_position(teacher.read(start, start + len(batch)).to(device), logprobs)  # overwrites
-            kl[start:start + len(batch)] = kl_rows.double().sum(dim=-1).cpu() / teacher.positions
+            token_nll = torch.empty(len(batch), positions)
+            kl_rows = torch.empty(len(batch), positions)
+            rows = teacher.read(start, start + len(batch)).to(device)
+            for p, q, logprobs in next_token_logprob_chunks(model, batch):  # [batch, q - p, vocab]
+                check_same_vocab(logprobs, teacher)
+                token_nll[:, p:q] = F.nll_loss(logprobs.transpose(1, 2), batch[:, p + 1:q + 1], reduction="none").cpu()
+                kl_rows[:, p:q] = kl_per_position(rows.positions(p, q), logprobs).cpu()  # overwrites logprobs
+            nll[start:start + len(batch)] = token_nll.double().sum(dim=-1) / positions
+            kl[start:start + len(batch)] = kl_rows.double().sum(dim=-1) / teacher.positions
     return HeldoutFigures(nll, kl)

@@ -6,10 +6,10 @@ import logging
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .blocks import batches, check_batch_size, check_blocks, check_vocab, eval_mode, model_device, next_token_logits
+from .blocks import (batches, check_batch_size, check_blocks, check_vocab, eval_mode, model_device,
+                     next_token_logprob_chunks)
 from .streamed_perplexity import streamed_mean_nll
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,10 @@ def block_nlls(model: nn.Module, blocks: torch.Tensor, batch_size: int = 4, prog
     out = torch.zeros(len(blocks), dtype=torch.float64)
     with eval_mode(model), torch.inference_mode():
         for start, batch in batches(blocks, batch_size, device, progress, desc="perplexity"):
-            logits = next_token_logits(model, batch)
-            # flat [tokens, vocab]: cross_entropy over a transposed [batch, vocab, P] view is 10x less exact in fp32
-            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none")
-            out[start:start + len(batch)] = nll.view(len(batch), -1).double().mean(dim=-1).cpu()
+            nll = torch.empty(len(batch), batch.shape[1] - 1)
+            for p, q, logprobs in next_token_logprob_chunks(model, batch):
+                nll[:, p:q] = -logprobs.gather(-1, batch[:, p + 1:q + 1, None]).squeeze(-1).cpu()
+            out[start:start + len(batch)] = nll.double().mean(dim=-1)
     return out
 
 

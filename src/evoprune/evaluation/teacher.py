@@ -48,8 +48,8 @@ from torch import nn
 from ..atomic import staged_file
 from ..errors import UserError
 from .blocks import (batches, check_batch_size, check_blocks, check_vocab, eval_mode, fingerprint, model_device,
-                      next_token_logits, next_token_logprobs)
-from .safetensors_stream import SafetensorsStreamWriter
+                      next_token_logit_chunks, next_token_logprob_chunks)
+from ..safetensors_stream import SafetensorsStreamWriter
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,11 @@ class TeacherSlice:
     logprobs: torch.Tensor
     token_ids: torch.Tensor | None
     rest_logprob: torch.Tensor | None
+
+    def positions(self, p: int, q: int) -> "TeacherSlice":
+        """The slice at positions p .. q - 1 of its blocks."""
+        return TeacherSlice(self.logprobs[:, p:q], None if self.token_ids is None else self.token_ids[:, p:q],
+                            None if self.rest_logprob is None else self.rest_logprob[:, p:q])
 
     def to(self, device: torch.device) -> "TeacherSlice":
         return TeacherSlice(self.logprobs.to(device),
@@ -162,14 +167,17 @@ class TeacherCache:
         with staged_file(path) as tmp, eval_mode(model), torch.inference_mode():
             try:
                 for start, batch in batches(blocks, batch_size, model_device(model), progress, desc="teacher"):
-                    logprobs = torch.log_softmax(next_token_logits(model, batch) / temperature, dim=-1)
-                    if writer is None:
-                        vocab = logprobs.shape[-1]
-                        full_bytes = n_blocks * positions * vocab * logprob_dtype.itemsize
-                        k = None if top_k is None or full_bytes <= full_max_bytes else min(top_k, vocab)
-                        writer = _open_writer(tmp, n_blocks, seq_len, vocab, k, top_k, dtype_name,
-                                              fingerprint(blocks), float(temperature), teacher_id)
-                    _write_batch(writer, start, logprobs, k, logprob_dtype)
+                    parts = []
+                    for _, _, logits in next_token_logit_chunks(model, batch):  # positions in order
+                        logprobs = torch.log_softmax(logits / temperature, dim=-1)
+                        if writer is None:
+                            vocab = logprobs.shape[-1]
+                            full_bytes = n_blocks * positions * vocab * logprob_dtype.itemsize
+                            k = None if top_k is None or full_bytes <= full_max_bytes else min(top_k, vocab)
+                            writer = _open_writer(tmp, n_blocks, seq_len, vocab, k, top_k, dtype_name,
+                                                  fingerprint(blocks), float(temperature), teacher_id)
+                        parts.append(logprobs.to(logprob_dtype) if k is None else _top_k(logprobs, k, logprob_dtype))
+                    _write_batch(writer, start, parts)
                 writer.close()
             except BaseException:
                 if writer is not None:
@@ -250,17 +258,20 @@ def _open_writer(tmp: Path, n_blocks: int, seq_len: int, vocab: int, k: int | No
     return SafetensorsStreamWriter(tmp, tensors, metadata)
 
 
-def _write_batch(writer: SafetensorsStreamWriter, start: int, logprobs: torch.Tensor, k: int | None,
-                 dtype: torch.dtype) -> None:
-    """Store one batch of teacher log-probs [batch, P, vocab]; overwrites `logprobs` in top-k mode."""
-    if k is None:
-        writer.write_rows("logprobs", start, logprobs.to(dtype))
-        return
+def _top_k(logprobs: torch.Tensor, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """(token ids int32, top-k log-probs in `dtype`, log mass of the rest) of log-probs [b, P, vocab]; overwrites them."""
     top_logprobs, top_ids = logprobs.topk(k, dim=-1)
     rest = logprobs.scatter_(-1, top_ids, float("-inf")).logsumexp(dim=-1)
-    writer.write_rows("token_ids", start, top_ids.to(torch.int32))
-    writer.write_rows("logprobs", start, top_logprobs.to(dtype))
-    writer.write_rows("rest_logprob", start, rest)
+    return top_ids.to(torch.int32), top_logprobs.to(dtype), rest
+
+
+def _write_batch(writer: SafetensorsStreamWriter, start: int, parts: list) -> None:
+    """Store one batch of teacher log-probs, given per chunk of positions as full log-probs or `_top_k` triples."""
+    if isinstance(parts[0], torch.Tensor):
+        writer.write_rows("logprobs", start, torch.cat(parts, dim=1))
+        return
+    for i, name in enumerate(("token_ids", "logprobs", "rest_logprob")):
+        writer.write_rows(name, start, torch.cat([part[i] for part in parts], dim=1))
 
 
 def _check_layout(path: Path, handle, metadata: dict[str, str]) -> None:
@@ -365,11 +376,12 @@ def kl_to_teacher(model: nn.Module, blocks: torch.Tensor, cache: TeacherCache, b
     block_sums = torch.zeros(len(blocks), dtype=torch.float64)
     with eval_mode(model), torch.inference_mode():
         for start, batch in batches(blocks, batch_size, device, progress, desc="KL to teacher"):
-            student = next_token_logprobs(model, batch)
-            check_same_vocab(student, cache)
             teacher = cache.read(start, start + len(batch)).to(device)
-            kl = kl_per_position(teacher, student)
-            block_sums[start:start + len(batch)] = kl.double().sum(dim=-1).cpu()
+            kl = torch.empty(len(batch), cache.positions)
+            for p, q, student in next_token_logprob_chunks(model, batch):
+                check_same_vocab(student, cache)
+                kl[:, p:q] = kl_per_position(teacher.positions(p, q), student).cpu()
+            block_sums[start:start + len(batch)] = kl.double().sum(dim=-1)
     per_block_kl = block_sums / cache.positions
     if per_block:
         return per_block_kl

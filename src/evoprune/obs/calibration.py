@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 
 from ..arch.adapter import ModelAdapter
 from ..modes import eval_mode
+from ..weights.final_hidden import final_hidden
 
 
 @dataclass
@@ -112,7 +113,8 @@ def collect_stats(model: PreTrainedModel, adapter: ModelAdapter, blocks: torch.T
         with eval_mode(model):
             for start in tqdm(range(0, len(blocks), batch_size), desc="calibration", disable=not progress):
                 batch = blocks[start:start + batch_size].to(device)
-                model(input_ids=batch, use_cache=False)
+                if final_hidden(model, batch) is None:  # the hooks see every layer; the logits are not needed
+                    model(input_ids=batch, use_cache=False)
                 stats.tokens += batch.numel()
     finally:
         for h in handles:

@@ -13,6 +13,8 @@ its level table in the file metadata, and `index.json` written last.
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 import logging
@@ -21,15 +23,16 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
 from ..arch.adapter import ModelAdapter
 from ..arch.shape import ModelShape
 from ..arch.spec import LayerSpec, SubnetSpec
 from ..atomic import staged_file, write_json
+from ..safetensors_stream import write_tensors
 from ..errors import UserError
 from ..fingerprint import tokens_fingerprint, weights_fingerprint
+from ..weights.compute_dtype import loaded_dtype_of, weights_in
 from ..weights.layerwise import run_layer_by_layer
 from .levels import (ATTENTION_UNITS, attention_cost, attention_ladder, check_levels, check_space, mlp_cost,
                      mlp_ladder)
@@ -120,7 +123,7 @@ class Database:
         fingerprint = model_fingerprint(model, adapter)
         calibration = tokens_fingerprint(blocks)
         stamp = database_stamp(fingerprint, calibration, settings)
-        dtype = STORAGE_DTYPES[settings.storage_dtype] or next(model.parameters()).dtype
+        dtype = STORAGE_DTYPES[settings.storage_dtype] or loaded_dtype_of(model)
         done = {i for i in range(shape.num_layers) if _shard_stamp(path / _shard_name(i)) == stamp}
         if done:
             log.info("database: reusing %d solved layers in %s", len(done), path)
@@ -143,7 +146,10 @@ class Database:
             tensors, table = {}, {}
             for kind in KINDS:
                 acc = hessians.pop(kind, None)
-                levels = _solve(kind, i, layer, adapter, shape, settings, acc)
+                solved = _solved_projection(kind, layer, adapter)  # of a bounded model: as the copied model's
+                with weights_in(solved, loaded_dtype_of(model)) if solved is not None else contextlib.nullcontext():
+                    levels = _solve(kind, i, layer, adapter, shape, settings, acc)
+                del acc  # the Hessian is not needed while the levels are written
                 table[kind] = []
                 for k, (level, weight) in enumerate(levels):
                     if weight is not None:
@@ -152,7 +158,7 @@ class Database:
                         tensors[f"{kind}.{k}.neurons"] = torch.tensor(level.neurons, dtype=torch.int32)
                     table[kind].append({**asdict(level), "neurons": None})
             with staged_file(path / _shard_name(i)) as tmp:
-                save_file(tensors, tmp, metadata={"levels": json.dumps(table), "stamp": stamp})
+                write_tensors(tmp, tensors, {"levels": json.dumps(table), "stamp": stamp})
 
         run_layer_by_layer(model, adapter, blocks, batch_size, attach, finish, progress, desc="database")
         write_json(path / "index.json", {"format": FORMAT, "shape": shape.to_dict(), "fingerprint": fingerprint,
@@ -265,6 +271,13 @@ def planned_costs(shape: ModelShape, settings: DatabaseSettings, metric: str) ->
     return costs
 
 
+def _solved_projection(kind: str, layer, adapter: ModelAdapter):
+    """The projection whose weights `_solve` compensates (attention's output, the MLP's down), or None."""
+    if kind == "attention":
+        return adapter.attention_output(layer) if adapter.attention(layer) is not None else None
+    return adapter.mlp_output(layer) if adapter.mlp(layer) is not None else None
+
+
 def _solve(kind: str, i: int, layer, adapter: ModelAdapter, shape: ModelShape, settings: DatabaseSettings,
            acc: HessianAccumulator | None) -> list[tuple[Level, torch.Tensor | None]]:
     """The ladder of one module as (Level, compensated weight or None) pairs."""
@@ -274,7 +287,7 @@ def _solve(kind: str, i: int, layer, adapter: ModelAdapter, shape: ModelShape, s
             return [(Level(0, 0, 0.0), None)]
         ladder = attention_ladder(shape, layer_shape, settings.num_levels, settings.spacing,
                                   settings.attention_units, settings.space)
-        solved = solve_attention_levels(adapter.attention_output(layer).weight, acc.hessian(settings.percdamp),
+        solved = solve_attention_levels(adapter.attention_output(layer).weight, acc.take_hessian(settings.percdamp),
                                         layer_shape, shape.head_dim, ladder, settings.method)
         return [(Level(attention_cost(shape, layer_shape, s.shape, "params") if s.shape else 0,
                        attention_cost(shape, layer_shape, s.shape, "flops") if s.shape else 0,
@@ -282,7 +295,7 @@ def _solve(kind: str, i: int, layer, adapter: ModelAdapter, shape: ModelShape, s
     if adapter.mlp(layer) is None:
         return [(Level(0, 0, 0.0, neurons=[]), None)]
     widths = mlp_ladder(layer_shape, settings.num_levels, settings.multiple, settings.space)
-    solved = solve_mlp_levels(adapter.mlp_output(layer).weight, acc.hessian(settings.percdamp), widths,
+    solved = solve_mlp_levels(adapter.mlp_output(layer).weight, acc.take_hessian(settings.percdamp), widths,
                               settings.method, settings.neuron_step)
     return [(Level(mlp_cost(shape, n, "params"), mlp_cost(shape, n, "flops"), s.error,
                    neurons=s.kept if 0 < n < widths[-1] else None, width=n), s.weight)

@@ -106,11 +106,20 @@ class HessianAccumulator:
         Dead inputs get H_jj = 1 first (as SparseGPT), then H += λI with λ = percdamp·mean(diag H).
         Pass `dead=acc.dead` to the chains so that the weights of dead inputs are zeroed as well.
         """
-        H = self.H.clone()
-        diag = torch.diagonal(H)
-        diag[diag == 0] = 1.0
-        diag += percdamp * diag.mean()
-        return H
+        return _dampen(self.H.clone(), percdamp)
+
+    def take_hessian(self, percdamp: float = 0.01) -> torch.Tensor:
+        """`hessian()` without a copy: the accumulated sums are dampened in place and handed over (the
+        accumulator is spent; an n² matrix less at the solve's peak)."""
+        H, self.H = self.H, None
+        return _dampen(H, percdamp)
+
+
+def _dampen(H: torch.Tensor, percdamp: float) -> torch.Tensor:
+    diag = torch.diagonal(H)
+    diag[diag == 0] = 1.0
+    diag += percdamp * diag.mean()
+    return H
 
 
 def inverse_hessian(H: torch.Tensor, percdamp: float = 0.01, dtype: torch.dtype | None = None,

@@ -29,7 +29,7 @@ from transformers import PretrainedConfig
 from ..arch.streamed_export import DEFAULT_SHARD_BYTES
 from ..atomic import staged_dir, staged_file, write_json
 from ..errors import UserError
-from ..evaluation.safetensors_stream import SafetensorsStreamWriter
+from ..safetensors_stream import SafetensorsStreamWriter
 from ..models import read_config, resolve_model_path
 from ..weights.mapped import STORED_DTYPES, read_header
 from ..weights.random_checkpoint import plan_shards, shard_file_name

@@ -43,6 +43,18 @@ def read_header(file: Path) -> tuple[int, dict]:
     return 8 + length, header
 
 
+def stored_dtype(folder: Path) -> torch.dtype | None:
+    """The dtype most floating-point weights of `folder`'s safetensors files are stored in, from their headers
+    alone; None without safetensors files."""
+    counts: dict[torch.dtype, int] = {}
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        for name, entry in read_header(file)[1].items():
+            dtype = STORED_DTYPES.get(entry.get("dtype")) if name != "__metadata__" else None
+            if dtype is not None and dtype.is_floating_point:
+                counts[dtype] = counts.get(dtype, 0) + math.prod(entry["shape"])
+    return max(counts, key=counts.get) if counts else None
+
+
 class MappedWeights:
     """The tensors of a folder's `*.safetensors` files, mapped, in stored dtype.
 

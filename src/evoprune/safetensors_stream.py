@@ -74,3 +74,15 @@ class SafetensorsStreamWriter:
     def discard(self) -> None:
         """Close the file without checks after a failure (the caller deletes it)."""
         self._file.close()
+
+
+def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """`safetensors.torch.save_file` without its copy of every tensor as bytes: each is written from its own memory."""
+    writer = SafetensorsStreamWriter(path, {name: (t.dtype, tuple(t.shape)) for name, t in tensors.items()}, metadata)
+    try:
+        for name, tensor in tensors.items():
+            writer.write_rows(name, 0, tensor)
+    except BaseException:
+        writer.discard()
+        raise
+    writer.close()

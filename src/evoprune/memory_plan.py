@@ -1,0 +1,97 @@
+"""Which path a command that only runs the dense model (prune, slice, database) takes under its memory budget.
+
+`--max-memory GIB` bounds the peak anonymous memory of the whole process. Before any weight is read, each
+stage's estimate (`memory_estimate.estimate_command`) is added to what the process holds already (Python,
+torch, the config: measured at the check) for both paths: the dense model copied into `model.dtype`, or
+kept memory-mapped as stored and run one converted module at a time (`models.load_model(bounded=True)`,
+the same numbers). The copy is kept when it fits the budget, the bounded path is taken when only it
+fits, and the run is refused in one line when neither does. Without a budget the copy is kept unless it
+would take more than half of MemAvailable (as `eval.streamed=auto` decides).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .config import RunConfig
+from .errors import UserError
+from .evaluation.streamed_choice import AUTO_FRACTION, mem_available
+from .memory import current_memory
+from .memory_estimate import GIB, estimate_command, format_gib
+from .models import DTYPES, resolve_compute_dtype, resolve_model_path, source_shape, widens_exactly
+from .weights.mapped import stored_dtype
+
+log = logging.getLogger(__name__)
+
+FIXES = {"load model": "pass --dtype bfloat16 to keep a bf16 checkpoint as stored",
+         "calibration": "lower data.batch_size or data.seq_len",
+         "slice": "raise --sparsity",
+         "evaluation": "lower data.batch_size or data.seq_len",
+         "export": "raise --sparsity",
+         "database": "lower data.calibration_blocks or data.seq_len"}
+
+
+def plan_estimates(cfg: RunConfig, command: str) -> tuple[bool, dict[str, int], dict[str, int] | None]:
+    """(whether the bounded path is possible, estimates of the copied path, of the bounded one or None).
+
+    A checkpoint stored in the asked dtype is mapped on both paths: its copied estimate has no copy either.
+    """
+    m = cfg.model
+    path = resolve_model_path(m.source)
+    shape = source_shape(m.source, m.trust_remote_code)
+    asked = DTYPES[m.dtype]
+    stored = stored_dtype(path) or asked
+    compute = resolve_compute_dtype(m.compute_dtype, asked, str(m.device)).itemsize
+    same = stored == asked and not m.device.startswith("cuda")
+    copied = estimate_command(command, shape, cfg, stored.itemsize, asked.itemsize, compute, bounded=same)
+    if not widens_exactly(stored, asked):
+        return False, copied, None
+    return True, copied, estimate_command(command, shape, cfg, stored.itemsize, asked.itemsize, compute, True)
+
+
+def choose_bounded(cfg: RunConfig, command: str) -> bool:
+    """Whether `command` loads the dense model bounded (see the module docstring); refuses a run that fits no path.
+
+    Raises:
+        UserError: when even the bounded path's largest stage, with what the process holds already, exceeds
+            `cfg.max_memory_gib`.
+    """
+    possible, copied, bounded = plan_estimates(cfg, command)
+    if cfg.model.bounded is not True and cfg.model.bounded is not False:
+        return _by_budget(cfg, command, possible, copied, bounded)
+    chosen = cfg.model.bounded and possible
+    if cfg.max_memory_gib is not None:
+        _check(cfg, command, bounded if chosen else copied)
+    return chosen
+
+
+def _by_budget(cfg: RunConfig, command: str, possible: bool, copied: dict[str, int],
+               bounded: dict[str, int] | None) -> bool:
+    if cfg.max_memory_gib is None:
+        available = mem_available()
+        choose = possible and available is not None and max(copied.values()) > AUTO_FRACTION * available
+        if choose:
+            log.info("dense model kept mapped as stored: a copy would need %s of %s available",
+                     format_gib(max(copied.values())), format_gib(available))
+        return choose
+    budget = int(cfg.max_memory_gib * GIB)
+    held = current_memory()["anon_bytes"] or 0
+    if max(copied.values()) + held <= budget:
+        return False
+    if bounded is not None and max(bounded.values()) + held <= budget:
+        log.info("dense model kept mapped as stored (--max-memory %s)", format_gib(budget))
+        return True
+    _check(cfg, command, bounded or copied)
+    return False
+
+
+def _check(cfg: RunConfig, command: str, estimates: dict[str, int]) -> None:
+    """Refuse when the largest stage of `estimates`, with what the process holds already, exceeds the budget."""
+    budget = int(cfg.max_memory_gib * GIB)
+    held = current_memory()["anon_bytes"] or 0
+    stage = max(estimates, key=estimates.get)
+    if estimates[stage] + held <= budget:
+        return
+    raise UserError(f"the {stage} stage of evoprune {command} needs about {format_gib(estimates[stage])} by evoprune's "
+                    f"estimate (docs/memory.md), plus {format_gib(held)} this process holds already, more than "
+                    f"--max-memory {format_gib(budget)}; {FIXES[stage]}, or raise the budget")
