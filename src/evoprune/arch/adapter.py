@@ -127,7 +127,5 @@ def adapter_for(config: PretrainedConfig) -> ModelAdapter:
 
 
 def _load_builtin() -> None:
-    if not _REGISTRY:
-        from . import llama  # noqa: F401  (registers itself)
-        from . import olmo2, phi3  # noqa: F401  (register themselves)
-        from . import gemma  # noqa: F401  (registers itself)
+    """Import every built-in adapter module (each registers itself once, on import), whichever was imported first."""
+    from . import gemma, llama, olmo2, phi3  # noqa: F401
