@@ -48,12 +48,18 @@ COLUMNS = ["method", "generations", "search_minutes", "block_sparsity", "kl_to_t
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--darwinlm-repo", type=Path, required=True, help="a checkout of IST-DASLab/DarwinLM (3596da3)")
+    p.add_argument("--darwinlm-commit", default="3596da3",
+                   help="recorded when the checkout is not a git work tree (e.g. from git archive)")
     p.add_argument("--work", type=Path, default=Path("/tmp/darwinlm-reference"))
     p.add_argument("--out", type=Path, default=ROOT / "results" / "darwinlm_reference")
     p.add_argument("--sparsity", type=float, default=0.5)
     p.add_argument("--generations", type=int, default=56)
     p.add_argument("--calibration-blocks", type=int, default=32, help="database and fitness pool (evoprune: 32)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--offspring", type=int, default=16, help="DarwinLM's script: 16")
+    p.add_argument("--survivors", type=int, nargs="+", default=[8, 4, 2, 1], help="per stage (script: 8 4 2 1)")
+    p.add_argument("--fitness-tokens", type=int, nargs="+", default=[1024, 2048, 4096, 8192],
+                   help="per stage (script: 1024 2048 4096 8192); the pool must hold the largest")
     p.add_argument("--evoprune-run", type=Path, help="a finished evoprune darwin run; default: run the mip profile")
     p.add_argument("--multiple", type=int, default=32, help="MLP widths of the level lists (DarwinLM: 32)")
     p.add_argument("--no-evoprune", action="store_true", help="no evoprune row (no --evoprune-run, none run)")
@@ -86,7 +92,9 @@ def main() -> None:
     record_path = search_dir / "record.json"
     if not record_path.is_file():
         record = darwinlm_adapter.run_search(a.darwinlm_repo, dense.path, database, search_dir,
-                                             darwinlm_adapter.BlockData(blocks), a.generations, target, seed=a.seed)
+                                             darwinlm_adapter.BlockData(blocks), a.generations, target,
+                                             offspring=a.offspring, seed=a.seed, survivors=a.survivors,
+                                             fitness_tokens=a.fitness_tokens)
         write_json(record_path, {"seconds": record.seconds, "selection_seconds": record.selection_seconds,
                                  "configuration": str(record.configuration), "stages": record.stages})
     search = json.loads(record_path.read_text())
@@ -103,7 +111,7 @@ def main() -> None:
     for name, (levels, generations, seconds) in genotypes.items():
         spec, replace, counts[name] = darwinlm_levels.spec_from_levels(shape, database, levels, {"method": name})
         models[name] = inference_slice(dense.model, dense.adapter, spec, replace)
-        rows_meta[name] = {"generations": generations, "search_minutes": round(seconds / 60, 1),
+        rows_meta[name] = {"generations": generations, "search_minutes": round(seconds / 60, 2),
                            "block_sparsity": round(counts[name]["darwinlm_block_sparsity"], 4)}
     if run is not None:
         _, _, spec, replace = stitched_run(run, overrides)
@@ -114,9 +122,10 @@ def main() -> None:
     started = time.time()
     rows = evaluate_beside(cfg, dense, models)
     table = [{"method": n, **rows_meta[n], **{c: r.get(c) for c in COLUMNS[4:]}} for n, r in rows.items()]
-    settings = {"darwinlm_repo": str(a.darwinlm_repo), "commit": _commit(a.darwinlm_repo), "sparsity": a.sparsity,
+    settings = {"darwinlm_repo": str(a.darwinlm_repo), "commit": _commit(a.darwinlm_repo) or f"{a.darwinlm_commit} (as given)", "sparsity": a.sparsity,
                 "generations": a.generations, "calibration_blocks": a.calibration_blocks, "seq_len": cfg.data.seq_len,
-                "seed": a.seed, "cols_removed_attn": cols_attention, "cols_removed_mlp": cols_mlp,
+                "seed": a.seed, "offspring": a.offspring, "survivors": a.survivors,
+                "fitness_tokens": a.fitness_tokens, "cols_removed_attn": cols_attention, "cols_removed_mlp": cols_mlp,
                 "target_level": target, "evoprune_run": None if run is None else str(run), "overrides": overrides, "smoke": a.smoke,
                 "database_seconds": round(database_seconds, 1), "load_average": os.getloadavg()}
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -91,6 +91,7 @@ def test_uniform_start_of_the_level_lists_removes_the_asked_share(levels_module,
         d.read_level_file(tmp_path / "bad.txt")
 
 
+@pytest.mark.slow  # about a minute on a quiet machine (8 min at load 14): DarwinLM's database and one generation
 @pytest.mark.skipif(not os.environ.get("DARWINLM_REPO"), reason="set DARWINLM_REPO to a DarwinLM checkout")
 def test_darwinlm_code_builds_a_database_and_searches_on_cpu(levels_module, tiny_run_inputs, tmp_path, monkeypatch):
     d = levels_module
