@@ -88,7 +88,8 @@ def main() -> None:
     if a.until == "database":
         return
 
-    search_dir = a.work / f"search-{a.calibration_blocks}-g{a.generations}-s{a.seed}"
+    stages = "-".join(f"{n}x{t}" for n, t in zip(a.survivors, a.fitness_tokens))
+    search_dir = a.work / f"search-{a.calibration_blocks}-g{a.generations}-s{a.seed}-o{a.offspring}-{stages}"
     record_path = search_dir / "record.json"
     if not record_path.is_file():
         record = darwinlm_adapter.run_search(a.darwinlm_repo, dense.path, database, search_dir,
