@@ -158,10 +158,9 @@ def _evoprune_mip(out: Path, sparsity: float) -> Path:
 
 def _run_minutes(run: Path) -> float | None:
     try:
-        data = json.loads((run / "darwin_run.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        seconds = json.loads((run / "metrics.json").read_text())["search"]["search_seconds"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
         return None
-    seconds = data.get("search_seconds") or data.get("seconds")
     return None if seconds is None else round(seconds / 60, 1)
 
 
