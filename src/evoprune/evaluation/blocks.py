@@ -108,10 +108,12 @@ def next_token_logit_chunks(model: nn.Module, batch: torch.Tensor, chunk_bytes: 
         yield 0, positions, next_token_logits(model, batch)
         return
     head, dtype = model.get_output_embeddings(), compute_dtype_of(model)
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)  # Gemma-2: as its forward does
     chunk = max(1, chunk_bytes // (4 * head.weight.shape[0] * len(batch)))
     for p in range(0, positions, chunk):
         q = min(positions, p + chunk)
-        yield p, q, head_logits(head, hidden[:, p:q], dtype).float()
+        logits = head_logits(head, hidden[:, p:q], dtype).float()
+        yield p, q, torch.tanh(logits / cap) * cap if cap else logits
 
 
 def next_token_logprob_chunks(model: nn.Module, batch: torch.Tensor, chunk_bytes: int = LOGITS_CHUNK_BYTES
