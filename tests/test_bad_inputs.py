@@ -180,7 +180,7 @@ def test_unsupported_architecture(refused, tiny_run_inputs, tmp_path):
         "vocab_size": 53, "bos_token_id": 50256, "eos_token_id": 50256}))
     line = refused("prune", "--model", model, "--data", tiny_run_inputs / "corpus.txt", "--out", tmp_path / "run",
                    *FAST)
-    assert "unsupported architecture 'gpt2' (GPT2LMHeadModel)" in line and "supported: llama" in line
+    assert "unsupported architecture 'gpt2' (GPT2LMHeadModel)" in line and "supported: gemma2, gemma3_text, llama" in line
     assert_nothing_written(tmp_path / "run")
 
 
