@@ -122,6 +122,11 @@ class PrunedModelMixin:
         self.gradient_checkpointing = False
         self.post_init()
 
+    def position_embeddings(self, hidden_states, position_ids) -> dict:
+        """RoPE (cos, sin) per attention type of the stack's layers (one RoPE for all here)."""
+        shared = self.rotary_emb(hidden_states, position_ids)
+        return {layer.attention_type: shared for layer in self.layers}
+
     @merge_with_config_defaults
     @capture_outputs
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
@@ -146,12 +151,12 @@ class PrunedModelMixin:
             if "sliding_attention" in types:
                 masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
         hidden_states = inputs_embeds
-        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        position_embeddings = self.position_embeddings(hidden_states, position_ids)
         for layer in self.layers:
             hidden_states = layer(
                 hidden_states,
                 attention_mask=masks.get(layer.attention_type),
-                position_embeddings=position_embeddings,
+                position_embeddings=position_embeddings.get(layer.attention_type),
                 position_ids=position_ids,
                 use_cache=use_cache,
                 **{CACHE_ARG: past_key_values},

@@ -11,12 +11,8 @@ This file imports only torch, transformers and its sibling `modeling_evoprune.py
 
 import copy
 
-import torch
 from torch import nn
-from transformers.cache_utils import DynamicCache
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.models.gemma2 import modeling_gemma2
 from transformers.models.gemma3 import modeling_gemma3
 
@@ -25,10 +21,9 @@ from .configuration_evoprune_gemma import EvopruneGemma2Config, EvopruneGemma3Te
 from .modeling_evoprune import (
     CACHE_ARG,
     PrunedForCausalLMMixin,
-    capture_outputs,
+    PrunedModelMixin,
     layer_config,
     layer_type,
-    merge_with_config_defaults,
 )
 
 
@@ -82,8 +77,8 @@ class PrunedGemmaDecoderLayerMixin:
         return hidden_states
 
 
-class PrunedGemmaModelMixin:
-    """The decoder stack: stock scaled embedding, RoPE, masks and cache around pruned layers."""
+class PrunedGemmaModelMixin(PrunedModelMixin):
+    """The decoder stack of `PrunedModelMixin` with Gemma's scaled embedding and, for Gemma-3, a RoPE per attention type."""
 
     family = prefix = decoder_layer_class = None
     rope_per_layer_type = False  # Gemma-3: local RoPE base for sliding layers, global base for full ones
@@ -108,44 +103,6 @@ class PrunedGemmaModelMixin:
         shared = self.rotary_emb(hidden_states, position_ids)
         return {t: shared for t in types}
 
-    @merge_with_config_defaults
-    @capture_outputs
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, use_cache=None, cache=None, **kwargs):
-        past_key_values = cache if cache is not None else past_key_values
-        if (input_ids is None) ^ (inputs_embeds is not None):
-            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        if position_ids is None:
-            past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
-            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen
-            position_ids = position_ids.unsqueeze(0)
-        masks = attention_mask
-        if not isinstance(masks, dict):
-            mask_kwargs = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                               position_ids=position_ids, **{CACHE_ARG: past_key_values})
-            types = {layer.attention_type for layer in self.layers}
-            masks = {"full_attention": create_causal_mask(**mask_kwargs)}
-            if "sliding_attention" in types:
-                masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
-        hidden_states = inputs_embeds
-        position_embeddings = self.position_embeddings(hidden_states, position_ids)
-        for layer in self.layers:
-            hidden_states = layer(
-                hidden_states,
-                attention_mask=masks.get(layer.attention_type),
-                position_embeddings=position_embeddings.get(layer.attention_type),
-                position_ids=position_ids,
-                **{CACHE_ARG: past_key_values},
-                **kwargs,
-            )
-        hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, **{CACHE_ARG: past_key_values if use_cache else None}
-        )
 
 
 def _family_classes(family, prefix, stock_model, config_class, rope_per_layer_type):
