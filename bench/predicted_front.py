@@ -31,13 +31,14 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--measured", type=int, default=None, help="points measured (default search.predicted_front)")
+    ap.add_argument("--measured", type=int, default=13, help="points measured (a family run's default: 7)")
+    ap.add_argument("--tokens", type=int, default=4096, help="held-out tokens per measured point (family: 2048)")
     ap.add_argument("--work", default="results/tmp/predicted_front")
     ap.add_argument("--out", default="results")
     args = parse_with_overrides(ap, argv)
     cfg = load_config(None, args.overrides)
-    if args.measured is not None:
-        cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, predicted_front=args.measured))
+    cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, predicted_front=args.measured,
+                                                              predicted_front_tokens=args.tokens))
     dense = load_source(cfg)
     work, out = Path(args.work), Path(args.out)
     db = darwin.build_database(cfg, dense, work / "database")

@@ -55,6 +55,7 @@ CASES = {
     "embedded": ("SmolLM2-135M, the main job before and after the memory-bounded chain", None),
     "wide": ("wide 0.89B: prune uniform and database, unbounded and under --max-memory",
              {**with_layers(LLAMA_3_2_1B, 6), "tie_word_embeddings": False}),
+    "8b-uniform": ("Llama-3.1-8B shape: prune uniform + export under --max-memory 20, stock reload", LLAMA_3_1_8B),
 }
 # eval.unseen_blocks / repeats / warmup: fewer batches of the same size (the peaks are per batch), to save time
 WIDE_COMMANDS = {"prune": ["prune", "--method", "uniform", "--sparsity", "0.5", "data.calibration_blocks=4",
@@ -84,6 +85,12 @@ WIDE_NOTES = (
     "place, only the solved projection converted), so its measured peak is slightly above what the code now needs; "
     "the bounded database run was started by hand with the same command and tabulated with `--reuse`.")
 WIDE_MEMORY = {"prune": "metrics.json", "database": "database_memory.json"}  # where each run writes its memory
+# An export reloaded by stock transformers in a fresh process (no evoprune): layers, logits shape, MLP widths.
+RELOAD_CHECK = ("import sys, torch; from transformers import AutoModelForCausalLM as M; "
+                "m = M.from_pretrained(sys.argv[1], trust_remote_code=True); "
+                "n = len(m.model.layers); ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]]); "
+                "out = m(ids).logits; assert torch.isfinite(out.float()).all(); "
+                "print(n, tuple(out.shape), [tuple(l.mlp.down_proj.weight.shape) for l in m.model.layers if l.mlp][:2])")
 WIDE_COLUMNS = ["command", "budget", "dense model", "stage", "estimate GiB", "measured GiB", "ratio"]
 
 
@@ -190,13 +197,8 @@ def run_8b_wide4(model: Path, work: Path, env: dict, rows: list[dict], args) -> 
     step = Sampled(evoprune("search", *common), env, work / "8b-wide4-search.log")
     rows += [step.row("8b-wide4", "evoprune search + export"),
              *stage_rows("8b-wide4", "evoprune search + export", out / "metrics.json")]
-    check = ("import sys, torch; from transformers import AutoModelForCausalLM as M; "
-             "m = M.from_pretrained(sys.argv[1], trust_remote_code=True); "
-             "n = len(m.model.layers); ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]]); "
-             "out = m(ids).logits; assert torch.isfinite(out.float()).all(); "
-             "print(n, tuple(out.shape), [tuple(l.mlp.down_proj.weight.shape) for l in m.model.layers if l.mlp])")
     log = work / "8b-wide4-reload.log"
-    step = Sampled([sys.executable, "-c", check, str(out / "model")], {**env, "PYTHONPATH": ""}, log)
+    step = Sampled([sys.executable, "-c", RELOAD_CHECK, str(out / "model")], {**env, "PYTHONPATH": ""}, log)
     rows.append({**step.row("8b-wide4", "reload with stock transformers + forward"),
                  "stage": log.read_text().strip().splitlines()[-1][:120]})
 
@@ -248,10 +250,56 @@ def own_cache(work: Path, name: str) -> Path:
     return cache
 
 
-def run_wide(model: Path, work: Path, env: dict, rows: list[dict], args) -> None:
+def run_8b_uniform(model: Path, work: Path, env: dict, rows: list[dict], args) -> None:
+    """A uniform prune of the full 8B shape with its export under `--max-memory` (20 GiB by default on this
+    24 GiB machine), then the export reloaded by stock transformers in a fresh process."""
+    out, budget = work / "8b-uniform", args.max_memory_8b
+    cli = [*WIDE_COMMANDS["prune"], "model.dtype=bfloat16", "data.seq_len=256", "eval.unseen_blocks=1"]
+    step = Sampled(evoprune(*cli, "--model", str(model), "--out", str(out), "--force", "--max-memory", str(budget)),
+                   {**env, "EVOPRUNE_CACHE": str(own_cache(work, "8b-uniform"))}, work / "8b-uniform.log")
+    rows += [step.row("8b-uniform", f"prune uniform 0.5 + export, --max-memory {budget}"),
+             *stage_rows("8b-uniform", "prune uniform 0.5 + export", out / "metrics.json")]
+    log = work / "8b-uniform-reload.log"
+    step = Sampled([sys.executable, "-c", RELOAD_CHECK, str(out / "model")], {**env, "PYTHONPATH": ""}, log)
+    rows.append({**step.row("8b-uniform", "reload with stock transformers + forward"),
+                 "stage": log.read_text().strip().splitlines()[-1][:120]})
+    write_json(Path(args.out) / "scale_rows" / "8b-uniform-stages.json",
+               estimate_rows("prune", cli, budget, out / "metrics.json", model))
+
+
+def estimate_rows(command: str, cli: list[str], budget: float | None, memory_file: Path, model: Path) -> list[dict]:
+    """Each stage's estimate (`memory_plan.plan_estimates`, for the path the run took) beside its measured peak
+    anonymous memory above the process's own at the start, and the whole process's peak."""
     from evoprune.config import load_config
     from evoprune.memory_plan import plan_estimates
 
+    memory = json.loads(memory_file.read_text())
+    if command == "prune":
+        memory = memory["memory"]
+    overrides = [a for a in cli if "=" in a] + [f"model.source={model}", "prune.sparsity=0.5"]
+    if budget is not None:
+        overrides.append(f"max_memory_gib={budget}")
+    _, copied, bounded = plan_estimates(load_config(None, overrides), command)
+    kept = memory.get("bounded")
+    estimates = bounded if kept else copied
+    base = memory["start_anon_bytes"]
+    label = {"command": command, "budget": f"{budget} GiB" if budget else "none",
+             "dense model": "mapped (bounded)" if kept else "copied in fp32"}
+    rows = []
+    for stage in memory["stages"]:
+        if stage["stage"] not in estimates:
+            continue
+        measured = stage["peak_anon_bytes"] - base
+        rows.append({**label, "stage": stage["stage"], "estimate GiB": round(estimates[stage["stage"]] / GIB, 2),
+                     "measured GiB": round(measured / GIB, 2),
+                     "ratio": round(estimates[stage["stage"]] / measured, 2) if measured > 0 else ""})
+    rows.append({**label, "dense model": "whole process",
+                 "stage": f"peak anonymous, absolute (at the start: {base / GIB:.2f})",
+                 "estimate GiB": "", "measured GiB": round(memory["peak_anon_bytes"] / GIB, 2), "ratio": ""})
+    return rows
+
+
+def run_wide(model: Path, work: Path, env: dict, rows: list[dict], args) -> None:
     runs = [(command, cli, budget) for command, cli in WIDE_COMMANDS.items() for budget in (None, args.max_memory)]
 
     def start(run):
@@ -270,34 +318,12 @@ def run_wide(model: Path, work: Path, env: dict, rows: list[dict], args) -> None
         out = work / f"wide-{command}-{budget or 'unbounded'}"
         if step is not None:
             rows.append(step.row("wide", f"{command}, {'--max-memory ' + str(budget) if budget else 'unbounded'}"))
-        memory = json.loads((out / WIDE_MEMORY[command]).read_text())
-        if command == "prune":
-            memory = memory["memory"]
-        overrides = [a for a in cli if "=" in a] + [f"model.source={model}", "prune.sparsity=0.5"]
-        if budget is not None:
-            overrides.append(f"max_memory_gib={budget}")
-        _, copied, bounded = plan_estimates(load_config(None, overrides), command)
-        kept = memory.get("bounded")
-        estimates = bounded if kept else copied
-        base = memory["start_anon_bytes"]
-        for stage in memory["stages"]:
-            if stage["stage"] not in estimates:
-                continue
-            measured = stage["peak_anon_bytes"] - base
-            wide_rows.append({"command": command, "budget": f"{budget} GiB" if budget else "none",
-                              "dense model": "mapped (bounded)" if kept else "copied in fp32",
-                              "stage": stage["stage"], "estimate GiB": round(estimates[stage["stage"]] / GIB, 2),
-                              "measured GiB": round(measured / GIB, 2),
-                              "ratio": round(estimates[stage["stage"]] / measured, 2) if measured > 0 else ""})
-        wide_rows.append({"command": command, "budget": f"{budget} GiB" if budget else "none",
-                          "dense model": "whole process",
-                          "stage": f"peak anonymous, absolute (at the start: {base / GIB:.2f})",
-                          "estimate GiB": "", "measured GiB": round(memory["peak_anon_bytes"] / GIB, 2), "ratio": ""})
+        wide_rows += estimate_rows(command, cli, budget, out / WIDE_MEMORY[command], model)
     write_json(Path(args.out) / "scale_rows" / "wide-stages.json", wide_rows)
 
 
 RUNNERS = {"1b": run_1b, "8b-database": run_8b_database, "8b-wide4": run_8b_wide4, "embedded": run_embedded,
-           "wide": run_wide}
+           "wide": run_wide, "8b-uniform": run_8b_uniform}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -308,6 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--replace-one-tokens", type=int, default=512, help="1b: tokens of the replace-one scores")
     ap.add_argument("--before", default="1d151f3", help="embedded: the commit before the memory-bounded chain")
     ap.add_argument("--max-memory", type=float, default=2.0, help="wide: the budget of the bounded runs (GiB)")
+    ap.add_argument("--max-memory-8b", type=float, default=20.0, help="8b-uniform: its budget (GiB)")
     ap.add_argument("--parallel", type=int, default=1, help="wide: runs at once (memory is per process)")
     ap.add_argument("--reuse", action="store_true", help="wide: tabulate a finished run found in --work, not rerun it")
     ap.add_argument("--work", default="results/tmp/scale")
@@ -340,6 +367,13 @@ def main(argv: list[str] | None = None) -> None:
                   "`--max-memory` compares estimate + the process's own with the budget.", "",
                   markdown_table(json.loads(stages.read_text()), WIDE_COLUMNS), "", WIDE_NOTES, "",
                   "What held the memory before:", "", WIDE_HOLDERS]
+    stages = out / "scale_rows" / "8b-uniform-stages.json"
+    if stages.is_file():
+        lines += ["", "## Llama-3.1-8B shape: uniform prune and export under --max-memory", "",
+                  "32 layers, hidden 4096, MLP 14336, vocabulary 128,256, bf16 on disk (16 GB), computed in fp32; "
+                  "`prune --method uniform --sparsity 0.5` with its evaluation and export, then the export "
+                  "reloaded by stock transformers (rows `8b-uniform` above). `model.dtype=bfloat16`: kept and exported as stored (9 GB), not widened to a 36 GB fp32 copy. Columns as in the wide table.", "",
+                  markdown_table(json.loads(stages.read_text()), WIDE_COLUMNS)]
     write_text(out / "scale.md", "\n".join(lines) + "\n")
     print((out / "scale.md").read_text())
 

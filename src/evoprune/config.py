@@ -123,6 +123,10 @@ class EvalConfig:
     # held-out figure: dev genres (news, how-to, math; settings are chosen on them) and test genres (Jane
     # Austen, the Debian Policy Manual; nothing is chosen on them); see data/unseen_sources.py.
     unseen: bool = True
+    # held-out blocks of the reference rows (a darwin run's uniform genotype of the same database): the first of
+    # data.eval_blocks. Its perplexity is several times the searched model's, so a quarter of the text separates
+    # them; each row's perplexity_ci95 gives the interval and heldout_blocks the count. null = all of them.
+    reference_blocks: int | None = 8
     unseen_blocks: int = 8  # blocks of data.seq_len tokens per unseen genre (5 genres x 8 x 512 = 20k tokens a model)
     # Perplexity (held-out and unseen text) layer by layer: every batch through one decoder layer before the
     # next, so weights larger than RAM are read once, not once per batch; the same numbers to float rounding.
@@ -202,11 +206,11 @@ class SearchConfig:
     # (each module alone at each level, the rest dense; Puzzle) are least, solved by MIP; then evolution
     replace_one_tokens: int = 1024  # fitness-pool tokens the replace-one KLs are measured on
     replace_one_all_levels: bool = False  # measure every level (slow); else removed + half cost, rest from OBS errors
-    predicted_front: int = 13  # darwin with several sizes: also the MIP's own front (RUN/predicted_front/), the MIP
+    predicted_front: int = 7  # darwin with several sizes: also the MIP's own front (RUN/predicted_front/), the MIP
     # assembly at every 2.5% of block sparsity from 20% to 80% with its predicted KL (its summed replace-one KLs),
     # this many points of it, spread evenly, measured on held-out blocks, and the rank correlation (Spearman) of
     # predicted and measured KL; 0 = none
-    predicted_front_tokens: int = 4096  # held-out tokens each measured point of the predicted front is scored on
+    predicted_front_tokens: int = 2048  # held-out tokens each measured point of the predicted front is scored on
     max_minutes: float | None = None  # end the search after the generation that passes this much search time
     mutation_scales: list[int] = field(default_factory=lambda: [1])  # offspring k: scales[k % n] x DarwinLM's switches
     fitness_pool: int = 32  # calibration blocks after the database's that each selection draws its fitness
@@ -442,6 +446,8 @@ class RunConfig:
                             ("eval.unseen_blocks", ev.unseen_blocks), ("eval.paper_seq_len", ev.paper_seq_len)):
             if value <= 0:
                 p.append(f"{name} must be positive, got {value}")
+        if ev.reference_blocks is not None and ev.reference_blocks <= 0:
+            p.append(f"eval.reference_blocks must be positive (or null: all held-out blocks), got {ev.reference_blocks}")
         if d.max_tokens is not None and d.max_tokens <= 0:
             p.append(f"data.max_tokens must be positive (or null: all rows), got {d.max_tokens}")
         if d.streaming and d.max_tokens is None:

@@ -38,6 +38,15 @@ def parent_kl_curve(evaluator: CandidateEvaluator, history: list[dict], eval_blo
     return [scored[Genotype.from_dict(r["parent"])] for r in history]
 
 
+def _fewer_blocks_line(rows: dict) -> str:
+    """Which rows were measured on fewer held-out blocks than the dense one (eval.reference_blocks)."""
+    full = rows["dense"].get("heldout_blocks")
+    fewer = [f"{name} on {r['heldout_blocks']}" for name, r in rows.items()
+             if full and r.get("heldout_blocks", full) < full]
+    return f"\nHeld-out blocks: {full} for the dense and searched models, {', '.join(fewer)} " \
+           "(eval.reference_blocks; its interval says how precise that is).\n" if fewer else ""
+
+
 def write_darwin_report(out: Path, spec, rows: dict, metrics: dict, history: list[dict],
                         unseen: list[UnseenDomain] | None = None) -> None:
     """`out/report.md` with fitness.png, kept_per_layer.png, perplexity.png and (with `unseen`) unseen.png beside it."""
@@ -54,7 +63,7 @@ def write_darwin_report(out: Path, spec, rows: dict, metrics: dict, history: lis
         "fitness blocks drawn anew every generation, so they compare candidates within a generation only.")
     sections = [
         ("Result", markdown_table(list(rows.values()), [c for c in METRIC_COLUMNS if c in rows["dense"]])
-         + "\n![perplexity](perplexity.png)\n"),
+         + _fewer_blocks_line(rows) + "\n![perplexity](perplexity.png)\n"),
         *([("Unseen text", unseen_section(rows, unseen, out / "unseen.png"))] if unseen is not None else []),
         ("Target", markdown_table([metrics["target"]]) + _budget_line(metrics.get("budget"))),
         ("Search", f"{search['generations']} generations, {search['evaluations']} candidate evaluations, "

@@ -21,6 +21,7 @@ from .perplexity import mean_nll
 from .quality_cache import cached_quality, quality_key
 from .streamed_choice import use_streamed
 from .teacher import TeacherCache, kl_to_teacher
+from .teacher_subset import TeacherSubset
 from .unseen import unseen_metrics
 
 # the columns of the result table of every run report (dense, baselines, pruned)
@@ -90,14 +91,17 @@ def evaluate_models(models: dict[str, PreTrainedModel], eval_blocks: torch.Tenso
     Args:
         unchanged: names of models loaded as they are on disk (the dense model), whose quality figures are
             read from the quality cache when measured before on the same blocks (`quality_cache.py`).
-        heldout_only: names of models measured on the held-out blocks alone, not on the unseen text (reference
-            points such as the uniform genotype: a third of the evaluation of a darwin run).
+        heldout_only: names of reference models, measured on the first `cfg.reference_blocks` held-out blocks
+            alone, not on the unseen text (such as the uniform genotype: a third of a darwin run's evaluation).
     """
     rows: dict[str, dict] = {}
     for name, model in models.items():
         streamed = use_streamed(cfg.streamed, model)
+        blocks, teacher_of = eval_blocks, teacher
+        if name in heldout_only:
+            blocks, teacher_of = reference_subset(eval_blocks, teacher, cfg.reference_blocks)
 
-        def measure(model=model, streamed=streamed, name=name) -> dict:
+        def measure(model=model, streamed=streamed, name=name, eval_blocks=blocks, teacher=teacher_of) -> dict:
             if teacher is not None and not streamed:  # perplexity and KL from the same forward passes
                 figures = heldout_figures(model, eval_blocks, teacher, batch_size, progress).row()
             else:
@@ -110,9 +114,9 @@ def evaluate_models(models: dict[str, PreTrainedModel], eval_blocks: torch.Tenso
                 figures.update(unseen_metrics(model, unseen, batch_size, progress, streamed=streamed))
             return figures
 
-        figures = cached_quality(quality_key(model, eval_blocks, teacher, batch_size, unseen, streamed), measure) \
+        figures = cached_quality(quality_key(model, blocks, teacher_of, batch_size, unseen, streamed), measure) \
             if name in unchanged else measure()
-        rows[name] = {"model": name, **size_row(model), **figures}
+        rows[name] = {"model": name, **size_row(model), **figures, "heldout_blocks": len(blocks)}
     if cfg.latency:
         results = compare_latency(models, batch_size=cfg.batch_size, prompt_len=cfg.prompt_len,
                                   new_tokens=cfg.new_tokens, warmup=cfg.warmup, repeats=cfg.repeats)
@@ -130,3 +134,15 @@ def evaluate_models(models: dict[str, PreTrainedModel], eval_blocks: torch.Tenso
     for row in rows.values():
         row["ideal_speedup"] = first["flops_per_token"] / row["flops_per_token"]
     return rows
+
+
+def reference_subset(blocks: torch.Tensor, teacher: TeacherCache | None,
+                     n: int | None) -> tuple[torch.Tensor, TeacherCache | TeacherSubset | None]:
+    """The first `n` of the held-out `blocks` and their teacher distribution (all of them when `n` is None or
+    not smaller)."""
+    if n is None or n >= len(blocks):
+        return blocks, teacher
+    if teacher is None:
+        return blocks[:n], None
+    subset = TeacherSubset(teacher, blocks, list(range(n)))
+    return subset.blocks, subset
