@@ -16,7 +16,7 @@ from typing import BinaryIO
 import torch
 
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int32: "I32",
-                      torch.int64: "I64"}
+                      torch.int64: "I64", torch.float64: "F64"}
 
 
 class SafetensorsStreamWriter:

@@ -15,7 +15,7 @@ from ..assets import cache_dir
 from ..config import EvalConfig
 from ..data.unseen import UnseenDomain
 from ..fingerprint import weights_fingerprint
-from .heldout import heldout_figures
+from .heldout import HeldoutFigures, heldout_figures
 from .latency import compare_latency
 from .perplexity import mean_nll
 from .quality_cache import cached_quality, quality_key
@@ -102,7 +102,10 @@ def evaluate_models(models: dict[str, PreTrainedModel], eval_blocks: torch.Tenso
             blocks, teacher_of = reference_subset(eval_blocks, teacher, cfg.reference_blocks)
 
         def measure(model=model, streamed=streamed, name=name, eval_blocks=blocks, teacher=teacher_of) -> dict:
-            if teacher is not None and not streamed:  # perplexity and KL from the same forward passes
+            own = teacher_own_figures(model, teacher) if name in unchanged else None
+            if own is not None:  # the teacher itself: its NLL was kept when its cache was built, its KL is 0
+                figures = own.row()
+            elif teacher is not None and not streamed:  # perplexity and KL from the same forward passes
                 figures = heldout_figures(model, eval_blocks, teacher, batch_size, progress).row()
             else:
                 nll = mean_nll(model, eval_blocks, batch_size=batch_size, progress=progress, streamed=streamed)
@@ -134,6 +137,16 @@ def evaluate_models(models: dict[str, PreTrainedModel], eval_blocks: torch.Tenso
     for row in rows.values():
         row["ideal_speedup"] = first["flops_per_token"] / row["flops_per_token"]
     return rows
+
+
+def teacher_own_figures(model: PreTrainedModel, teacher: TeacherCache | TeacherSubset | None) -> HeldoutFigures | None:
+    """The held-out figures of `model` when it is the teacher whose cache kept its own NLL, else None."""
+    if teacher is None or teacher.temperature != 1 or teacher.teacher_id is None:
+        return None
+    nll = teacher.teacher_nll()
+    if nll is None or weights_fingerprint(model) != teacher.teacher_id:
+        return None
+    return HeldoutFigures(nll, torch.zeros_like(nll))
 
 
 def reference_subset(blocks: torch.Tensor, teacher: TeacherCache | None,

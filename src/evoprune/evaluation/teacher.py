@@ -116,6 +116,11 @@ class TeacherCache:
         self.temperature = float(metadata.get("temperature", "1.0"))
         self.teacher_id = metadata.get("teacher")
 
+    def teacher_nll(self) -> torch.Tensor | None:
+        """The teacher's own mean next-token NLL of each block (float64 [n_blocks]), kept by `build` at
+        temperature 1; None for a cache without it."""
+        return self._handle.get_tensor("teacher_nll") if "teacher_nll" in self._handle.keys() else None
+
     @property
     def positions(self) -> int:
         """Next-token positions per block (seq_len - 1)."""
@@ -167,8 +172,8 @@ class TeacherCache:
         with staged_file(path) as tmp, eval_mode(model), torch.inference_mode():
             try:
                 for start, batch in batches(blocks, batch_size, model_device(model), progress, desc="teacher"):
-                    parts = []
-                    for _, _, logits in next_token_logit_chunks(model, batch):  # positions in order
+                    parts, nll = [], torch.zeros(len(batch), dtype=torch.float64)
+                    for p, q, logits in next_token_logit_chunks(model, batch):  # positions in order
                         logprobs = torch.log_softmax(logits / temperature, dim=-1)
                         if writer is None:
                             vocab = logprobs.shape[-1]
@@ -176,8 +181,13 @@ class TeacherCache:
                             k = None if top_k is None or full_bytes <= full_max_bytes else min(top_k, vocab)
                             writer = _open_writer(tmp, n_blocks, seq_len, vocab, k, top_k, dtype_name,
                                                   fingerprint(blocks), float(temperature), teacher_id)
+                        if temperature == 1:
+                            target = batch[:, p + 1:q + 1].unsqueeze(-1)
+                            nll -= logprobs.gather(-1, target).squeeze(-1).double().sum(dim=-1).cpu()
                         parts.append(logprobs.to(logprob_dtype) if k is None else _top_k(logprobs, k, logprob_dtype))
                     _write_batch(writer, start, parts)
+                    if temperature == 1:
+                        writer.write_rows("teacher_nll", start, nll / positions)
                 writer.close()
             except BaseException:
                 if writer is not None:
@@ -253,6 +263,8 @@ def _open_writer(tmp: Path, n_blocks: int, seq_len: int, vocab: int, k: int | No
                 "requested_top_k": "full" if requested_top_k is None else str(requested_top_k),
                 "logprob_dtype": dtype_name, "positions": "next-token positions 0 .. seq_len-2 of each block",
                 "temperature": repr(temperature)}
+    if temperature == 1:  # the teacher's own mean next-token NLL per block: its held-out perplexity for free
+        tensors["teacher_nll"] = (torch.float64, (n_blocks,))
     if teacher_id is not None:
         metadata["teacher"] = teacher_id
     return SafetensorsStreamWriter(tmp, tensors, metadata)
@@ -292,12 +304,14 @@ def _check_layout(path: Path, handle, metadata: dict[str, str]) -> None:
     except (KeyError, ValueError) as e:
         raise corrupt(f"bad metadata {e}") from None
     positions = seq_len - 1
-    names = {"float32": "F32", "float16": "F16", "int32": "I32"}
+    names = {"float32": "F32", "float16": "F16", "int32": "I32", "float64": "F64"}
     if top_k is None:
         expected = {"logprobs": (dtype, [n, positions, vocab])}
     else:
         expected = {"token_ids": (torch.int32, [n, positions, top_k]), "logprobs": (dtype, [n, positions, top_k]),
                     "rest_logprob": (torch.float32, [n, positions])}
+    if "teacher_nll" in handle.keys():  # caches written before it was kept have none
+        expected["teacher_nll"] = (torch.float64, [n])
     if set(handle.keys()) != set(expected):
         raise corrupt(f"tensors {sorted(handle.keys())}, expected {sorted(expected)}")
     for name, (want_dtype, want_shape) in expected.items():

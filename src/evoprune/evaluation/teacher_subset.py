@@ -33,10 +33,15 @@ class TeacherSubset:
         self.vocab_size, self.seq_len, self.top_k = cache.vocab_size, cache.seq_len, cache.top_k
         self.temperature = cache.temperature
         self.n_blocks = len(self.indices)
+        self.teacher_id = cache.teacher_id
 
     @property
     def positions(self) -> int:
         return self.cache.positions
+
+    def teacher_nll(self) -> torch.Tensor | None:
+        nll = self.cache.teacher_nll()
+        return None if nll is None else nll[self.indices]
 
     def check_blocks(self, blocks: torch.Tensor) -> None:
         blocks = check_blocks(blocks)
