@@ -12,6 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evoprune.assets import cache_dir
 from evoprune.cli import main
+from evoprune.evaluation.harness import run_tasks
+from evoprune.models import load_model
 
 TINY = ["data.seq_len=32", "data.eval_blocks=3", "data.batch_size=2", "eval.unseen_blocks=1", "--quiet"]
 FIGURES = ("perplexity", "eval_nll", "kl_to_teacher", "unseen_ppl_mean", "test_ppl_mean", "unseen_perplexity",
@@ -119,3 +121,17 @@ def test_eval_refuses_tasks_under_a_budget(tiny_run_inputs, bf16_pair, tmp_path,
     assert run_eval(tiny_run_inputs, model, tmp_path / "eval", "--max-memory", "8", "--tasks", "arc_easy") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--tasks" in err[0] and "--max-memory" in err[0], err
+
+
+def test_lm_eval_tasks_score_a_mapped_model_as_its_copy(bf16_pair):
+    _, model = bf16_pair
+    scores = {}
+    for bounded in (False, True):
+        loaded = load_model(str(model), bounded=bounded)
+        assert (next(loaded.model.parameters()).dtype == torch.bfloat16) is bounded
+        scores[bounded] = run_tasks(loaded.model, loaded.tokenizer, "piqa,lambada_openai", limit=2, batch_size=2)
+    for task in ("piqa", "lambada_openai"):
+        assert scores[True][task]["acc"] == scores[False][task]["acc"], task
+        assert scores[True][task]["samples"] == 2
+    copied = scores[False]["lambada_openai"]["perplexity"]  # a log-likelihood, not a count
+    assert copied > 1 and scores[True]["lambada_openai"]["perplexity"] == pytest.approx(copied, rel=1e-6)
