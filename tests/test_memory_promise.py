@@ -42,10 +42,11 @@ def run_measured(command: str, model: Path, out: Path, *flags: str) -> dict:
            "--quiet", *flags]
     if command == "eval":  # the model is its own teacher; a cache of its own, so the figures are measured
         cmd += ["--teacher", str(model)]
-    cache = out.parent / "cache"
+    cache = out.parent / "cache"  # no quality figures or teacher caches of another run: measured here
     cache.mkdir(exist_ok=True)
-    if (cache_dir() / "assets").exists() and not (cache / "assets").exists():
-        (cache / "assets").symlink_to(cache_dir() / "assets")  # the embedded data
+    for shared in ("assets", "tokens"):  # the embedded data and its tokens, as tokenized before
+        if (cache_dir() / shared).exists() and not (cache / shared).exists():
+            (cache / shared).symlink_to(cache_dir() / shared)
     env = {**os.environ, "EVOPRUNE_CACHE": str(cache)}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import logging
 
+from .arch.params import total_params
 from .config import RunConfig
 from .errors import UserError
 from .memory import AUTO_FRACTION, current_memory, mem_available
 from .memory_estimate import GIB, HeldModel, estimate_command, estimate_eval, estimate_train, format_gib
-from .arch.params import total_params
 from .models import DTYPES, resolve_compute_dtype, resolve_model_path, source_shape, widens_exactly
 from .weights.mapped import stored_dtype
 
@@ -115,7 +115,8 @@ def _check(cfg: RunConfig, command: str, estimates: dict[str, int]) -> None:
 
 def _two_model_estimates(cfg, command: str, model: str,
                          teacher: str | None) -> tuple[bool, dict[str, int], dict[str, int] | None]:
-    """`plan_estimates` of eval (the model and the teacher bounded alike) and train (the teacher alone bounded)."""
+    """`plan_estimates` of eval (the model and the teacher bounded alike) and train (the teacher alone bounded);
+    `cfg` is a RunConfig (eval) or a `recovery.config.RecoveryRunConfig` (train)."""
     m = cfg.model
     asked = DTYPES[m.dtype]
     compute = resolve_compute_dtype(m.compute_dtype, asked, str(m.device)).itemsize

@@ -116,11 +116,13 @@ def test_eval_refuses_a_budget_no_path_fits_before_loading(tiny_run_inputs, bf16
     assert not out.exists()
 
 
-def test_eval_refuses_tasks_under_a_budget(tiny_run_inputs, bf16_pair, tmp_path, capsys):
+@pytest.mark.parametrize("flags", [["--tasks", "arc_easy"], ["--paper-ppl", "wikitext2"]])
+def test_eval_refuses_unestimated_figures_under_a_budget(tiny_run_inputs, bf16_pair, tmp_path, capsys, flags):
     teacher, model = bf16_pair
-    assert run_eval(tiny_run_inputs, model, tmp_path / "eval", "--max-memory", "8", "--tasks", "arc_easy") == 2
+    assert run_eval(tiny_run_inputs, model, tmp_path / "eval", "--max-memory", "8", *flags) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--tasks" in err[0] and "--max-memory" in err[0], err
+    assert len(err) == 1 and flags[0] in err[0] and "--max-memory does not bound" in err[0], err
+    assert not (tmp_path / "eval").exists()
 
 
 def test_lm_eval_tasks_score_a_mapped_model_as_its_copy(bf16_pair):

@@ -42,6 +42,10 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
 
     check_task_options(num_fewshot, limit)
     check_output_dir(out, force)
+    unbounded = [flag for flag, on in (("--tasks", tasks is not None), ("--paper-ppl", cfg.eval.paper_ppl)) if on]
+    if unbounded and cfg.max_memory_gib is not None:
+        raise UserError(f"{' and '.join(unbounded)}: whole batches of full-vocabulary logits, which --max-memory does "
+                        "not bound; run them in an evaluation without --max-memory")
     if tasks is not None:
         from .tasks import resolve_tasks, task_configs_dir
 
@@ -53,9 +57,6 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
 
         papers = {paper: paper_text(paper, getattr(cfg.eval, f"{paper.name}_source"))
                   for paper in paper_sets(cfg.eval.paper_ppl)}
-    if tasks is not None and cfg.max_memory_gib is not None:
-        raise UserError("--tasks runs lm-eval, whose batches of full-vocabulary logits --max-memory does not bound; "
-                        "run the tasks in an evaluation without --max-memory")
     started = time.time()
     bounded = choose_bounded(cfg, "eval", model, teacher)  # before any weight is read
     with memory.stage("load model"):
