@@ -10,8 +10,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from evoprune.arch.params import total_params
 from evoprune.assets import cache_dir
 from evoprune.cli import main
+from evoprune.config import load_config
+from evoprune.memory_plan import plan_estimates
+from evoprune.models import source_shape
+from evoprune.recovery import RecoveryRunConfig
 
 SETTINGS = ["--seq-len", "32", "--tokens", "384", "--quiet", "train.batch_size=4", "train.lr=0.003",
             "train.warmup_steps=1", "train.eval_every=0", "train.checkpoint_every=0", "data.eval_blocks=2",
@@ -79,3 +84,19 @@ def test_train_refuses_a_budget_no_path_fits_before_work(recovery_inputs, bf16_t
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "stage of evoprune train needs about" in err[0] and "--max-memory" in err[0], err
     assert not (out / "model").exists() and not (out / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("source", ["online", "cached"])
+def test_the_train_estimate_counts_a_copied_teacher_not_a_mapped_one(recovery_inputs, bf16_teacher, source):
+    cfg = load_config(None, [f"model.source={recovery_inputs / 'pruned'}", f"train.teacher={bf16_teacher}",
+                             "data.seq_len=32", "train.tokens=384", f"train.teacher_source={source}"],
+                      cls=RecoveryRunConfig)
+    possible, copied, kept = plan_estimates(cfg, "train", teacher=str(bf16_teacher))
+    assert possible and set(copied) == set(kept) == ({"load model", "training"} | ({"teacher cache"} if source ==
+                                                                                    "cached" else set()))
+    teacher_copy = total_params(source_shape(str(bf16_teacher))) * 4
+    assert copied["load model"] - kept["load model"] == teacher_copy
+    if source == "cached":  # the teacher is dropped once its cache is written
+        assert copied["training"] == kept["training"]
+    else:
+        assert copied["training"] > kept["training"]
