@@ -233,6 +233,8 @@ def evaluate(model, out: str | Path, *, teacher: str | None = None, tasks: str |
         if ev.engine == "llamacpp":
             if ev.paper_ppl:
                 raise UserError("--paper-ppl runs in transformers only; drop it with --engine llamacpp")
+            if cfg.max_memory_gib is not None:
+                raise UserError("--max-memory bounds models run in transformers only; drop it with --engine llamacpp")
             from .rundir import check_writable_out
             from .serving.engine_eval import evaluate_gguf
 

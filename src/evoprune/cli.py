@@ -60,7 +60,8 @@ def _common(p: argparse.ArgumentParser, out: bool = True) -> None:
 
 def _max_memory(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-memory", type=float, metavar="GIB",
-                   help="peak anonymous memory allowed: the dense model stays memory-mapped when a copy would not fit, "
+                   help="peak anonymous memory allowed: a model that only runs inference (the dense model; eval: the "
+                        "model and its teacher; train: the teacher) stays memory-mapped when a copy would not fit, "
                         "and a run is refused before work starts when a stage needs more by the estimate of "
                         "docs/memory.md")
 
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repack", choices=["auto", "on", "off"],
                    help="llamacpp: weight repacking (default auto: on, except on CPUs with AMX, where llama.cpp's "
                         "AMX backend crashes on quantized GGUFs) (eval.repack)")
+    _max_memory(p)
 
     for name, text in (("darwin", "DarwinLM pipeline: second-order database, evolutionary search, export, evaluate"),
                        ("database", "build (or finish) only the second-order database of a darwin run"),
@@ -175,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=["lm", "kd", "lm+kd"], help="objective (default lm+kd with a teacher, else lm)")
     p.add_argument("--lora", action="store_true", help="train LoRA adapters, merged into the weights on export")
     p.add_argument("--resume-from", help="checkpoint folder to resume from (of a run with the same settings)")
+    _max_memory(p)
 
     p = sub.add_parser("nas", help="sub-network search over the database's levels (or importance-sorted slices), "
                                    "Pareto front, picks",

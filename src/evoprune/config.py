@@ -39,9 +39,10 @@ class ModelConfig:
     revision: str | None = None  # hub id: branch, tag or commit to fetch; null = main
     dtype: str = "float32"  # float32 | bfloat16 | float16: the dtype weights are loaded (and kept) in
     compute_dtype: str = "auto"  # dtype layers run in, converted a module at a time; auto: float32 on CPU, else dtype
-    # prune, slice, database: keep bf16/fp16 weights memory-mapped as stored and run them in dtype one module at a
-    # time (the same numbers as a copy in dtype): true | false | auto = when a copy would not fit --max-memory, or
-    # without a budget would take more than half of MemAvailable (memory_plan.py)
+    # prune, slice, database, eval (model and teacher), train (the teacher): keep bf16/fp16 weights memory-mapped as
+    # stored and run them in dtype one module at a time (the same numbers as a copy in dtype): true | false | auto =
+    # when a copy would not fit --max-memory, or without a budget would take more than half of MemAvailable (a
+    # cached train teacher: whenever possible) (memory_plan.py)
     bounded: bool | str = "auto"
     device: str = "cpu"  # cpu | cuda (under torchrun: cuda:LOCAL_RANK, docs/gpu.md) | cuda:N | mps
     allow_pickle: bool = False  # accept *.bin checkpoints (pickle can run code)
@@ -423,9 +424,9 @@ class RunConfig:
     bld: BldConfig = field(default_factory=BldConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     seed: int = 0  # for every random choice
-    # Budget (GiB) of anonymous memory per stage of darwin / database / search / prune / slice, checked before work
-    # starts against the estimate of docs/memory.md (`memory_estimate.py`); prune, slice and database keep the dense
-    # weights mapped when a copy would not fit (model.bounded=auto, `memory_plan.py`); None = no check.
+    # Budget (GiB) of anonymous memory per stage of darwin / database / search / prune / slice / eval, checked before
+    # work starts against the estimate of docs/memory.md (`memory_estimate.py`); prune, slice, database and eval keep
+    # the dense weights mapped when a copy would not fit (model.bounded=auto, `memory_plan.py`); None = no check.
     max_memory_gib: float | None = None
 
     def problems(self) -> list[str]:

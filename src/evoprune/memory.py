@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 STATUS_PATH = Path("/proc/self/status")
+MEMINFO = Path("/proc/meminfo")
+AUTO_FRACTION = 0.5  # eval.streamed and model.bounded = auto: when the weights take more than this of MemAvailable
 DEFAULT_INTERVAL = 0.025  # seconds between samples: short enough to catch a transient peak, cheap to read
 _FIELDS = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "VmHWM": "hwm"}
 _ACTIVE: list[MemoryWatch] = []  # running watches, innermost last; `stage()` records into the last one
@@ -44,6 +46,20 @@ def read_status(path: Path | None = None) -> dict[str, int] | None:
             number, *unit = rest.split()
             values[_FIELDS[key]] = int(number) * (1024 if unit == ["kB"] else 1)
     return values or None
+
+
+def mem_available(path: Path | None = None) -> int | None:
+    """MemAvailable in bytes, or None where /proc/meminfo does not exist (macOS, Windows) or lacks it."""
+    try:
+        text = (path or MEMINFO).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key == "MemAvailable":
+            number, *unit = rest.split()
+            return int(number) * (1024 if unit == ["kB"] else 1)
+    return None
 
 
 def current_memory() -> dict[str, int | None]:

@@ -11,7 +11,9 @@ shared; on a GPU the dense weights are resident in its memory, so they are added
 
 from __future__ import annotations
 
-from .arch.params import layer_params
+from dataclasses import dataclass
+
+from .arch.params import layer_params, total_params
 from .arch.shape import ModelShape
 from .config import RunConfig
 from .errors import UserError
@@ -102,7 +104,124 @@ def estimate_stages(shape: ModelShape, cfg: RunConfig, device: str, stored_bytes
 # The stages of the commands that load the dense model for inference only, as memory.stage names them.
 COMMAND_STAGES = {"prune": ("load model", "calibration", "slice", "evaluation", "export"),
                   "slice": ("load model", "slice", "evaluation", "export"),
-                  "database": ("load model", "database")}
+                  "database": ("load model", "database"),
+                  "eval": ("load model", "teacher cache", "evaluation"),
+                  "train": ("load model", "teacher cache", "training")}
+TEACHER_FULL_MAX = 64 * 2**20  # a teacher cache holds full log-probs up to this size (evaluation/teacher.py)
+
+
+@dataclass(frozen=True)
+class HeldModel:
+    """A model of a command that loads several (eval, train), as it will be held: its shape, the bytes per element
+    of its parameters, and whether they stay memory-mapped (file-backed, no anonymous copy)."""
+
+    shape: ModelShape
+    element_bytes: int
+    mapped: bool
+
+    def dense_bytes(self) -> int:
+        """Anonymous bytes of its weights (none when mapped) and of its tokenizer and Python objects."""
+        weights = 0 if self.mapped else total_params(self.shape) * self.element_bytes
+        return weights + LOADED_OBJECTS
+
+    def running_bytes(self, blocks: int, seq_len: int, compute_bytes: int) -> int:
+        """Its forward on `blocks` x `seq_len` tokens in inference: the larger of one decoder layer (converted when
+        held in another dtype than it computes in, with a batch's activations) and the LM head's moment (a slice
+        of converted rows, one chunk of fp32 logits present LOGIT_COPIES times, the batch's final hidden states)."""
+        c, shape = compute_bytes, self.shape
+        converted = self.element_bytes != c
+        P_l = max((layer_params(shape, layer) for layer in shape.layers), default=0)
+        layer = (P_l * c if converted else 0) + forward_bytes(shape, blocks, seq_len, c)
+        logits = min(LOGITS_CHUNK, blocks * (seq_len - 1) * shape.vocab_size * 4)
+        head = (min(HEAD_SLICE_BYTES, shape.vocab_size * shape.hidden_size * c) if converted else 0) \
+            + LOGIT_COPIES * logits + blocks * seq_len * shape.hidden_size * c
+        return max(layer, head)
+
+
+def teacher_rows_bytes(vocab: int, n_blocks: int, blocks: int, seq_len: int, top_k: int) -> tuple[int, int]:
+    """(bytes of one batch of teacher rows as written into a cache, as read back) for `blocks` x `seq_len` tokens
+    of a cache over `n_blocks` blocks: full fp32 log-probs when the whole cache takes at most TEACHER_FULL_MAX,
+    else top-k int32 ids and fp32 log-probs plus topk's int64 ids when written, int64 ids and fp32 log-probs when
+    read, and the rest mass."""
+    positions = blocks * (seq_len - 1)
+    if n_blocks * (seq_len - 1) * vocab * 4 <= TEACHER_FULL_MAX:
+        return positions * vocab * 4, positions * vocab * 4
+    k = min(top_k, vocab)
+    return positions * (k * 16 + 4), positions * (k * 12 + 4)
+
+
+def estimate_eval(models: dict[str, HeldModel], cfg: RunConfig, compute_bytes: int,
+                  streamed: bool = False) -> dict[str, int]:
+    """Estimated anonymous bytes of each stage of `evoprune eval` (`COMMAND_STAGES["eval"]`).
+
+    Args:
+        models: "model" and, with --teacher, "teacher", as they will be held.
+        streamed: perplexities run layer by layer (`eval.streamed`): the hidden states of every held-out block,
+            entering and leaving a layer, are held besides a batch's forward.
+
+    Returns:
+        stage -> bytes: every model's dense part, plus the stage's own tensors ("teacher cache" only with a teacher).
+    """
+    B, S, n = cfg.data.batch_size, cfg.data.seq_len, cfg.data.eval_blocks
+    c = compute_bytes
+    dense = sum(m.dense_bytes() for m in models.values())
+
+    def running(m: HeldModel) -> int:
+        hidden = 2 * n * S * m.shape.hidden_size * c if streamed else 0
+        return m.running_bytes(min(B, n), S, c) + hidden
+
+    estimates = {"load model": dense}
+    read = 0
+    teacher = models.get("teacher")
+    if teacher is not None:
+        written, read = teacher_rows_bytes(teacher.shape.vocab_size, n, min(B, n), S, cfg.eval.top_k)
+        estimates["teacher cache"] = dense + teacher.running_bytes(min(B, n), S, c) + written
+    estimates["evaluation"] = dense + max(running(m) for m in models.values()) + read
+    return estimates
+
+
+def estimate_train(student: HeldModel, teacher: HeldModel | None, cfg, compute_bytes: int) -> dict[str, int]:
+    """Estimated anonymous bytes of each stage of `evoprune train` (`COMMAND_STAGES["train"]`, "teacher cache" only
+    with train.teacher_source=cached), on one process.
+
+    The student is held whole in its dtype (a) and trained: full training adds its gradients and AdamW's two
+    moments (3·P·a); LoRA adds fp32 adapters with theirs (4·r·L·(6d + 3I)·4, every projection adapted). Its
+    activations kept for backward are those of `estimate_stages`' training-aware stage, or with gradient
+    checkpointing each layer's input plus one layer's forward; its loss holds fp32 logits, log-probs and their
+    gradient (3·B·S·V·4). An online teacher adds its dense part, one forward in inference and its logits at the
+    distillation temperature (2·B·S·V·4); a cached one, one batch of cached rows.
+
+    Args:
+        cfg: a `recovery.config.RecoveryRunConfig`.
+    """
+    t, S = cfg.train, cfg.data.seq_len
+    B, a, c = t.batch_size, student.element_bytes, compute_bytes
+    shape = student.shape
+    d, V, L = shape.hidden_size, shape.vocab_size, shape.num_layers
+    I = max((layer.intermediate_size for layer in shape.layers), default=0)
+    cached = teacher is not None and t.teacher_source == "cached"
+    reached = min(t.train_blocks or t.tokens, t.tokens // S + 1)  # blocks the token budget reaches, at most
+    dense = student.dense_bytes() + (teacher.dense_bytes() if teacher is not None else 0)
+    estimates = {"load model": dense}
+    if cached:
+        written, _ = teacher_rows_bytes(V, reached, cfg.data.batch_size, S, t.teacher_top_k)
+        estimates["teacher cache"] = dense + teacher.running_bytes(cfg.data.batch_size, S, c) + written
+    optimizer = 4 * t.lora_r * L * (6 * d + 3 * I) * 4 if t.lora else 3 * total_params(shape) * a
+    if t.gradient_checkpointing:
+        activations = L * B * S * d * a + forward_bytes(shape, B, S, a)
+    else:
+        activations = int(B * S * d * ACTIVATION_BYTES * L * a / 2)
+    loss = 3 * B * S * V * 4
+    if teacher is None:
+        kept = student.dense_bytes()
+    elif cached:
+        kept = student.dense_bytes()
+        loss += teacher_rows_bytes(V, reached, B, S, t.teacher_top_k)[1]
+    else:
+        kept = dense
+        loss += teacher.running_bytes(B, S, c) + 2 * B * S * V * 4
+    estimates["training"] = kept + optimizer + activations + loss
+    return estimates
 
 
 def forward_bytes(shape: ModelShape, blocks: int, seq_len: int, c: int) -> int:

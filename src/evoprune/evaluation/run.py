@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from pathlib import Path
 
@@ -11,7 +13,9 @@ from ..config import RunConfig, dump_config
 from ..data import data_blocks
 from ..errors import UserError
 from ..memory import memory_section, watched
+from ..memory_plan import choose_bounded
 from ..models import load_source
+from ..weights.compute_dtype import LOADED_AS
 from ..report import markdown_table, plot_bars, write_report
 from ..rundir import holding_run_lock
 from .latency_sweep import check_sweep, sweep_latency, sweep_rows
@@ -21,6 +25,8 @@ from .sweep_report import sweep_section
 from .task_report import task_section
 from .unseen import describe_unseen, load_unseen
 from .unseen_report import unseen_section
+
+log = logging.getLogger(__name__)
 
 
 @holding_run_lock
@@ -36,6 +42,10 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
 
     check_task_options(num_fewshot, limit)
     check_output_dir(out, force)
+    unbounded = [flag for flag, on in (("--tasks", tasks is not None), ("--paper-ppl", cfg.eval.paper_ppl)) if on]
+    if unbounded and cfg.max_memory_gib is not None:
+        raise UserError(f"{' and '.join(unbounded)}: whole batches of full-vocabulary logits, which --max-memory does "
+                        "not bound; run them in an evaluation without --max-memory")
     if tasks is not None:
         from .tasks import resolve_tasks, task_configs_dir
 
@@ -48,18 +58,27 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
         papers = {paper: paper_text(paper, getattr(cfg.eval, f"{paper.name}_source"))
                   for paper in paper_sets(cfg.eval.paper_ppl)}
     started = time.time()
+    bounded = choose_bounded(cfg, "eval", model, teacher)  # before any weight is read
     with memory.stage("load model"):
-        student = load_source(cfg, model)
+        student = load_source(cfg, model, bounded=bounded)
     models = {"model": student.model}
     teacher_loaded = None
     if teacher:
         with memory.stage("load model"):
-            teacher_loaded = load_source(cfg, teacher)
+            teacher_loaded = load_source(cfg, teacher, bounded=bounded)
         if len(teacher_loaded.tokenizer) != len(student.tokenizer) or \
                 teacher_loaded.model.config.vocab_size != student.model.config.vocab_size:
             raise UserError(f"teacher {teacher} and model {model} have different vocabularies; KL needs the same tokenizer")
         models = {"teacher": teacher_loaded.model, "model": student.model}
-    grid = cfg.eval.sweep_grid() if cfg.eval.latency else None
+    mapped = [name for name, m in models.items() if getattr(m, LOADED_AS, None) is not None]
+    eval_cfg = cfg.eval
+    latency_skipped = None
+    if mapped and cfg.eval.latency:
+        latency_skipped = (f"latency not measured: {' and '.join(mapped)} kept mapped as stored (bounded memory), "
+                           "so it would time each module's conversion; run with model.bounded=false to measure it")
+        log.warning(latency_skipped)
+        eval_cfg = dataclasses.replace(cfg.eval, latency=False)
+    grid = eval_cfg.sweep_grid() if eval_cfg.latency else None
     if grid is not None:  # a workload too long for the model fails now, not after the evaluation
         check_sweep(models, *grid, cfg.eval.new_tokens, cfg.eval.warmup, cfg.eval.repeats)
     eval_blocks = data_blocks(cfg, student.tokenizer, "eval", cfg.data.eval_blocks)
@@ -70,7 +89,7 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
                                 cfg.data.batch_size, progress)
     with memory.stage("evaluation"):
         unseen = load_unseen(cfg, student.tokenizer)
-        rows = evaluate_models(models, eval_blocks, cache, cfg.eval, cfg.data.batch_size, progress, unseen=unseen,
+        rows = evaluate_models(models, eval_blocks, cache, eval_cfg, cfg.data.batch_size, progress, unseen=unseen,
                                 unchanged=frozenset(models))  # both read from disk as they are
     metrics = {**rows, "eval_tokens": int(eval_blocks.numel())}
     if unseen is not None:
@@ -100,7 +119,9 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
                                   repeats=cfg.eval.repeats, seed=cfg.seed, progress=progress)
         metrics["latency_sweep"] = sweep_rows(sweep)
     metrics["wall_time_s"] = round(time.time() - started, 1)
-    metrics["memory"] = memory.summary()
+    if latency_skipped is not None:
+        metrics["latency_skipped"] = latency_skipped
+    metrics["memory"] = {**memory.summary(), "bounded": bool(mapped)}
     with staged_dir(out, force=force) as tmp:
         write_json(tmp / "metrics.json", metrics)
         write_text(tmp / "config.yaml", dump_config(cfg))
@@ -118,6 +139,8 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
             ideal = {name: row["ideal_speedup"] for name, row in rows.items()}
             sections.append(("Latency sweep", sweep_section(metrics["latency_sweep"], ideal, tmp / "latency_sweep.png",
                                                             cfg.eval.new_tokens, cfg.eval.repeats, cfg.eval.warmup)))
+        if latency_skipped is not None:
+            sections.append(("Latency", latency_skipped[0].upper() + latency_skipped[1:] + "."))
         sections.append(("Data", f"{cfg.data.source}, held-out split, {metrics['eval_tokens']:,} tokens."))
         sections.append(("Memory", memory_section(metrics["memory"])))
         write_report(tmp / "report.md", f"evoprune eval: {model}", sections)

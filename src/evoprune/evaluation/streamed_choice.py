@@ -10,31 +10,15 @@ give the same numbers (to float rounding) and the whole-model path is kept.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from torch import nn
 
+from ..memory import AUTO_FRACTION, mem_available
 from .latency import weights_nbytes
 
 log = logging.getLogger(__name__)
 
-MEMINFO = Path("/proc/meminfo")
 STREAMED_SETTINGS = (True, False, "auto")
-AUTO_FRACTION = 0.5  # auto streams when the weights take more than this fraction of MemAvailable
-
-
-def mem_available(path: Path | None = None) -> int | None:
-    """MemAvailable in bytes, or None where /proc/meminfo does not exist (macOS, Windows) or lacks it."""
-    try:
-        text = (path or MEMINFO).read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        if key == "MemAvailable":
-            number, *unit = rest.split()
-            return int(number) * (1024 if unit == ["kB"] else 1)
-    return None
 
 
 def use_streamed(setting: bool | str, model: nn.Module, available: int | None = None) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 
 from ..config import DataConfig, ModelConfig, check_choice, device_problems
@@ -73,11 +74,18 @@ class RecoveryRunConfig:
     train: RecoveryConfig = field(default_factory=RecoveryConfig)
     eval: RecoveryEvalConfig = field(default_factory=RecoveryEvalConfig)
     seed: int = 0
+    # Budget (GiB) of anonymous memory per stage, checked before work starts against the estimate of docs/memory.md
+    # (`memory_estimate.estimate_train`); the teacher stays mapped when a copy would not fit; None = no check.
+    max_memory_gib: float | None = None
 
     def problems(self) -> list[str]:
         p = []
         t, d = self.train, self.data
         p += device_problems(self.model.device)
+        if self.max_memory_gib is not None and not 0 < self.max_memory_gib < math.inf:
+            p.append(f"max_memory_gib (--max-memory) must be a positive, finite number of GiB, got {self.max_memory_gib}")
+        if self.model.bounded not in (True, False, "auto"):
+            p.append(f"model.bounded must be true, false or auto, got {self.model.bounded!r}")
         if t.tokens < 0:
             p.append(f"train.tokens must be >= 0, got {t.tokens}")
         check_choice(p, "train.precision", t.precision, ("fp32", "bf16"))
@@ -121,6 +129,7 @@ def run_identity(cfg: RecoveryRunConfig) -> dict:
     """What makes two runs the same run: everything but logging / checkpoint frequencies, evaluation and devices."""
     d = dataclasses.asdict(cfg)
     del d["eval"]  # measures the model, never changes what is trained
+    del d["max_memory_gib"]  # a teacher kept mapped gives the copy's numbers
     d["train"] = {k: v for k, v in d["train"].items() if k not in RESUMABLE_CHANGES}
     d["model"] = {k: v for k, v in d["model"].items() if k != "device"}
     return d

@@ -32,6 +32,7 @@ from ..errors import UserError
 from ..evaluation.perplexity import mean_nll
 from ..evaluation.unseen import load_unseen
 from ..memory import watched
+from ..memory_plan import choose_bounded
 from ..modes import eval_mode, train_mode
 from ..models import LoadedModel
 from ..data import data_blocks
@@ -124,9 +125,13 @@ def _train(cfg: RecoveryRunConfig, out: Path, accelerator, force: bool, progress
     tcfg = t.train_config(cfg.seed)
     run_dir = ResumableRun(out, "train", RUN_FILE)
     holds_this_run = _resumes(run_dir, identity, force)
+    # the student trains, so it is held whole; the teacher only gives logits: mapped when the budget asks, or
+    # whenever it only runs once into a cache (checked before any weight is read)
+    cached_only = t.teacher_source == "cached" and tcfg.uses_teacher
+    teacher_bounded = choose_bounded(cfg, "train", teacher=t.teacher, prefer=cached_only)
     with memory.stage("load model"):
         student = load_source(cfg)
-        teacher = load_source(cfg, t.teacher) if t.teacher else None
+        teacher = load_source(cfg, t.teacher, bounded=teacher_bounded) if t.teacher else None
     notes = []
     if teacher is not None:
         check_same_vocabulary(student, teacher)
@@ -254,7 +259,7 @@ def _train(cfg: RecoveryRunConfig, out: Path, accelerator, force: bool, progress
             export_checkpoint(model, out / "model", tokenizer=student.tokenizer, spec=spec, force=True)
         usage = memory.summary()
         write_json(out / "metrics.json", {**summary, **(figures.metrics() if figures else {}), "history": evals,
-                                          "memory": usage})
+                                          "memory": {**usage, "teacher_bounded": teacher_bounded}})
         write_text(out / "config.yaml", dump_config(cfg))
         write_train_report(out, f"evoprune train: {student.name}", summary, records, notes, command, figures, usage)
         log.info("wrote %s", out)
