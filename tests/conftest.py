@@ -232,3 +232,21 @@ def stitched_first_mlp(model) -> tuple:
     name = adapter.parameter_name(0, "mlp_output")
     replace = {name: torch.randn(model.config.hidden_size, len(spec.layers[0].neurons))}
     return adapter, spec, name, replace, replace[name].clone(), {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """`use(name)` points EVOPRUNE_CACHE at a user cache of its own (teacher caches and quality figures measured
+    afresh, not read from another run's), sharing the unpacked assets."""
+    from evoprune.assets import cache_dir
+
+    shared = cache_dir()
+
+    def use(name: str) -> None:
+        folder = tmp_path / name
+        folder.mkdir()
+        if (shared / "assets").exists():
+            (folder / "assets").symlink_to(shared / "assets")
+        monkeypatch.setenv("EVOPRUNE_CACHE", str(folder))
+
+    return use

@@ -10,7 +10,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from evoprune.assets import cache_dir
 from evoprune.cli import main
 from evoprune.evaluation.harness import run_tasks
 from evoprune.models import load_model
@@ -48,21 +47,6 @@ def bf16_pair(tiny_run_inputs, tmp_path_factory):
         tokenizer.save_pretrained(root / name)
         folders.append(root / name)
     return tuple(folders)
-
-
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch):
-    """A user cache of its own per run (no teacher or quality figures measured by another run), sharing the assets."""
-    shared = cache_dir()
-
-    def use(name: str) -> None:
-        folder = tmp_path / name
-        folder.mkdir()
-        if (shared / "assets").exists():
-            (folder / "assets").symlink_to(shared / "assets")
-        monkeypatch.setenv("EVOPRUNE_CACHE", str(folder))
-
-    return use
 
 
 def run_eval(inputs, model, out, *more: str, teacher=None) -> int:

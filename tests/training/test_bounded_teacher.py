@@ -11,7 +11,6 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evoprune.arch.params import total_params
-from evoprune.assets import cache_dir
 from evoprune.cli import main
 from evoprune.config import load_config
 from evoprune.memory_plan import plan_estimates
@@ -29,21 +28,6 @@ def bf16_teacher(recovery_inputs, tmp_path_factory):
     AutoModelForCausalLM.from_pretrained(recovery_inputs / "dense").to(torch.bfloat16).save_pretrained(folder)
     AutoTokenizer.from_pretrained(recovery_inputs / "dense").save_pretrained(folder)
     return folder
-
-
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch):
-    """A user cache of its own per run (a teacher cache built by the teacher at hand), sharing the assets."""
-    shared = cache_dir()
-
-    def use(name: str) -> None:
-        folder = tmp_path / name
-        folder.mkdir()
-        if (shared / "assets").exists():
-            (folder / "assets").symlink_to(shared / "assets")
-        monkeypatch.setenv("EVOPRUNE_CACHE", str(folder))
-
-    return use
 
 
 def train(root, teacher, out, *more: str) -> int:
