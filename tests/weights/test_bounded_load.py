@@ -74,3 +74,13 @@ def test_bounded_database_holds_the_copys_levels(bf16_source, tiny_run_inputs, t
         assert bound.keys() == copy.keys()
         for name, tensor in copy.items():
             assert torch.equal(bound[name], tensor), name
+
+
+def test_bounded_prune_skips_latency_with_a_note_and_the_copy_times_it(bf16_source, tiny_run_inputs, tmp_path):
+    timed = ["eval.latency=true", "eval.repeats=1", "eval.warmup=1", "eval.new_tokens=2", "eval.prompt_len=4"]
+    metrics = {}
+    for bounded in (False, True):
+        out = prune(_config(bf16_source, tiny_run_inputs, bounded, *timed), tmp_path / str(bounded), progress=False)
+        metrics[bounded] = json.loads((out / "metrics.json").read_text())
+    assert "decode_speedup" in metrics[False]["pruned"] and "latency_skipped" not in metrics[False]
+    assert "decode_speedup" not in metrics[True]["pruned"] and "kept mapped" in metrics[True]["latency_skipped"]

@@ -20,6 +20,7 @@ from ..arch.spec import SubnetSpec
 from ..atomic import check_output_dir, staged_dir, write_json, write_text
 from ..config import RunConfig, dump_config
 from ..data import data_blocks
+from ..evaluation.mapped_latency import latency_for_mapped
 from ..evaluation.suite import METRIC_COLUMNS, evaluate_models, teacher_for
 from ..evaluation.unseen import describe_unseen, load_unseen
 from ..evaluation.unseen_report import unseen_section
@@ -96,10 +97,13 @@ def _finish(cfg: RunConfig, dense: LoadedModel, spec: SubnetSpec, out: Path, for
         eval_blocks = data_blocks(cfg, dense.tokenizer, "eval", cfg.data.eval_blocks)
         teacher = teacher_for(dense.model, str(dense.path), eval_blocks, cfg.eval, cfg.data.batch_size, progress)
         unseen = load_unseen(cfg, dense.tokenizer)
-        rows = evaluate_models({"dense": dense.model, "pruned": pruned}, eval_blocks, teacher, cfg.eval,
+        eval_cfg, latency_skipped = latency_for_mapped(cfg.eval, {"dense": dense.model})
+        rows = evaluate_models({"dense": dense.model, "pruned": pruned}, eval_blocks, teacher, eval_cfg,
                                cfg.data.batch_size, progress, unseen=unseen, unchanged=frozenset({"dense"}))
     metrics = {"dense": rows["dense"], "pruned": rows["pruned"], "target": spec.meta.get("target_report"),
                "eval_tokens": int(eval_blocks.numel()), "wall_time_s": round(time.time() - started, 1)}
+    if latency_skipped is not None:
+        metrics["latency_skipped"] = latency_skipped
     if unseen is not None:
         metrics["unseen_text"] = describe_unseen(unseen)
     with staged_dir(out, force=force) as tmp:
@@ -126,6 +130,8 @@ def _prune_report(folder: Path, cfg: RunConfig, spec: SubnetSpec, rows: dict, me
                  + "\n![perplexity](perplexity.png)\n")]
     if unseen is not None:
         sections.append(("Unseen text", unseen_section(rows, unseen, folder / "unseen.png")))
+    if "latency_skipped" in metrics:
+        sections.append(("Latency", metrics["latency_skipped"][0].upper() + metrics["latency_skipped"][1:] + "."))
     target = metrics["target"]
     if target:
         sections.append(("Target", markdown_table([target])))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -15,11 +14,12 @@ from ..errors import UserError
 from ..memory import memory_section, watched
 from ..memory_plan import choose_bounded
 from ..models import load_source
-from ..weights.compute_dtype import LOADED_AS
 from ..report import markdown_table, plot_bars, write_report
 from ..rundir import holding_run_lock
 from .latency_sweep import check_sweep, sweep_latency, sweep_rows
 from .paper_report import paper_section
+from ..weights.compute_dtype import LOADED_AS
+from .mapped_latency import latency_for_mapped
 from .suite import METRIC_COLUMNS, evaluate_models, teacher_for
 from .sweep_report import sweep_section
 from .task_report import task_section
@@ -70,14 +70,7 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
                 teacher_loaded.model.config.vocab_size != student.model.config.vocab_size:
             raise UserError(f"teacher {teacher} and model {model} have different vocabularies; KL needs the same tokenizer")
         models = {"teacher": teacher_loaded.model, "model": student.model}
-    mapped = [name for name, m in models.items() if getattr(m, LOADED_AS, None) is not None]
-    eval_cfg = cfg.eval
-    latency_skipped = None
-    if mapped and cfg.eval.latency:
-        latency_skipped = (f"latency not measured: {' and '.join(mapped)} kept mapped as stored (bounded memory), "
-                           "so it would time each module's conversion; run with model.bounded=false to measure it")
-        log.warning(latency_skipped)
-        eval_cfg = dataclasses.replace(cfg.eval, latency=False)
+    eval_cfg, latency_skipped = latency_for_mapped(cfg.eval, models)
     grid = eval_cfg.sweep_grid() if eval_cfg.latency else None
     if grid is not None:  # a workload too long for the model fails now, not after the evaluation
         check_sweep(models, *grid, cfg.eval.new_tokens, cfg.eval.warmup, cfg.eval.repeats)
@@ -121,7 +114,8 @@ def evaluate(cfg: RunConfig, model: str, out: str | Path, teacher: str | None = 
     metrics["wall_time_s"] = round(time.time() - started, 1)
     if latency_skipped is not None:
         metrics["latency_skipped"] = latency_skipped
-    metrics["memory"] = {**memory.summary(), "bounded": bool(mapped)}
+    metrics["memory"] = {**memory.summary(),
+                         "bounded": any(getattr(m, LOADED_AS, None) is not None for m in models.values())}
     with staged_dir(out, force=force) as tmp:
         write_json(tmp / "metrics.json", metrics)
         write_text(tmp / "config.yaml", dump_config(cfg))
