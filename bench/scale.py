@@ -254,7 +254,8 @@ def run_8b_uniform(model: Path, work: Path, env: dict, rows: list[dict], args) -
     """A uniform prune of the full 8B shape with its export under `--max-memory` (20 GiB by default on this
     24 GiB machine), then the export reloaded by stock transformers in a fresh process."""
     out, budget = work / "8b-uniform", args.max_memory_8b
-    cli = [*WIDE_COMMANDS["prune"], "model.dtype=bfloat16", "data.seq_len=256", "eval.unseen_blocks=1"]
+    cli = [*WIDE_COMMANDS["prune"], "model.dtype=bfloat16", "data.seq_len=256", "eval.unseen_blocks=1",
+           "eval.latency=false"]
     step = Sampled(evoprune(*cli, "--model", str(model), "--out", str(out), "--force", "--max-memory", str(budget)),
                    {**env, "EVOPRUNE_CACHE": str(own_cache(work, "8b-uniform"))}, work / "8b-uniform.log")
     rows += [step.row("8b-uniform", f"prune uniform 0.5 + export, --max-memory {budget}"),
@@ -372,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
         lines += ["", "## Llama-3.1-8B shape: uniform prune and export under --max-memory", "",
                   "32 layers, hidden 4096, MLP 14336, vocabulary 128,256, bf16 on disk (16 GB), computed in fp32; "
                   "`prune --method uniform --sparsity 0.5` with its evaluation and export, then the export "
-                  "reloaded by stock transformers (rows `8b-uniform` above). `model.dtype=bfloat16`: kept and exported as stored (9 GB), not widened to a 36 GB fp32 copy. Columns as in the wide table.", "",
+                  "reloaded by stock transformers (rows `8b-uniform` above). `model.dtype=bfloat16`: kept and exported as stored (9 GB), not widened to a 32 GB fp32 copy; `eval.latency=false`: the mapped bf16 weights are converted to fp32 at every call, so a timing would measure the conversion (and thrash the page cache at this size). Columns as in the wide table.", "",
                   markdown_table(json.loads(stages.read_text()), WIDE_COLUMNS)]
     write_text(out / "scale.md", "\n".join(lines) + "\n")
     print((out / "scale.md").read_text())

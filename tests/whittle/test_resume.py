@@ -118,3 +118,16 @@ def test_reported_trials_are_numbered_as_in_an_uninterrupted_study(tmp_path):
     assert [t.number for t in resumed.trials] != [t.number for t in whole.trials]  # the failed draw took a number
     assert trial_rows(resumed, ["q", "c"]) == trial_rows(whole, ["q", "c"])
     assert [r["trial"] for r in trial_rows(resumed, ["q", "c"])] == list(range(BUDGET))
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_a_starting_point_killed_while_its_parameters_were_written_is_evaluated_in_its_place(tmp_path, uninterrupted,
+                                                                                             sampler):
+    path = tmp_path / "killed.db"
+    study = run_study(new_study(path, sampler), Grid(), objectives, BUDGET, stop_after=1, feasible=feasible,
+                      start=STARTS["uniform"])
+    study.ask({"d0": CategoricalDistribution(list(range(6)))})  # the second starting point, killed after d0
+    resumed = run_study(new_study(path, sampler), Grid(), objectives, BUDGET, feasible=feasible,
+                        start=STARTS["uniform"])
+    assert not resumed.get_trials(states=(TrialState.RUNNING, TrialState.FAIL, TrialState.WAITING))
+    assert outcome(resumed) == uninterrupted(sampler, "uniform")

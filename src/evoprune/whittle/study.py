@@ -99,15 +99,26 @@ def _check_dimensions(study: optuna.Study, dimensions: dict[str, list]) -> None:
                         "differ: another --multiple?); use the same settings to resume, or --force to start over")
 
 
-def _interrupted(study: optuna.Study, names: set[str]) -> list[FrozenTrial]:
-    """Trials a killed process left running, in order. Ones killed before all their parameters were
-    drawn are failed (the next trial is drawn in their place); the others are returned to finish."""
+def _interrupted(study: optuna.Study, distributions: dict[str, CategoricalDistribution]) -> list[FrozenTrial]:
+    """Trials a killed process left running, in order, to finish. A starting point (an enqueued configuration)
+    killed while optuna was writing its parameters gets the rest of them from its fixed configuration; a draw
+    killed before all its parameters were written is failed (the next trial is drawn in its place)."""
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    names, unfinished = set(distributions), []
     for trial in stale:
-        if set(trial.params) != names:
+        fixed = trial.system_attrs.get("fixed_params") or {}
+        missing = names - set(trial.params)
+        if missing and names <= set(fixed):
+            for name in sorted(missing):  # optuna writes an enqueued trial's parameters one storage call at a time
+                dist = distributions[name]
+                study._storage.set_trial_param(trial._trial_id, name, dist.to_internal_repr(fixed[name]), dist)
+            unfinished.append(study._storage.get_trial(trial._trial_id))
+        elif missing:
             study.tell(trial.number, state=TrialState.FAIL)
             log.info("trial %d was interrupted before its configuration was drawn; it is dropped", trial.number)
-    return [t for t in stale if set(t.params) == names]
+        else:
+            unfinished.append(trial)
+    return unfinished
 
 
 def run_study(study: optuna.Study, space: SearchSpace | LevelSpace, evaluate: Callable[[dict], Sequence[float]],
@@ -131,7 +142,7 @@ def run_study(study: optuna.Study, space: SearchSpace | LevelSpace, evaluate: Ca
         for config in start:
             study.enqueue_trial(config)
     distributions = {k: CategoricalDistribution(v) for k, v in dimensions.items()}
-    interrupted = _interrupted(study, set(distributions))
+    interrupted = _interrupted(study, distributions)
     done_trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     done = {_key(t.params): t.values for t in done_trials}
     ran = rejected = 0
