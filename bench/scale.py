@@ -265,10 +265,11 @@ def run_8b_uniform(model: Path, work: Path, env: dict, rows: list[dict], args) -
     rows.append({**step.row("8b-uniform", "reload with stock transformers + forward"),
                  "stage": log.read_text().strip().splitlines()[-1][:120]})
     write_json(Path(args.out) / "scale_rows" / "8b-uniform-stages.json",
-               estimate_rows("prune", cli, budget, out / "metrics.json", model))
+               estimate_rows("prune", cli, budget, out / "metrics.json", model, "mapped as stored (bf16)"))
 
 
-def estimate_rows(command: str, cli: list[str], budget: float | None, memory_file: Path, model: Path) -> list[dict]:
+def estimate_rows(command: str, cli: list[str], budget: float | None, memory_file: Path, model: Path,
+                  unbounded_label: str = "copied in fp32") -> list[dict]:
     """Each stage's estimate (`memory_plan.plan_estimates`, for the path the run took) beside its measured peak
     anonymous memory above the process's own at the start, and the whole process's peak."""
     from evoprune.config import load_config
@@ -285,7 +286,7 @@ def estimate_rows(command: str, cli: list[str], budget: float | None, memory_fil
     estimates = bounded if kept else copied
     base = memory["start_anon_bytes"]
     label = {"command": command, "budget": f"{budget} GiB" if budget else "none",
-             "dense model": "mapped (bounded)" if kept else "copied in fp32"}
+             "dense model": "mapped (bounded)" if kept else unbounded_label}
     rows = []
     for stage in memory["stages"]:
         if stage["stage"] not in estimates:
