@@ -9,7 +9,6 @@ cannot drift from the code.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import inspect
@@ -18,6 +17,9 @@ import textwrap
 import sys
 import tokenize
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from generated_page import write_or_check  # noqa: E402
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 
@@ -135,18 +137,7 @@ def render_reference() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="only check that docs/config.md is up to date")
-    args = ap.parse_args(argv)
-    page = render_reference()
-    if args.check:
-        if not PAGE.is_file() or PAGE.read_text() != page:
-            print(f"{PAGE} is out of date: run python scripts/config_reference.py", file=sys.stderr)
-            return 1
-        return 0
-    PAGE.write_text(page)
-    print(f"wrote {PAGE}")
-    return 0
+    return write_or_check(PAGE, render_reference, "scripts/config_reference.py", __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":
